@@ -1,0 +1,1 @@
+"""The `tlx` command line: a thin click layer over datakit, trainer and analysis."""

@@ -1,0 +1,96 @@
+"""Entry point of the `tlx` command.
+
+Subcommands are imported only when they run, so `tlx --help` is instant and never
+imports torch. Each subcommand lives in a small module of this package and only
+parses options, calls a library function and prints the result.
+
+Errors a user can fix (bad path, missing secret, ...) are raised by the libraries as
+their package's error class; here they become a one-line message and exit code 2
+instead of a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> (module:attribute, one-line summary for `tlx --help`). Order is the help order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("cli.synth_cmd:synth", "Generate a synthetic CT cohort as real DICOM files."),
+    "shard": ("cli.datakit_cmds:shard", "DICOM tree -> shards: scan + plan + write in one go."),
+    "scan": ("cli.scan_cmd:scan", "Stage 1: read DICOM headers into index.parquet."),
+    "plan": ("cli.datakit_cmds:plan", "Stage 2: filter, dedup, label, split and order (metadata only)."),
+    "write": ("cli.datakit_cmds:write", "Stage 3: decode, convert and write shards (resumable, partitionable)."),
+    "verify": ("cli.datakit_cmds:verify", "Check every shard's bytes and every count of a dataset."),
+    "info": ("cli.datakit_cmds:info", "Summarise a dataset: slices/volumes/patients per split and label."),
+    "convert": ("cli.convert_cmds:convert", "Convert NIfTI segmentations or image folders to shards."),
+    "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
+    "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),
+    "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),
+    "demo": ("cli.demo_cmd:demo", "Run the whole pipeline on a small synthetic cohort."),
+}
+
+# Error classes the libraries raise for input a user can fix: module:class.
+USER_ERRORS = (
+    "datakit.errors:DatakitError",
+    "trainer.errors:TrainerError",
+    "analysis.errors:AnalysisError",
+)
+
+
+def _user_error_classes() -> tuple[type, ...]:
+    """Error classes of the packages already imported (importing a package just to
+    test an exception against it would defeat the lazy loading)."""
+    classes = []
+    for target in USER_ERRORS:
+        module, attr = target.split(":")
+        if module in sys.modules:
+            classes.append(getattr(sys.modules[module], attr))
+    return tuple(classes)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary) for name, (_, summary) in COMMANDS.items()])
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
+            if isinstance(exc, _user_error_classes()):
+                raise click.ClickException(str(exc)) from exc
+            raise
+
+
+click.ClickException.exit_code = 2
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="tlx")
+def cli() -> None:
+    """tlx: DICOM CT -> leak-free WebDataset shards -> SimCLR pretraining -> downstream tasks -> analysis.
+
+    \b
+    Example, the whole flow on synthetic data:
+      tlx synth --out cohort/ --patients 40
+      export TLX_SECRET=...   # key for patient pseudonyms
+      tlx shard --dicom-root cohort/ --out data/
+      torchrun --nproc_per_node 8 -m trainer.simclr --data data/ --out runs/pretrain/x
+      torchrun -m trainer.finetune --task radnet --data data/ --init runs/pretrain/x/last.pt
+      tlx analyze runs/ --out report/
+    """
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""datakit: DICOM CT / NIfTI / image folders -> WebDataset shards with Parquet metadata."""

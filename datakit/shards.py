@@ -1,0 +1,136 @@
+"""Writing one WebDataset shard: a plain POSIX tar, its DALI index, its sha256.
+
+    with ShardWriter("shards/train/train-000000.tar") as w:
+        w.write("p1a2b-v0003-s0042", {"hu.zst": payload, "cls": b"2"})
+    info = w.info          # ShardInfo(path, index_path, samples, bytes, sha256)
+
+What the format needs (DESIGN.md, "known traps"):
+- both readers take the key to be everything before the *first* dot of a member
+  name, so keys may not contain dots (or path separators);
+- DALI's own indexer mishandles member names over 100 characters, and a USTAR
+  header holds only 100, so longer names are refused here and the `.idx` is
+  written from the offsets this writer knows (data offsets, not header offsets);
+- mtime, uid, gid and names are fixed so the same samples give the same bytes;
+- the tar is written under a temporary name and renamed when complete, so no
+  half-written shard is ever visible under its final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_SUFFIX = ".partial"
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_EXT = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_BLOCK = tarfile.BLOCKSIZE
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    index_path: Path
+    samples: int
+    bytes: int
+    sha256: str
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.pos += len(b)
+        return self.f.write(b)
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def index_path_for(tar_path: Path | str) -> Path:
+    return Path(tar_path).with_suffix(".idx")
+
+
+class ShardWriter:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if self.path.suffix != ".tar":
+            raise ValueError(f"shard path must end in .tar, got {self.path.name!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._raw = open(self._tmp, "wb")
+        self._file = _HashingFile(self._raw)
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index_lines: list[str] = []
+        self._keys: set[str] = set()
+        self.info: ShardInfo | None = None
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """Append one sample: `members` maps extension (e.g. "hu.zst", "cls") to bytes."""
+        if not _KEY.match(key):
+            raise ValueError(f"sample key {key!r} must match [A-Za-z0-9_-]+ (no dots, no path separators)")
+        if key in self._keys:
+            raise ValueError(f"sample key {key!r} written twice to {self.path.name}")
+        if not members:
+            raise ValueError(f"sample {key!r} has no members")
+        self._keys.add(key)
+        parts = []
+        for ext, data in members.items():
+            name = f"{key}.{ext}"
+            if not _EXT.match(ext) or len(name) > 100:
+                raise ValueError(f"member name {name!r} must be at most 100 characters of [A-Za-z0-9_.-]")
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            header_at = self._tar.offset
+            self._tar.addfile(ti, io.BytesIO(data))
+            # One 512-byte USTAR header (names <= 100 chars never need an extension header).
+            assert self._tar.offset == header_at + _BLOCK + -(-len(data) // _BLOCK) * _BLOCK
+            parts.append(f"{ext} {header_at + _BLOCK} {len(data)} {name}")
+        self._index_lines.append(" ".join(parts))
+
+    def close(self) -> ShardInfo:
+        """Finish the tar, write the DALI index, and move both to their final names."""
+        if self.info is not None:
+            return self.info
+        self._tar.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        index_path = index_path_for(self.path)
+        index_tmp = index_path.with_name(index_path.name + TMP_SUFFIX)
+        index_tmp.write_text(f"v1.2 {len(self._index_lines)}\n" + "".join(l + "\n" for l in self._index_lines))
+        os.replace(index_tmp, index_path)
+        os.replace(self._tmp, self.path)
+        self.info = ShardInfo(self.path, index_path, len(self._index_lines), self._file.pos, self._file.sha.hexdigest())
+        return self.info
+
+    def abort(self) -> None:
+        """Drop a shard that will not be finished (the temporary file is removed)."""
+        self._raw.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

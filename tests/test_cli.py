@@ -1,0 +1,23 @@
+"""`tlx --help` is fast and imports no heavy library; every subcommand has help with an example."""
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import COMMANDS, cli
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from cli.main import cli;\n"
+            "try:\n  cli(['--help'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'numpy', 'pyarrow', 'pydicom', 'nvidia.dali') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_help_with_an_example(name):
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output or "example" in result.output

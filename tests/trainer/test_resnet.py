@@ -1,0 +1,75 @@
+"""The ResNet's parameter names and shapes match torchvision's layout exactly."""
+import pytest
+import torch
+
+from trainer.models import build_encoder
+
+
+def torchvision_resnet50_keys() -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of torchvision's resnet50 state dict, generated from its known layout
+    (torchvision itself is not installable next to our torch)."""
+    out: dict[str, tuple[int, ...]] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.{k}"] = (c,)
+        out[f"{prefix}.num_batches_tracked"] = ()
+
+    out["conv1.weight"] = (64, 3, 7, 7)
+    bn("bn1", 64)
+    cin = 64
+    for li, (blocks, width) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), start=1):
+        for b in range(blocks):
+            p = f"layer{li}.{b}"
+            out[f"{p}.conv1.weight"] = (width, cin, 1, 1)
+            bn(f"{p}.bn1", width)
+            out[f"{p}.conv2.weight"] = (width, width, 3, 3)
+            bn(f"{p}.bn2", width)
+            out[f"{p}.conv3.weight"] = (width * 4, width, 1, 1)
+            bn(f"{p}.bn3", width * 4)
+            if b == 0:
+                out[f"{p}.downsample.0.weight"] = (width * 4, cin, 1, 1)
+                bn(f"{p}.downsample.1", width * 4)
+            cin = width * 4
+    out["fc.weight"] = (1000, 2048)
+    out["fc.bias"] = (1000,)
+    return out
+
+
+def test_resnet50_state_dict_matches_torchvision_layout():
+    model = build_encoder("resnet50", num_classes=1000)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == torchvision_resnet50_keys()
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's count
+
+
+def test_torchvision_state_dict_loads_strictly():
+    ref = build_encoder("resnet50", num_classes=1000)
+    sd = {k: torch.randn(s) if s else torch.tensor(7) for k, s in torchvision_resnet50_keys().items()}
+    ref.load_state_dict(sd, strict=True)
+    assert torch.equal(ref.layer3[5].conv2.weight, sd["layer3.5.conv2.weight"])
+
+
+def test_zero_init_last_bn_gamma_makes_blocks_identity_residuals():
+    model = build_encoder("resnet50")
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            assert torch.count_nonzero(block.bn3.weight) == 0
+            assert torch.all(block.bn1.weight == 1)
+
+
+@pytest.mark.parametrize("name,dim", [("resnet50", 2048), ("resnet18", 512), ("resnet-tiny", 256)])
+def test_feature_dims_and_stage_strides(name, dim):
+    model = build_encoder(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = model.forward_stages(x)
+        feats = model(x)
+    assert feats.shape == (2, dim) == (2, model.feature_dim)
+    assert [s.shape[-1] for s in stages] == [32, 16, 8, 4, 2]
+    assert [s.shape[1] for s in stages] == model.stage_channels
+
+
+def test_unknown_model_name_lists_known():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet51'; known: resnet-tiny, resnet18, resnet50"):
+        build_encoder("resnet51")
