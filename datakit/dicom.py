@@ -1,0 +1,645 @@
+"""Reading DICOM files: the header fields scan needs, and one slice's pixels in HU.
+
+    header = read_header(path)         # Header: the fields of HEADER_TAGS, transfer syntax, PixelData position
+    hu = read_hu(path, row)            # float32 HU (rows, cols); raises SliceRejected(code, reason)
+
+Why a hand-written header walker: scan reads millions of headers, and pydicom's
+element generator builds an object per element of the whole header (a GE or
+Siemens header has hundreds, mostly private) before anything is converted. Here
+the header bytes are walked with struct, only the ~27 values in HEADER_TAGS are
+decoded, and the position of the PixelData value falls out for free, so write
+can later read uncompressed pixels with one seek and np.frombuffer. Anything the
+walker cannot follow is handed to pydicom (`read_header_pydicom`), which then
+decides; tests check the two agree on every file of pydicom's own test corpus.
+
+Why read_hu skips pydicom for uncompressed data: with the index row's
+pixel_offset the slice is one read plus a dtype view; pydicom's pixel_array
+machinery costs more than the read. Compressed data goes through pydicom and its
+plugins after the codestream's own frame size is checked against the header, so
+a corrupt codestream cannot make a decoder allocate gigabytes.
+
+HU = stored value * RescaleSlope + RescaleIntercept (identity when the tags are
+absent, as DICOM defines for a missing Modality LUT). The photometric
+interpretation (MONOCHROME1 or 2) only affects display, not HU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Transfer syntaxes
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+UNCOMPRESSED = frozenset({IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE})
+JPEG_FAMILY = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",   # JPEG baseline, extended
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",   # JPEG lossless, lossless SV1
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",   # JPEG-LS lossless, near-lossless
+})
+J2K_FAMILY = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                        "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+# Limits checked before anything is allocated or decoded.
+MAX_SIDE = 8192                      # rows, columns
+MAX_PIXEL_BYTES = 256 * 1024 * 1024  # rows x cols x samples x frames x bytes per sample
+PIXEL_TIMEOUT_S = 30.0               # one read_hu call; see time_limit
+
+# The header fields scan needs: tag -> (keyword, VR used when the file is implicit VR).
+HEADER_TAGS: dict[int, tuple[str, str]] = {
+    0x00080005: ("SpecificCharacterSet", "CS"),
+    0x00080008: ("ImageType", "CS"),
+    0x00080016: ("SOPClassUID", "UI"),
+    0x00080018: ("SOPInstanceUID", "UI"),
+    0x00080060: ("Modality", "CS"),
+    0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"),
+    0x00100020: ("PatientID", "LO"),
+    0x00180015: ("BodyPartExamined", "CS"),
+    0x00180050: ("SliceThickness", "DS"),
+    0x00181030: ("ProtocolName", "LO"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"),
+    0x00200013: ("InstanceNumber", "IS"),
+    0x00200032: ("ImagePositionPatient", "DS"),
+    0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "CS"),
+    0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "DS"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"),
+}
+KEYWORDS = tuple(kw for kw, _ in HEADER_TAGS.values())
+_TEXT = frozenset({"StudyDescription", "SeriesDescription", "PatientID", "BodyPartExamined", "ProtocolName"})
+_MULTI = frozenset({"ImageType", "SpecificCharacterSet", "ImagePositionPatient", "ImageOrientationPatient",
+                    "PixelSpacing"})
+
+PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+_CHUNK = 16384
+
+
+class SliceRejected(Exception):
+    """A file or slice that cannot be used, with a short machine code and a sentence for people."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+class HeaderError(Exception):
+    """The header walker cannot follow this file (pydicom gets a second opinion)."""
+
+
+@dataclass
+class Header:
+    """What one file's header says, as far as tlx cares."""
+    transfer_syntax: str | None
+    media_sop_class: str | None          # from the file meta (DICOMDIR: 1.2.840.10008.1.3.10)
+    values: dict = field(default_factory=dict)   # keyword -> str | int | float | tuple | None
+    pixel_tag: int = 0                   # PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA, or 0 if none
+    pixel_offset: int | None = None      # file offset of the PixelData value (native, defined length only)
+    pixel_length: int | None = None
+
+    def get(self, keyword: str, default=None):
+        value = self.values.get(keyword)
+        return default if value is None else value
+
+
+# --------------------------------------------------------------------------- sniffing
+
+def sniff(head: bytes) -> str | None:
+    """'part10' (preamble + DICM), 'raw' / 'raw-be' (a dataset without preamble, little or big
+    endian, as old exports have), or None."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "part10"
+    if len(head) >= 8:
+        # A raw dataset starts with a low tag of group 0002 or 0008, explicit (VR letters) or implicit.
+        for kind, endian in (("raw", "<"), ("raw-be", ">")):
+            group, elem = struct.unpack_from(endian + "HH", head)
+            if group in (0x0002, 0x0008) and elem < 0x0100:
+                return kind
+    return None
+
+
+# --------------------------------------------------------------------------- header walker
+
+class _Cursor:
+    """Random access to a file through a small window, so headers cost one or two reads."""
+
+    def __init__(self, f, size: int, data: bytes | None = None):
+        self.f, self.size = f, size
+        self.buf, self.base = (data, 0) if data is not None else (b"", 0)
+
+    def get(self, pos: int, n: int) -> bytes:
+        end = pos + n
+        if end > self.size:
+            raise HeaderError(f"header ends early: needs bytes {pos}..{end} of a {self.size}-byte file")
+        if pos < self.base or end > self.base + len(self.buf):
+            self.f.seek(pos)
+            self.buf, self.base = self.f.read(max(n, _CHUNK)), pos
+            if len(self.buf) < n:
+                raise HeaderError("file shrank while reading")
+        return self.buf[pos - self.base:end - self.base]
+
+
+def _element_header(cur: _Cursor, pos: int, implicit: bool, endian: str):
+    """(tag, vr, length, value_pos) of the element at pos."""
+    group, elem = struct.unpack(endian + "HH", cur.get(pos, 4))
+    tag = group << 16 | elem
+    if group == 0xFFFE:                                    # item / delimiters carry no VR
+        return tag, None, struct.unpack(endian + "I", cur.get(pos + 4, 4))[0], pos + 8
+    if implicit:
+        known = HEADER_TAGS.get(tag)
+        return tag, known[1].encode() if known else None, struct.unpack(endian + "I", cur.get(pos + 4, 4))[0], pos + 8
+    vr = cur.get(pos + 4, 2)
+    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        raise HeaderError(f"element ({group:04X},{elem:04X}) has no valid VR ({vr!r})")
+    if vr in _LONG_VRS:
+        return tag, vr, struct.unpack(endian + "I", cur.get(pos + 8, 4))[0], pos + 12
+    return tag, vr, struct.unpack(endian + "H", cur.get(pos + 6, 2))[0], pos + 8
+
+
+def _skip_undefined(cur: _Cursor, pos: int, implicit: bool, endian: str, depth: int = 0) -> int:
+    """Position after a sequence (or encapsulated value) of undefined length that starts at pos."""
+    if depth > 16:
+        raise HeaderError("sequences nested deeper than 16 levels")
+    while True:
+        tag, _, length, pos = _element_header(cur, pos, True, endian)
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise HeaderError(f"expected an item in a sequence, found tag {tag:08X}")
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while True:                                        # an item of undefined length: walk its elements
+            tag, vr, length, pos = _element_header(cur, pos, implicit, endian)
+            if tag == _ITEM_END:
+                break
+            if length == _UNDEFINED:
+                # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2).
+                pos = _skip_undefined(cur, pos, implicit or vr == b"UN", endian, depth + 1)
+            else:
+                pos += length
+
+
+def _walk(cur: _Cursor, pos: int, implicit: bool, endian: str, header: Header) -> None:
+    raw: dict[int, tuple[bytes | None, bytes]] = {}
+    while pos + 8 <= cur.size:
+        tag, vr, length, vpos = _element_header(cur, pos, implicit, endian)
+        if tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA):
+            header.pixel_tag = tag
+            if length != _UNDEFINED:
+                header.pixel_offset, header.pixel_length = vpos, length
+            break
+        if tag >> 16 == 0xFFFE:
+            raise HeaderError(f"item tag {tag:08X} outside a sequence")
+        if length == _UNDEFINED:
+            if tag in HEADER_TAGS:
+                raise HeaderError(f"element {tag:08X} has undefined length")
+            pos = _skip_undefined(cur, vpos, implicit or vr == b"UN", endian)
+            continue
+        if tag in HEADER_TAGS:
+            raw[tag] = (vr, cur.get(vpos, length))
+        pos = vpos + length
+    header.values = _decode_values(raw, endian)
+
+
+def _decode_values(raw: dict, endian: str) -> dict:
+    charset = raw.get(0x00080005)
+    encodings = None
+    if charset is not None:
+        terms = [t.strip() for t in charset[1].decode("ascii", "replace").strip(" \0").split("\\")]
+        encodings = [t for t in terms if t] or None
+    values = {}
+    for tag, (vr, data) in raw.items():
+        keyword, default_vr = HEADER_TAGS[tag]
+        if default_vr == "US":
+            # Some writers use SS/OW or UN here; the value is still one 16-bit integer.
+            values[keyword] = struct.unpack_from(endian + "H", data)[0] if len(data) >= 2 else None
+            continue
+        if keyword in _TEXT and encodings:
+            text = _decode_text(data, encodings)
+        else:
+            text = data.decode("latin-1")
+        text = text.strip(" \0")
+        if default_vr in ("DS", "IS"):
+            values[keyword] = _numbers(text, keyword in _MULTI, integer=default_vr == "IS")
+        elif keyword in _MULTI:
+            values[keyword] = tuple(t.strip(" \0") for t in text.split("\\")) if text else None
+        else:
+            values[keyword] = text or None
+    return values
+
+
+def _decode_text(data: bytes, encodings: list[str]) -> str:
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    try:
+        return decode_bytes(data, convert_encodings(encodings), set())
+    except (LookupError, ValueError):     # an unknown or broken character set: keep what latin-1 shows
+        return data.decode("latin-1")
+
+
+def _numbers(text: str, multi: bool, integer: bool):
+    parts = [p.strip() for p in text.split("\\")] if text else []
+    try:
+        nums = [int(float(p)) if integer else float(p) for p in parts if p]
+    except ValueError:
+        return None
+    if not all(math.isfinite(n) for n in nums) or not nums:
+        return None
+    return tuple(nums) if multi else nums[0]
+
+
+def read_header(path: str | os.PathLike, size: int | None = None) -> Header:
+    """Parse the header fields of HEADER_TAGS; raises SliceRejected for files that are not DICOM.
+
+    Falls back to pydicom (read_header_pydicom) when the walker cannot follow the file.
+    """
+    with open(path, "rb") as f:
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        head = f.read(_CHUNK)
+        kind = sniff(head)
+        if kind is None:
+            raise SliceRejected("not-dicom", "not a DICOM file (no DICM marker and no DICOM tags at the start)")
+        try:
+            return _read_header_fast(f, size, head, kind)
+        except (HeaderError, struct.error, UnicodeDecodeError, zlib.error) as exc:
+            walker_error = exc
+    return read_header_pydicom(path, walker_error)
+
+
+def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
+    cur = _Cursor(f, size)
+    cur.buf, cur.base = head, 0
+    ts = media = None
+    pos = 132 if kind == "part10" else 0
+    if kind == "part10" or struct.unpack_from("<H", head)[0] == 0x0002:
+        while pos + 8 <= size:                                  # file meta: always explicit VR little endian
+            group = struct.unpack("<H", cur.get(pos, 2))[0]
+            if group != 0x0002:
+                break
+            tag, vr, length, vpos = _element_header(cur, pos, False, "<")
+            if length == _UNDEFINED:
+                raise HeaderError("file meta element of undefined length")
+            if tag == 0x00020010:
+                ts = cur.get(vpos, length).decode("ascii", "replace").strip(" \0")
+            elif tag == 0x00020002:
+                media = cur.get(vpos, length).decode("ascii", "replace").strip(" \0")
+            pos = vpos + length
+    if kind == "raw-be":
+        ts = EXPLICIT_BE                      # big endian without meta is always explicit VR
+    elif ts is None or ts == EXPLICIT_LE:     # no meta, or meta that may lie: VR letters tell explicit from implicit
+        vr = cur.get(pos + 4, 2)
+        ts = EXPLICIT_LE if (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90) else IMPLICIT_LE
+    header = Header(transfer_syntax=ts, media_sop_class=media)
+    if ts == DEFLATED_LE:
+        f.seek(pos)
+        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(f.read(), 64 * 1024 * 1024)
+        _walk(_Cursor(None, len(data), data), 0, False, "<", header)
+        header.pixel_offset = header.pixel_length = None     # offsets inside inflated bytes mean nothing on disk
+        return header
+    _walk(cur, pos, ts == IMPLICIT_LE, ">" if ts == EXPLICIT_BE else "<", header)
+    return header
+
+
+def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
+    """The same Header through pydicom (stop_before_pixels); for files the walker cannot follow."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with open(path, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            pixel_at = f.tell()
+            tail = f.read(12)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error, OverflowError,
+            MemoryError, AttributeError, IndexError, NotImplementedError, UnicodeError, zlib.error) as exc:
+        why = walker_error or exc
+        raise SliceRejected("unreadable-header", f"the DICOM header cannot be parsed ({_one_line(why)})") from exc
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    ts = ts or (IMPLICIT_LE if ds.is_implicit_VR else (EXPLICIT_BE if not ds.is_little_endian else EXPLICIT_LE))
+    header = Header(transfer_syntax=ts, media_sop_class=str(meta.get("MediaStorageSOPClassUID", "")) or None
+                    if meta is not None else None)
+    values = {}
+    for keyword in KEYWORDS:
+        try:
+            value = ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on broken values; the file is still read
+            raise SliceRejected("unreadable-header", f"{keyword} cannot be parsed ({_one_line(exc)})") from exc
+        values[keyword] = _from_pydicom(keyword, value)
+    header.values = values
+    endian = "<" if ds.is_little_endian in (True, None) else ">"
+    if len(tail) >= 8:
+        group, elem = struct.unpack_from(endian + "HH", tail)
+        tag = group << 16 | elem
+        if tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA):
+            header.pixel_tag = tag
+            explicit_long = tail[4:6] in _LONG_VRS
+            length = struct.unpack_from(endian + "I", tail, 8 if explicit_long else 4)[0] if len(tail) >= 12 or \
+                not explicit_long else None
+            if length is not None and length != _UNDEFINED and ts != DEFLATED_LE:
+                header.pixel_offset, header.pixel_length = pixel_at + (12 if explicit_long else 8), length
+    return header
+
+
+def _from_pydicom(keyword: str, value):
+    if value is None or value == "":
+        return None
+    _, vr = next(v for v in HEADER_TAGS.values() if v[0] == keyword)
+    if vr == "US":
+        return int(value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and
+                   not isinstance(value, (str, bytes)) else value)
+    if vr in ("DS", "IS"):
+        seq = list(value) if keyword in _MULTI and not isinstance(value, (str, bytes)) else [value]
+        try:
+            nums = [int(float(v)) if vr == "IS" else float(v) for v in seq if v is not None and str(v).strip()]
+        except (TypeError, ValueError):
+            return None
+        if not nums or not all(math.isfinite(n) for n in nums):
+            return None
+        return tuple(nums) if keyword in _MULTI else nums[0]
+    if keyword in _MULTI:
+        seq = [value] if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in seq)
+    return str(value).strip() or None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- per-file time guard
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise SliceRejected('timeout') if the block runs longer than `seconds`.
+
+    Uses SIGALRM, so it works in the main thread of a process (where pool workers
+    run their tasks) and is a no-op elsewhere or when an outer limit is running.
+    A decoder stuck inside C code is interrupted only when it returns to Python.
+    """
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise SliceRejected("timeout", f"reading took longer than {seconds:g} s; the file is probably corrupt")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# --------------------------------------------------------------------------- pixels
+
+def _value(row, key):
+    """A row value with missing / NaN / None all read as None (rows come from pyarrow, polars or dicts)."""
+    value = row.get(key) if hasattr(row, "get") else getattr(row, key, None)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def header_row(header: Header) -> dict:
+    """The index columns read_hu needs, from a Header (what scan writes, for one file)."""
+    v = header.values
+    return {
+        "transfer_syntax": header.transfer_syntax, "rows": v.get("Rows"), "columns": v.get("Columns"),
+        "bits_allocated": v.get("BitsAllocated"), "bits_stored": v.get("BitsStored"),
+        "pixel_representation": v.get("PixelRepresentation"), "samples_per_pixel": v.get("SamplesPerPixel"),
+        "number_of_frames": v.get("NumberOfFrames"), "photometric": v.get("PhotometricInterpretation"),
+        "rescale_slope": v.get("RescaleSlope"), "rescale_intercept": v.get("RescaleIntercept"),
+        "pixel_offset": header.pixel_offset, "pixel_length": header.pixel_length,
+        "pixel_tag": header.pixel_tag,
+    }
+
+
+def pixel_problem(row) -> tuple[str, str] | None:
+    """(code, reason) if the declared pixel format cannot be read as one grey CT slice, else None.
+
+    Checked on headers only, so absurd sizes are refused before anything is allocated.
+    """
+    rows, cols = _value(row, "rows"), _value(row, "columns")
+    pixel_tag = _value(row, "pixel_tag")
+    if pixel_tag == 0:
+        return "no-pixel-data", "the file has no PixelData"
+    if pixel_tag not in (None, PIXEL_DATA):
+        return "unsupported-pixels", "float pixel data is not CT image storage"
+    if not rows or not cols:
+        return "bad-geometry", f"Rows/Columns missing or zero (Rows={rows}, Columns={cols})"
+    if rows > MAX_SIDE or cols > MAX_SIDE:
+        return "bad-geometry", f"declared size {rows}x{cols} exceeds the limit of {MAX_SIDE} per side"
+    frames = _value(row, "number_of_frames") or 1
+    if frames < 1:
+        return "bad-geometry", f"NumberOfFrames={frames} is not a positive count"
+    spp = _value(row, "samples_per_pixel") or 1
+    bits = _value(row, "bits_allocated")
+    if bits not in (8, 16, 32):
+        return "unsupported-pixels", f"BitsAllocated={bits}; supported: 8, 16, 32"
+    nbytes = rows * cols * spp * frames * bits // 8
+    if nbytes > MAX_PIXEL_BYTES:
+        return "bad-geometry", (f"declared pixel data of {nbytes / 2**20:.0f} MiB ({rows}x{cols}x{frames} frames) "
+                                f"exceeds the limit of {MAX_PIXEL_BYTES // 2**20} MiB")
+    if frames > 1:
+        return "multi-frame", f"{frames} frames in one file; tlx reads single-frame CT slices only"
+    if spp != 1:
+        return "not-grayscale", f"SamplesPerPixel={spp} (colour); CT slices have 1"
+    photometric = _value(row, "photometric")
+    if photometric not in (None, "MONOCHROME1", "MONOCHROME2"):
+        return "not-grayscale", f"PhotometricInterpretation={photometric}; supported: MONOCHROME1, MONOCHROME2"
+    stored = _value(row, "bits_stored") or bits
+    if not 1 <= stored <= bits:
+        return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"
+    if _value(row, "pixel_representation") not in (None, 0, 1):
+        return "unsupported-pixels", f"PixelRepresentation={_value(row, 'pixel_representation')}; allowed: 0, 1"
+    slope = _value(row, "rescale_slope")
+    if slope is not None and slope == 0:
+        return "bad-rescale", "RescaleSlope is 0: every pixel would have the same HU"
+    return None
+
+
+def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
+    """One slice in Hounsfield units: float32, (rows, cols). Raises SliceRejected(code, reason).
+
+    `row` is the file's index.parquet row (a mapping); with it, uncompressed pixels are
+    read straight from `pixel_offset` without parsing the header again. Without it
+    (or if the file changed since the scan) the header is read here.
+    """
+    with time_limit(PIXEL_TIMEOUT_S):
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise SliceRejected("unreadable", f"cannot open the file ({exc.strerror})") from exc
+        if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
+            row = header_row(read_header(path, size))
+        if (problem := pixel_problem(row)) is not None:
+            raise SliceRejected(*problem)
+        if _value(row, "transfer_syntax") in UNCOMPRESSED and _value(row, "pixel_offset") is not None:
+            stored = _read_native(path, row, size)
+        else:
+            stored = _read_with_pydicom(path, row)
+        return _to_hu(stored, row)
+
+
+def _native_dtype(row) -> np.dtype:
+    bits = _value(row, "bits_allocated")
+    signed = _value(row, "pixel_representation") == 1
+    order = ">" if _value(row, "transfer_syntax") == EXPLICIT_BE else "<"
+    return np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
+
+
+def _read_native(path, row, size: int) -> np.ndarray:
+    rows, cols = _value(row, "rows"), _value(row, "columns")
+    dtype = _native_dtype(row)
+    need = rows * cols * dtype.itemsize
+    offset, length = _value(row, "pixel_offset"), _value(row, "pixel_length")
+    if length < need or offset + need > size:
+        have = max(0, min(length, size - offset))
+        raise SliceRejected("truncated", f"PixelData holds {have} bytes; {rows}x{cols} at "
+                                         f"{dtype.itemsize * 8} bits needs {need}")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(need)
+    if len(data) < need:
+        raise SliceRejected("truncated", f"PixelData holds {len(data)} bytes; {rows}x{cols} needs {need}")
+    return _mask_stored(np.frombuffer(data, dtype=dtype).reshape(rows, cols), row)
+
+
+def _mask_stored(arr: np.ndarray, row) -> np.ndarray:
+    """Keep the BitsStored low bits (high bits may hold overlays or junk) and sign-extend signed data."""
+    bits = arr.dtype.itemsize * 8
+    stored = _value(row, "bits_stored") or bits
+    if stored >= bits:
+        return arr
+    unsigned = arr.view(arr.dtype.str.replace("i", "u"))       # same bytes, same byte order
+    values = unsigned.astype(np.int64) & ((1 << stored) - 1)
+    if _value(row, "pixel_representation") == 1:
+        sign = 1 << (stored - 1)
+        values = (values ^ sign) - sign
+    return values
+
+
+def _read_with_pydicom(path, row) -> np.ndarray:
+    import pydicom
+
+    ts = _value(row, "transfer_syntax")
+    rows, cols = _value(row, "rows"), _value(row, "columns")
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        data = ds.get("PixelData")
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a bad file is a reject with its reason
+        raise SliceRejected("unreadable-header", f"the file cannot be parsed ({_one_line(exc)})") from exc
+    if data is None:
+        raise SliceRejected("no-pixel-data", "the file has no PixelData")
+    if ts in UNCOMPRESSED or ts == DEFLATED_LE:
+        need = rows * cols * _value(row, "bits_allocated") // 8
+        if len(data) < need:
+            raise SliceRejected("truncated", f"PixelData holds {len(data)} bytes; {rows}x{cols} needs {need}")
+    elif ts in JPEG_FAMILY or ts in J2K_FAMILY:
+        _check_codestream_size(data, ts, rows, cols)
+    elif ts != RLE_LOSSLESS:
+        raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {ts} is not supported; supported: "
+                                                           "see docs/datakit-input.md")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on corrupt data; it becomes a reject
+        raise SliceRejected("undecodable", f"pixel data cannot be decoded ({_one_line(exc)})") from exc
+    if arr.shape != (rows, cols):
+        raise SliceRejected("undecodable", f"decoded shape {arr.shape} differs from the header's {rows}x{cols}")
+    return arr
+
+
+def _first_frame(data: bytes) -> bytes:
+    from pydicom.encaps import generate_frames
+
+    try:
+        return next(generate_frames(data, number_of_frames=1))
+    except (StopIteration, ValueError, struct.error) as exc:
+        raise SliceRejected("undecodable", f"encapsulated pixel data has no readable fragment ({_one_line(exc)})") \
+            from exc
+
+
+def _check_codestream_size(data: bytes, ts: str, rows: int, cols: int) -> None:
+    """Refuse a codestream whose own frame header disagrees with Rows/Columns, before a decoder allocates."""
+    frag = _first_frame(data)
+    size = _j2k_size(frag) if ts in J2K_FAMILY else _jpeg_size(frag)
+    if size is None:
+        raise SliceRejected("undecodable", "the compressed frame has no readable size header")
+    if size != (rows, cols):
+        raise SliceRejected("pixel-header-mismatch", f"the codestream says {size[0]}x{size[1]}, "
+                                                     f"the DICOM header {rows}x{cols}")
+
+
+def _j2k_size(frag: bytes) -> tuple[int, int] | None:
+    at = frag.find(b"\xff\x4f\xff\x51", 0, 4096)    # SOC then SIZ (inside a JP2 wrapper or bare)
+    if at < 0 or len(frag) < at + 24:
+        return None
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", frag, at + 8)
+    return ysiz - yo, xsiz - xo
+
+
+def _jpeg_size(frag: bytes) -> tuple[int, int] | None:
+    if frag[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(frag) and pos < 65536:
+        if frag[pos] != 0xFF:
+            return None
+        marker = frag[pos + 1]
+        if marker == 0xFF:                       # fill byte
+            pos += 1
+            continue
+        length = struct.unpack_from(">H", frag, pos + 2)[0]
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC); SOF55 (F7) is JPEG-LS.
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if pos + 9 > len(frag):
+                return None
+            height, width = struct.unpack_from(">HH", frag, pos + 5)
+            return height, width
+        pos += 2 + length
+    return None
+
+
+def _to_hu(stored: np.ndarray, row) -> np.ndarray:
+    slope = _value(row, "rescale_slope")
+    intercept = _value(row, "rescale_intercept")
+    slope = 1.0 if slope is None else float(slope)
+    intercept = 0.0 if intercept is None else float(intercept)
+    if slope == 1 and intercept.is_integer():
+        # The common CT case, exact in float32 (stored values and HU fit in 24 bits).
+        hu = stored.astype(np.float32)
+        if intercept:
+            hu += np.float32(intercept)
+        return hu
+    # Otherwise in float64 and rounded once, so HU do not depend on the order of float32 roundings.
+    return (stored.astype(np.float64) * slope + intercept).astype(np.float32)

@@ -1,0 +1,69 @@
+"""Area resize, body coverage and int16 conversion: numbers checked on images whose answer is known."""
+import numpy as np
+import pytest
+
+from datakit.pixels import AIR_HU, body_coverage, pad_square, resize_area, to_int16
+
+
+def _disc(n, radius, inside=40.0, outside=-1000.0, centre=None):
+    yy, xx = np.mgrid[:n, :n]
+    cy, cx = centre or ((n - 1) / 2, (n - 1) / 2)
+    img = np.full((n, n), outside, np.float32)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = inside
+    return img
+
+
+def test_integer_factor_is_the_exact_block_mean():
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 300, (512, 512)).astype(np.float32)
+    out = resize_area(img, (256, 256))
+    assert out.dtype == np.float32 and out.shape == (256, 256)
+    np.testing.assert_allclose(out, img.reshape(256, 2, 256, 2).mean(axis=(1, 3)), atol=1e-3)
+
+
+def test_area_resize_keeps_the_mean_for_any_factor():
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 300, (300, 300)).astype(np.float32)
+    out = resize_area(img, (128, 128))
+    assert abs(out.mean() - img.mean()) < 0.5
+    assert resize_area(img, (100, 60)).shape == (100, 60)
+
+
+def test_non_square_is_padded_with_air_centred():
+    img = np.zeros((4, 8), np.float32)
+    sq = pad_square(img)
+    assert sq.shape == (8, 8)
+    assert (sq[2:6] == 0).all() and (sq[:2] == AIR_HU).all() and (sq[6:] == AIR_HU).all()
+    out = resize_area(img, (2, 2))        # each output pixel: half air, half body
+    np.testing.assert_allclose(out, np.full((2, 2), AIR_HU / 2))
+
+
+def test_resize_refuses_bad_input():
+    with pytest.raises(ValueError, match="2-D image"):
+        resize_area(np.zeros((2, 2, 2)), (1, 1))
+    with pytest.raises(ValueError, match="must be positive"):
+        resize_area(np.zeros((2, 2)), (0, 4))
+
+
+def test_coverage_of_a_disc_is_its_area_fraction():
+    cov = body_coverage(_disc(512, 128))
+    assert cov == pytest.approx(np.pi * 128 ** 2 / 512 ** 2, abs=0.01)
+
+
+def test_coverage_fills_lungs_and_drops_the_couch():
+    img = _disc(256, 100)
+    img[_disc(256, 30, 1, 0, (128, 90)) == 1] = -850       # a lung inside the body
+    img[240:246, 20:236] = 200                               # the couch, separate from the body
+    assert body_coverage(img) == pytest.approx(np.pi * 100 ** 2 / 256 ** 2, abs=0.01)
+
+
+def test_coverage_extremes():
+    assert body_coverage(np.full((64, 64), -1000, np.float32)) == 0.0
+    assert body_coverage(np.full((64, 64), 40, np.float32)) == 1.0
+    assert 0 < body_coverage(np.full((64, 32), 40, np.float32)) <= 1.0
+
+
+def test_to_int16_rounds_and_clips():
+    out = to_int16(np.array([-40000.0, -1024.4, 0.5, 1.5, 2.6, 40000.0], np.float32))
+    assert out.dtype == np.int16
+    assert out.tolist() == [-32768, -1024, 0, 2, 3, 32767]
