@@ -1,0 +1,72 @@
+"""Atomic checkpoints in the run format; RNG round trip; device/dist setup errors."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.checkpoint import (load_checkpoint, new_checkpoint, restore_rng_states, rng_state, save_checkpoint,
+                                set_rng_state)
+from trainer.dist import init_dist
+from trainer.errors import TrainerError
+from trainer.models import build_encoder
+
+
+def test_round_trip_drops_fc_and_keeps_entries(tmp_path):
+    enc = build_encoder("resnet-tiny", num_classes=3)
+    ckpt = new_checkpoint("resnet-tiny", enc.state_dict(), step=7, epoch=1, config={"seed": 0})
+    save_checkpoint(ckpt, tmp_path / "checkpoints" / "last.pt")
+    back = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert back["format"] == "tlx-checkpoint" and back["version"] == 1 and back["step"] == 7
+    assert not any(k.startswith("fc.") for k in back["encoder"])
+    fresh = build_encoder("resnet-tiny", num_classes=3)
+    missing, unexpected = fresh.load_state_dict(back["encoder"], strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and unexpected == []
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in back["encoder"].items())
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(new_checkpoint("m", {}, step=1), path)
+
+    def boom(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(new_checkpoint("m", {}, step=2), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_load_refuses_other_files(tmp_path):
+    with pytest.raises(TrainerError, match=r"checkpoint '.*nope.pt' does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+    with pytest.raises(TrainerError, match=r"is not a tlx checkpoint \(no format='tlx-checkpoint' key\)"):
+        load_checkpoint(tmp_path / "plain.pt")
+    torch.save({"format": "tlx-checkpoint", "version": 9}, tmp_path / "future.pt")
+    with pytest.raises(TrainerError, match="has checkpoint version 9; this tlx reads version 1"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    set_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[:2] == b[:2] and torch.equal(a[2], b[2])
+    assert restore_rng_states([state], rank=0) and not restore_rng_states([state], rank=1)
+
+
+def test_init_dist_single_process_and_bad_device(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    env = init_dist("cpu")
+    assert (env.rank, env.world_size, env.backend, env.device.type, env.is_main) == (0, 1, None, "cpu", True)
+    with pytest.raises(TrainerError, match="--device 'tpu' is not one of auto, cuda, cpu"):
+        init_dist("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainerError, match="no CUDA GPU is visible"):
+            init_dist("cuda")

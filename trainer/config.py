@@ -1,0 +1,126 @@
+"""Configuration as a dataclass: every field becomes a command-line flag, the result is saved as JSON.
+
+    from dataclasses import dataclass
+    from trainer.config import opt, parse_config, config_dict, save_json
+
+    @dataclass
+    class Config:
+        data: str = opt(None, "dataset folder (manifest.json inside)", required=True)
+        batch_size: int = opt(256, "global batch size, summed over all ranks")
+        normalize: str = opt("minmax", "how pixels become [0, 1]", choices=("minmax", "hu"))
+        window: tuple[float, float] = opt((-1024.0, 3072.0), "HU window for --normalize hu")
+        lr: float | None = opt(None, "peak learning rate (default: the recipe's rule)")
+        compile: bool = opt(False, "torch.compile the model")
+
+    cfg = parse_config(Config, ["--data", "d/", "--window", "-1000", "1000"])
+    save_json(config_dict(cfg), "run/config.json")
+
+Field `batch_size` is flag `--batch-size`; a `bool` gets `--compile/--no-compile`; a
+`tuple[float, float]` takes two values; `X | None` accepts the word `none` too. The
+help text shows each default. No globals, no exec: the dataclass is the whole config.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, required: bool = False) -> Any:
+    """A dataclass field with its flag's help text (and allowed values)."""
+    meta = {"help": help, "choices": choices, "required": required}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults (dataclass defaults must be immutable)")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, accepts None) for `X | None` / Optional[X]."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _scalar_parser(tp: Any, nullable: bool):
+    def parse(text: str):
+        if nullable and text.lower() == "none":
+            return None
+        return tp(text)
+    parse.__name__ = getattr(tp, "__name__", "value")  # argparse names the type in its errors
+    return parse
+
+
+def build_parser(cls: type, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of dataclass `cls`."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, nullable = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default
+        help_text = f"{meta.get('help', '')} (default: {default!r})" if not meta.get("required") \
+            else f"{meta.get('help', '')} (required)"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if meta.get("required"):
+            kwargs["required"] = True
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if typing.get_origin(tp) is tuple:
+            args = typing.get_args(tp)
+            kwargs.update(nargs=len(args), type=_scalar_parser(args[0], False), metavar=tuple(a.__name__.upper() for a in args))
+            parser.add_argument(flag, **kwargs)
+            continue
+        if tp not in (int, float, str):
+            raise TypeError(f"config field {f.name}: unsupported type {tp!r}")
+        parser.add_argument(flag, type=_scalar_parser(tp, nullable), **kwargs)
+    return parser
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(ns, f.name)
+        values[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**values)
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None,
+                 epilog: str | None = None) -> T:
+    """Parse `argv` (sys.argv[1:] when None) into an instance of dataclass `cls`."""
+    parser = build_parser(cls, description, epilog)
+    return from_namespace(cls, parser.parse_args(argv))
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load_config(cls: type[T], data: dict[str, Any]) -> T:
+    """The dataclass back from its saved dict (unknown keys, such as run metadata, are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Reading tlx datasets: the dataset contract, per-rank sample plans, augmentations, the two loaders."""

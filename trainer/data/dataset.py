@@ -1,0 +1,224 @@
+"""Reading a tlx dataset (docs/dataset-format.md) without datakit: manifest, shards, members.
+
+    from trainer.data.dataset import open_dataset
+    ds = open_dataset("data/")                  # TrainerError: no manifest, unknown format_version, ...
+    ds.kind, ds.classes                         # "ct-slices", ["head", "thorax", ...]
+    ext, spec = ds.member("image")              # "hu.zst", MemberSpec(codec="zstd", dtype="int16", shape=(256, 256))
+    table = ds.sample_table("train")            # every sample of the split: shard, offset, size per member
+    reader = SampleReader(ds)                   # picklable; opens files lazily (safe in worker processes)
+    hu = reader.read(table, i, ext)             # np.ndarray int16 (256, 256): sample i's pixels, decoded
+    label = reader.read(table, i, "cls")        # int
+
+The table is built from the `.idx` files beside the shards (DALI's index: the data
+offset and size of every member), so a sample is read with one positioned read of
+exactly its bytes; no tar is scanned. Sample `i` of a split is the i-th sample in
+manifest shard order, then tar order (the order of slices.parquet).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.errors import TrainerError
+
+FORMAT = "tlx-shards"
+FORMAT_VERSIONS = (1,)
+CODECS = ("zstd", "raw", "ascii-int", "png", "jpeg")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    ext: str
+    role: str
+    codec: str
+    dtype: str | None = None
+    byteorder: str = "little"
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype).newbyteorder("<" if self.byteorder == "little" else ">")
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.numpy_dtype.itemsize
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    split: str
+    path: Path
+    index: Path
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SampleTable:
+    """Where every sample of a split lives: `shard[i]`, and per member ext `offset[ext][i]`, `size[ext][i]`."""
+    split: str
+    shard_paths: list[Path]
+    shard: np.ndarray                     # int32, index into shard_paths
+    offset: dict[str, np.ndarray]         # int64 data offsets
+    size: dict[str, np.ndarray]           # int64 sizes
+    keys: np.ndarray | None = None        # object array of str, only when asked for
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+class TlxDataset:
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self.kind: str = manifest.get("kind", "")
+        self.classes: list[str] = list(manifest.get("classes", []))
+        self.members: dict[str, MemberSpec] = {}
+        for ext, m in manifest["members"].items():
+            if m.get("codec") not in CODECS:
+                raise TrainerError(f"{root}: member {ext!r} has codec {m.get('codec')!r}; known: {', '.join(CODECS)}")
+            shape = tuple(m["shape"]) if m.get("shape") is not None else None
+            self.members[ext] = MemberSpec(ext, m.get("role", ""), m["codec"], m.get("dtype"),
+                                           m.get("byteorder", "little"), shape)
+        self.shards = [ShardSpec(s["split"], root / s["path"], root / s["index"], int(s["samples"]),
+                                 int(s.get("bytes", 0)), s.get("sha256", "")) for s in manifest["shards"]]
+
+    def split_shards(self, split: str) -> list[ShardSpec]:
+        if split not in SPLITS:
+            raise TrainerError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        return [s for s in self.shards if s.split == split]
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.split_shards(split))
+
+    def member(self, role: str) -> tuple[str, MemberSpec]:
+        """The (first) member with this role: image, label, labels or mask."""
+        for ext, spec in self.members.items():
+            if spec.role == role:
+                return ext, spec
+        roles = sorted({m.role for m in self.members.values()})
+        raise TrainerError(f"{self.root}: no member with role {role!r}; the dataset has roles {', '.join(roles)}")
+
+    def sample_table(self, split: str, with_keys: bool = False) -> SampleTable:
+        shards = self.split_shards(split)
+        exts = list(self.members)
+        shard_ids, offsets, sizes, keys = [], {e: [] for e in exts}, {e: [] for e in exts}, []
+        for i, s in enumerate(shards):
+            parsed = _parse_index(s, exts, with_keys)
+            shard_ids.append(np.full(s.samples, i, np.int32))
+            for e in exts:
+                offsets[e].append(parsed[0][e])
+                sizes[e].append(parsed[1][e])
+            keys.extend(parsed[2])
+        cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
+        return SampleTable(split, [s.path for s in shards], cat(shard_ids, np.int32),
+                           {e: cat(offsets[e], np.int64) for e in exts},
+                           {e: cat(sizes[e], np.int64) for e in exts},
+                           np.array(keys, dtype=object) if with_keys else None)
+
+
+def open_dataset(root: str | os.PathLike) -> TlxDataset:
+    root = Path(root)
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise TrainerError(f"{str(root)!r} is not a tlx dataset: no manifest.json (make one with `tlx shard`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrainerError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if manifest.get("format") != FORMAT:
+        raise TrainerError(f"{mpath}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version not in FORMAT_VERSIONS:
+        raise TrainerError(f"{mpath}: format_version {version!r} is unknown to this tlx; "
+                           f"it reads {', '.join(map(str, FORMAT_VERSIONS))} (update tlx)")
+    for key in ("members", "shards"):
+        if key not in manifest:
+            raise TrainerError(f"{mpath}: no {key!r} entry")
+    return TlxDataset(root, manifest)
+
+
+def _parse_index(shard: ShardSpec, exts: list[str], with_keys: bool):
+    """Offsets and sizes per member ext from a DALI v1.2 index: `<ext> <offset> <size> <name>` per member."""
+    if not shard.index.is_file():
+        raise TrainerError(f"index {str(shard.index)!r} of shard {shard.path.name} is missing")
+    lines = shard.index.read_text().splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != "v1.2":
+        raise TrainerError(f"{shard.index}: first line {lines[0] if lines else ''!r} is not 'v1.2 <count>'")
+    count = int(head[1])
+    if count != shard.samples or len(lines) - 1 != count:
+        raise TrainerError(f"{shard.index}: lists {len(lines) - 1} samples (header {count}), "
+                           f"manifest says {shard.samples}")
+    offsets = {e: np.empty(count, np.int64) for e in exts}
+    sizes = {e: np.empty(count, np.int64) for e in exts}
+    keys = []
+    for i, line in enumerate(lines[1:]):
+        tok = line.split()
+        found = {tok[j]: (tok[j + 1], tok[j + 2]) for j in range(0, len(tok), 4)}
+        for e in exts:
+            if e not in found:
+                raise TrainerError(f"{shard.index} line {i + 2}: sample has no member {e!r} "
+                                   f"(the manifest says every sample carries {', '.join(exts)})")
+            offsets[e][i], sizes[e][i] = int(found[e][0]), int(found[e][1])
+        if with_keys:
+            keys.append(tok[3].split(".", 1)[0])
+    return offsets, sizes, keys
+
+
+class SampleReader:
+    """Reads and decodes members by positioned reads; holds open files per process (fork/spawn safe)."""
+
+    def __init__(self, dataset: TlxDataset):
+        self.members = dataset.members
+        self._fds: dict[Path, int] = {}
+        self._pid = None
+        self._zstd = None
+
+    def __getstate__(self):  # file descriptors and decompressors do not cross processes
+        return {"members": self.members, "_fds": {}, "_pid": None, "_zstd": None}
+
+    def read_bytes(self, path: Path, offset: int, size: int) -> bytes:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's file offsets
+            self._fds, self._pid, self._zstd = {}, os.getpid(), None
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise TrainerError(f"{path}: short read at offset {offset} ({len(data)} of {size} bytes); shard truncated?")
+        return data
+
+    def read(self, table: SampleTable, i: int, ext: str):
+        data = self.read_bytes(table.shard_paths[table.shard[i]], int(table.offset[ext][i]), int(table.size[ext][i]))
+        return self.decode(ext, data)
+
+    def decode(self, ext: str, data: bytes):
+        spec = self.members[ext]
+        if spec.codec == "ascii-int":
+            return int(data)
+        if spec.codec in ("png", "jpeg"):
+            from PIL import Image
+            return np.asarray(Image.open(io.BytesIO(data)))
+        if spec.codec == "zstd":
+            if self._zstd is None:
+                import zstandard
+                self._zstd = zstandard.ZstdDecompressor()
+            data = self._zstd.decompress(data, max_output_size=spec.nbytes)
+        arr = np.frombuffer(data, dtype=spec.numpy_dtype)
+        if arr.size * arr.itemsize != spec.nbytes:
+            raise TrainerError(f"member {ext!r}: {len(data)} bytes do not hold shape {spec.shape} of {spec.dtype}")
+        return arr.reshape(spec.shape)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}

@@ -1,0 +1,87 @@
+"""Distributed setup: read what torchrun put in the environment, start the process group.
+
+    from trainer.dist import init_dist, close_dist, print0
+    env = init_dist("auto")        # Dist(rank, local_rank, world_size, device, backend)
+    print0("only rank 0 prints this")
+    ...
+    close_dist(env)
+
+Launched by `torchrun`, the environment holds RANK, WORLD_SIZE and LOCAL_RANK (and the
+rendezvous address); launched by plain `python`, none of them is set and this is a
+single process (rank 0 of 1) with no process group. GPUs talk NCCL, CPUs talk gloo.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from trainer.errors import TrainerError
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None  # None: a single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_dist(device: str = "auto") -> Dist:
+    """Pick the device (`auto` = cuda when available) and join torchrun's process group if any."""
+    if device not in DEVICES:
+        raise TrainerError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)  # before init_process_group, so NCCL binds the right GPU
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://")
+    return Dist(rank, local_rank, world_size, dev, backend)
+
+
+def close_dist(env: Dist) -> None:
+    if env.backend is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only (every rank would otherwise repeat each line)."""
+    if rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = None) -> float:
+    """The mean of a scalar over all ranks (the scalar itself in a single process)."""
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).detach().clone()
+    if is_distributed():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t)
