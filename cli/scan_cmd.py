@@ -1,0 +1,50 @@
+"""`tlx scan`: read DICOM headers into DATASET_DIR/work/index.parquet (library: datakit.scan)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(epilog="""\b
+Example:
+  export TLX_SECRET=$(openssl rand -hex 32)      # key for patient pseudonyms; keep it
+  tlx scan --dicom-root /pacs/export --out data/
+  tlx scan --dicom-root cohort/ --out data/ --workers 8 --label-rules my_rules.toml
+""")
+@click.option("--dicom-root", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder to walk: any depth, any file names.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Dataset folder; the index goes to OUT/work/index.parquet.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="File holding the pseudonym secret (default: env TLX_SECRET).")
+@click.option("--label-rules", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Label rules TOML replacing the shipped datakit/label_rules.toml.")
+def scan(dicom_root, out_dir, workers, secret_file, label_rules):
+    """Stage 1: read every file's DICOM header (never its pixels) into work/index.parquet.
+
+    Every file found gets a row: usable CT slices with label, pseudonyms and geometry;
+    everything else with a reject code and reason.
+    """
+    from datakit.pseudonym import load_secret
+    from datakit.scan import scan as run_scan
+
+    summary = run_scan(dicom_root, out_dir, workers=workers, secret=load_secret(secret_file),
+                       label_rules=label_rules)
+    print_scan_summary(summary)
+
+
+def print_scan_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"scan: {summary.files} files, {summary.candidates} CT slice candidates "
+                        f"({summary.patients} patients, {summary.series} series) in {summary.seconds:.1f} s "
+                        f"on {summary.workers} worker(s)")
+    table.add_column("kept as candidate / rejected")
+    table.add_column("files", justify="right")
+    for label, n in summary.by_label.items():
+        table.add_row(f"candidate: {label}", str(n))
+    for code, n in summary.by_code.items():
+        table.add_row(f"rejected: {code}", str(n))
+    Console().print(table)
+    Console().print(f"index: {summary.index_path}")

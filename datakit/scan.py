@@ -1,0 +1,288 @@
+"""Stage 1, scan: a DICOM tree -> DATASET_DIR/work/index.parquet, one row per file found.
+
+    summary = scan("cohort/", "data/", workers=None, secret=load_secret(None), label_rules=None)
+
+Headers only (datakit.dicom.read_header; pixels are never read), in parallel over
+all cores. Every file found gets a row, so kept + rejected = found: files that are
+not usable CT slices get a reject_code and a reason a person can act on (table in
+docs/datakit-input.md). Candidates get their label, pseudonyms and geometry;
+uncompressed ones also get pixel_offset/pixel_length so the write stage reads their
+pixels without parsing the header again.
+
+What headers decide here (plan decides what needs the whole cohort: duplicates,
+short series, splits): DICOM or not, DICOMDIR, Modality CT, CT image storage,
+secondary capture, localizer, derived dose/screen-save images, multi-frame,
+readable pixel format and size, axial orientation, and native pixel data that is
+cut short.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header,
+                           time_limit)
+from datakit.errors import DatakitError
+from datakit.labels import load_rules
+from datakit.pseudonym import pseudonym
+from datakit.walk import walk_files
+
+INDEX = Path("work") / "index.parquet"
+HEADER_TIMEOUT_S = 10.0
+CHUNK = 128                      # files per task: big enough to amortise IPC, small enough for a live progress bar
+MIN_AXIAL_COS = 0.8              # |slice normal . z| for axial: gantry tilts up to ~35 degrees stay axial
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+CT_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2",       # CT Image Storage
+                              "1.2.840.10008.5.1.4.1.1.2.1",     # Enhanced CT (multi-frame)
+                              "1.2.840.10008.5.1.4.1.1.2.2"})    # Legacy Converted Enhanced CT
+SECONDARY_CAPTURE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
+                                       "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
+                                       "1.2.840.10008.5.1.4.1.1.7.4"})
+
+
+def _schema():
+    import pyarrow as pa
+
+    s, i32, i64, f32, f64 = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64()
+    return pa.schema([
+        ("path", s), ("size", i64), ("reject_code", s), ("reject_reason", s),
+        ("patient", s), ("study", s), ("series", s), ("sop", s),
+        ("modality", s), ("sop_class_uid", s), ("image_type", s), ("transfer_syntax", s),
+        ("rows", i32), ("columns", i32), ("bits_allocated", i32), ("bits_stored", i32),
+        ("pixel_representation", i32), ("samples_per_pixel", i32), ("number_of_frames", i32),
+        ("photometric", s), ("rescale_slope", f64), ("rescale_intercept", f64),
+        ("pixel_spacing_row", f32), ("pixel_spacing_col", f32), ("slice_thickness", f32),
+        ("ipp_x", f64), ("ipp_y", f64), ("ipp_z", f64), ("iop", pa.list_(f64, 6)), ("slice_pos", f64),
+        ("instance_number", i32),
+        ("label", s), ("label_rule", s), ("label_keyword", s), ("label_field", s),
+        ("pixel_offset", i64), ("pixel_length", i64),
+    ])
+
+
+@dataclass
+class ScanSummary:
+    root: str
+    index_path: Path
+    files: int = 0
+    dicom: int = 0
+    candidates: int = 0
+    patients: int = 0
+    series: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    by_code: dict = field(default_factory=dict)     # reject code -> files
+    by_label: dict = field(default_factory=dict)    # label -> candidate files
+
+
+# --------------------------------------------------------------------------- one file
+
+def classify(h: Header, size: int) -> tuple[str, str] | None:
+    """(code, reason) for a header that is not a usable CT slice, else None."""
+    v = h.values
+    sop_class, modality = v.get("SOPClassUID"), v.get("Modality")
+    if h.media_sop_class == DICOMDIR_CLASS or sop_class == DICOMDIR_CLASS:
+        return "dicomdir", "a DICOMDIR (media index), not an image"
+    if sop_class is None and modality is None:
+        return "unreadable-header", "no SOPClassUID and no Modality: not a usable DICOM object"
+    if modality != "CT":
+        return "not-ct", f"Modality is {modality or 'missing'}; only CT is used"
+    if sop_class in SECONDARY_CAPTURE_CLASSES:
+        return "secondary-capture", "a secondary capture (screenshot, dose report), not a CT slice"
+    if sop_class not in CT_IMAGE_CLASSES:
+        return "not-image-storage", f"SOP class {sop_class or 'missing'} is not CT image storage"
+    image_type = tuple(t.upper() for t in (v.get("ImageType") or ()))
+    if "LOCALIZER" in image_type:
+        return "scout", "a localizer / scout image (ImageType LOCALIZER)"
+    if "SCREEN SAVE" in image_type or any("DOSE" in t for t in image_type):
+        return "derived", "a derived dose or screen-save image (ImageType), not a CT slice"
+    if (problem := pixel_problem(header_row(h))) is not None:
+        return problem
+    iop = v.get("ImageOrientationPatient")
+    if iop is not None:
+        normal = _normal(iop)
+        if normal is None:
+            return "bad-geometry", "ImageOrientationPatient is not two unit direction vectors"
+        if abs(normal[2]) < MIN_AXIAL_COS:
+            return "not-axial", "the slice plane is not axial (coronal, sagittal or strongly oblique)"
+    if h.transfer_syntax in UNCOMPRESSED and h.pixel_offset is not None:
+        need = v["Rows"] * v["Columns"] * v["BitsAllocated"] // 8
+        if h.pixel_length < need or h.pixel_offset + need > size:
+            return "truncated", f"the file ends inside its pixel data ({size} bytes, pixel data needs " \
+                                f"{h.pixel_offset + need})"
+    return None
+
+
+def _normal(iop) -> tuple[float, float, float] | None:
+    if len(iop) != 6:
+        return None
+    r, c = iop[:3], iop[3:]
+    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    norm = math.sqrt(sum(x * x for x in n))
+    if not 0.5 < norm < 1.5:
+        return None
+    return n[0] / norm, n[1] / norm, n[2] / norm
+
+
+class _FileScanner:
+    """Per-process state: the secret, the label rules and a cache of labels per header texts."""
+
+    def __init__(self, root: str, secret: bytes, rules_path: str | None):
+        self.root, self.secret = root, secret
+        self.rules = load_rules(rules_path)
+        self._labels: dict = {}
+
+    def label(self, v: dict):
+        texts = tuple(v.get(f) for f in self.rules.fields)
+        if texts not in self._labels:
+            self._labels[texts] = self.rules.label(dict(zip(self.rules.fields, texts)))
+        return self._labels[texts]
+
+    def row(self, rel: str, size: int) -> dict:
+        row = {"path": rel, "size": size}
+        try:
+            with time_limit(HEADER_TIMEOUT_S):
+                h = read_header(os.path.join(self.root, rel), size)
+        except SliceRejected as exc:
+            row["reject_code"], row["reject_reason"] = exc.code, exc.reason
+            return row
+        except OSError as exc:
+            row["reject_code"], row["reject_reason"] = "unreadable", f"cannot read the file ({exc.strerror})"
+            return row
+        self._fill(row, h)
+        problem = classify(h, size)
+        if problem is not None:
+            row["reject_code"], row["reject_reason"] = problem
+        return row
+
+    def _fill(self, row: dict, h: Header) -> None:
+        v, ps = h.values, self.secret
+        row["patient"] = pseudonym(ps, v.get("PatientID") or "")      # missing ids: one "unknown" patient
+        for col, key in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("sop", "SOPInstanceUID")):
+            if v.get(key):
+                row[col] = pseudonym(ps, v[key])
+        row.update(header_row(h))
+        del row["pixel_tag"]
+        row["modality"], row["sop_class_uid"] = v.get("Modality"), v.get("SOPClassUID")
+        row["image_type"] = "\\".join(v["ImageType"]) if v.get("ImageType") else None
+        spacing = v.get("PixelSpacing")
+        if spacing and len(spacing) == 2:
+            row["pixel_spacing_row"], row["pixel_spacing_col"] = spacing
+        row["slice_thickness"] = v.get("SliceThickness")
+        ipp, iop = v.get("ImagePositionPatient"), v.get("ImageOrientationPatient")
+        if ipp and len(ipp) == 3:
+            row["ipp_x"], row["ipp_y"], row["ipp_z"] = ipp
+        if iop and len(iop) == 6:
+            row["iop"] = list(iop)
+            normal = _normal(iop)
+            if normal is not None and ipp and len(ipp) == 3:
+                row["slice_pos"] = sum(p * n for p, n in zip(ipp, normal))
+        row["instance_number"] = v.get("InstanceNumber")
+        match = self.label(v)
+        row["label"], row["label_rule"], row["label_keyword"], row["label_field"] = \
+            match.label, match.rule, match.keyword, match.field
+        for col in ("rows", "columns", "bits_allocated", "bits_stored", "pixel_representation",
+                    "samples_per_pixel", "number_of_frames", "instance_number"):
+            if row.get(col) is not None and not -2**31 <= row[col] < 2**31:
+                row[col] = None                   # a bit-flipped count that int32 cannot hold
+
+
+_WORKER: _FileScanner | None = None
+
+
+def _init_worker(root: str, secret: bytes, rules_path: str | None) -> None:
+    global _WORKER
+    _WORKER = _FileScanner(root, secret, rules_path)
+
+
+def _scan_chunk(items: list[tuple[str, int]]) -> list[dict]:
+    return [_WORKER.row(rel, size) for rel, size in items]
+
+
+# --------------------------------------------------------------------------- the stage
+
+def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int | None = None,
+         secret: bytes, label_rules: str | os.PathLike | None = None) -> ScanSummary:
+    """Scan `dicom_root`, write `out_dir`/work/index.parquet, return counts. Raises DatakitError on bad input."""
+    t0 = time.perf_counter()
+    root = Path(dicom_root)
+    if not root.exists():
+        raise DatakitError(f"DICOM root {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
+    rules_path = str(label_rules) if label_rules is not None else None
+    load_rules(rules_path)                       # a bad rules file fails before any work
+    found = list(walk_files(root))
+    if not found:
+        raise DatakitError(f"DICOM root {str(root)!r} holds no files")
+    rows = [{"path": f.path, "size": f.size, "reject_code": f.problem[0], "reject_reason": f.problem[1]}
+            for f in found if f.problem]
+    todo = [(f.path, f.size) for f in found if not f.problem]
+    workers = max(1, workers or os.cpu_count() or 1)
+    chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
+    if workers == 1 or len(chunks) <= 1:
+        workers = 1
+        scanner = _FileScanner(str(root), secret, rules_path)
+        for chunk in _progress(chunks, len(todo), "scan"):
+            rows += [scanner.row(rel, size) for rel, size in chunk]
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)) as ex:
+            for part in _progress(ex.map(_scan_chunk, chunks), len(todo), "scan", sizes=[len(c) for c in chunks]):
+                rows += part
+    rows.sort(key=lambda r: r["path"])
+    index_path = Path(out_dir) / INDEX
+    write_index(rows, index_path)
+    summary = _summarize(rows, str(root), index_path, workers, time.perf_counter() - t0)
+    if summary.dicom == 0:
+        raise DatakitError(f"no DICOM files found under {str(root)!r} ({summary.files} files, none DICOM); "
+                           f"index written to {index_path}")
+    if summary.candidates == 0:
+        top = ", ".join(f"{c} {n}" for c, n in Counter(summary.by_code).most_common(3))
+        raise DatakitError(f"no usable CT slices found under {str(root)!r} ({summary.dicom} DICOM files: {top}); "
+                           f"index written to {index_path}")
+    return summary
+
+
+def write_index(rows: list[dict], path: Path) -> None:
+    """index.parquet with the documented schema, written to a temporary name and renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema()
+    table = pa.table({name: pa.array([r.get(name) for r in rows], type=schema.field(name).type)
+                      for name in schema.names}, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _summarize(rows: list[dict], root: str, index_path: Path, workers: int, seconds: float) -> ScanSummary:
+    candidates = [r for r in rows if r.get("reject_code") is None]
+    return ScanSummary(
+        root=root, index_path=index_path, files=len(rows),
+        dicom=sum(1 for r in rows if r.get("reject_code") not in ("not-dicom", "unreadable", "not-a-file")),
+        candidates=len(candidates), patients=len({r["patient"] for r in candidates}),
+        series=len({r.get("series") for r in candidates}), seconds=seconds, workers=workers,
+        by_code=dict(Counter(r["reject_code"] for r in rows if r.get("reject_code")).most_common()),
+        by_label=dict(Counter(r["label"] for r in candidates).most_common()))
+
+
+def _progress(it, total: int, what: str, sizes: list[int] | None = None):
+    """Yield from `it` with a rich progress bar counting files (silent when TLX_QUIET=1)."""
+    if os.environ.get("TLX_QUIET") == "1" or total == 0:
+        yield from it
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(what, total=total)
+        for i, item in enumerate(it):
+            yield item
+            bar.advance(task, sizes[i] if sizes else len(item))

@@ -1,0 +1,58 @@
+"""Finding every file under a folder: any names, any depth, symlink loops, unreadable entries.
+
+    for entry in walk_files(root): entry.path (relative, POSIX), entry.size, entry.problem
+
+Symlinked folders are followed once (a folder reached again, through a loop or a
+second link, is not walked twice); entries that are not regular files (sockets,
+FIFOs, devices: opening a FIFO would block forever) and entries that cannot be
+stat'ed (dangling links, permission errors) are reported with a problem instead
+of being skipped, so scan can account for everything it found. Order is sorted by
+path within each folder, so the walk is deterministic.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str                    # relative to the root, POSIX separators
+    size: int
+    problem: tuple[str, str] | None = None   # (code, reason) when the entry cannot be read as a file
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[Found]:
+    root = Path(root)
+    seen: set[tuple[int, int]] = set()
+    st = root.stat()
+    seen.add((st.st_dev, st.st_ino))
+    stack = [("", root)]
+    while stack:
+        rel, folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield Found(rel or ".", 0, ("unreadable", f"cannot list the folder ({exc.strerror})"))
+            continue
+        subfolders = []
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            try:
+                st = e.stat()                       # follows symlinks
+            except OSError as exc:
+                yield Found(path, 0, ("unreadable", f"cannot stat ({exc.strerror}; a dangling link?)"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    subfolders.append((path, Path(e.path)))
+            elif stat.S_ISREG(st.st_mode):
+                yield Found(path, st.st_size)
+            else:
+                yield Found(path, 0, ("not-a-file", "not a regular file (socket, FIFO or device)"))
+        stack.extend(reversed(subfolders))        # depth first, in name order
