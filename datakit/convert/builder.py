@@ -1,0 +1,263 @@
+"""Turning converted samples into a tlx dataset: staging, global shuffle, shards, parquet, manifest.
+
+    builder = DatasetBuilder(out, kind="segmentation", members={...}, classes=[...], config={...})
+    jobs = [(job_id, job), ...]                         # one per volume / chunk of images
+    builder.run(stage_fn, jobs, workers=2)              # stage_fn(job, bin_path) -> Staged, in a process pool
+    manifest = builder.assemble()                       # shards + slices/volumes/rejects.parquet + manifest.json
+
+Two phases, as in `tlx write` (docs/internals/datakit-stages.md):
+1. stage: each job (a NIfTI case, a chunk of images) is decoded, resized and encoded
+   in a worker process; its payloads go to one file under work/staging/ and its rows
+   (sample metadata plus where each payload lies) to a JSON file beside it, written
+   last and atomically. A rerun with `resume=True` skips jobs whose JSON exists, so
+   an interrupted conversion loses at most the jobs in flight. A payload may also
+   point into the source file itself (JPEGs copied unchanged are never staged).
+2. assemble: the rows of each split are sorted by key and shuffled with the seed (a
+   shard mixes many volumes and patients), cut into shards of `samples_per_shard`
+   and written with datakit.shards.ShardWriter; slices.parquet lists the samples in
+   shard order; manifest.json is written last, so its presence means "complete", and
+   then work/staging/ is deleted (it is a second copy of the data).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from datakit.convert.progress import progress
+from datakit.errors import DatakitError
+from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, write_json_atomic
+from datakit.shards import ShardWriter
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_key(text: str, max_len: int = 80) -> str:
+    """A sample-key-safe version of a source name: runs of other characters become `_`;
+    long names keep their tail and a short hash, so distinct names stay distinct."""
+    key = _UNSAFE.sub("_", text).strip("_") or "x"
+    if len(key) > max_len:
+        key = key[-(max_len - 9):].lstrip("_") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return key
+
+
+@dataclass
+class Staged:
+    """What one job produced: sample rows, rejects and volumes.parquet rows. Each sample row
+    holds `key`, `split` and `_payload` {ext: [path, offset, size]}; its other keys become
+    slices.parquet columns."""
+    job: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StagingFile:
+    """Append-only payload file of one job; `add` returns the [path, offset, size] reference."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path.with_name(path.name + ".partial"), "wb")
+        self._pos = 0
+
+    def add(self, data: bytes) -> list:
+        ref = [str(self.path), self._pos, len(data)]
+        self._f.write(data)
+        self._pos += len(data)
+        return ref
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._f.name, self.path)
+
+
+def _job_file(staging: Path, job: str) -> Path:
+    return staging / (hashlib.sha1(job.encode()).hexdigest()[:20] + ".json")
+
+
+def _run_job(stage_fn: Callable, job: Any, job_id: str, staging: Path) -> Staged:
+    staged = stage_fn(job, _job_file(staging, job_id).with_suffix(".bin"))
+    write_json_atomic(_job_file(staging, job_id), dataclasses.asdict(staged))
+    return staged
+
+
+class DatasetBuilder:
+    def __init__(self, out: Path | str, *, kind: str, members: dict[str, dict], classes: list[str],
+                 config: dict[str, Any], samples_per_shard: int = 1000, seed: int = 0, resume: bool = False):
+        self.layout = Layout(out)
+        self.kind, self.members, self.classes, self.config = kind, members, classes, config
+        self.samples_per_shard, self.seed = samples_per_shard, seed
+        if samples_per_shard < 1:
+            raise DatakitError(f"--samples-per-shard {samples_per_shard} must be >= 1")
+        check_output(out, resume)
+        self.staging = self.layout.staging
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.staged: list[Staged] = []
+
+    def run(self, stage_fn: Callable[[Any, Path], Staged], jobs: list[tuple[str, Any]], workers: int,
+            what: str = "converting") -> list[Staged]:
+        """Stage every (job_id, job) not staged yet, in a process pool; collect all results."""
+        todo = []
+        for job_id, job in jobs:
+            done = _job_file(self.staging, job_id)
+            if done.exists():
+                self.staged.append(Staged(**json.loads(done.read_text())))
+            else:
+                todo.append((job_id, job))
+        for staged in progress(_stage_all(stage_fn, todo, self.staging, workers), total=len(todo), description=what):
+            self.staged.append(staged)
+        return self.staged
+
+    def assemble(self, rejects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Write shards, parquet files and the manifest from everything staged (plus
+        `rejects` found before staging, e.g. files without a label)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [r for s in self.staged for r in s.rows]
+        all_rejects = [r for s in self.staged for r in s.rejects] + list(rejects or [])
+        volumes = [v for s in self.staged for v in s.volumes]
+        keys = [r["key"] for r in rows]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
+            raise DatakitError(f"sample keys are not unique after making them key-safe, e.g. {dup}; "
+                               f"rename the sources so their names differ in letters, digits, _ or -")
+        if not rows:
+            raise DatakitError(f"nothing to write: every input was rejected ({len(all_rejects)} rejects; "
+                               f"see the reasons in {self.layout.rejects})")
+        shards_meta, table_rows = [], []
+        for split in SPLITS:
+            split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])
+            order = np.random.default_rng([self.seed, SPLITS.index(split)]).permutation(len(split_rows))
+            split_rows = [split_rows[i] for i in order]
+            for n, start in enumerate(progress(range(0, len(split_rows), self.samples_per_shard),
+                                               total=-(-len(split_rows) // self.samples_per_shard),
+                                               description=f"writing {split} shards")):
+                path = self.layout.shard_path(split, n)
+                chunk = split_rows[start:start + self.samples_per_shard]
+                with ShardWriter(path) as writer:
+                    for r in chunk:
+                        writer.write(r["key"], {ext: _read_ref(ref) for ext, ref in r["_payload"].items()})
+                info = writer.info
+                rel = path.relative_to(self.layout.root).as_posix()
+                shards_meta.append({"split": split, "path": rel,
+                                    "index": info.index_path.relative_to(self.layout.root).as_posix(),
+                                    "samples": info.samples, "bytes": info.bytes, "sha256": info.sha256})
+                table_rows += [{"key": r["key"], "split": split, "shard": rel,
+                                **{k: v for k, v in r.items() if k not in ("key", "split", "_payload")}}
+                               for r in chunk]
+        pq.write_table(pa.Table.from_pylist(table_rows), self.layout.slices)
+        pq.write_table(_rejects_table(all_rejects), self.layout.rejects)
+        if volumes:  # kinds made of volumes (segmentation); image kinds have none
+            pq.write_table(pa.Table.from_pylist(volumes), self.layout.volumes)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
+            "tool_version": _tool_version(), "config": self.config, "members": self.members,
+            "classes": self.classes, "splits": _split_counts(table_rows, self.classes, self.kind, shards_meta),
+            "shards": shards_meta,
+        }
+        write_json_atomic(self.layout.manifest, manifest)
+        shutil.rmtree(self.staging)  # a second copy of the data; the dataset is complete without it
+        return manifest
+
+
+def check_output(out: Path | str, resume: bool) -> None:
+    """Refuse to write over anything: a non-empty folder needs --resume, a finished one a new folder."""
+    root = Layout(out).root
+    if (root / "manifest.json").exists():
+        raise DatakitError(f"{root} already holds a finished dataset (manifest.json); choose a new folder")
+    if root.exists() and any(root.iterdir()) and not resume:
+        raise DatakitError(f"output folder {root} is not empty; choose a new one, or add --resume to "
+                           f"finish an interrupted conversion there")
+
+
+def _stage_all(stage_fn: Callable, jobs: list[tuple[str, Any]], staging: Path, workers: int) -> Iterator[Staged]:
+    """Run the jobs: in this process for one worker (tests, debugging), else in a process pool.
+    A failing job stops the conversion with its error (what was staged so far is kept)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job_id, job in jobs:
+            yield _run_job(stage_fn, job, job_id, staging)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_job, stage_fn, job, job_id, staging) for job_id, job in jobs]
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _read_ref(ref: list) -> bytes:
+    path, offset, size = ref
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise DatakitError(f"{path} changed since it was staged ({len(data)} of {size} bytes at {offset}); "
+                           f"rerun the conversion into a new folder")
+    return data
+
+
+def _rejects_table(rejects: list[dict[str, Any]]):
+    import pyarrow as pa
+    cols = {"path": pa.string(), "volume": pa.string(), "stage": pa.string(), "code": pa.string(),
+            "reason": pa.string()}
+    return pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rejects], schema=pa.schema(cols))
+
+
+def _split_counts(rows: list[dict], classes: list[str], kind: str, shards: list[dict]) -> dict:
+    out = {}
+    for split in SPLITS:
+        rs = [r for r in rows if r["split"] == split]
+        by_label = dict.fromkeys(classes, 0)
+        for r in rs:
+            if kind in ("image-classification",):
+                by_label[r["label"]] += 1
+            elif kind == "multilabel":
+                for name in r["labels"]:
+                    by_label[name] += 1
+            elif kind == "segmentation":
+                for name in classes:
+                    by_label[name] += r[f"pixels_{name}"] > 0   # slices showing the class
+        out[split] = {"samples": len(rs), "volumes": len({r["volume"] for r in rs if r.get("volume")}),
+                      "patients": len({r["patient"] for r in rs if r.get("patient")}),
+                      "shards": sum(s["split"] == split for s in shards), "by_label": by_label}
+    return out
+
+
+def _tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("tlx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def stage_reject(path: str, code: str, reason: str, volume: str | None = None) -> dict[str, Any]:
+    """A rejects.parquet row (stage "convert")."""
+    return {"path": path, "volume": volume, "stage": "convert", "code": code, "reason": reason}
+
+
+def check_workers(workers: int | None) -> int:
+    if workers is None:
+        return os.cpu_count() or 1
+    if workers < 1:
+        raise DatakitError(f"--workers {workers} must be >= 1")
+    return workers
+
+
+def iter_chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

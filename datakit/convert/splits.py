@@ -1,0 +1,48 @@
+"""Train/val/test assignment of whole groups (patients, or single images when the source
+does not say which patient an image belongs to), so no group straddles two splits.
+
+    split_of = assign_splits(groups, val=30, test=30, seed=0)           # 30 patients each
+    split_of = assign_splits(groups, val=0.1, test=0.1, seed=0, strata=label_of)
+
+`val`/`test` >= 1 are numbers of groups, < 1 fractions of them (at least one group
+when the fraction is above 0, so a small cohort still gets a val and a test patient).
+With `strata` (one label per group) fractions apply within each stratum instead: after a seeded permutation of the
+stratum, its j-th group (of n) goes to val when (j + u) / n < val, to test when < val +
+test, else to train (u uniform per stratum), so every label keeps its share. The
+result depends only on the seed and the set of groups, not on their order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from datakit.errors import DatakitError
+
+
+def assign_splits(groups: list[str], val: float, test: float, seed: int,
+                  strata: dict[str, str] | None = None) -> dict[str, str]:
+    groups = sorted(set(groups))
+    n = len(groups)
+    for name, v in (("--val", val), ("--test", test)):
+        if v < 0 or (v >= 1 and v != int(v)):
+            raise DatakitError(f"{name} {v} must be a fraction in [0, 1) or a whole number of patients")
+    rng = np.random.default_rng(seed)
+    if strata is None or val >= 1 or test >= 1:
+        n_val, n_test = (int(v) if v >= 1 else max(int(v > 0), int(round(v * n))) for v in (val, test))
+        if n_val + n_test >= n:
+            raise DatakitError(f"--val {val} and --test {test} take {n_val} + {n_test} of {n} patients, "
+                               f"leaving none to train on")
+        order = [groups[i] for i in rng.permutation(n)]
+        return {g: "val" if i < n_val else "test" if i < n_val + n_test else "train" for i, g in enumerate(order)}
+    if val + test >= 1:
+        raise DatakitError(f"--val {val} + --test {test} must leave a training share (sum < 1)")
+    by_stratum: dict[str, list[str]] = {}
+    for g in groups:  # groups are sorted, so each stratum's list is too
+        by_stratum.setdefault(strata[g], []).append(g)
+    out: dict[str, str] = {}
+    for stratum in sorted(by_stratum):
+        members = by_stratum[stratum]
+        u = rng.random()
+        for j, i in enumerate(rng.permutation(len(members))):
+            pos = (j + u) / len(members)
+            out[members[i]] = "val" if pos < val else "test" if pos < val + test else "train"
+    return out

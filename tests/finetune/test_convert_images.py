@@ -1,0 +1,149 @@
+"""`tlx convert image-folder` (multi-label CSV, patient split) and `class-folder` (jpg/cls)."""
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+import webdataset as wds
+import zstandard
+from PIL import Image
+
+from datakit.convert.builder import DatasetBuilder, Staged
+from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder
+from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
+from datakit.errors import DatakitError
+from tests.fixtures.task_datasets import FINDINGS, write_chestxray, write_class_folders
+
+
+def _read_all(out, manifest):
+    got = {}
+    for s in manifest["shards"]:
+        for sample in wds.WebDataset(str(out / s["path"]), shardshuffle=False):
+            got[sample["__key__"]] = (s["split"], sample)
+    return got
+
+
+def test_chestxray_multilabel_patient_split_and_rejects(tmp_path):
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=20, extras=True)
+    test_list = tmp_path / "test_list.txt"
+    test_list.write_text("00000000_000.png\n00000000_001.png\n00000003_000.png\n00000003_001.png\n")
+    out = tmp_path / "out"
+    m = convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(out), size=32,
+                                                test_list=str(test_list), val=0.2, workers=1, samples_per_shard=9))
+    assert m["kind"] == "multilabel" and m["classes"] == sorted(FINDINGS)
+    assert m["members"]["labels"] == {"role": "labels", "codec": "raw", "dtype": "uint8", "byteorder": "little",
+                                      "shape": [3]}
+    rejects = pl.read_parquet(out / "rejects.parquet").sort("code")
+    assert rejects.select("path", "code").rows() == [
+        ("gone.png", "missing-file"), ("images_001/unlisted.png", "no-label"), ("images_002/broken.png", "undecodable")]
+    slices = pl.read_parquet(out / "slices.parquet")
+    assert len(slices) == 40                  # 20 patients x 2 images; kept + rejected = found
+    assert slices.group_by("patient").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert sorted(slices.filter(pl.col("split") == "test")["key"].to_list()) == \
+        ["00000000_000", "00000000_001", "00000003_000", "00000003_001"]
+    assert m["splits"]["val"]["patients"] == 4  # 20% of the 18 patients not in the test list, rounded
+    csv = pl.read_csv(csv_path)
+    truth = dict(zip(csv["Image Index"], csv["Finding Labels"]))
+    for key, (split, sample) in _read_all(out, m).items():
+        hot = np.frombuffer(sample["labels"], np.uint8)
+        expected = {f for f in truth[f"{key}.png"].split("|") if f != "No Finding"}
+        assert {c for c, h in zip(m["classes"], hot) if h} == expected
+        img = np.frombuffer(zstandard.ZstdDecompressor().decompress(sample["img.zst"]), np.uint8).reshape(32, 32)
+        assert img.max() > 200 if expected else img.max() < 80   # findings are bright squares
+
+
+def test_csv_problems_are_one_line_errors(tmp_path):
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=4)
+    with pytest.raises(DatakitError, match=r"has no column\(s\) \['Patient'\]; its columns: Image Index, "):
+        convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(tmp_path / "o"),
+                                                patient_col="Patient"))
+    with pytest.raises(DatakitError, match=r"labels \['Nodule'\] are not in --classes Atelectasis, Effusion"):
+        convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(tmp_path / "o"),
+                                                classes=("Atelectasis", "Effusion")))
+
+
+@pytest.fixture(scope="module")
+def natural(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nat")
+    write_class_folders(tmp / "train", per_class=12)
+    write_class_folders(tmp / "val", per_class=4, seed=1)
+    return tmp
+
+
+def test_class_folder_jpg_cls_with_eval_root(natural):
+    out = natural / "out"
+    m = convert_class_folder(ClassFolderOptions(root=str(natural / "train"), eval_root=str(natural / "val"),
+                                                out=str(out), workers=1))
+    assert m["kind"] == "image-classification" and m["classes"] == ["bird", "cat", "dog"]
+    assert {s: m["splits"][s]["samples"] for s in ("train", "val", "test")} == {"train": 36, "val": 6, "test": 6}
+    assert m["splits"]["val"]["by_label"] == {"bird": 2, "cat": 2, "dog": 2}   # eval split evenly per class
+    slices = pl.read_parquet(out / "slices.parquet")
+    src = natural / "train" / "bird" / "bird_3.JPEG"
+    for key, (split, sample) in _read_all(out, m).items():
+        row = slices.filter(pl.col("key") == key).row(0, named=True)
+        assert int(sample["cls"]) == m["classes"].index(row["label"])
+        rgb = np.asarray(Image.open(io.BytesIO(sample["jpg"]))).reshape(-1, 3).mean(0)
+        assert np.argmax(rgb) == {"bird": 0, "cat": 1, "dog": 2}[row["label"]]
+        if row["source"] == "train/bird/bird_3.JPEG":
+            assert sample["jpg"] == src.read_bytes()         # good JPEGs are copied unchanged
+    assert slices.filter(pl.col("source").str.ends_with(".png"))["reencoded"].to_list() == [True, True]
+
+
+def test_class_subset_and_random_split(natural):
+    m = convert_class_folder(ClassFolderOptions(root=str(natural / "train"), out=str(natural / "sub"),
+                                                classes=("dog", "cat"), val=0.25, test=0.25, workers=1))
+    assert m["classes"] == ["dog", "cat"]
+    assert {s: m["splits"][s]["by_label"] for s in ("train", "val", "test")} == {
+        "train": {"dog": 6, "cat": 6}, "val": {"dog": 3, "cat": 3}, "test": {"dog": 3, "cat": 3}}
+    with pytest.raises(DatakitError, match=r"--classes \['cow'\] have no folder below"):
+        convert_class_folder(ClassFolderOptions(root=str(natural / "train"), out=str(natural / "x"), classes=("cow",)))
+
+
+def test_interrupted_conversion_resumes_to_identical_shards(tmp_path):
+    """A crash in the middle of staging, then --resume: the same bytes as one uninterrupted run."""
+    calls = {"n": 0}
+
+    def stage(job, bin_path, crash_at=None):
+        from datakit.convert.builder import StagingFile
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        staging = StagingFile(bin_path)
+        rows = [{"key": f"{job}-{i}", "split": ("train", "val", "test")[i % 3], "label": "a",
+                 "_payload": {"bin": staging.add(f"{job}:{i}".encode())}} for i in range(5)]
+        staging.close()
+        return Staged(job, rows)
+
+    jobs = [(f"j{i}", f"j{i}") for i in range(6)]
+    kw = dict(kind="image-classification", members={"bin": {"role": "image", "codec": "raw"}}, classes=["a"],
+              config={}, samples_per_shard=4)
+    straight = DatasetBuilder(tmp_path / "a", **kw)
+    straight.run(stage, jobs, workers=1)
+    ma = straight.assemble()
+    crashing = DatasetBuilder(tmp_path / "b", **kw)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run(lambda j, p: stage(j, p, crash_at=4), jobs, workers=1)
+    with pytest.raises(DatakitError, match="is not empty; choose a new one, or add --resume"):
+        DatasetBuilder(tmp_path / "b", **kw)
+    resumed = DatasetBuilder(tmp_path / "b", resume=True, **kw)
+    calls["n"] = 0
+    resumed.run(stage, jobs, workers=1)
+    assert calls["n"] == 3                    # only the jobs not staged before the crash ran again
+    mb = resumed.assemble()
+    assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]
+    assert sum(s["samples"] for s in mb["shards"]) == 30
+
+
+def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path, natural):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["convert", "class-folder", "--root", str(natural / "train"),
+                                      "--out", str(tmp_path / "o"), "--workers", "1", "--classes", "cat,dog"])
+    assert result.exit_code == 0, result.output
+    assert "image-classification, 2 classes" in result.output
+    result = CliRunner().invoke(cli, ["convert", "class-folder", "--root", str(natural / "train"),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("Error: ") and "already holds a finished dataset" in result.output

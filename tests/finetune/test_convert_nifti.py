@@ -1,0 +1,107 @@
+"""`tlx convert nifti-seg`: LiTS and BraTS layouts -> segmentation shards with masks, split by patient."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import webdataset as wds
+import zstandard
+
+from datakit.convert.nifti_seg import NiftiSegOptions, convert_nifti_seg
+from datakit.errors import DatakitError
+from tests.fixtures.task_datasets import LITS_HU, write_brats_cases, write_lits_cases
+
+
+def _samples(out, manifest):
+    """Every sample of every shard, read back with the webdataset package: key -> (split, members)."""
+    got = {}
+    for s in manifest["shards"]:
+        for sample in wds.WebDataset(str(out / s["path"]), shardshuffle=False):
+            got[sample["__key__"]] = (s["split"], sample)
+    return got
+
+
+def _arr(data, spec):
+    return np.frombuffer(zstandard.ZstdDecompressor().decompress(data), dtype=spec["dtype"]).reshape(spec["shape"])
+
+
+@pytest.fixture(scope="module")
+def lits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lits")
+    write_lits_cases(root / "src", n_cases=6, bad_label_case=5)
+    out = root / "out"
+    manifest = convert_nifti_seg(NiftiSegOptions(images=str(root / "src"), out=str(out), preset="lits", size=32,
+                                                 workers=1, samples_per_shard=7))
+    return out, manifest
+
+
+def test_lits_manifest_counts_and_nothing_lost(lits):
+    out, m = lits
+    assert m["kind"] == "segmentation" and m["classes"] == ["background", "liver", "tumor"]
+    assert m["members"]["img.zst"] == {"role": "image", "codec": "zstd", "dtype": "int16", "byteorder": "little",
+                                       "shape": [32, 32]}
+    volumes = pl.read_parquet(out / "volumes.parquet")
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    # 6 cases found: 5 kept with all 6 slices, case 5 rejected for its stray label value
+    assert volumes.filter(pl.col("kept"))["slices_kept"].to_list() == [6] * 5
+    assert rejects.select("volume", "code").rows() == [("5", "unknown-label")]
+    assert "label values [7] of case 5 are not in the label map" in rejects["reason"][0]
+    slices = pl.read_parquet(out / "slices.parquet")
+    assert len(slices) == 30 == sum(s["samples"] for s in m["splits"].values())
+    assert slices["key"].n_unique() == 30
+    # by patient: no patient in two splits; a small cohort still gets a val and a test patient
+    assert slices.group_by("patient").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert {s: m["splits"][s]["patients"] for s in ("train", "val", "test")} == {"train": 3, "val": 1, "test": 1}
+    assert not (out / "work" / "staging").exists()
+
+
+def test_lits_shards_hold_masks_that_match_the_image(lits):
+    out, m = lits
+    samples = _samples(out, m)
+    slices = pl.read_parquet(out / "slices.parquet")
+    assert set(samples) == set(slices["key"])
+    for row in slices.iter_rows(named=True):
+        split, sample = samples[row["key"]]
+        assert split == row["split"]
+        img, mask = _arr(sample["img.zst"], m["members"]["img.zst"]), _arr(sample["mask.zst"], m["members"]["mask.zst"])
+        assert np.bincount(mask.ravel(), minlength=3).tolist() == \
+            [row["pixels_background"], row["pixels_liver"], row["pixels_tumor"]]
+        # 24x20 slices padded to square and halved-ish: interiors keep their HU exactly where blocks are wide
+        assert set(np.unique(img[mask == 2])) <= set(range(LITS_HU["liver"], LITS_HU["tumor"] + 1))
+        if row["slice_index"] in (0, 5):
+            assert row["pixels_liver"] == 0  # the fixture's first and last slices show no liver
+
+
+def test_brats_preset_keeps_t1_t1ce_flair_maps_labels_and_drops_empty_slices(tmp_path):
+    write_brats_cases(tmp_path / "src", n_cases=4)
+    out = tmp_path / "out"
+    m = convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(out), preset="brats", size=16,
+                                          val=1, test=1, workers=1))
+    assert m["classes"] == ["background", "necrotic", "edema", "enhancing"]
+    assert m["members"]["img.zst"]["shape"] == [3, 16, 16]
+    volumes = pl.read_parquet(out / "volumes.parquet")
+    assert volumes["slices_empty"].to_list() == [1] * 4 and volumes["slices_kept"].to_list() == [5] * 4
+    samples = _samples(out, m)
+    key = next(k for k in samples if k.endswith("s0003"))
+    img = _arr(samples[key][1]["img.zst"], m["members"]["img.zst"])
+    mask = _arr(samples[key][1]["mask.zst"], m["members"]["mask.zst"])
+    brain = (mask == 0) & (img[0] > 0)
+    # channel c holds modality (t1, t1ce, flair) = fixture values 100, 200, 400: t2 (300) is dropped
+    assert [float(np.median(img[c][brain])) for c in range(3)] == [100.0, 200.0, 400.0]
+    assert set(np.unique(mask)) == {0, 1, 2, 3}  # BraTS label 4 became class 3 (enhancing)
+
+
+def test_errors_name_the_bad_value(tmp_path):
+    write_lits_cases(tmp_path / "src", n_cases=2)
+    with pytest.raises(DatakitError, match=r"no label volume under .* matches the label pattern\(s\) x_\{case\}.nii"):
+        convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "o1"),
+                                          classes=("bg", "liver"), label_pattern="x_{case}.nii"))
+    with pytest.raises(DatakitError, match=r"say which label value is which class: --classes"):
+        convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "o2")))
+    with pytest.raises(DatakitError, match=r"--dtype 'int8' is not one of: int16, float32"):
+        convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "o3"), preset="lits",
+                                          dtype="int8"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(DatakitError, match=r"output folder .*full is not empty"):
+        convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "full"), preset="lits"))
