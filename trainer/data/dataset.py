@@ -74,6 +74,27 @@ class SampleTable:
     def __len__(self) -> int:
         return len(self.shard)
 
+    def save(self, folder: str | os.PathLike, exts: list[str]) -> Path:
+        """Write the arrays of `exts` as .npy files, for other processes to memory-map (see `load`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "shard.npy", self.shard)
+        for e in exts:
+            np.save(folder / f"offset.{e}.npy", self.offset[e])
+            np.save(folder / f"size.{e}.npy", self.size[e])
+        (folder / "meta.json").write_text(json.dumps({"split": self.split, "exts": exts,
+                                                     "shard_paths": [str(p) for p in self.shard_paths]}))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "SampleTable":
+        """A saved table, memory-mapped: processes on one machine share its pages."""
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        mm = (lambda name: np.load(folder / name, mmap_mode="r"))
+        return cls(meta["split"], [Path(p) for p in meta["shard_paths"]], mm("shard.npy"),
+                   {e: mm(f"offset.{e}.npy") for e in meta["exts"]}, {e: mm(f"size.{e}.npy") for e in meta["exts"]})
+
 
 class TlxDataset:
     def __init__(self, root: Path, manifest: dict[str, Any]):

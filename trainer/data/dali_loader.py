@@ -1,0 +1,131 @@
+"""The DALI two-view loader: CPU workers read and zstd-decode, DALI crops, flips, jitters and blurs on the GPU.
+
+Why not `fn.readers.webdataset`: DALI has no zstd operator (its GPU inflate is
+LZ4-only), so the bytes of a zstd payload have to pass through a CPU decoder anyway;
+and the reader shards by fixed contiguous ranges and shuffles in a local buffer, so it
+can neither follow the per-(seed, epoch) plan that the torch loader and the tests rely
+on, nor resume in the middle of an epoch. So the first stage is a parallel
+`fn.external_source`: DALI's own worker processes take this rank's plan, read each
+sample's bytes at the offsets of the `.idx` files (the same byte ranges the webdataset
+reader would read), decode zstd (or pass raw bytes through) into int16 HU, and draw the
+two views' parameters. Everything after that runs on the GPU: int16 -> float,
+normalisation (per-slice min-max or HU window), then per view resized crop (one
+`fn.resize` with a region of interest), flip, brightness/contrast, Gaussian blur (when
+the recipe asks), and CHW layout. The int16 slice crosses PCIe once for both views.
+
+The pipeline and its worker processes live across epochs: the workers compute each
+epoch's plan themselves from (seed, epoch) and memory-map the sample table from a
+temporary folder (one copy in the page cache, however many workers), so an epoch
+boundary costs a `reset`, not a restart. Stopping early (`--max-steps`) or jumping to
+another epoch rebuilds it.
+
+`device` cpu runs the same graph in DALI's CPU-only mode (device_id=None): what CI
+tests. Interface: trainer/data/loader.py.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from trainer.data.augment import BOTTOM, BRIGHTNESS, CONTRAST, FLIP, LEFT, RIGHT, SIGMA, TOP, AugmentConfig
+from trainer.data.dali_source import PlanSource
+from trainer.data.loader import TwoViewBatch, TwoViewLoader
+from trainer.errors import TrainerError
+
+
+def _build_pipeline(source: PlanSource, batch: int, aug: AugmentConfig, device_id: int | None, threads: int,
+                    workers: int, seed: int):
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.math as dmath
+
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=device_id, seed=seed,
+                  py_num_workers=max(1, workers), py_start_method="spawn", prefetch_queue_depth=2)
+    def two_views():
+        hu, sid, p1, p2 = fn.external_source(source=source, num_outputs=4, batch=False, parallel=True,
+                                             dtype=[types.INT16, types.INT64, types.FLOAT, types.FLOAT],
+                                             layout=["HWC", None, None, None])
+        on_dev = (lambda node: node.gpu()) if gpu else (lambda node: node)
+        x = fn.cast(on_dev(hu), dtype=types.FLOAT)  # int16 crosses to the GPU (DALI's torch bridge has no uint16)
+        if aug.normalize == "hu":
+            lo, hi = aug.window
+            x = dmath.clamp((x - lo) / (hi - lo), 0.0, 1.0)
+        else:
+            lo, hi = fn.reductions.min(x), fn.reductions.max(x)
+            x = (x - lo) / dmath.max(hi - lo, 1e-6)  # constant slice -> zeros
+
+        def view(p):
+            # p is on the CPU: DALI takes per-sample operator arguments from CPU nodes only.
+            v = fn.resize(x, size=[aug.image_size, aug.image_size], roi_start=p[TOP:LEFT + 1],
+                          roi_end=p[BOTTOM:RIGHT + 1], roi_relative=False, interp_type=types.INTERP_LINEAR,
+                          antialias=True)
+            v = fn.flip(v, horizontal=fn.cast(p[FLIP], dtype=types.INT32))
+            b, c = on_dev(p[BRIGHTNESS]), on_dev(p[CONTRAST])
+            v = dmath.clamp(b * (c * v + (1.0 - c) * fn.reductions.mean(v)), 0.0, 1.0)
+            if aug.blur_p > 0:
+                v = fn.gaussian_blur(v, sigma=p[SIGMA], window_size=aug.blur_kernel)
+            return fn.transpose(v, perm=[2, 0, 1])  # HWC -> CHW
+
+        return view(p1), view(p2), sid
+
+    return two_views()
+
+
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    dense = tensor_list.as_tensor()
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    feed_ndarray(dense, out, cuda_stream=stream)
+    return out
+
+
+class DaliTwoViewLoader(TwoViewLoader):
+    def __init__(self, *args, threads: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError as exc:
+            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); or use --loader torch") from exc
+        self.threads = threads
+        self._table_dir = Path(tempfile.mkdtemp(prefix="tlx-dali-table-"))
+        self.table.save(self._table_dir, [self.ext])
+        self._pipe = None
+        self._next_epoch: int | None = None  # the epoch the live pipeline serves next, from its start
+
+    def _new_pipeline(self, epoch: int, start_step: int):
+        self._pipe = None
+        device_id = None
+        if self.device.type == "cuda":
+            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        # DALI's operator seed is unused (every random parameter comes from the plan), but fix it anyway.
+        pipe = _build_pipeline(PlanSource(self, self._table_dir, epoch, start_step), self.batch, self.aug, device_id,
+                               self.threads, self.workers, seed=self.seed % (2 ** 31))
+        pipe.build()
+        return pipe
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoViewBatch]:
+        steps = len(self.plan(epoch, start_step)) // self.batch
+        if self._pipe is None or self._next_epoch != epoch or start_step:
+            self._pipe = self._new_pipeline(epoch, start_step)
+        pipe, self._pipe, self._next_epoch = self._pipe, None, None  # not reusable unless the epoch ends cleanly
+        for _ in range(steps):
+            v1, v2, ids = pipe.run()
+            yield TwoViewBatch(_to_torch(v1, self.device), _to_torch(v2, self.device),
+                               _to_torch(ids, torch.device("cpu")).view(-1))
+        try:
+            pipe.run()
+            raise RuntimeError("DALI source did not end with the epoch's plan")
+        except StopIteration:
+            pipe.reset()  # the workers move on to epoch + 1
+        self._pipe, self._next_epoch = pipe, epoch + 1
+
+    def close(self) -> None:
+        self._pipe = None
+        shutil.rmtree(self._table_dir, ignore_errors=True)
+        super().close()
