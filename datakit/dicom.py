@@ -25,6 +25,7 @@ interpretation (MONOCHROME1 or 2) only affects display, not HU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -153,29 +154,37 @@ class _Cursor:
         end = pos + n
         if end > self.size:
             raise HeaderError(f"header ends early: needs bytes {pos}..{end} of a {self.size}-byte file")
-        if pos < self.base or end > self.base + len(self.buf):
+        off = pos - self.base
+        if off < 0 or end > self.base + len(self.buf):
             self.f.seek(pos)
-            self.buf, self.base = self.f.read(max(n, _CHUNK)), pos
+            self.buf, self.base, off = self.f.read(max(n, _CHUNK)), pos, 0
             if len(self.buf) < n:
                 raise HeaderError("file shrank while reading")
-        return self.buf[pos - self.base:end - self.base]
+        return self.buf[off:off + n]
+
+
+_STRUCTS = {e: (struct.Struct(e + "HH"), struct.Struct(e + "I"), struct.Struct(e + "H")) for e in "<>"}
 
 
 def _element_header(cur: _Cursor, pos: int, implicit: bool, endian: str):
     """(tag, vr, length, value_pos) of the element at pos."""
-    group, elem = struct.unpack(endian + "HH", cur.get(pos, 4))
+    tag_s, u32, u16 = _STRUCTS[endian]
+    head = cur.get(pos, 12 if pos + 12 <= cur.size else 8)   # one window access per element
+    group, elem = tag_s.unpack_from(head)
     tag = group << 16 | elem
     if group == 0xFFFE:                                    # item / delimiters carry no VR
-        return tag, None, struct.unpack(endian + "I", cur.get(pos + 4, 4))[0], pos + 8
+        return tag, None, u32.unpack_from(head, 4)[0], pos + 8
     if implicit:
         known = HEADER_TAGS.get(tag)
-        return tag, known[1].encode() if known else None, struct.unpack(endian + "I", cur.get(pos + 4, 4))[0], pos + 8
-    vr = cur.get(pos + 4, 2)
+        return tag, known[1].encode() if known else None, u32.unpack_from(head, 4)[0], pos + 8
+    vr = head[4:6]
     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         raise HeaderError(f"element ({group:04X},{elem:04X}) has no valid VR ({vr!r})")
     if vr in _LONG_VRS:
-        return tag, vr, struct.unpack(endian + "I", cur.get(pos + 8, 4))[0], pos + 12
-    return tag, vr, struct.unpack(endian + "H", cur.get(pos + 6, 2))[0], pos + 8
+        if len(head) < 12:
+            raise HeaderError("header ends inside an element header")
+        return tag, vr, u32.unpack_from(head, 8)[0], pos + 12
+    return tag, vr, u16.unpack_from(head, 6)[0], pos + 8
 
 
 def _skip_undefined(cur: _Cursor, pos: int, implicit: bool, endian: str, depth: int = 0) -> int:
@@ -229,7 +238,7 @@ def _decode_values(raw: dict, endian: str) -> dict:
     encodings = None
     if charset is not None:
         terms = [t.strip() for t in charset[1].decode("ascii", "replace").strip(" \0").split("\\")]
-        encodings = [t for t in terms if t] or None
+        encodings = tuple(t for t in terms if t) or None
     values = {}
     for tag, (vr, data) in raw.items():
         keyword, default_vr = HEADER_TAGS[tag]
@@ -251,11 +260,22 @@ def _decode_values(raw: dict, endian: str) -> dict:
     return values
 
 
-def _decode_text(data: bytes, encodings: list[str]) -> str:
+@functools.lru_cache(maxsize=64)
+def _single_codec(encodings: tuple[str, ...]) -> str | None:
+    """The Python codec of a single-byte or UTF-8 character set, or None (ISO 2022 code extensions)."""
+    from pydicom.charset import python_encoding
+
+    return python_encoding.get(encodings[0]) if len(encodings) == 1 else None
+
+
+def _decode_text(data: bytes, encodings: tuple[str, ...]) -> str:
     from pydicom.charset import convert_encodings, decode_bytes
 
+    codec = _single_codec(encodings)
+    if codec is not None:
+        return data.decode(codec, "replace")
     try:
-        return decode_bytes(data, convert_encodings(encodings), set())
+        return decode_bytes(data, convert_encodings(list(encodings)), set())
     except (LookupError, ValueError):     # an unknown or broken character set: keep what latin-1 shows
         return data.decode("latin-1")
 

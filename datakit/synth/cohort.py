@@ -2,11 +2,11 @@
 
     plan = plan_patient(seed, index, n_patients, matrix)   # PatientPlan: header fields and SeriesSpec list
 
-Only metadata is decided here (cheap, deterministic from (seed, patient index)), so
-patient i is the same whatever the cohort size, and writing can run in parallel.
-Traps are spread over patients round-robin, so a cohort of a few patients still
-contains each of them (TRAPS lists them; with fewer patients than traps some
-patients carry several).
+Only metadata is decided here (cheap, deterministic from the seed, the patient index
+and the number of patients), so writing can run in parallel. Traps are spread over
+patients round-robin and study regions cycle through the 7 classes, so a cohort of a
+few patients still contains every trap and every class (TRAPS lists the traps; with
+fewer patients than traps some patients carry several).
 """
 from __future__ import annotations
 
@@ -151,8 +151,10 @@ def plan_patient(seed: int, index: int, n_patients: int, matrix: int) -> Patient
         sex=_pick(rng, ("F", "M")), german=german, layout=index % 4, body=Body.random(rng),
         traps=tuple(t for i, t in enumerate(TRAPS) if i % n_patients == index))
     n_studies = 1 + int(rng.random() < 0.4)
+    if n_patients < len(CLASSES):                               # small cohorts still hold every class
+        n_studies = max(n_studies, -(-len(CLASSES) // n_patients))
     for s in range(n_studies):
-        label = CLASSES[(index * 2 + s) % len(CLASSES)]          # every class appears in small cohorts too
+        label = CLASSES[(index + s * n_patients) % len(CLASSES)]
         st = StudySpec(
             uid=uid(seed, index, "study", s), number=s + 1, label=label,
             description=_pick(rng, STUDY_TEXT[label][lang]), protocol="",

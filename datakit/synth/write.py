@@ -39,7 +39,7 @@ def _path(plan: C.PatientPlan, spec: C.SeriesSpec, instance: int, sop: str, coun
                 f"{spec.number:03d}_{_slug(spec.description)}/IM_{instance:04d}.dcm")
     if plan.layout == 1:      # a PACS CD: no suffixes
         return f"DICOM/P{plan.index:06X}/S{st.number:04X}/SE{spec.number:04X}/IM{counter:06d}"
-    if plan.layout == 2:      # flat, named by SOP instance UID
+    if plan.layout == 3:      # flat, named by SOP instance UID
         return f"flat/{sop}.dcm"
     return (f"archive/{st.date[:4]}/{st.date[4:6]}/{C.uid(0, plan.patient_id)[-8:]}/"   # deep, no suffixes
             f"{st.uid[-6:]}/{spec.uid[-6:]}/{instance}")
@@ -126,7 +126,7 @@ def _save(ds, path: Path, transfer_syntax: str, stored: np.ndarray | None) -> No
     ts = UID(transfer_syntax)
     if stored is not None and ts.is_compressed:
         ds.file_meta.TransferSyntaxUID = C.EXPLICIT_LE
-        ds.compress(ts, stored)
+        ds.compress(ts, stored, generate_instance_uid=False)   # keep our deterministic UID
     else:
         if stored is not None and ts == C.EXPLICIT_BE:
             ds.PixelData = stored.astype(stored.dtype.newbyteorder(">")).tobytes()
@@ -140,10 +140,10 @@ def write_series(out: Path, plan: C.PatientPlan, spec: C.SeriesSpec, counter: li
                            "dose-sr": (DOSE_SR, "SR"), "multi-frame": (ENHANCED_CT, "CT")}.get(
         spec.kind, (CT_IMAGE, "CT"))
     spacing = spec.fov / max(spec.rows, spec.cols)
+    ds = _base_dataset(plan, spec, sop_class, modality)   # one dataset per series; slices change what differs
     for i in range(spec.slices):
         instance = spec.slices - i if spec.descending else i + 1
         sop = C.uid(0, spec.uid, "sop", i)
-        ds = _base_dataset(plan, spec, sop_class, modality)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop
         ds.InstanceNumber = instance
         stored = None

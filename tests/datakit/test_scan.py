@@ -1,0 +1,176 @@
+"""tlx scan against the synthetic cohort's ground truth: every file accounted for, right codes, right labels, no PHI."""
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from datakit.dicom import read_hu
+from datakit.errors import DatakitError
+from datakit.scan import INDEX, scan
+from datakit.synth import GROUND_TRUTH, synth_cohort
+
+SECRET = b"test-secret"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.getbasetemp() / "datakit-read-cohort"     # shared with test_synth.py
+    if not (out / GROUND_TRUTH).exists():
+        synth_cohort(out, patients=3, seed=0, matrix=32, workers=1)
+    return out, json.loads((out / GROUND_TRUTH).read_text())
+
+
+@pytest.fixture(scope="module")
+def scanned(cohort, tmp_path_factory):
+    root, truth = cohort
+    out = tmp_path_factory.mktemp("scanned")
+    summary = scan(root, out, workers=2, secret=SECRET)
+    rows = pq.read_table(out / INDEX).to_pylist()
+    return summary, {r["path"]: r for r in rows}, out
+
+
+def test_one_row_per_file_found_and_codes_match_the_ground_truth(cohort, scanned):
+    _, truth = cohort
+    summary, rows, _ = scanned
+    assert sorted(rows) == [f["path"] for f in truth["files"]]
+    wrong = [(f["path"], f["expect"], rows[f["path"]]["reject_code"]) for f in truth["files"]
+             if rows[f["path"]]["reject_code"] != f["expect"]]
+    assert wrong == []
+    assert all(r["reject_reason"] for r in rows.values() if r["reject_code"])
+    assert summary.files == len(rows) and summary.candidates == sum(r["reject_code"] is None for r in rows.values())
+
+
+def test_labels_match_the_intended_class(cohort, scanned):
+    _, truth = cohort
+    _, rows, _ = scanned
+    intended = {s["key"]: s["label"] for s in truth["series"]}
+    candidates = [f for f in truth["files"] if f["expect"] is None]
+    assert {(intended[f["series"]], rows[f["path"]]["label"]) for f in candidates} == \
+        {(intended[f["series"]],) * 2 for f in candidates}
+    for f in candidates:
+        r = rows[f["path"]]
+        if r["label_rule"] != "default":
+            assert r["label_keyword"] and r["label_field"] in ("SeriesDescription", "ProtocolName",
+                                                               "BodyPartExamined", "StudyDescription")
+
+
+def test_no_phi_outside_the_path_column(cohort, scanned):
+    _, truth = cohort
+    _, _, out = scanned
+    table = pq.read_table(out / INDEX).drop(["path"])
+    text = json.dumps(table.to_pylist(), default=str)
+    leaked = [p for p in truth["phi"] if p in text]
+    assert leaked == []
+    descriptions = {s["description"] for s in truth["series"]} | {s["study_description"] for s in truth["series"]}
+    assert not [d for d in descriptions if f'"{d}"' in text]
+
+
+def test_identities_are_pseudonyms_that_keep_equality(cohort, scanned):
+    root, truth = cohort
+    _, rows, _ = scanned
+    resent = next(s for s in truth["series"] if s["kind"] == "resent")
+    by_series = {}
+    for f in truth["files"]:
+        if f["series"] and f["expect"] is None:
+            by_series.setdefault(f["series"], []).append(rows[f["path"]])
+    a, b = by_series[resent["key"]], by_series[resent["duplicate_of"]]
+    assert {r["patient"] for r in a} == {r["patient"] for r in b} and len({r["patient"] for r in a}) == 1
+    assert {r["series"] for r in a}.isdisjoint({r["series"] for r in b})
+    copy = next(f for f in truth["files"] if f["kind"] == "copy")
+    original = copy["note"].removeprefix("byte-identical copy of ")
+    assert rows[copy["path"]]["sop"] == rows[original]["sop"]
+    ds = pydicom.dcmread(root / original, stop_before_pixels=True)
+    assert ds.SOPInstanceUID not in rows[original]["sop"] and len(rows[original]["sop"]) == 16
+
+
+def test_geometry_columns(cohort, scanned):
+    _, truth = cohort
+    _, rows, _ = scanned
+    volume = next(s for s in truth["series"] if s["kind"] == "volume")
+    vol_rows = [rows[f["path"]] for f in truth["files"] if f["series"] == volume["key"] and f["expect"] is None]
+    for r in vol_rows:
+        assert r["slice_pos"] == pytest.approx(r["ipp_z"])        # axial: the normal is +z
+        assert r["iop"] == [1, 0, 0, 0, 1, 0] and r["pixel_spacing_row"] > 0 and r["slice_thickness"] > 0
+    by_instance = sorted(vol_rows, key=lambda r: r["instance_number"])
+    steps = np.diff([r["slice_pos"] for r in by_instance])
+    assert np.allclose(np.abs(steps), vol_rows[0]["slice_thickness"], atol=1e-3)
+
+
+def test_read_hu_from_the_index_row_matches_pydicom_for_every_syntax(cohort, scanned):
+    root, truth = cohort
+    _, rows, _ = scanned
+    seen = set()
+    for f in truth["files"]:
+        r = rows[f["path"]]
+        if f["expect"] is not None or r["transfer_syntax"] in seen:
+            continue
+        seen.add(r["transfer_syntax"])
+        ds = pydicom.dcmread(root / f["path"])
+        expected = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(read_hu(root / f["path"], r), expected.astype(np.float32))
+        native = r["transfer_syntax"] in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+        assert (r["pixel_offset"] is not None) == native
+    assert len(seen) >= 7
+
+
+def test_parallel_and_serial_scans_write_the_same_index(cohort, scanned, tmp_path):
+    root, _ = cohort
+    _, _, out = scanned
+    scan(root, tmp_path, workers=1, secret=SECRET)
+    assert pq.read_table(tmp_path / INDEX).equals(pq.read_table(out / INDEX))
+
+
+def test_walk_survives_symlink_loops_dangling_links_and_fifos(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    synth_like = root / "a" / "b" / "x.txt"
+    synth_like.write_text("junk")
+    os.symlink("../..", root / "a" / "b" / "loop")
+    os.symlink("missing", root / "dangling")
+    os.mkfifo(root / "fifo")
+    with pytest.raises(DatakitError, match="no DICOM files found"):
+        scan(root, tmp_path / "out", workers=1, secret=SECRET)
+    rows = {r["path"]: r["reject_code"] for r in pq.read_table(tmp_path / "out" / INDEX).to_pylist()}
+    assert rows == {"a/b/x.txt": "not-dicom", "dangling": "unreadable", "fifo": "not-a-file"}
+
+
+def test_user_errors_are_one_line(tmp_path, monkeypatch, cohort):
+    root, _ = cohort
+    with pytest.raises(DatakitError, match=r"DICOM root .*nope.* does not exist"):
+        scan(tmp_path / "nope", tmp_path / "o", secret=SECRET)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatakitError, match=r"is not a folder"):
+        scan(tmp_path / "file", tmp_path / "o", secret=SECRET)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatakitError, match=r"holds no files"):
+        scan(tmp_path / "empty", tmp_path / "o", secret=SECRET)
+    mr_only = tmp_path / "mr"
+    mr_only.mkdir()
+    mr = next(p for p in root.rglob("*") if p.is_file() and p.name != "DICOMDIR" and
+              pydicom.dcmread(p, force=True, stop_before_pixels=True).get("Modality") == "MR")
+    (mr_only / "mr1").write_bytes(mr.read_bytes())
+    with pytest.raises(DatakitError, match=r"no usable CT slices found under .* \(1 DICOM files: not-ct 1\)"):
+        scan(mr_only, tmp_path / "o", secret=SECRET)
+    monkeypatch.delenv("TLX_SECRET", raising=False)
+    result = CliRunner().invoke(cli, ["scan", "--dicom-root", str(root), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [result.output.strip()] and "TLX_SECRET" in result.output
+    bad = tmp_path / "rules.toml"
+    bad.write_text('[[rule]]\nname = "x"\nlabel = "belly"\nkeywords = ["bauch"]\n')
+    result = CliRunner().invoke(cli, ["scan", "--dicom-root", str(root), "--out", str(tmp_path / "o3"),
+                                      "--label-rules", str(bad)], env={"TLX_SECRET": "s"})
+    assert result.exit_code == 2 and "label 'belly' is not a class; allowed: head, thorax" in result.output
+
+
+def test_cli_scan_prints_a_summary_table(cohort, tmp_path):
+    root, _ = cohort
+    result = CliRunner().invoke(cli, ["scan", "--dicom-root", str(root), "--out", str(tmp_path / "d"),
+                                      "--workers", "1"], env={"TLX_SECRET": "s"})
+    assert result.exit_code == 0, result.output
+    assert "candidate: thorax" in result.output and "rejected: scout" in result.output
+    assert (tmp_path / "d" / INDEX).exists()
