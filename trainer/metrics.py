@@ -102,3 +102,39 @@ def dice_metrics(counts: np.ndarray, volumes: list[str], names: list[str]) -> di
         out[f"dice_{name}_volume"] = _nanmean(np.array(pooled))
     out["dice_mean"] = _nanmean(np.array([out[f"dice_{n}"] for n in names[1:]]))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A task's evaluation records -> metrics and the rows of predictions.parquet (docs/run-format.md)
+
+def classification_results(probs: np.ndarray, targets: np.ndarray, keys: list[str]) -> tuple[dict, dict]:
+    pred = np.argmax(probs, axis=1)
+    correct = pred == targets
+    rows = {"sample": list(keys), "correct": correct.tolist(), "target": targets.astype(np.int64).tolist(),
+            "pred": pred.astype(np.int64).tolist(), "confidence": probs.max(1).astype(np.float64).tolist()}
+    return {"accuracy": accuracy(pred, targets)}, rows
+
+
+def multilabel_results(scores: np.ndarray, targets: np.ndarray, keys: list[str], labels: list[str],
+                       exclude_from_mean: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    targets = targets.astype(bool)
+    n, n_labels = scores.shape
+    rows = {"sample": np.repeat(np.asarray(keys, dtype=object), n_labels).tolist(),
+            "label": np.tile(np.asarray(labels, dtype=object), n).tolist(),
+            "target": targets.ravel().tolist(), "score": scores.astype(np.float64).ravel().tolist(),
+            "correct": ((scores >= 0.5) == targets).ravel().tolist()}
+    return mean_auc(scores, targets, labels, exclude_from_mean), rows
+
+
+def segmentation_results(counts: np.ndarray, keys: list[str], volumes: list[str],
+                         names: list[str]) -> tuple[dict, dict]:
+    """`counts` [n_slices, len(names), 3] from dice_counts; names[0] is the background."""
+    dice = dice_from_counts(counts)[:, 1:]                      # [n, foreground names]
+    n, m = dice.shape
+    absent = np.isnan(dice)
+    rows = {"sample": np.repeat(np.asarray(keys, dtype=object), m).tolist(),
+            "volume": np.repeat(np.asarray(volumes, dtype=object), m).tolist(),
+            "class": np.tile(np.asarray(names[1:], dtype=object), n).tolist(),
+            "dice": dice.ravel().tolist(),
+            "correct": (absent | (np.nan_to_num(dice) >= 0.5)).ravel().tolist()}
+    return dice_metrics(counts, volumes, names), rows

@@ -1,5 +1,9 @@
-"""The network and loss of a downstream task: a ResNet encoder plus a new head.
+"""The network and loss of a downstream task: a ResNet encoder (initialised from scratch,
+an ImageNet state dict or a SimCLR checkpoint) plus a new head.
 
+    state, info = read_init("runs/pretrain/x/checkpoints/last.pt")   # dropped parts listed in info
+    encoder = build_encoder(info.model_name or "resnet50")
+    load_init(encoder, state, info, allow_partial=False)             # strict, or a TrainerError naming keys
     model = TaskModel(encoder, kind="classification", num_outputs=7, frozen_encoder=False)
     loss = task_loss("classification", model(x), y, class_weights)
 
@@ -16,10 +20,16 @@ which is the paper's "half the model".
 """
 from __future__ import annotations
 
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.errors import TrainerError
 from trainer.models.unet import UNetDecoder
 
 KINDS = ("classification", "multilabel", "segmentation")
@@ -67,3 +77,91 @@ def task_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
         return F.binary_cross_entropy_with_logits(logits, target.float(), weight=weight)
     # torch's weighted mean: sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i]
     return F.cross_entropy(logits, target.long(), weight=class_weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder initialisation: scratch, a torchvision-layout state dict, or a tlx checkpoint.
+
+@dataclass
+class InitInfo:
+    """What an init loaded, for config.json (and what it left out, and why)."""
+    checkpoint: str | None = None      # the file, None for scratch
+    sha256: str | None = None
+    source: str = "scratch"            # scratch | state-dict | tlx-checkpoint
+    model_name: str | None = None      # a tlx checkpoint's model (else None)
+    dropped: list[str] = field(default_factory=list)      # what was left out on purpose
+    missing: list[str] = field(default_factory=list)      # encoder keys the file lacked (--allow-partial-init)
+    unexpected: list[str] = field(default_factory=list)   # file keys the encoder lacks (--allow-partial-init)
+    mismatched: list[str] = field(default_factory=list)   # same key, other shape (--allow-partial-init)
+
+
+def read_init(spec: str) -> tuple[dict[str, torch.Tensor] | None, InitInfo]:
+    """The encoder state dict an `--init` names, before any model exists (its model name
+    decides which encoder to build). fc.* of an ImageNet state dict and the projector of a
+    SimCLR checkpoint are dropped here, and listed in `dropped`."""
+    if spec == "scratch":
+        return None, InitInfo()
+    path = Path(spec)
+    if not path.is_file():
+        raise TrainerError(f"--init {spec!r}: no such file; give 'scratch', a torchvision-layout state dict "
+                           f"(.pth) or a tlx checkpoint (.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # tlx checkpoints also hold RNG states (numpy objects), which weights_only refuses
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    info = InitInfo(checkpoint=str(path), sha256=sha256_file(path))
+    if isinstance(obj, dict) and obj.get("format") == "tlx-checkpoint":
+        info.source, info.model_name = "tlx-checkpoint", obj.get("model_name")
+        state = obj["encoder"]
+        info.dropped = [f"{k} (not the encoder: {_WHY_DROPPED.get(k, 'another model part')})" for k in obj
+                        if k in _MODEL_PARTS]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        info.source, state = "state-dict", obj["state_dict"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        info.source, state = "state-dict", obj
+    else:
+        raise TrainerError(f"--init {spec!r} is neither a tlx checkpoint nor a state dict of tensors")
+    fc = sorted(k for k in state if k.startswith("fc."))
+    if fc:
+        info.dropped.append(f"{', '.join(fc)} (the pretraining classifier; the task has its own head)")
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state, info
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_MODEL_PARTS = ("projector", "head", "decoder")
+_WHY_DROPPED = {"projector": "the SimCLR projection head", "head": "a previous task's head",
+                "decoder": "a previous task's U-Net decoder"}
+
+
+def load_init(encoder: nn.Module, state: dict[str, torch.Tensor] | None, info: InitInfo,
+              allow_partial: bool) -> InitInfo:
+    """Load strictly: every encoder key present with its shape and nothing else, or a
+    TrainerError naming the keys; with `allow_partial`, load what matches and record the rest."""
+    if state is None:
+        return info
+    own = encoder.state_dict()
+    info.missing = sorted(set(own) - set(state))
+    info.unexpected = sorted(set(state) - set(own))
+    info.mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = [(what, keys) for what, keys in (("missing", info.missing), ("unexpected", info.unexpected),
+                                               ("shape-mismatched", info.mismatched)) if keys]
+    if problems and not allow_partial:
+        listed = "; ".join(f"{len(keys)} {what}: {_some(keys)}" for what, keys in problems)
+        raise TrainerError(f"--init {info.checkpoint}: strict load failed: {listed} "
+                           f"(pass --allow-partial-init to load the matching keys anyway)")
+    usable = {k: v for k, v in state.items() if k in own and k not in info.mismatched}
+    encoder.load_state_dict(usable, strict=not problems)
+    return info
+
+
+def _some(keys: list[str], n: int = 20) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
