@@ -31,6 +31,7 @@ import os
 import signal
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -346,31 +347,28 @@ def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
 
 def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
     """The same Header through pydicom (stop_before_pixels); for files the walker cannot follow."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
-        with open(path, "rb") as f:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-            pixel_at = f.tell()
-            tail = f.read(12)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error, OverflowError,
-            MemoryError, AttributeError, IndexError, NotImplementedError, UnicodeError, zlib.error) as exc:
+        return _header_via_pydicom(path)
+    except (SliceRejected, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises any kind on broken files: a reject with its reason
         why = walker_error or exc
         raise SliceRejected("unreadable-header", f"the DICOM header cannot be parsed ({_one_line(why)})") from exc
+
+
+def _header_via_pydicom(path) -> Header:
+    import pydicom
+
+    with open(path, "rb") as f:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        pixel_at = f.tell()
+        tail = f.read(12)
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     ts = ts or (IMPLICIT_LE if ds.is_implicit_VR else (EXPLICIT_BE if not ds.is_little_endian else EXPLICIT_LE))
     header = Header(transfer_syntax=ts, media_sop_class=str(meta.get("MediaStorageSOPClassUID", "")) or None
                     if meta is not None else None)
-    values = {}
-    for keyword in KEYWORDS:
-        try:
-            value = ds.get(keyword)
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on broken values; the file is still read
-            raise SliceRejected("unreadable-header", f"{keyword} cannot be parsed ({_one_line(exc)})") from exc
-        values[keyword] = _from_pydicom(keyword, value)
-    header.values = values
+    header.values = {keyword: _from_pydicom(keyword, ds.get(keyword)) for keyword in KEYWORDS}
     endian = "<" if ds.is_little_endian in (True, None) else ">"
     if len(tail) >= 8:
         group, elem = struct.unpack_from(endian + "HH", tail)
@@ -419,25 +417,32 @@ def time_limit(seconds: float):
     """Raise SliceRejected('timeout') if the block runs longer than `seconds`.
 
     Uses SIGALRM, so it works in the main thread of a process (where pool workers
-    run their tasks) and is a no-op elsewhere or when an outer limit is running.
-    A decoder stuck inside C code is interrupted only when it returns to Python.
+    run their tasks) and is a no-op in other threads. An outer timer (pytest-timeout,
+    a caller's own limit) is put back afterwards with its remaining time; if it would
+    fire first it is left alone. A decoder stuck inside C code is interrupted only
+    when it returns to Python.
     """
-    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
-    if not usable:
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
+    if outer_left and outer_left <= seconds:
         yield
         return
 
     def _expired(signum, frame):
         raise SliceRejected("timeout", f"reading took longer than {seconds:g} s; the file is probably corrupt")
 
-    old = signal.signal(signal.SIGALRM, _expired)
+    started = time.monotonic()
+    outer_handler = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGALRM, outer_handler)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 1e-3))
 
 
 # --------------------------------------------------------------------------- pixels

@@ -83,11 +83,18 @@ def _compile(keywords: tuple[str, ...]) -> re.Pattern:
 
 def load_rules(path: str | Path | None = None) -> LabelRules:
     """Load and validate a rules file (None: the shipped one). Bad files raise DatakitError."""
-    return _load(str(path) if path is not None else str(SHIPPED_RULES))
+    path = str(path) if path is not None else str(SHIPPED_RULES)
+    try:
+        st = Path(path).stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    return _load(path, stamp)
 
 
 @lru_cache(maxsize=8)
-def _load(path: str) -> LabelRules:
+def _load(path: str, stamp) -> LabelRules:
+    """Cached per (path, mtime, size): every scan worker loads the rules once, an edited file is re-read."""
     name = Path(path).name
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

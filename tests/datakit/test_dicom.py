@@ -1,0 +1,164 @@
+"""read_header / read_hu on one oddity each, pydicom-test style; messages pinned, HU checked against pixel_array."""
+import time
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless)
+
+from datakit.dicom import SliceRejected, header_row, read_header, read_hu, time_limit
+
+RNG = np.random.default_rng(0)
+SIGNED = RNG.integers(-1024, 3000, (40, 36)).astype(np.int16)   # J2K needs 32+ pixels a side
+
+
+def make(pixels=SIGNED, **attrs) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, ds.PatientID = "CT", "P1"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SeriesDescription = "Thorax"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored, ds.HighBit = ds.BitsAllocated, ds.BitsAllocated - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 12.5], [1, 0, 0, 0, 1, 0]
+    ds.PixelData = pixels.tobytes()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def save(ds, path, ts=ExplicitVRLittleEndian, pixels=SIGNED):
+    if ts.is_compressed:
+        ds.compress(ts, pixels, generate_instance_uid=False)
+    else:
+        if ts == ExplicitVRBigEndian:
+            ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = ts
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def both_ways(path):
+    """read_hu with the scan's row (fast path for native data) and without (header parsed here)."""
+    row = header_row(read_header(path))
+    return read_hu(path, row), read_hu(path)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                                DeflatedExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless, RLELossless])
+def test_transfer_syntaxes_give_the_same_hu_as_pydicom(tmp_path, ts):
+    path = save(make(), tmp_path / "x.dcm", ts)
+    expected = pydicom.dcmread(path).pixel_array.astype(np.float32) - 1024
+    np.testing.assert_array_equal(expected, SIGNED.astype(np.float32) - 1024)
+    for hu in both_ways(path):
+        np.testing.assert_array_equal(hu, expected)
+    h = read_header(path)
+    assert (h.pixel_offset is not None) == (ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                                   ExplicitVRBigEndian))
+    assert h.values["ImagePositionPatient"] == (0.0, 0.0, 12.5) and h.values["SeriesDescription"] == "Thorax"
+
+
+def test_missing_rescale_is_identity_and_float_slope_is_exact(tmp_path):
+    ds = make()
+    del ds.RescaleSlope, ds.RescaleIntercept
+    for hu in both_ways(save(ds, tmp_path / "a.dcm")):
+        np.testing.assert_array_equal(hu, SIGNED.astype(np.float32))
+    for hu in both_ways(save(make(RescaleSlope=0.7, RescaleIntercept=-1000.25), tmp_path / "b.dcm")):
+        np.testing.assert_array_equal(hu, (SIGNED.astype(np.float64) * 0.7 - 1000.25).astype(np.float32))
+
+
+def test_bits_stored_masks_high_bits_and_sign_extends(tmp_path):
+    values = RNG.integers(0, 4096, (8, 8)).astype(np.uint16)
+    junk = values | np.uint16(0xA000)                      # overlay bits above BitsStored = 12
+    ds = make(junk, BitsStored=12, HighBit=11, RescaleIntercept=0)
+    for hu in both_ways(save(ds, tmp_path / "u.dcm", pixels=junk)):
+        np.testing.assert_array_equal(hu, values.astype(np.float32))
+    signed = RNG.integers(-2048, 2048, (8, 8)).astype(np.int16)
+    raw = (signed.view(np.uint16) & 0x0FFF) | 0x5000      # 12-bit two's complement, junk above
+    ds = make(raw.view(np.int16), BitsStored=12, HighBit=11, RescaleIntercept=0)
+    for hu in both_ways(save(ds, tmp_path / "s.dcm", pixels=raw.view(np.int16))):
+        np.testing.assert_array_equal(hu, signed.astype(np.float32))
+
+
+def test_unsigned_8_bit_and_monochrome1(tmp_path):
+    pix = RNG.integers(0, 256, (6, 6)).astype(np.uint8)
+    for hu in both_ways(save(make(pix, PhotometricInterpretation="MONOCHROME1"), tmp_path / "m.dcm", pixels=pix)):
+        np.testing.assert_array_equal(hu, pix.astype(np.float32) - 1024)   # display inversion is not HU
+
+
+@pytest.mark.parametrize("change, code, message", [
+    (dict(NumberOfFrames=2), "multi-frame", r"2 frames in one file"),
+    (dict(SamplesPerPixel=3), "not-grayscale", r"SamplesPerPixel=3"),
+    (dict(PhotometricInterpretation="PALETTE COLOR"), "not-grayscale", r"PALETTE COLOR; supported: MONOCHROME1"),
+    (dict(BitsAllocated=12), "unsupported-pixels", r"BitsAllocated=12; supported: 8, 16, 32"),
+    (dict(Rows=60000), "bad-geometry", r"declared size 60000x36 exceeds the limit of 8192 per side"),
+    (dict(Rows=8000, Columns=8000, NumberOfFrames=3), "bad-geometry", r"exceeds the limit of 256 MiB"),
+    (dict(Rows=0), "bad-geometry", r"Rows/Columns missing or zero"),
+    (dict(RescaleSlope=0), "bad-rescale", r"RescaleSlope is 0"),
+])
+def test_declared_formats_refused_before_reading_pixels(tmp_path, change, code, message):
+    path = save(make(**change), tmp_path / "x.dcm")
+    for call in (lambda: read_hu(path), lambda: read_hu(path, header_row(read_header(path)))):
+        with pytest.raises(SliceRejected, match=message) as info:
+            call()
+        assert info.value.code == code
+
+
+def test_missing_and_truncated_pixel_data(tmp_path):
+    ds = make()
+    del ds.PixelData
+    with pytest.raises(SliceRejected, match="the file has no PixelData"):
+        read_hu(save(ds, tmp_path / "none.dcm"))
+    path = save(make(), tmp_path / "cut.dcm")
+    path.write_bytes(path.read_bytes()[:-100])
+    for call in (lambda: read_hu(path), lambda: read_hu(path, header_row(read_header(path)))):
+        with pytest.raises(SliceRejected, match=r"PixelData holds \d+ bytes; 40x36 .*needs 2880") as info:
+            call()
+        assert info.value.code == "truncated"
+
+
+def test_codestream_size_must_match_the_header(tmp_path):
+    path = save(make(), tmp_path / "j2k.dcm", JPEG2000Lossless)
+    data = bytearray(path.read_bytes())
+    siz = data.find(b"\xff\x4f\xff\x51")
+    data[siz + 8:siz + 12] = (50000).to_bytes(4, "big")       # Xsiz: a width the header does not declare
+    path.write_bytes(bytes(data))
+    with pytest.raises(SliceRejected, match=r"the codestream says 40x50000, the DICOM header 40x36") as info:
+        read_hu(path)
+    assert info.value.code == "pixel-header-mismatch"
+
+
+def test_not_dicom_and_preamble_less_files(tmp_path):
+    (tmp_path / "junk").write_bytes(b"hello world, not a DICOM file at all" * 10)
+    with pytest.raises(SliceRejected, match="not a DICOM file") as info:
+        read_header(tmp_path / "junk")
+    assert info.value.code == "not-dicom"
+    path = save(make(), tmp_path / "full.dcm")
+    raw = pydicom.dcmread(path)
+    raw.preamble = None
+    del raw.file_meta
+    raw.save_as(tmp_path / "raw", implicit_vr=False, little_endian=True)   # a bare dataset, no preamble, no meta
+    np.testing.assert_array_equal(read_hu(tmp_path / "raw"), SIGNED.astype(np.float32) - 1024)
+
+
+def test_a_changed_file_is_read_again(tmp_path):
+    path = save(make(), tmp_path / "x.dcm")
+    row = {**header_row(read_header(path)), "size": path.stat().st_size}
+    save(make(SIGNED[:12].copy()), path)                             # rewritten after the scan: smaller image
+    assert read_hu(path, row).shape == (12, 36)
+
+
+def test_time_limit_turns_a_stall_into_a_reject():
+    with pytest.raises(SliceRejected, match=r"reading took longer than 0.05 s") as info:
+        with time_limit(0.05):
+            time.sleep(2)
+    assert info.value.code == "timeout"
