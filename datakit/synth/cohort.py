@@ -63,6 +63,16 @@ FOV_MM = {"head": 240, "thorax": 400, "abdomen": 420, "pelvis": 420, "extremitie
 TRAPS = ("short", "resent", "copy", "dose-sc", "dose-sr", "mr", "mpr-coronal", "dose-info", "multi-frame",
          "truncated") + tuple(f"ts:{ts}" for ts in SPECIAL_SYNTAXES)
 
+# Traps that are one series of their own: kind -> (SeriesDescription, files, reject code scan should give).
+SINGLE_SERIES_TRAPS = {
+    "mr": ("t2_tse_tra", 4, "not-ct"),
+    "mpr-coronal": ("MPR cor 3mm", 8, "not-axial"),
+    "dose-sc": ("Dose Report", 1, "secondary-capture"),
+    "dose-sr": ("Radiation Dose Information", 1, "not-ct"),
+    "dose-info": ("Dose Info", 1, "derived"),
+    "multi-frame": ("Enhanced CT", 1, "multi-frame"),
+}
+
 FIRST_NAMES = ("Max", "Erika", "Hans", "Anna", "Jürgen", "Sophie", "John", "Mary", "Peter", "Grete", "Özlem", "Lukas")
 LAST_NAMES = ("Mustermann", "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Smith", "Doe", "Wagner",
               "Becker", "Hoffmann", "Schäfer")
@@ -209,23 +219,9 @@ def _add_traps(plan: PatientPlan, seed: int, rng, matrix: int) -> None:
             _add(st, seed, plan, "resent", description=src.description, rng=rng, matrix=matrix, slices=src.slices,
                  duplicate_of=src.key, thickness=src.thickness, fov=src.fov, signed=src.signed,
                  descending=src.descending, noise_seed=src.noise_seed, rows=src.rows, cols=src.cols)
-        elif trap == "mr":
-            _add(st, seed, plan, "mr", description="t2_tse_tra", rng=rng, matrix=matrix, slices=4, expect="not-ct")
-        elif trap == "mpr-coronal":
-            _add(st, seed, plan, "mpr-coronal", description="MPR cor 3mm", rng=rng, matrix=matrix, slices=8,
-                 expect="not-axial")
-        elif trap == "dose-sc":
-            _add(st, seed, plan, "dose-sc", description="Dose Report", rng=rng, matrix=matrix, slices=1,
-                 expect="secondary-capture")
-        elif trap == "dose-sr":
-            _add(st, seed, plan, "dose-sr", description="Radiation Dose Information", rng=rng, matrix=matrix,
-                 slices=1, expect="not-ct")
-        elif trap == "dose-info":
-            _add(st, seed, plan, "dose-info", description="Dose Info", rng=rng, matrix=matrix, slices=1,
-                 expect="derived")
-        elif trap == "multi-frame":
-            _add(st, seed, plan, "multi-frame", description="Enhanced CT", rng=rng, matrix=matrix, slices=1,
-                 expect="multi-frame")
+        elif trap in SINGLE_SERIES_TRAPS:
+            description, slices, expect = SINGLE_SERIES_TRAPS[trap]
+            _add(st, seed, plan, trap, description=description, rng=rng, matrix=matrix, slices=slices, expect=expect)
         elif trap.startswith("ts:"):
             # One volume per special syntax; a patient with more such traps than volumes gets extra volumes.
             plain = [v for v in volumes if v.transfer_syntax == EXPLICIT_LE]
