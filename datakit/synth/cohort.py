@@ -19,7 +19,7 @@ from datakit.synth.phantoms import Body
 
 CLASSES = ("head", "thorax", "abdomen", "extremities", "pelvis", "spine", "other")
 
-# Transfer syntaxes the generator writes (pydicom + installed plugins can encode all of these).
+# Transfer syntaxes the generator writes (pydicom + plugins encode all but JPEG lossless, done here).
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -27,7 +27,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 JPEG_2000 = "1.2.840.10008.1.2.4.90"
 RLE = "1.2.840.10008.1.2.5"
-SPECIAL_SYNTAXES = (JPEG_LS, JPEG_2000, RLE, DEFLATED, EXPLICIT_BE, IMPLICIT_LE)
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"     # encoded by datakit.synth.jpeg_lossless (pydicom cannot)
+SPECIAL_SYNTAXES = (JPEG_LOSSLESS, JPEG_LS, JPEG_2000, RLE, DEFLATED, EXPLICIT_BE, IMPLICIT_LE)
 
 # Study texts per class: (German, English) choices. "other" studies are multi-region or say nothing usable.
 STUDY_TEXT = {

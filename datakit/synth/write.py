@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from datakit.synth import cohort as C
+from datakit.synth.jpeg_lossless import encode_sv1
 from datakit.synth.phantoms import phantom
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -124,7 +125,14 @@ def _save(ds, path: Path, transfer_syntax: str, stored: np.ndarray | None) -> No
 
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = UID(transfer_syntax)
-    if stored is not None and ts.is_compressed:
+    if stored is not None and ts == C.JPEG_LOSSLESS:
+        from pydicom.encaps import encapsulate
+
+        bits = stored.view(np.uint16) if stored.dtype == np.int16 else stored     # the stored bit patterns
+        ds.PixelData = encapsulate([encode_sv1(bits, precision=int(ds.BitsStored))])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = ts
+    elif stored is not None and ts.is_compressed:
         ds.file_meta.TransferSyntaxUID = C.EXPLICIT_LE
         ds.compress(ts, stored, generate_instance_uid=False)   # keep our deterministic UID
     else:

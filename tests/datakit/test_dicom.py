@@ -5,10 +5,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless)
+                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless)
 
 from datakit.dicom import SliceRejected, header_row, read_header, read_hu, time_limit
+from datakit.synth.jpeg_lossless import encode_sv1
 
 RNG = np.random.default_rng(0)
 SIGNED = RNG.integers(-1024, 3000, (40, 36)).astype(np.int16)   # J2K needs 32+ pixels a side
@@ -37,7 +39,11 @@ def make(pixels=SIGNED, **attrs) -> Dataset:
 
 
 def save(ds, path, ts=ExplicitVRLittleEndian, pixels=SIGNED):
-    if ts.is_compressed:
+    if ts == JPEGLosslessSV1:
+        ds.PixelData = encapsulate([encode_sv1(pixels.view(np.uint16), precision=int(ds.BitsStored))])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = ts
+    elif ts.is_compressed:
         ds.compress(ts, pixels, generate_instance_uid=False)
     else:
         if ts == ExplicitVRBigEndian:
@@ -54,7 +60,8 @@ def both_ways(path):
 
 
 @pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
-                                DeflatedExplicitVRLittleEndian, JPEGLSLossless, JPEG2000Lossless, RLELossless])
+                                DeflatedExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless,
+                                RLELossless])
 def test_transfer_syntaxes_give_the_same_hu_as_pydicom(tmp_path, ts):
     path = save(make(), tmp_path / "x.dcm", ts)
     expected = pydicom.dcmread(path).pixel_array.astype(np.float32) - 1024
@@ -124,6 +131,16 @@ def test_missing_and_truncated_pixel_data(tmp_path):
         with pytest.raises(SliceRejected, match=r"PixelData holds \d+ bytes; 40x36 .*needs 2880") as info:
             call()
         assert info.value.code == "truncated"
+
+
+def test_jpeg_lossless_encoder_round_trips_12_and_16_bits():
+    for pixels, precision in ((RNG.integers(0, 4096, (33, 17)).astype(np.uint16), 12),
+                              (RNG.integers(-32768, 32768, (16, 40)).astype(np.int16), 16)):
+        ds = make(pixels, BitsStored=precision, HighBit=precision - 1)
+        ds.PixelData = encapsulate([encode_sv1(pixels.view(np.uint16), precision)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        np.testing.assert_array_equal(ds.pixel_array, pixels)
 
 
 def test_codestream_size_must_match_the_header(tmp_path):
