@@ -1,0 +1,161 @@
+"""The SimCLR loop: run format, exact resume after a crash, the golden loss curve, torchrun restarts.
+
+Regenerate the golden curve (after a deliberate change of the numerics):
+    PYTHONPATH=. python tests/trainer/test_simclr_loop.py
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures.datasets import make_ct_dataset
+from trainer import simclr
+from trainer.checkpoint import load_checkpoint
+from trainer.errors import TrainerError
+from trainer.models import build_encoder
+from trainer.optim import LARS
+
+GOLDEN = Path(__file__).with_name("golden_simclr_losses.json")
+# 37 train samples, global batch 8: 4 steps per epoch; 3 epochs = 12 steps.
+ARGS = ["--device", "cpu", "--model", "resnet-tiny", "--image-size", "32", "--batch-size", "8", "--epochs", "3",
+        "--workers", "0", "--loader", "torch", "--log-every", "1", "--ckpt-every", "3", "--eval-every", "0"]
+
+
+def _dataset(root):
+    return make_ct_dataset(root, shard_sizes={"train": [3, 12, 5, 17]}, image_size=40)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("ds"))
+
+
+@pytest.fixture(scope="module")
+def straight(ds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+    return out
+
+
+def _lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_run_directory_follows_the_run_format(straight):
+    cfg = json.loads((straight / "config.json").read_text())
+    assert {k: cfg[k] for k in ("task", "init", "setting", "fraction", "seed", "world_size", "data_train_samples",
+                                "model", "init_checkpoint")} == \
+        {"task": "simclr", "init": "scratch", "setting": "pretrain", "fraction": 1.0, "seed": 0, "world_size": 1,
+         "data_train_samples": 37, "model": "resnet-tiny", "init_checkpoint": None}
+    # the paper recipe, resolved: sqrt rule lr = 0.075 * sqrt(8), temperature 0.5, no blur
+    assert math.isclose(cfg["lr"], 0.075 * math.sqrt(8)) and cfg["temperature"] == 0.5 and cfg["blur_p"] == 0.0
+    assert cfg["tool_version"] and cfg["projector"] == "paper" and cfg["schedule"] == "cosine-epoch"
+    metrics = _lines(straight / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert all({"train_loss", "lr", "images_per_s", "wall_s"} <= set(m) for m in metrics)
+    assert [round(m["lr"], 6) for m in metrics] == [round(0.075 * math.sqrt(8) * (1 + math.cos(math.pi * e / 3)) / 2, 6)
+                                                    for e in range(3)]  # cosine per epoch, no warmup
+    assert [s["step"] for s in _lines(straight / "steps.jsonl")] == list(range(1, 13))
+    ckpt = load_checkpoint(straight / "checkpoints" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["model_name"]) == (12, 3, "resnet-tiny")
+    missing, unexpected = build_encoder("resnet-tiny", num_classes=7).load_state_dict(ckpt["encoder"], strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and not unexpected
+    assert [p.name for p in (straight / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    real_step, calls = LARS.step, []
+
+    def step_or_crash(self, *a, **k):  # dies inside step 8, after the checkpoint of step 6 (mid-epoch 2)
+        calls.append(1)
+        if len(calls) == 8:
+            raise RuntimeError("simulated node failure")
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(LARS, "step", step_or_crash)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+    monkeypatch.setattr(LARS, "step", real_step)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6
+    assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS])["step"] == 12   # --resume auto
+    a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(out / "checkpoints" / "last.pt")
+    for part in ("encoder", "projector"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    momenta_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momenta_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momenta_a, momenta_b)) and len(momenta_a) == len(momenta_b) > 0
+    assert [s["loss"] for s in _lines(out / "steps.jsonl")] == [s["loss"] for s in _lines(straight / "steps.jsonl")]
+    assert [m["train_loss"] for m in _lines(out / "metrics.jsonl")] == \
+        [m["train_loss"] for m in _lines(straight / "metrics.jsonl")]
+    # resuming a finished run does nothing
+    assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS])["step"] == 12
+
+
+def test_golden_loss_curve(straight):
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["args"] == ARGS
+    losses = [s["loss"] for s in _lines(straight / "steps.jsonl")]
+    assert len(losses) == len(golden["losses"])
+    # float32 kernels differ a little between CPUs; a real change of the numerics moves the curve far more
+    for got, want in zip(losses, golden["losses"]):
+        assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-4), (losses, golden["losses"])
+
+
+def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straight):
+    with pytest.raises(TrainerError, match=r"cannot resume: --temperature differ from the checkpoint's run"):
+        simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--temperature", "0.2"])
+    with pytest.raises(TrainerError, match=r"last.pt exists and --resume none: pick a new --out"):
+        simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "none"])
+    with pytest.raises(TrainerError, match=r"is not a tlx dataset: no manifest.json"):
+        simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
+
+
+def test_simclr_recipe_with_dali_gradcache_hu_window_and_knn(ds, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "run"
+    args = [a if a != "torch" else "dali" for a in ARGS]
+    state = simclr.main(["--data", str(ds), "--out", str(out), *args, "--recipe", "simclr", "--max-steps", "2",
+                         "--grad-cache-chunk", "3", "--normalize", "hu", "--window", "-1000", "1000",
+                         "--eval-every", "5", "--knn-bank", "37", "--knn-queries", "14", "--workers", "1"])
+    assert state["step"] == 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["temperature"], cfg["blur_p"], cfg["warmup_epochs"], cfg["window"]) == (0.1, 0.5, 10.0, [-1000.0, 1000.0])
+    assert math.isclose(cfg["lr"], 0.3 * 8 / 256)
+    (row,) = _lines(out / "metrics.jsonl")
+    assert row["partial"] and row["epoch"] == 1 and math.isfinite(row["train_loss"])
+    assert 0.0 <= row["val_knn_accuracy"] <= 1.0   # the probe runs at the end of a stopped run
+
+
+def test_torchrun_two_ranks_restart_after_a_hard_crash(ds, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TLX_TEST_CRASH_MARKER": str(tmp_path / "crashed"), "TLX_TEST_CRASH_AT": "5",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.getcwd()])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+           str(Path(__file__).with_name("crash_once.py")), "--data", str(ds), "--out", str(out), *ARGS,
+           "--max-steps", "8"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "crashed").exists()                       # it did crash once
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 8 and len(ckpt["rng"]) == 2           # both ranks' generators saved
+    assert [s["step"] for s in _lines(out / "steps.jsonl")] == list(range(1, 9))   # no step lost or repeated
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+if __name__ == "__main__":
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _dataset(Path(tmp) / "ds")
+        simclr.main(["--data", str(root), "--out", str(Path(tmp) / "run"), *ARGS])
+        losses = [s["loss"] for s in _lines(Path(tmp) / "run" / "steps.jsonl")]
+    GOLDEN.write_text(json.dumps({"about": "first losses of a tiny deterministic CPU run; regenerate with "
+                                           "PYTHONPATH=. python tests/trainer/test_simclr_loop.py",
+                                  "args": ARGS, "losses": losses}, indent=1) + "\n")
+    print(losses)
