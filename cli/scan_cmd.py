@@ -37,14 +37,16 @@ def print_scan_summary(summary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"scan: {summary.files} files, {summary.candidates} CT slice candidates "
-                        f"({summary.patients} patients, {summary.series} series) in {summary.seconds:.1f} s "
-                        f"on {summary.workers} worker(s)")
-    table.add_column("kept as candidate / rejected")
+    console = Console()
+    console.print(f"scanned {summary.files} files in {summary.seconds:.1f} s on {summary.workers} worker(s): "
+                  f"{summary.dicom} DICOM, {summary.candidates} CT slice candidates "
+                  f"({summary.patients} patients, {summary.series} series)")
+    table = Table()
+    table.add_column("outcome")
     table.add_column("files", justify="right")
     for label, n in summary.by_label.items():
         table.add_row(f"candidate: {label}", str(n))
     for code, n in summary.by_code.items():
         table.add_row(f"rejected: {code}", str(n))
-    Console().print(table)
-    Console().print(f"index: {summary.index_path}")
+    console.print(table)
+    console.print(f"index: {summary.index_path}")
