@@ -40,9 +40,15 @@ def frozen_buffers(module: nn.Module):
                 b.copy_(copy)
 
 
+def _unwrap(model: nn.Module) -> tuple[DDP | None, nn.Module]:
+    """(the DDP wrapper if any, the SimCLRModel) inside a maybe-compiled, maybe-DDP model."""
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    return (inner, inner.module) if isinstance(inner, DDP) else (None, inner)
+
+
 def grad_cache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, chunk: int) -> torch.Tensor:
     """Backward of the whole-batch loss in chunks of `chunk` images per view; returns the loss (detached)."""
-    net = model.module if isinstance(model, DDP) else model
+    ddp, net = _unwrap(model)
     with torch.no_grad(), frozen_buffers(net):
         z1 = torch.cat([net(c) for c in x1.split(chunk)])
         z2 = torch.cat([net(c) for c in x2.split(chunk)])
@@ -53,7 +59,7 @@ def grad_cache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, chunk:
     pieces = list(zip(x1.split(chunk), z1.grad.split(chunk))) + list(zip(x2.split(chunk), z2.grad.split(chunk)))
     for i, (x, g) in enumerate(pieces):
         last = i == len(pieces) - 1
-        sync = contextlib.nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        sync = contextlib.nullcontext() if last or ddp is None else ddp.no_sync()
         with sync:
             z = model(x)
             z.backward(g.to(z.dtype))

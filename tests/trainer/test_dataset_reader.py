@@ -73,6 +73,9 @@ def test_refuses_index_that_disagrees_with_manifest(tmp_path):
         ds.member("mask")
     idx = root / "shards/train/train-000000.idx"
     lines = idx.read_text().splitlines()
+    idx.write_text("\n".join(lines[:2] + [" ".join(lines[2].split()[:4])] + lines[3:]) + "\n")  # a member gone
+    with pytest.raises(TrainerError, match=r"train-000000.idx line 3: sample has no member 'cls' \(the manifest"):
+        ds.sample_table("train")
     idx.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(TrainerError, match=r"lists 5 samples \(header 6\), manifest says 6"):
         ds.sample_table("train")

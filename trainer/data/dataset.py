@@ -171,20 +171,41 @@ def _parse_index(shard: ShardSpec, exts: list[str], with_keys: bool):
     """Offsets and sizes per member ext from a DALI v1.2 index: `<ext> <offset> <size> <name>` per member."""
     if not shard.index.is_file():
         raise TrainerError(f"index {str(shard.index)!r} of shard {shard.path.name} is missing")
-    lines = shard.index.read_text().splitlines()
-    head = lines[0].split() if lines else []
+    head, _, body = shard.index.read_text().partition("\n")
+    head = head.split()
     if len(head) != 2 or head[0] != "v1.2":
-        raise TrainerError(f"{shard.index}: first line {lines[0] if lines else ''!r} is not 'v1.2 <count>'")
-    count = int(head[1])
-    if count != shard.samples or len(lines) - 1 != count:
-        raise TrainerError(f"{shard.index}: lists {len(lines) - 1} samples (header {count}), "
-                           f"manifest says {shard.samples}")
+        raise TrainerError(f"{shard.index}: first line {' '.join(head)!r} is not 'v1.2 <count>'")
+    count, lines = int(head[1]), body.count("\n") + (not body.endswith("\n") and bool(body))
+    if count != shard.samples or lines != count:
+        raise TrainerError(f"{shard.index}: lists {lines} samples (header {count}), manifest says {shard.samples}")
+    # Fast path: every line names the same members in the same order (what datakit writes), so the
+    # index is a space-separated table that pyarrow parses in C++ (millions of samples per second).
+    width = 4 * len(exts)
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pcsv
+        names = [f"c{i}" for i in range(width)]
+        table = pcsv.read_csv(shard.index, read_options=pcsv.ReadOptions(skip_rows=1, column_names=names),
+                              parse_options=pcsv.ParseOptions(delimiter=" "),
+                              convert_options=pcsv.ConvertOptions(column_types={
+                                  n: (pa.int64() if i % 4 in (1, 2) else pa.string()) for i, n in enumerate(names)}))
+    except Exception:  # noqa: BLE001 - ragged or odd lines: the line-by-line path below names the bad line
+        table = None
+    if table is not None and table.num_rows == count:
+        order = [table.column(4 * j)[0].as_py() for j in range(len(exts))]
+        if sorted(order) == sorted(exts) and all(pc.all(pc.equal(table.column(4 * j), e)).as_py()
+                                                 for j, e in enumerate(order)):
+            col = {e: 4 * j for j, e in enumerate(order)}
+            keys = [n.split(".", 1)[0] for n in table.column(3).to_pylist()] if with_keys else []
+            return ({e: table.column(col[e] + 1).to_numpy() for e in exts},
+                    {e: table.column(col[e] + 2).to_numpy() for e in exts}, keys)
     offsets = {e: np.empty(count, np.int64) for e in exts}
     sizes = {e: np.empty(count, np.int64) for e in exts}
     keys = []
-    for i, line in enumerate(lines[1:]):
+    for i, line in enumerate(body.splitlines()):
         tok = line.split()
-        found = {tok[j]: (tok[j + 1], tok[j + 2]) for j in range(0, len(tok), 4)}
+        found = {tok[j]: (tok[j + 1], tok[j + 2]) for j in range(0, len(tok) - 3, 4)}
         for e in exts:
             if e not in found:
                 raise TrainerError(f"{shard.index} line {i + 2}: sample has no member {e!r} "
