@@ -17,13 +17,16 @@ cut short.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header,
                            time_limit)
@@ -35,6 +38,8 @@ from datakit.walk import walk_files
 INDEX = Path("work") / "index.parquet"
 HEADER_TIMEOUT_S = 10.0
 CHUNK = 128                      # files per task: big enough to amortise IPC, small enough for a live progress bar
+ROW_GROUP = 65536                # rows per Parquet row group
+NOT_DICOM = frozenset({"not-dicom", "unreadable", "not-a-file"})   # reject codes of files that are not DICOM
 MIN_AXIAL_COS = 0.8              # |slice normal . z| for axial: gantry tilts up to ~35 degrees stay axial
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -192,6 +197,22 @@ class _FileScanner:
                 row[col] = None                   # a bit-flipped count that int32 cannot hold
 
 
+    def batch(self, items: list) -> "pa.RecordBatch":
+        """Index rows of a chunk of walk results, as one Arrow batch (compact to send between processes)."""
+        rows = [self.row(f.path, f.size) if f.problem is None else
+                {"path": f.path, "size": f.size, "reject_code": f.problem[0], "reject_reason": f.problem[1]}
+                for f in items]
+        return _to_batch(rows)
+
+
+def _to_batch(rows: list[dict]):
+    import pyarrow as pa
+
+    schema = _schema()
+    return pa.RecordBatch.from_arrays([pa.array([r.get(n) for r in rows], type=schema.field(n).type)
+                                       for n in schema.names], schema=schema)
+
+
 _WORKER: _FileScanner | None = None
 
 
@@ -200,15 +221,71 @@ def _init_worker(root: str, secret: bytes, rules_path: str | None) -> None:
     _WORKER = _FileScanner(root, secret, rules_path)
 
 
-def _scan_chunk(items: list[tuple[str, int]]) -> list[dict]:
-    return [_WORKER.row(rel, size) for rel, size in items]
+def _scan_chunk(items: list):
+    return _WORKER.batch(items)
 
 
 # --------------------------------------------------------------------------- the stage
 
+def _chunks(found: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for f in found:
+        chunk.append(f)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ordered_map(pool, fn, items: Iterator, window: int) -> Iterator:
+    """pool.map in input order with at most `window` tasks in flight, so a walk of millions of files
+    is never held in memory at once (Executor.map submits everything up front)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _Tally:
+    """Counts for the summary, updated batch by batch."""
+
+    def __init__(self):
+        self.files = self.dicom = self.candidates = 0
+        self.by_code: Counter = Counter()
+        self.by_label: Counter = Counter()
+        self.patients: set = set()
+        self.series: set = set()
+
+    def add(self, batch) -> None:
+        cols = batch.to_pydict()
+        self.files += batch.num_rows
+        for i, code in enumerate(cols["reject_code"]):
+            if code is not None:
+                self.by_code[code] += 1
+                self.dicom += code not in NOT_DICOM
+                continue
+            self.dicom += 1
+            self.candidates += 1
+            self.by_label[cols["label"][i]] += 1
+            self.patients.add(cols["patient"][i])
+            self.series.add(cols["series"][i])
+
+
 def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int | None = None,
          secret: bytes, label_rules: str | os.PathLike | None = None) -> ScanSummary:
-    """Scan `dicom_root`, write `out_dir`/work/index.parquet, return counts. Raises DatakitError on bad input."""
+    """Scan `dicom_root`, write `out_dir`/work/index.parquet, return counts. Raises DatakitError on bad input.
+
+    Rows are in walk order (deterministic: names sorted within each folder). Files stream
+    from the walk through the workers into the Parquet writer, so memory stays flat
+    however many files there are.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     t0 = time.perf_counter()
     root = Path(dicom_root)
     if not root.exists():
@@ -217,27 +294,37 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
-    found = list(walk_files(root))
-    if not found:
+    found = walk_files(root)
+    first = next(found, None)
+    if first is None:
         raise DatakitError(f"DICOM root {str(root)!r} holds no files")
-    rows = [{"path": f.path, "size": f.size, "reject_code": f.problem[0], "reject_reason": f.problem[1]}
-            for f in found if f.problem]
-    todo = [(f.path, f.size) for f in found if not f.problem]
+    chunks = _chunks(itertools.chain([first], found), CHUNK)
     workers = max(1, workers or os.cpu_count() or 1)
-    chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    if workers == 1 or len(chunks) <= 1:
-        workers = 1
-        scanner = _FileScanner(str(root), secret, rules_path)
-        for chunk in _progress(chunks, len(todo), "scan"):
-            rows += [scanner.row(rel, size) for rel, size in chunk]
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)) as ex:
-            for part in _progress(ex.map(_scan_chunk, chunks), len(todo), "scan", sizes=[len(c) for c in chunks]):
-                rows += part
-    rows.sort(key=lambda r: r["path"])
     index_path = Path(out_dir) / INDEX
-    write_index(rows, index_path)
-    summary = _summarize(rows, str(root), index_path, workers, time.perf_counter() - t0)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(index_path.name + ".partial")
+    tally, pending = _Tally(), []
+    with pq.ParquetWriter(tmp, _schema()) as writer, contextlib.ExitStack() as stack:
+        if workers == 1:
+            scanner = _FileScanner(str(root), secret, rules_path)
+            batches = (scanner.batch(c) for c in chunks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)))
+            batches = _ordered_map(pool, _scan_chunk, chunks, window=4 * workers)
+        for batch in _progress(batches, "scan"):
+            tally.add(batch)
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(pending))
+                pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending))
+    os.replace(tmp, index_path)
+    summary = ScanSummary(
+        root=str(root), index_path=index_path, files=tally.files, dicom=tally.dicom, candidates=tally.candidates,
+        patients=len(tally.patients), series=len(tally.series), seconds=time.perf_counter() - t0, workers=workers,
+        by_code=dict(tally.by_code.most_common()), by_label=dict(tally.by_label.most_common()))
     if summary.dicom == 0:
         raise DatakitError(f"no DICOM files found under {str(root)!r} ({summary.files} files, none DICOM); "
                            f"index written to {index_path}")
@@ -249,40 +336,26 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
 
 
 def write_index(rows: list[dict], path: Path) -> None:
-    """index.parquet with the documented schema, written to a temporary name and renamed."""
+    """An index.parquet from row dicts with the documented schema (for tests and tools that build indexes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema()
-    table = pa.table({name: pa.array([r.get(name) for r in rows], type=schema.field(name).type)
-                      for name in schema.names}, schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp)
+    pq.write_table(pa.Table.from_batches([_to_batch(rows)]), tmp)
     os.replace(tmp, path)
 
 
-def _summarize(rows: list[dict], root: str, index_path: Path, workers: int, seconds: float) -> ScanSummary:
-    candidates = [r for r in rows if r.get("reject_code") is None]
-    return ScanSummary(
-        root=root, index_path=index_path, files=len(rows),
-        dicom=sum(1 for r in rows if r.get("reject_code") not in ("not-dicom", "unreadable", "not-a-file")),
-        candidates=len(candidates), patients=len({r["patient"] for r in candidates}),
-        series=len({r.get("series") for r in candidates}), seconds=seconds, workers=workers,
-        by_code=dict(Counter(r["reject_code"] for r in rows if r.get("reject_code")).most_common()),
-        by_label=dict(Counter(r["label"] for r in candidates).most_common()))
-
-
-def _progress(it, total: int, what: str, sizes: list[int] | None = None):
-    """Yield from `it` with a rich progress bar counting files (silent when TLX_QUIET=1)."""
-    if os.environ.get("TLX_QUIET") == "1" or total == 0:
-        yield from it
+def _progress(batches, what: str):
+    """Yield the batches with a rich progress line counting files (silent when TLX_QUIET=1)."""
+    if os.environ.get("TLX_QUIET") == "1":
+        yield from batches
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(what, total=total)
-        for i, item in enumerate(it):
-            yield item
-            bar.advance(task, sizes[i] if sizes else len(item))
+    with Progress(SpinnerColumn(), TextColumn(what), TextColumn("{task.completed} files"),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task(what, total=None)
+        for batch in batches:
+            yield batch
+            bar.advance(task, batch.num_rows)
