@@ -1,0 +1,111 @@
+"""CKA and SVCCA: the invariances and identities of Kornblith et al. (2019) and Raghu et al. (2017)."""
+import numpy as np
+import pytest
+
+from analysis.cka import MinibatchCKA, activation_cka, cka_from_grams, linear_cka, rbf_cka, unbiased_cka
+from analysis.errors import AnalysisError
+from analysis.svcca import svcca
+
+
+@pytest.fixture(scope="module")
+def reps():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 12))
+    Y = X @ rng.normal(size=(12, 8)) + 0.5 * rng.normal(size=(60, 8))  # related to X, not a copy
+    Q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    A = rng.normal(size=(8, 8)) + np.diag(np.linspace(0.1, 5, 8))   # a general (non-orthogonal) linear map
+    return X, Y, Q, A
+
+
+def reference_cka(K, L):
+    """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with an explicit centring matrix H (Gretton et al. 2005)."""
+    n = len(K)
+    H = np.eye(n) - np.ones((n, n)) / n
+    hsic = lambda a, b: np.trace(a @ H @ b @ H) / (n - 1) ** 2  # noqa: E731
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+@pytest.mark.parametrize("cka", [linear_cka, rbf_cka, unbiased_cka])
+def test_cka_of_a_representation_with_itself_is_one(reps, cka):
+    X = reps[0]
+    assert cka(X, X) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("cka", [linear_cka, rbf_cka])
+def test_cka_is_invariant_to_rotation_isotropic_scaling_and_translation(reps, cka):
+    X, Y, Q, _ = reps
+    base = cka(X, Y)
+    assert 0.2 < base < 0.99  # a non-trivial similarity, so the checks below mean something
+    assert cka(X, Y @ Q) == pytest.approx(base, abs=1e-10)
+    assert cka(X, 7.5 * Y) == pytest.approx(base, abs=1e-10)
+    assert cka(X, Y + np.arange(8.0)) == pytest.approx(base, abs=1e-10)
+
+
+def test_linear_cka_is_not_invariant_to_a_general_linear_map(reps):
+    X, Y, _, A = reps
+    assert abs(linear_cka(X, Y @ A) - linear_cka(X, Y)) > 0.01
+    assert linear_cka(Y, Y @ A) < 0.99
+
+
+def test_linear_cka_equal_in_feature_and_sample_space(reps):
+    X, Y, _, _ = reps
+    feature = linear_cka(X, Y)
+    assert cka_from_grams(X @ X.T, Y @ Y.T) == pytest.approx(feature, abs=1e-12)
+    assert reference_cka(X @ X.T, Y @ Y.T) == pytest.approx(feature, abs=1e-12)
+
+
+def test_rbf_cka_approaches_linear_cka_as_the_bandwidth_grows(reps):
+    X, Y, _, _ = reps
+    linear = linear_cka(X, Y)
+    gaps = [abs(rbf_cka(X, Y, threshold) - linear) for threshold in (0.5, 2, 8, 32, 128)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 1e-4
+
+
+def test_unbiased_and_minibatch_cka_agree_on_one_batch(reps):
+    X, Y, _, _ = reps
+    acc = MinibatchCKA()
+    acc.update(X, Y)
+    assert acc.value() == pytest.approx(unbiased_cka(X, Y), abs=1e-12)
+
+
+def test_minibatch_cka_over_many_batches_estimates_the_full_cka():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 10))
+    Y = X[:, :6] + 0.3 * rng.normal(size=(2000, 6))
+    batches = [(X[i:i + 200], Y[i:i + 200]) for i in range(0, 2000, 200)]
+    assert activation_cka(batches) == pytest.approx(linear_cka(X, Y), abs=0.02)
+
+
+def test_cka_refuses_bad_input(reps):
+    X = reps[0]
+    with pytest.raises(AnalysisError, match="same examples in both: 60 rows vs 59 rows"):
+        linear_cka(X, X[:-1])
+    with pytest.raises(AnalysisError, match="2-D arrays"):
+        linear_cka(X[0], X[0])
+    with pytest.raises(AnalysisError, match="constant representation"):
+        linear_cka(np.ones((5, 3)), X[:5])
+    with pytest.raises(AnalysisError, match="threshold must be > 0"):
+        rbf_cka(X, X, threshold=0)
+    with pytest.raises(AnalysisError, match="before any update"):
+        MinibatchCKA().value()
+
+
+def test_svcca_is_one_for_any_invertible_map_and_small_for_independent_data(reps):
+    X, _, _, _ = reps
+    rng = np.random.default_rng(2)
+    same = svcca(X, X @ rng.normal(size=(12, 12)))
+    assert same.mean == pytest.approx(1.0, abs=1e-9)
+    assert not same.degenerate
+    independent = svcca(rng.normal(size=(500, 5)), rng.normal(size=(500, 5)))
+    assert independent.mean < 0.15
+
+
+def test_svcca_keeps_the_directions_that_explain_99_percent():
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(300, 3)) * [10, 8, 6]
+    X = np.hstack([signal, 1e-3 * rng.normal(size=(300, 5))])  # 5 directions of negligible variance
+    result = svcca(X, signal)
+    assert result.dims == (3, 3)
+    assert result.mean == pytest.approx(1.0, abs=1e-6)
+    assert svcca(rng.normal(size=(10, 8)), rng.normal(size=(10, 8))).degenerate  # 8 + 8 directions > 10 examples
