@@ -1,0 +1,227 @@
+"""Mutual information between CT slices from 2-D joint histograms, many pairs at once.
+
+    >>> codes = quantize(slices, bins=64)          # (k, H, W) pixels -> (k, H*W) bin indices
+    >>> h = entropies(codes, bins=64)              # self-MI of each slice, nats
+    >>> mi = mi_matrix(codes_a, codes_b, bins=64)  # (ka, kb) MI of every pair, nats
+
+Binning follows `np.histogram2d(a.ravel(), b.ravel(), bins=64)`: 64 equal bins from
+each slice's own minimum to its maximum (the last bin closed), so the MI of two
+slices is the same as the one from that call. A fixed `value_range=(lo, hi)` instead
+clips values into [lo, hi] first. No smoothing: MI is the plug-in estimate from raw
+counts, MI = sum p_ab log(p_ab / (p_a p_b)) = H(a) + H(b) - H(a, b).
+
+Three ways to count the joint histograms of all pairs, with identical results:
+- "bincount" (numpy, the CPU default): one np.bincount per slice against a whole
+  block of slices (index = pair * bins^2 + a * bins + b); O(pairs * pixels).
+- "onehot" (numpy): joint histograms as one-hot products, A^T B with A (pixels,
+  ka*bins) and B (pixels, kb*bins), accumulated over pixel chunks. bins^2 / bins = 64
+  times more arithmetic than bincount, so slower on a CPU; it is the GPU formulation.
+- "torch": the same one-hot product as one int8 matrix product with int32
+  accumulation (torch._int_mm: exact counts, tensor cores) on `device`.
+Every count table is checked to sum to the pixel count, so an inexact product fails loudly.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from analysis.errors import AnalysisError
+
+METHODS = ("bincount", "onehot", "torch")
+
+
+def quantize(slices, bins: int = 64, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Bin index (uint8/uint16) of every pixel of every slice: (k, H, W) -> (k, H*W)."""
+    x = np.asarray(slices)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise AnalysisError(f"slices must be (k, H, W) or (H, W), got shape {x.shape}")
+    if not 2 <= bins <= 4096:
+        raise AnalysisError(f"bins must be in 2..4096, got {bins}")
+    flat = x.reshape(len(x), -1)
+    out = np.empty(flat.shape, dtype=np.uint8 if bins <= 256 else np.uint16)
+    for i, s in enumerate(flat):
+        if value_range is None:
+            lo, hi = s.min(), s.max()
+        else:
+            lo, hi = value_range
+            if not hi > lo:
+                raise AnalysisError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
+            s = np.clip(s, lo, hi)
+        out[i] = _bin_slice(s, float(lo), float(hi), bins)
+    return out
+
+
+def _bin_slice(s: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    if lo == hi:  # histogram2d widens an empty range by 0.5 each side: one value lands mid-range
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    if np.issubdtype(s.dtype, np.integer) and hi - lo < 1 << 17:
+        # Integer pixels (HU): bin every possible value once, then look up (much faster).
+        base = int(np.floor(lo))
+        values = np.arange(base, int(np.ceil(hi)) + 1)
+        lut = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+        return lut[s.astype(np.int64) - base]
+    return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
+
+
+@lru_cache(maxsize=8)
+def _xlogx(n: int) -> np.ndarray:
+    """c * log(c) for every count c in 0..n (0 log 0 = 0)."""
+    c = np.arange(n + 1, dtype=np.float64)
+    out = np.zeros(n + 1)
+    out[1:] = c[1:] * np.log(c[1:])
+    return out
+
+
+def entropies(codes: np.ndarray, bins: int) -> np.ndarray:
+    """Shannon entropy (nats) of each slice's binned values = its MI with itself."""
+    n = codes.shape[1]
+    table = _xlogx(n)
+    h = np.array([table[np.bincount(c, minlength=bins)].sum() for c in codes])
+    return np.log(n) - h / n
+
+
+def _bincount_counts(a: np.ndarray, block: np.ndarray, bins: int) -> np.ndarray:
+    """(m, bins*bins) joint counts of slice `a` against every slice of `block`, in one bincount."""
+    m, n = block.shape
+    idx = block.astype(np.int64)
+    idx += (a.astype(np.int64) * bins)[None, :]
+    idx += (np.arange(m, dtype=np.int64) * bins * bins)[:, None]
+    return np.bincount(idx.ravel(), minlength=m * bins * bins).reshape(m, bins * bins)
+
+
+def _joint_xlogx_bincount(a: np.ndarray, block: np.ndarray, bins: int) -> np.ndarray:
+    """sum_ab C_ab log C_ab of slice `a` against every slice of `block`."""
+    counts = _bincount_counts(a, block, bins)
+    _check_totals(counts.sum(1), block.shape[1])
+    return _xlogx(block.shape[1])[counts].sum(1)
+
+
+def _onehot(codes: np.ndarray, bins: int, dtype) -> np.ndarray:
+    """(k, n) codes -> (n, k*bins) one-hot matrix."""
+    k, n = codes.shape
+    out = np.zeros((n, k * bins), dtype=dtype)
+    cols = codes.T.astype(np.int64) + (np.arange(k) * bins)[None, :]
+    out[np.arange(n)[:, None], cols] = 1
+    return out
+
+
+def _joint_counts_onehot(codes_a, codes_b, bins: int, chunk: int = 2048) -> np.ndarray:
+    """(ka, kb, bins, bins) joint counts as sum over pixel chunks of onehot(a)^T onehot(b)."""
+    ka, n = codes_a.shape
+    kb = codes_b.shape[0]
+    acc = np.zeros((ka * bins, kb * bins), dtype=np.float64)
+    for start in range(0, n, chunk):
+        A = _onehot(codes_a[:, start:start + chunk], bins, np.float32)
+        B = _onehot(codes_b[:, start:start + chunk], bins, np.float32)
+        acc += A.T @ B  # float32 partial sums of 0/1 are exact up to 2^24 per chunk
+    return acc.reshape(ka, bins, kb, bins).transpose(0, 2, 1, 3).round().astype(np.int64)
+
+
+def _joint_counts_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
+    import torch  # optional accelerator: only imported when asked for
+
+    def onehot(codes):
+        c = torch.as_tensor(np.ascontiguousarray(codes), device=device).long()
+        k, n = c.shape
+        n_pad = -(-n // 8) * 8  # _int_mm needs inner dims in multiples of 8; zero rows add nothing
+        out = torch.zeros((n_pad, k * bins), dtype=torch.int8, device=device)
+        out[:n].scatter_(1, c.T + torch.arange(k, device=device)[None, :] * bins, 1)
+        return out
+
+    ka, kb = len(codes_a), len(codes_b)
+    A, B = onehot(codes_a), onehot(codes_b)
+    if ka * bins <= 16:  # _int_mm needs more than 16 rows in its first operand
+        counts = (A.T.float() @ B.float()).round().long()
+    else:
+        counts = torch._int_mm(A.T.contiguous(), B)  # exact int32 accumulation
+    counts = counts.reshape(ka, bins, kb, bins).permute(0, 2, 1, 3)
+    return counts.cpu().numpy().astype(np.int64)
+
+
+def _check_totals(totals: np.ndarray, n: int) -> None:
+    if not np.all(totals == n):
+        raise AnalysisError(f"joint histogram counts do not sum to the pixel count {n} (inexact arithmetic?)")
+
+
+def joint_counts(codes_a, codes_b, bins: int, method: str = "onehot", device: str = "cpu") -> np.ndarray:
+    """(ka, kb, bins, bins) joint histograms of every pair (a_i, b_j)."""
+    codes_a, codes_b = np.atleast_2d(codes_a), np.atleast_2d(codes_b)
+    if codes_a.shape[1] != codes_b.shape[1]:
+        raise AnalysisError(f"slices differ in pixel count: {codes_a.shape[1]} vs {codes_b.shape[1]}")
+    if method == "onehot":
+        counts = _joint_counts_onehot(codes_a, codes_b, bins)
+    elif method == "torch":
+        counts = _joint_counts_torch(codes_a, codes_b, bins, device)
+    elif method == "bincount":
+        counts = np.stack([_bincount_counts(a, codes_b, bins) for a in codes_a])
+        counts = counts.reshape(len(codes_a), len(codes_b), bins, bins)
+    else:
+        raise AnalysisError(f"unknown MI method {method!r}; use one of {METHODS}")
+    _check_totals(counts.sum((2, 3)), codes_a.shape[1])
+    return counts
+
+
+def mutual_information(counts: np.ndarray) -> np.ndarray:
+    """MI (nats) of joint count tables (..., bins, bins)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum((-1, -2), keepdims=True)
+    p = counts / n
+    pa = p.sum(-1, keepdims=True)
+    pb = p.sum(-2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / (pa * pb)), 0.0)
+    return terms.sum((-1, -2))
+
+
+class PairwiseMI:
+    """MI between binned slices, from joint entropies: MI_ij = H_i + H_j - H_ij.
+
+    `within(codes)` gives the symmetric (k, k) matrix of one volume, computing each
+    unordered pair once; `between(a, b)` the (ka, kb) matrix of two sets of slices.
+    """
+
+    def __init__(self, bins: int = 64, method: str = "bincount", device: str = "cpu"):
+        if method not in METHODS:
+            raise AnalysisError(f"unknown MI method {method!r}; use one of {METHODS}")
+        self.bins, self.method, self.device = bins, method, device
+        self.evaluations = 0  # pairs whose joint histogram was counted
+
+    def _sum_xlogx(self, codes_a, codes_b) -> np.ndarray:
+        """(ka, kb) sum of C log C over each pair's joint count table."""
+        n = codes_a.shape[1]
+        if self.method == "bincount":
+            return np.stack([_joint_xlogx_bincount(a, codes_b, self.bins) for a in codes_a])
+        counts = joint_counts(codes_a, codes_b, self.bins, self.method, self.device)
+        return _xlogx(n)[counts].sum((2, 3))
+
+    def _from_joint(self, j: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, n: int) -> np.ndarray:
+        h_joint = np.log(n) - j / n
+        return h_a[:, None] + h_b[None, :] - h_joint
+
+    def between(self, codes_a, codes_b) -> np.ndarray:
+        n = codes_a.shape[1]
+        self.evaluations += len(codes_a) * len(codes_b)
+        j = self._sum_xlogx(codes_a, codes_b)
+        return self._from_joint(j, entropies(codes_a, self.bins), entropies(codes_b, self.bins), n)
+
+    def within(self, codes) -> np.ndarray:
+        k, n = codes.shape
+        h = entropies(codes, self.bins)
+        if self.method == "bincount":
+            # Each slice against the slices before it only: k (k - 1) / 2 pairs.
+            j = np.zeros((k, k))
+            for i in range(1, k):
+                j[i, :i] = _joint_xlogx_bincount(codes[i], codes[:i], self.bins)
+            j = j + j.T
+            self.evaluations += k * (k - 1) // 2
+        else:
+            # One product for all pairs (the GPU formulation); the diagonal comes for free.
+            j = self._sum_xlogx(codes, codes)
+            self.evaluations += k * k
+        mi = self._from_joint(j, h, h, n)
+        np.fill_diagonal(mi, h)
+        return mi

@@ -1,0 +1,157 @@
+"""Scale factors on datasets with known answers: identical slices, independent slices."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from analysis.errors import AnalysisError
+from analysis.scale_factors import (ScaleFactorConfig, aggregate, effective_slices, estimate_scale_factors,
+                                    load_results, lower_bound_volume, write_results)
+from cli.main import cli
+from tests.analysis.synthetic import write_ct_dataset
+
+SLICES, SIZE = 8, 64
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """5 volumes of independent noise slices and one volume of one slice repeated."""
+    rng = np.random.default_rng(0)
+    volumes = {f"noise{i}": rng.integers(-1000, 1000, (SLICES, SIZE, SIZE)).astype(np.int16) for i in range(5)}
+    volumes["same"] = np.repeat(rng.integers(-1000, 1000, (1, SIZE, SIZE)).astype(np.int16), SLICES, 0)
+    return write_ct_dataset(tmp_path_factory.mktemp("sf") / "data", volumes)
+
+
+@pytest.fixture(scope="module")
+def full(dataset):
+    return estimate_scale_factors(dataset, ScaleFactorConfig(seed=3))
+
+
+def per_volume(result):
+    return {r["volume"]: r for r in result["per_volume"]}
+
+
+def test_effective_slices_by_hand():
+    h = np.full(3, 2.0)                      # self-MI of each slice
+    base = np.full(3, 0.5)                   # mean MI to a random other volume's slices
+    mi = np.array([[2.0, 1.25, 0.5],
+                   [1.25, 2.0, 1.7],
+                   [0.5, 1.7, 2.0]])
+    # slice 1: relative MI to slice 0 = (1.25 - 0.5) / 1.5 = 0.5 -> adds 0.5
+    # slice 2: to slice 0: 0 (at the baseline), to slice 1: (1.7 - 0.5) / 1.5 = 0.8 -> adds 0.2
+    eff, utility = effective_slices(mi, h, base)
+    np.testing.assert_allclose(utility, [1.0, 0.5, 0.2])
+    assert eff == pytest.approx(1.7)
+    assert effective_slices(np.full((4, 4), 2.0), np.full(4, 2.0), np.full(4, 0.5))[0] == 1.0  # identical slices
+    assert effective_slices(np.full((4, 4), 0.5), np.full(4, 2.0), np.full(4, 0.5))[0] == 4.0  # independent ones
+
+
+def test_identical_slices_are_worth_one_slice(full):
+    same = per_volume(full)["same"]
+    assert same["ub_effective_slices"] == pytest.approx(1.0)
+    assert same["s_ub"] == pytest.approx(SLICES)
+    assert same["s_lb"] > 3  # gzip's window (32 KiB) spans four 8 KiB slices: repeats compress away
+
+
+def test_independent_slices_are_worth_about_one_each(full):
+    for name, r in per_volume(full).items():
+        if name.startswith("noise"):
+            assert 1.0 <= r["s_ub"] < 1.1, r
+    # S_LB: (the dataset's random sets may include the repeated volume's alike slices, so check it directly)
+    rng = np.random.default_rng(1)
+    volume, others = (rng.integers(-1000, 1000, (SLICES, SIZE, SIZE)).astype(np.int16) for _ in range(2))
+    for compressor in ("gzip", "zstd"):
+        c_vol, c_rand, s_lb = lower_bound_volume(volume, others, compressor)
+        assert s_lb == pytest.approx(c_rand / c_vol) == pytest.approx(1.0, abs=0.01)
+
+
+def test_dataset_factor_is_total_slices_over_total_effective_slices(full):
+    rows = full["per_volume"]
+    n = sum(r["slices"] for r in rows)
+    assert full["s_ub"]["value"] == pytest.approx(n / sum(r["ub_effective_slices"] for r in rows))
+    assert full["s_lb"]["value"] == pytest.approx(n / sum(r["slices"] / r["s_lb"] for r in rows))
+    assert full["s_ub"]["ci95"] is None  # every volume was used: no sampling error
+    assert (full["volumes_ok"], full["volumes_failed"], full["slices_processed"]) == (6, [], 6 * SLICES)
+    # within-volume pairs once each, plus every slice against all slices of one other volume
+    assert full["mi_evaluations"] == 6 * (SLICES * (SLICES - 1) // 2 + SLICES * SLICES)
+
+
+def test_results_do_not_depend_on_workers_and_follow_the_seed(dataset, full):
+    parallel = estimate_scale_factors(dataset, ScaleFactorConfig(seed=3, workers=2))
+    assert parallel["per_volume"] == full["per_volume"]
+    other_seed = estimate_scale_factors(dataset, ScaleFactorConfig(seed=4, lower=False))
+    assert other_seed["s_ub"]["value"] != full["s_ub"]["value"]
+
+
+def test_a_sample_of_volumes_gives_a_confidence_interval(dataset):
+    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, baseline_slices=3, compressor="zstd"))
+    assert result["volumes_sampled"] == 4 and result["volumes_in_split"] == 6
+    lo, hi = result["s_ub"]["ci95"]
+    assert lo < result["s_ub"]["value"] < hi
+    assert result["s_lb"]["compressor"] == "zstd" and result["s_lb"]["level"] == 3
+
+
+def test_ratio_estimator_confidence_interval_by_hand():
+    # slices n = [10, 10], effective e = [5, 10]: S = 20 / 15 = 4/3; residuals n - S e = [10/3, -10/3]
+    # var = (1 - 2/4) / (2 * 1) * (200/9) / 7.5^2 = 0.0987654; half width = 1.95996 * 0.314270 = 0.615958
+    out = aggregate([10, 10], [5, 10], population=4)
+    assert out["value"] == pytest.approx(4 / 3)
+    assert out["ci95"] == pytest.approx([4 / 3 - 0.615958, 4 / 3 + 0.615958], abs=1e-6)
+    assert out["slice_weighted_mean"] == pytest.approx(1.5)
+
+
+def test_a_volume_that_fails_is_reported_not_dropped(tmp_path):
+    rng = np.random.default_rng(5)
+    volumes = {f"v{i}": rng.integers(-1000, 1000, (4, 16, 16)).astype(np.int16) for i in range(4)}
+    root = write_ct_dataset(tmp_path / "data", volumes)
+    # corrupt the stored bytes of one slice of v2
+    idx = next(p for p in root.rglob("*.idx") if "v2-s0001" in p.read_text())
+    line = next(line for line in idx.read_text().splitlines() if "v2-s0001" in line)
+    offset, size = (int(x) for x in line.split()[1:3])
+    with open(idx.with_suffix(".tar"), "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+    result = estimate_scale_factors(root, ScaleFactorConfig(lower=False, baseline_slices=1))
+    failed = {f["volume"]: f for f in result["volumes_failed"]}
+    assert "v2" in failed and "ZstdError" in failed["v2"]["error"]
+    assert result["volumes_ok"] + len(failed) == result["volumes_sampled"] == 4
+    assert result["slices_processed"] == 4 * result["volumes_ok"]
+
+
+def test_bad_datasets_are_refused(tmp_path, dataset):
+    with pytest.raises(AnalysisError, match="no manifest.json"):
+        estimate_scale_factors(tmp_path)
+    with pytest.raises(AnalysisError, match="split 'val' of .* holds no slices"):
+        estimate_scale_factors(dataset, ScaleFactorConfig(split="val"))
+    one = write_ct_dataset(tmp_path / "one", {"v": np.zeros((3, 8, 8), np.int16)})
+    with pytest.raises(AnalysisError, match="at least 2 volumes"):
+        estimate_scale_factors(one)
+    manifest = json.loads((one / "manifest.json").read_text())
+    (one / "manifest.json").write_text(json.dumps({**manifest, "format_version": 9}))
+    with pytest.raises(AnalysisError, match="version 9 is not known"):
+        estimate_scale_factors(one)
+    with pytest.raises(AnalysisError, match="compressor 'bz2' is not known"):
+        ScaleFactorConfig(compressor="bz2")
+
+
+def test_cli_writes_json_that_analyze_reads(tmp_path, dataset):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["scale-factors", str(dataset), "--out", str(out), "--workers", "1",
+                                      "--device", "cpu", "--baseline-slices", "2"])
+    assert result.exit_code == 0, result.output
+    factors = load_results(out / "scale_factors.json")
+    saved = json.loads((out / "scale_factors.json").read_text())
+    assert factors["ub"].value == pytest.approx(saved["s_ub"]["value"]) and factors["ub"].se == 0
+    assert factors["lb"].value == pytest.approx(saved["s_lb"]["value"])
+    assert (out / "scale_factors_volumes.csv").read_text().count("\n") == 7  # header + 6 volumes
+    bad = CliRunner().invoke(cli, ["scale-factors", str(tmp_path), "--out", str(out)])
+    assert bad.exit_code == 2 and "no manifest.json" in bad.output
+
+
+def test_write_results_round_trip(tmp_path, full):
+    path = write_results(full, tmp_path)
+    assert load_results(path)["ub"].value == pytest.approx(full["s_ub"]["value"])
+    path.write_text('{"format": "other"}')
+    with pytest.raises(AnalysisError, match="is not a tlx-scale-factors v1 file"):
+        load_results(path)
