@@ -49,7 +49,7 @@ def test_chestxray_multilabel_patient_split_and_rejects(tmp_path):
         expected = {f for f in truth[f"{key}.png"].split("|") if f != "No Finding"}
         assert {c for c, h in zip(m["classes"], hot) if h} == expected
         img = np.frombuffer(zstandard.ZstdDecompressor().decompress(sample["img.zst"]), np.uint8).reshape(32, 32)
-        assert img.max() > 200 if expected else img.max() < 80   # findings are bright squares
+        assert img.max() > 200 if expected else img.max() < 80   # findings are bright patches
 
 
 def test_csv_problems_are_one_line_errors(tmp_path):

@@ -1,0 +1,183 @@
+"""trainer.finetune on tiny CT shards: learning, run-format outputs, resume, linear evaluation, inits."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+import trainer.finetune as ft
+from trainer.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from trainer.errors import TrainerError
+from trainer.models import build_encoder
+from trainer.task_heads import TaskModel, load_init, read_init, sha256_file
+from tests.fixtures.datasets import make_ct_dataset
+
+TINY = ["--model", "resnet-tiny", "--device", "cpu", "--workers", "0", "--optimizer", "adamw"]
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    return make_ct_dataset(tmp_path_factory.mktemp("ct") / "ds", splits={"train": 48, "val": 15, "test": 15},
+                           num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def radnet_run(ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = ft.main(["--task", "radnet", "--data", str(ct), "--out", str(out), "--epochs", "8", "--batch-size", "8",
+                      "--lr", "3e-3", "--seed", "1", *TINY])
+    return out / "radnet" / "scratch" / "finetune" / "frac-1.0" / "seed-1", result
+
+
+def test_separable_classes_are_learned(radnet_run):
+    run, result = radnet_run
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == list(range(1, 9))
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"] / 3
+    assert result["metrics"]["accuracy"] >= 0.8           # 3 classes: chance is 1/3
+    assert max(l["val_accuracy"] for l in lines) > lines[0]["val_accuracy"]
+
+
+def test_outputs_follow_the_run_format(radnet_run):
+    run, result = radnet_run
+    cfg = json.loads((run / "config.json").read_text())
+    assert {k: cfg[k] for k in ("task", "init", "setting", "fraction", "seed", "world_size")} == \
+        {"task": "radnet", "init": "scratch", "setting": "finetune", "fraction": 1.0, "seed": 1, "world_size": 1}
+    assert cfg["init_checkpoint"] is None and cfg["init_sha256"] is None and cfg["data_train_samples"] == 48
+    assert (cfg["optimizer"], cfg["lr"], cfg["decay"], cfg["batch_size"]) == ("adamw", 3e-3, 0.97, 8)
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+    assert line["lr"] == pytest.approx(3e-3 * 0.97)       # multiplied by the decay after every epoch
+    assert {"train_loss", "val_accuracy", "images_per_s", "wall_s"} <= set(line)
+    assert json.loads((run / "result.json").read_text()) == result
+    assert set(result) >= {"metrics", "best_epoch", "epochs"} and result["epochs"] == 8
+    pred = pl.read_parquet(run / "predictions.parquet")
+    assert pred.columns == ["sample", "correct", "target", "pred", "confidence"] and len(pred) == 15
+    assert pred["correct"].mean() == pytest.approx(result["metrics"]["accuracy"])
+    layers = np.load(run / "first_layers.npz")
+    assert sorted(layers.files) == sorted(f"{w}/{n}" for w in ("init", "final") for n in ft.FIRST_LAYERS)
+    assert not np.array_equal(layers["init/conv1.weight"], layers["final/conv1.weight"])
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == result["best_epoch"] and "head" in best and "fc.weight" not in best["encoder"]
+    assert np.array_equal(best["encoder"]["conv1.weight"].numpy(), layers["final/conv1.weight"])
+    assert len(pl.read_parquet(run / "subset.parquet")) == 48
+
+
+def test_a_complete_run_is_not_run_again(radnet_run, ct):
+    run, result = radnet_run
+    before = (run / "metrics.jsonl").stat().st_mtime_ns
+    again = ft.main(["--task", "radnet", "--data", str(ct), "--out", str(run.parents[4]), "--epochs", "8",
+                     "--batch-size", "8", "--lr", "3e-3", "--seed", "1", *TINY])
+    assert again == result and (run / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def _comparable(run):
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    for l in lines:
+        del l["images_per_s"], l["wall_s"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    return lines, json.loads((run / "result.json").read_text()), last
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
+    args = ["--task", "radnet", "--data", str(ct), "--epochs", "3", "--batch-size", "16", "--lr", "1e-3",
+            "--checkpoint-every", "2", *TINY]
+    ft.main([*args, "--run-dir", str(tmp_path / "straight")])
+    real_loss, calls = ft.task_loss, {"n": 0}
+
+    def dies_at_step_6(*a, **kw):  # step 6 = third step of epoch 2, after the mid-epoch checkpoint at step 4
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*a, **kw)
+
+    monkeypatch.setattr(ft, "task_loss", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        ft.main([*args, "--run-dir", str(tmp_path / "resumed")])
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
+    monkeypatch.setattr(ft, "task_loss", real_loss)
+    ft.main([*args, "--run-dir", str(tmp_path / "resumed")])
+    a, b = _comparable(tmp_path / "straight"), _comparable(tmp_path / "resumed")
+    assert a[0] == b[0] and a[1] == b[1]
+    for part in ("encoder", "head"):
+        assert all(torch.equal(a[2][part][k], b[2][part][k]) for k in a[2][part])
+    assert pl.read_parquet(tmp_path / "straight" / "predictions.parquet").equals(
+        pl.read_parquet(tmp_path / "resumed" / "predictions.parquet"))
+    with pytest.raises(TrainerError, match=r"belongs to a run with other settings \(lr differ\)"):
+        (tmp_path / "resumed" / "result.json").unlink()
+        ft.main([*[a if a != "1e-3" else "2e-3" for a in args], "--run-dir", str(tmp_path / "resumed")])
+
+
+@pytest.fixture(scope="module")
+def simclr_checkpoint(tmp_path_factory):
+    """A tlx SimCLR checkpoint as trainer.simclr writes it: encoder, projector, optimizer state."""
+    torch.manual_seed(5)
+    enc = build_encoder("resnet-tiny")
+    with torch.no_grad():  # non-trivial BN statistics, so a moving one would show
+        for name, buf in enc.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("pre") / "demo-simclr" / "checkpoints" / "last.pt"
+    save_checkpoint(new_checkpoint("resnet-tiny", enc.state_dict(), projector={"0.weight": torch.randn(4, 256)},
+                                   step=10, epoch=1), path)
+    return path, {k: v.clone() for k, v in enc.state_dict().items()}
+
+
+def test_linear_evaluation_leaves_the_encoder_bit_identical(ct, tmp_path, simclr_checkpoint):
+    path, initial = simclr_checkpoint
+    ft.main(["--task", "radnet", "--data", str(ct), "--init", str(path), "--setting", "linear", "--fraction", "0.5",
+             "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--out", str(tmp_path), "--device", "cpu",
+             "--workers", "0"])
+    run = tmp_path / "radnet" / "demo-simclr" / "linear" / "frac-0.5" / "seed-0"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "resnet-tiny" and cfg["init_sha256"] == sha256_file(path)
+    assert cfg["encoder_frozen"] and cfg["trains"] == "head" and cfg["subset_samples"] == 24
+    assert cfg["init_dropped"] == ["projector (not the encoder: the SimCLR projection head)"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(last["encoder"]) == set(initial)
+    assert all(torch.equal(last["encoder"][k], initial[k]) for k in initial)  # weights AND BN statistics
+    torch.manual_seed(0)  # the run's own construction order: seed, encoder, then the new head
+    head0 = TaskModel(build_encoder("resnet-tiny"), "classification", 3).head.weight
+    assert not torch.equal(last["head"]["weight"], head0)    # while the head did train
+    layers = np.load(run / "first_layers.npz")
+    assert np.array_equal(layers["init/conv1.weight"], layers["final/conv1.weight"])
+    assert len(pl.read_parquet(run / "subset.parquet")) == 24
+
+
+def test_strict_init_names_missing_unexpected_and_reshaped_keys(tmp_path):
+    sd = build_encoder("resnet-tiny", num_classes=10).state_dict()
+    state, info = read_init(_save(sd, tmp_path / "imagenet.pth"))
+    assert info.source == "state-dict" and info.dropped == ["fc.bias, fc.weight (the pretraining classifier; "
+                                                           "the task has its own head)"]
+    load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)   # fc dropped: loads strictly
+    broken = dict(sd)
+    del broken["layer1.0.conv1.weight"]
+    broken["extra.weight"] = torch.zeros(1)
+    broken["conv1.weight"] = torch.zeros(8, 3, 3, 3)
+    state, info = read_init(_save(broken, tmp_path / "broken.pth"))
+    with pytest.raises(TrainerError, match=r"strict load failed: 1 missing: layer1.0.conv1.weight; 1 unexpected: "
+                                           r"extra.weight; 1 shape-mismatched: conv1.weight \(pass --allow-partial-init"):
+        load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)
+    enc = build_encoder("resnet-tiny")
+    info = load_init(enc, state, info, allow_partial=True)
+    assert (info.missing, info.unexpected, info.mismatched) == (["layer1.0.conv1.weight"], ["extra.weight"],
+                                                                 ["conv1.weight"])
+    assert torch.equal(enc.layer2[0].conv2.weight, sd["layer2.0.conv2.weight"])
+    with pytest.raises(TrainerError, match=r"--init 'nope.pt': no such file; give 'scratch'"):
+        read_init("nope.pt")
+
+
+def test_bad_combinations_are_one_line_errors(ct, tmp_path, simclr_checkpoint):
+    with pytest.raises(TrainerError, match=r"--task lits trains on datasets of kind segmentation; .* is of kind "
+                                           r"'ct-slices'"):
+        ft.main(["--task", "lits", "--data", str(ct), *TINY])
+    with pytest.raises(TrainerError, match=r"--model resnet50 but the init checkpoint holds a resnet-tiny"):
+        ft.main(["--task", "radnet", "--data", str(ct), "--init", str(simclr_checkpoint[0]), "--model", "resnet50"])
+    with pytest.raises(TrainerError, match=r"--fraction 0.01 of 48 training samples keeps 1, but one example of "
+                                           r"each of the 3 classes"):
+        ft.main(["--task", "radnet", "--data", str(ct), "--fraction", "0.01", "--out", str(tmp_path), *TINY])
+
+
+def _save(sd, path):
+    torch.save(sd, path)
+    return str(path)
