@@ -1,0 +1,144 @@
+"""The report's figures: matplotlib with the Agg backend (no display), one PNG each.
+
+Each function takes plain numbers and a path, so it can be called (and tested) alone.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _annotated_heatmap(ax, values: np.ndarray, labels: list[str], text: list[list[str]], cmap, vmin, vmax, cbar_label):
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("column: init b")
+    ax.set_ylabel("row: init a")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
+
+
+def comparison_heatmap(inits: list[str], delta_pct: np.ndarray, p: np.ndarray, title: str, path: Path,
+                       alpha: float = 0.05) -> Path:
+    """Left: relative difference (row vs column, %); right: Welch p, * where p < alpha."""
+    k = len(inits)
+    fig, axes = plt.subplots(1, 2, figsize=(4.2 + 2.2 * k, 2.2 + 0.7 * k))
+    finite = np.abs(delta_pct[np.isfinite(delta_pct)])
+    lim = max(float(finite.max()) if finite.size else 1.0, 1e-9)
+    delta_text = [["" if i == j or not math.isfinite(delta_pct[i, j]) else f"{delta_pct[i, j]:+.2f}%"
+                   for j in range(k)] for i in range(k)]
+    _annotated_heatmap(axes[0], delta_pct, inits, delta_text, "RdBu", -lim, lim, "100 (a / b - 1) %")
+    axes[0].set_title("relative difference, row vs column")
+    with np.errstate(divide="ignore"):
+        logp = -np.log10(np.clip(p, 1e-12, 1))
+    p_text = [["" if i == j else ("n/a" if not math.isfinite(p[i, j]) else
+                                  f"{p[i, j]:.3g}{'*' if p[i, j] < alpha else ''}") for j in range(k)] for i in range(k)]
+    _annotated_heatmap(axes[1], logp, inits, p_text, "viridis", 0, max(3.0, float(np.nanmax(logp, initial=0))),
+                       "-log10 p")
+    axes[1].set_title(f"Welch two-sided p (* p < {alpha:g})")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def convergence_plot(series: dict[str, list[tuple[list, list]]], val_series: dict[str, list[tuple[list, list]]],
+                     converged: dict[str, list[int]], title: str, val_label: str | None, path: Path) -> Path:
+    """Training loss (left) and validation metric (right) per init: thin lines per seed, thick mean."""
+    panels = 2 if val_label else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, data, ylabel in ((axes[0, 0], series, "training loss"),
+                             *(((axes[0, 1], val_series, val_label),) if val_label else ())):
+        for c, (init, curves) in enumerate(sorted(data.items())):
+            color = colors[c % len(colors)]
+            for epochs, values in curves:
+                ax.plot(epochs, values, color=color, alpha=0.3, linewidth=0.8)
+            mean_e, mean_v = _mean_curve(curves)
+            ax.plot(mean_e, mean_v, color=color, linewidth=2, label=f"{init} (n={len(curves)})")
+            if ax is not axes[0, 0]:
+                for epoch in converged.get(init, []):
+                    ax.axvline(epoch, color=color, linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if val_label:
+        axes[0, 1].set_title("dotted: time to convergence per seed", fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _mean_curve(curves: list[tuple[list, list]]) -> tuple[list, list]:
+    """Mean over seeds at each epoch that every seed reached."""
+    common = set(curves[0][0])
+    for epochs, _ in curves[1:]:
+        common &= set(epochs)
+    xs = sorted(common)
+    lookup = [dict(zip(e, v)) for e, v in curves]
+    return xs, [float(np.mean([d[x] for d in lookup])) for x in xs]
+
+
+def reuse_plot(layers: list[str], inits: list[str], values: dict[str, dict[str, tuple[float, float]]],
+               kernels: list[str], title: str, path: Path) -> Path:
+    """Bars per layer and init, one panel per CKA kernel; error bars = std over seeds."""
+    fig, axes = plt.subplots(1, len(kernels), figsize=(5 * len(kernels), 3.8), squeeze=False)
+    width = 0.8 / max(len(inits), 1)
+    x = np.arange(len(layers))
+    for ax, kernel in zip(axes[0], kernels):
+        for i, init in enumerate(inits):
+            means = [values[kernel].get((init, layer), (np.nan, 0))[0] for layer in layers]
+            stds = [values[kernel].get((init, layer), (np.nan, 0))[1] for layer in layers]
+            ax.bar(x + (i - (len(inits) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=init)
+        ax.set_xticks(x, [layer.replace(".weight", "") for layer in layers])
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"CKA ({kernel}), before vs after fine-tuning")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def overlap_plot(labels: list[str], observed: list[float], expected: list[float], title: str, path: Path) -> Path:
+    """Observed vs expected fraction of test units per right/wrong pattern (log scale)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.2))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, np.asarray(observed) * 100, 0.4, label="observed")
+    ax.bar(x + 0.2, np.asarray(expected) * 100, 0.4, label="expected if errors were independent")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("% of test units (log scale)")
+    ax.set_xlabel("right only under")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def similarity_heatmap(inits: list[str], observed: np.ndarray, expected: np.ndarray, title: str, path: Path) -> Path:
+    """P(same right/wrong) for each pair of inits (diagonal: between seeds of one init)."""
+    k = len(inits)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.3 * k, 2 + 0.9 * k))
+    text = [["n/a" if not math.isfinite(observed[i, j]) else f"{observed[i, j]:.3f}\n(exp. {expected[i, j]:.3f})"
+             for j in range(k)] for i in range(k)]
+    lo = float(np.nanmin(np.r_[observed.ravel(), expected.ravel(), 1.0]))
+    _annotated_heatmap(ax, observed, inits, text, "magma", lo, 1.0, "P(both right or both wrong)")
+    ax.set_title(title)
+    return _save(fig, path)
