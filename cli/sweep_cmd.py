@@ -1,0 +1,80 @@
+"""`tlx sweep`: show, run or submit an experiment matrix of fine-tuning runs (trainer/sweep.py)."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+
+def _print_table(sweep) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainer.sweep import run_state, state_rows
+
+    fractions, rows = state_rows(sweep.runs)
+    table = Table(title=f"{sweep.path.name}: complete/seeds per data fraction (+started)", title_justify="left")
+    for col in ("task", "init", "setting"):
+        table.add_column(col, no_wrap=True)
+    for f in fractions:
+        table.add_column(f, justify="right")
+    for task, init, setting, cells in rows:
+        shown = []
+        for f in fractions:
+            c = cells.get(f)
+            if c is None:
+                shown.append("")
+                continue
+            total = sum(c.values())
+            colour = "green" if c["complete"] == total else "yellow" if c["complete"] or c["started"] else "white"
+            extra = f" +{c['started']}" if c["started"] else ""
+            shown.append(f"[{colour}]{c['complete']}/{total}{extra}[/{colour}]")
+        table.add_row(task, init, setting, *shown)
+    states = [run_state(r) for r in sweep.runs]
+    # stderr, so `tlx sweep x.toml --emit slurm > sweep.sh` writes only the script; wide enough
+    # for whole names even when not printing to a terminal (rich would assume 80 columns)
+    names = max((len(r.task) + len(r.init_name) + len(r.setting) for r in sweep.runs), default=0)
+    console = Console(stderr=True, width=max(Console(stderr=True).width, names + 12 * len(fractions) + 16))
+    console.print(table)
+    console.print(f"{len(states)} runs: {states.count('complete')} complete, {states.count('started')} started, "
+                  f"{states.count('pending')} pending  (runs under {sweep.out})")
+
+
+@click.command()
+@click.argument("matrix_file", type=click.Path(dir_okay=False))
+@click.option("--run", "run_", is_flag=True, help="run every incomplete run here, one after another")
+@click.option("--emit", type=click.Choice(["slurm"]), help="print a job-array script for the incomplete runs")
+@click.option("--dry-run", is_flag=True, help="with --run: print the commands instead of running them")
+@click.option("--keep-going", is_flag=True, help="with --run: continue after a failed run")
+def sweep(matrix_file, run_, emit, dry_run, keep_going):
+    """Expand an experiment matrix (tasks x inits x settings x fractions x seeds) into runs.
+
+    Without --run or --emit it only shows the state of the matrix; complete runs
+    (result.json present) are always skipped, started ones resume. The file format is
+    in docs/finetune.md, with an example in docs/experiments.example.toml.
+
+    \b
+    Example:
+      tlx sweep experiments.toml                         # the state table
+      tlx sweep experiments.toml --run --dry-run         # the commands of the incomplete runs
+      tlx sweep experiments.toml --run                   # run them here, sequentially
+      tlx sweep experiments.toml --emit slurm > sweep.sh && sbatch sweep.sh
+    """
+    from trainer.sweep import load_sweep, pending, run_sequentially, slurm_script
+
+    if run_ and emit:
+        raise click.UsageError("--run and --emit are exclusive: run here, or write a script for SLURM")
+    s = load_sweep(matrix_file)
+    _print_table(s)
+    todo = pending(s.runs)
+    if emit == "slurm":
+        click.echo(slurm_script(s, todo), nl=False)
+    elif run_ and dry_run:
+        for r in todo:
+            click.echo(shlex.join(s.command(r)))
+    elif run_:
+        failed = run_sequentially(s, todo, keep_going=keep_going, echo=lambda m: click.echo(m, err=True))
+        if failed:
+            click.echo(f"{len(failed)} run(s) failed", err=True)
+            sys.exit(1)

@@ -1,0 +1,212 @@
+"""`tlx sweep`: an experiment matrix file -> fine-tuning runs with deterministic directories.
+
+    sweep = load_sweep("experiments.toml")
+    for run in sweep.runs: run.run_dir, run_state(run), sweep.command(run)
+    failures = run_sequentially(sweep, pending(sweep.runs))
+    print(slurm_script(sweep, pending(sweep.runs)))
+
+The file format (docs/finetune.md; an example in docs/experiments.example.toml):
+
+    out = "runs"                                         # root of the run directories
+    launcher = "torchrun --standalone --nproc_per_node 8 -m trainer.finetune"
+    tasks_file = "tasks.toml"                            # optional extra task entries
+    [data]    radnet = "/data/radnet-1.28M" ...          # dataset of each task
+    [inits]   scratch = "scratch", "radnet-1.28M" = "runs/pretrain/radnet-1.28M/checkpoints/last.pt" ...
+    [args]    workers = 8                                # trainer.finetune flags for every run
+    [[matrix]]                                           # one block per group of experiments
+    tasks = ["radnet"]; inits = ["scratch", "radnet-1.28M"]; settings = ["finetune", "linear"]
+    fractions = [1.0, 0.1, 0.01]; seeds = [0, 1, 2, 3]
+    args = { epochs = 50 }                               # this block's own flags (override [args])
+    [slurm]   partition = "gpu", gres = "gpu:8", time = "24:00:00"   # #SBATCH lines of --emit slurm
+
+Relative paths (out, data, inits, tasks_file) are relative to the file's folder, so
+the same file means the same runs wherever the command is typed. A run's directory is
+trainer.finetune's default, <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>; a run is
+complete when its result.json exists (skipped), started when checkpoints/last.pt exists
+(it resumes), else pending. No torch here: planning a sweep is instant.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+from trainer.errors import TrainerError
+from trainer.tasks import SETTINGS, format_fraction, get_task, run_dir
+
+TOP_KEYS = {"out", "launcher", "tasks_file", "data", "inits", "args", "matrix", "slurm"}
+MATRIX_KEYS = {"tasks", "inits", "settings", "fractions", "seeds", "args"}
+# Flags the matrix sets itself; [args] may not set them.
+RESERVED = {"task", "data", "init", "init-name", "setting", "fraction", "seed", "out", "run-dir", "tasks-file"}
+STATES = ("complete", "started", "pending")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    task: str
+    init_name: str
+    init: str
+    setting: str
+    fraction: float
+    seed: int
+    data: str
+    args: tuple[str, ...]
+    run_dir: Path
+
+
+@dataclass
+class Sweep:
+    path: Path
+    out: Path
+    launcher: list[str]
+    tasks_file: str | None
+    runs: list[SweepRun]
+    slurm: dict = field(default_factory=dict)
+
+    def command(self, run: SweepRun) -> list[str]:
+        return [*self.launcher, "--task", run.task, "--data", run.data, "--init", run.init,
+                "--init-name", run.init_name, "--setting", run.setting, "--fraction", format_fraction(run.fraction),
+                "--seed", str(run.seed), "--out", str(self.out),
+                *(["--tasks-file", self.tasks_file] if self.tasks_file else []), *run.args]
+
+
+def _flags(args: dict, where: str) -> tuple[str, ...]:
+    """{"image_size": 64, "window": [-200, 300], "allow_partial_init": True} -> trainer.finetune flags."""
+    out: list[str] = []
+    for key, value in args.items():
+        flag = key.replace("_", "-")
+        if flag in RESERVED:
+            raise TrainerError(f"{where}: {key!r} is set by the matrix itself; "
+                               f"flags it sets: {', '.join(sorted(RESERVED))}")
+        if isinstance(value, bool):
+            out.append(f"--{flag}" if value else f"--no-{flag}")
+        elif isinstance(value, list):
+            out += [f"--{flag}", *map(str, value)]
+        else:
+            out += [f"--{flag}", str(value)]
+    return tuple(out)
+
+
+def _path(base: Path, value: str) -> str:
+    return value if value == "scratch" or Path(value).is_absolute() else str((base / value).resolve())
+
+
+def _list(block: dict, key: str, where: str) -> list:
+    value = block.get(key)
+    if not isinstance(value, list) or not value:
+        raise TrainerError(f"{where}: {key} must be a non-empty list")
+    return value
+
+
+def load_sweep(path: Path | str) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainerError(f"sweep file {path} not found")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainerError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise TrainerError(f"{path}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(TOP_KEYS))}")
+    base = path.parent
+    out = Path(_path(base, doc.get("out", "runs")))
+    tasks_file = _path(base, doc["tasks_file"]) if doc.get("tasks_file") else None
+    launcher = shlex.split(doc["launcher"]) if doc.get("launcher") else [sys.executable, "-m", "trainer.finetune"]
+    data = {k: _path(base, v) for k, v in doc.get("data", {}).items()}
+    inits = {k: _path(base, v) for k, v in doc.get("inits", {}).items()}
+    common = doc.get("args", {})
+    runs: dict[Path, SweepRun] = {}
+    blocks = doc.get("matrix", [])
+    if not blocks:
+        raise TrainerError(f"{path}: no [[matrix]] block: nothing to run")
+    for b, block in enumerate(blocks, start=1):
+        where = f"{path.name} [[matrix]] #{b}"
+        unknown = set(block) - MATRIX_KEYS
+        if unknown:
+            raise TrainerError(f"{where}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(MATRIX_KEYS))}")
+        args = _flags({**common, **block.get("args", {})}, where)
+        tasks = _list(block, "tasks", where)
+        for task in tasks:
+            get_task(task, tasks_file)
+            if task not in data:
+                raise TrainerError(f"{where}: task {task!r} has no dataset in [data] (it has: {', '.join(data) or 'none'})")
+        names = _list(block, "inits", where)
+        for name in names:
+            if name not in inits and name != "scratch":
+                raise TrainerError(f"{where}: init {name!r} is not in [inits] ({', '.join(inits) or 'none'})")
+        settings = _list(block, "settings", where) if "settings" in block else ["finetune"]
+        for s in settings:
+            if s not in SETTINGS:
+                raise TrainerError(f"{where}: setting {s!r} is not one of: {', '.join(SETTINGS)}")
+        fractions = _list(block, "fractions", where) if "fractions" in block else [1.0]
+        seeds = _list(block, "seeds", where) if "seeds" in block else [0]
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise TrainerError(f"{where}: seeds must be integers, got {seeds}")
+        for task, name, setting, fraction, seed in product(tasks, names, settings, fractions, seeds):
+            run = SweepRun(task, name, inits.get(name, "scratch"), setting, float(fraction), seed, data[task], args,
+                           run_dir(out, task, name, setting, float(fraction), seed))
+            if run.run_dir in runs and runs[run.run_dir] != run:
+                raise TrainerError(f"{where}: {run.run_dir} is also made by an earlier block with other flags; "
+                                   f"one directory, one run")
+            runs[run.run_dir] = run
+    return Sweep(path, out, launcher, tasks_file, list(runs.values()), doc.get("slurm", {}))
+
+
+def run_state(run: SweepRun) -> str:
+    if (run.run_dir / "result.json").exists():
+        return "complete"
+    if (run.run_dir / "checkpoints" / "last.pt").exists():
+        return "started"
+    return "pending"
+
+
+def pending(runs: list[SweepRun]) -> list[SweepRun]:
+    """The runs not complete yet (started ones resume from their last checkpoint)."""
+    return [r for r in runs if run_state(r) != "complete"]
+
+
+def state_rows(runs: list[SweepRun]) -> tuple[list[str], list[tuple[str, str, str, dict]]]:
+    """The matrix as a table: fraction columns, and per (task, init, setting) a cell per
+    fraction with the count of complete / started / all seeds."""
+    fractions = sorted({r.fraction for r in runs}, reverse=True)
+    rows: dict[tuple[str, str, str], dict[float, dict[str, int]]] = {}
+    for r in runs:
+        cell = rows.setdefault((r.task, r.init_name, r.setting), {}).setdefault(r.fraction, dict.fromkeys(STATES, 0))
+        cell[run_state(r)] += 1
+    return [format_fraction(f) for f in fractions], [(*key, {format_fraction(f): c for f, c in cells.items()})
+                                                       for key, cells in rows.items()]
+
+
+def run_sequentially(sweep: Sweep, runs: list[SweepRun], keep_going: bool = False, echo=print) -> list[SweepRun]:
+    """Run each run as its own process, one after another; returns the ones that failed.
+    Stops at the first failure unless `keep_going`."""
+    failed = []
+    for i, run in enumerate(runs, start=1):
+        cmd = sweep.command(run)
+        echo(f"[{i}/{len(runs)}] {run.run_dir}")
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(run)
+            echo(f"[{i}/{len(runs)}] failed: {shlex.join(cmd)}")
+            if not keep_going:
+                break
+    return failed
+
+
+def slurm_script(sweep: Sweep, runs: list[SweepRun]) -> str:
+    """A bash script for `sbatch`: one array task per run (a rerun skips runs complete by then)."""
+    if not runs:
+        raise TrainerError(f"every run of {sweep.path.name} is complete: nothing to submit")
+    options = {"job-name": "tlx-sweep", "output": str(sweep.out / "slurm-%A_%a.out"), **sweep.slurm}
+    lines = ["#!/bin/bash", f"# generated by `tlx sweep {sweep.path.name} --emit slurm`: {len(runs)} runs not "
+             f"complete when generated; trainer.finetune skips a run that is complete by the time it starts"]
+    lines += [f"#SBATCH --{k}={v}" for k, v in options.items()]
+    lines += [f"#SBATCH --array=0-{len(runs) - 1}", "set -euo pipefail", f"mkdir -p {shlex.quote(str(sweep.out))}",
+              'case "$SLURM_ARRAY_TASK_ID" in']
+    lines += [f"  {i}) {shlex.join(sweep.command(run))} ;;" for i, run in enumerate(runs)]
+    lines += ['  *) echo "no run for array index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac", ""]
+    return "\n".join(lines)
