@@ -32,7 +32,9 @@ def _annotated_heatmap(ax, values: np.ndarray, labels: list[str], text: list[lis
     ax.set_ylabel("row: init a")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+            r, g, b, _ = image.cmap(image.norm(values[i, j])) if np.isfinite(values[i, j]) else (1, 1, 1, 1)
+            color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"  # readable on any cell
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color=color)
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
 
 

@@ -121,7 +121,8 @@ def _joint_counts_onehot(codes_a, codes_b, bins: int, chunk: int = 2048) -> np.n
     return acc.reshape(ka, bins, kb, bins).transpose(0, 2, 1, 3).round().astype(np.int64)
 
 
-def _joint_counts_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
+def _torch_counts(codes_a, codes_b, bins: int, device: str):
+    """(ka, kb, bins, bins) int32 joint counts as one int8 one-hot product, left on `device`."""
     import torch  # optional accelerator: only imported when asked for
 
     def onehot(codes):
@@ -135,11 +136,27 @@ def _joint_counts_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
     ka, kb = len(codes_a), len(codes_b)
     A, B = onehot(codes_a), onehot(codes_b)
     if ka * bins <= 16:  # _int_mm needs more than 16 rows in its first operand
-        counts = (A.T.float() @ B.float()).round().long()
+        counts = (A.T.float() @ B.float()).round().int()
     else:
-        counts = torch._int_mm(A.T.contiguous(), B)  # exact int32 accumulation
+        counts = torch._int_mm(A.T.contiguous(), B)  # exact int32 accumulation on int8 tensor cores
     counts = counts.reshape(ka, bins, kb, bins).permute(0, 2, 1, 3)
-    return counts.cpu().numpy().astype(np.int64)
+    totals = counts.sum((2, 3))
+    if not bool((totals == codes_a.shape[1]).all()):
+        raise AnalysisError(f"joint histogram counts do not sum to the pixel count {codes_a.shape[1]} "
+                            f"(inexact arithmetic on {device}?)")
+    return counts
+
+
+def _joint_counts_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
+    return _torch_counts(codes_a, codes_b, bins, device).cpu().numpy().astype(np.int64)
+
+
+def _joint_xlogx_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
+    """(ka, kb) sum of C log C per pair, reduced on the device: only ka*kb numbers come back."""
+    import torch
+
+    counts = _torch_counts(codes_a, codes_b, bins, device).double()
+    return torch.special.xlogy(counts, counts).sum((2, 3)).cpu().numpy()
 
 
 def _check_totals(totals: np.ndarray, n: int) -> None:
@@ -195,6 +212,8 @@ class PairwiseMI:
         n = codes_a.shape[1]
         if self.method == "bincount":
             return np.stack([_joint_xlogx_bincount(a, codes_b, self.bins) for a in codes_a])
+        if self.method == "torch":
+            return _joint_xlogx_torch(codes_a, codes_b, self.bins, self.device)
         counts = joint_counts(codes_a, codes_b, self.bins, self.method, self.device)
         return _xlogx(n)[counts].sum((2, 3))
 

@@ -118,14 +118,19 @@ def effective_slices(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray) 
     return float(utility.sum()), utility
 
 
+def upper_bound_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI) -> tuple[float, float]:
+    """(effective slices, S_UB_v) from binned slices (see analysis.mi.quantize), in the order they are added."""
+    mi = engine.within(codes)
+    baseline = engine.between(codes, other_codes).mean(1)
+    eff, _ = effective_slices(mi, np.diag(mi).copy(), baseline)
+    return eff, len(codes) / eff
+
+
 def upper_bound_volume(volume: np.ndarray, other: np.ndarray, engine: PairwiseMI,
                        value_range=None) -> tuple[float, float]:
     """(effective slices, S_UB_v) of `volume` (slices already in the order they are added)."""
-    codes = quantize(volume, engine.bins, value_range)
-    mi = engine.within(codes)
-    baseline = engine.between(codes, quantize(other, engine.bins, value_range)).mean(1)
-    eff, _ = effective_slices(mi, np.diag(mi).copy(), baseline)
-    return eff, len(volume) / eff
+    return upper_bound_codes(quantize(volume, engine.bins, value_range), quantize(other, engine.bins, value_range),
+                             engine)
 
 
 # ---------------------------------------------------------------- planning: what each volume reads
@@ -193,12 +198,12 @@ class VolumeResult:
 class _Prepared:
     task: VolumeTask
     result: VolumeResult
-    ordered: np.ndarray | None = None
-    other: np.ndarray | None = None
+    codes: np.ndarray | None = None        # the volume's slices, binned, in the order they are added
+    other_codes: np.ndarray | None = None  # the baseline volume's slices, binned
 
 
 def _prepare(task: VolumeTask, cfg: ScaleFactorConfig, member: ImageMember) -> _Prepared:
-    """Read the volume and what it is compared with; the lower bound (CPU work) on the way."""
+    """Read and bin the volume and what it is compared with; the lower bound (CPU work) on the way."""
     result = VolumeResult(task.position, task.volume, len(task.refs))
     prepared = _Prepared(task, result)
     try:
@@ -208,8 +213,8 @@ def _prepare(task: VolumeTask, cfg: ScaleFactorConfig, member: ImageMember) -> _
             result.lb_volume_bytes, result.lb_random_bytes, result.s_lb = lower_bound_volume(
                 volume, random_slices, cfg.compressor, cfg.level)
         if cfg.upper:
-            prepared.ordered = volume[task.order]
-            prepared.other = read_slices(task.other_refs, member)
+            prepared.codes = quantize(volume[task.order], cfg.bins, cfg.value_range)
+            prepared.other_codes = quantize(read_slices(task.other_refs, member), cfg.bins, cfg.value_range)
     except Exception as exc:  # noqa: BLE001 - recorded in the result and reported, never dropped
         result.error = f"{type(exc).__name__}: {exc}"
     return prepared
@@ -220,8 +225,7 @@ def _finish(prepared: _Prepared, cfg: ScaleFactorConfig, engine: PairwiseMI) -> 
     if cfg.upper and result.error is None:
         try:
             before = engine.evaluations
-            result.ub_effective_slices, result.s_ub = upper_bound_volume(
-                prepared.ordered, prepared.other, engine, cfg.value_range)
+            result.ub_effective_slices, result.s_ub = upper_bound_codes(prepared.codes, prepared.other_codes, engine)
             result.mi_evaluations = engine.evaluations - before
         except Exception as exc:  # noqa: BLE001 - recorded in the result and reported, never dropped
             result.error = f"{type(exc).__name__}: {exc}"
@@ -304,7 +308,7 @@ class _WorkerCall:
 def aggregate(slices: np.ndarray, effective: np.ndarray, population: int) -> dict:
     """S = sum(slices) / sum(effective) over the processed volumes, with a 95% CI when they are a sample.
 
-    The CI is the ratio estimator's (Cochran, Sampling Techniques, 3rd ed., eq. 6.13):
+    The CI is the ratio estimator's (Cochran, Sampling Techniques, 3rd ed., ch. 6):
     var(S) = (1 - f) / (k (k - 1)) * sum (n_v - S e_v)^2 / mean(e)^2 with f = k / population.
     """
     slices = np.asarray(slices, dtype=np.float64)
