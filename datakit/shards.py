@@ -24,7 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TMP_SUFFIX = ".partial"
+TMP_SUFFIX = ".partial"  # + "-<pid>": two processes never write through the same temporary file
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _EXT = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _BLOCK = tarfile.BLOCKSIZE
@@ -54,6 +54,10 @@ class _HashingFile:
         return self.pos
 
 
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f"{path.name}{TMP_SUFFIX}-{os.getpid()}")
+
+
 def index_path_for(tar_path: Path | str) -> Path:
     return Path(tar_path).with_suffix(".idx")
 
@@ -64,7 +68,7 @@ class ShardWriter:
         if self.path.suffix != ".tar":
             raise ValueError(f"shard path must end in .tar, got {self.path.name!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._tmp = _tmp_for(self.path)
         self._raw = open(self._tmp, "wb")
         self._file = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
@@ -106,7 +110,7 @@ class ShardWriter:
         os.fsync(self._raw.fileno())
         self._raw.close()
         index_path = index_path_for(self.path)
-        index_tmp = index_path.with_name(index_path.name + TMP_SUFFIX)
+        index_tmp = _tmp_for(index_path)
         index_tmp.write_text(f"v1.2 {len(self._index_lines)}\n" + "".join(l + "\n" for l in self._index_lines))
         os.replace(index_tmp, index_path)
         os.replace(self._tmp, self.path)

@@ -18,7 +18,7 @@ def test_info_counts_and_hash(tmp_path):
     assert info.samples == 5
     assert info.bytes == (tmp_path / "a.tar").stat().st_size
     assert info.sha256 == sha256_file(tmp_path / "a.tar")
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
     lines = (tmp_path / "a.idx").read_text().splitlines()
     assert lines[0] == "v1.2 5" and len(lines) == 6
 

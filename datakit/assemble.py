@@ -1,0 +1,270 @@
+"""Phase 2 of write: staged volumes -> shards, slices/volumes/rejects.parquet, manifest.json.
+
+    result = assemble(layout, config, workers=4)
+
+Runs once every planned volume is staged (write.py holds an exclusive lock around it).
+Every decision is a function of the plan and the staged files only, never of how many
+partitions or interrupted runs made them, so the output is byte-identical however the
+conversion was split or killed.
+
+  1. gather    the staged metadata of every planned volume (no payloads)
+  2. decide    per slice, in this order: unreadable (the reader's code), low coverage,
+               pixel-identical to another slice (kept: the copy with the smallest
+               (volume, slice index), so a re-sent series collapses onto one volume and
+               no pixel hash ever reaches two splits), then the exact cut of a subset
+  3. place     kept slices per split in the plan's global shuffle order, fixed
+               `samples_per_shard` per shard
+  4. shards    written in parallel; a shard already under its final name was finished
+               by an interrupted run (renamed only once complete) and is kept
+  5. tables    slices.parquet, volumes.parquet, rejects.parquet
+  6. manifest  written last: its presence means the dataset is complete
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datakit.errors import DatakitError
+from datakit.manifest import (FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json, tmp_name,
+                              write_json_atomic)
+from datakit.shards import TMP_SUFFIX, ShardWriter, index_path_for, sha256_file
+from datakit.write_config import WriteConfig
+from datakit.write_convert import MEMBER_EXT
+from datakit.write_pool import progress, run_tasks
+from datakit.write_staging import Staging
+
+SLICE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("label", pa.string()),
+    ("label_index", pa.int16()), ("patient", pa.string()), ("volume", pa.string()), ("slice_index", pa.int32()),
+    ("z", pa.float64()), ("pixel_spacing_row", pa.float32()), ("pixel_spacing_col", pa.float32()),
+    ("slice_thickness", pa.float32()), ("label_rule", pa.string()), ("label_keyword", pa.string()),
+    ("label_field", pa.string()), ("coverage", pa.float32()), ("pixel_hash", pa.string())])
+VOLUME_SCHEMA = pa.schema([
+    ("volume", pa.string()), ("patient", pa.string()), ("label", pa.string()), ("split", pa.string()),
+    ("files", pa.int32()), ("slices_kept", pa.int32()), ("kept", pa.bool_()), ("reason", pa.string())])
+REJECT_SCHEMA = pa.schema([("path", pa.string()), ("volume", pa.string()), ("stage", pa.string()),
+                           ("code", pa.string()), ("reason", pa.string())])
+INDEX_DETAILS = ("path", "slice_pos", "pixel_spacing_row", "pixel_spacing_col", "slice_thickness")
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    layout_root: str
+    path: str                       # relative to the dataset
+    member: str                     # payload member extension, e.g. "hu.zst"
+    samples: list                   # (key, volume, position in the staged file, label index), in tar order
+
+
+def gather(staging: Staging, volumes: list[str], workers: int) -> pl.DataFrame:
+    """Staged metadata of every volume, with each slice's position in its staged file."""
+    def one(volume):
+        t = staging.read_meta(volume)
+        return t.append_column("volume", pa.array([volume] * t.num_rows, pa.string())).append_column(
+            "pos", pa.array(np.arange(t.num_rows, dtype=np.int32)))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # pyarrow reads release the GIL
+        tables = list(pool.map(one, volumes))
+    if not tables:
+        return pl.DataFrame()
+    return pl.from_arrow(pa.concat_tables(tables))
+
+
+def decide(slices: pl.DataFrame, config: WriteConfig, targets: dict | None) -> pl.DataFrame:
+    """Add `code` and `reason` (null = kept) to every planned slice (columns: row, volume,
+    slice_index, split, label, subset_rank, code, reason, coverage, pixel_hash, path)."""
+    unreadable = pl.col("code").is_not_null()
+    low = ~unreadable & (pl.col("coverage") < config.min_coverage)
+    slices = slices.with_columns(
+        code=pl.when(low).then(pl.lit("low-coverage")).otherwise(pl.col("code")),
+        reason=pl.when(low).then(pl.format("the body covers {}% of the slice, less than --min-coverage {}%",
+                                           (pl.col("coverage") * 100).round(1),
+                                           pl.lit(round(config.min_coverage * 100, 1))))
+        .otherwise(pl.col("reason")))
+    # Pixel-identical slices: the first by (volume, slice_index) stays.
+    alive = slices.filter(pl.col("code").is_null()).sort("pixel_hash", "volume", "slice_index")
+    first = alive.select("pixel_hash", kept_path="path", kept_volume="volume").unique("pixel_hash", keep="first",
+                                                                                        maintain_order=True)
+    dups = (alive.filter(~pl.col("pixel_hash").is_first_distinct()).join(first, on="pixel_hash")
+            .select("row", dup_reason=pl.format("pixel-identical to {} (volume {}), which is kept", "kept_path",
+                                                "kept_volume")))
+    slices = slices.join(dups, on="row", how="left").with_columns(
+        code=pl.when(pl.col("dup_reason").is_not_null()).then(pl.lit("duplicate-pixels")).otherwise(pl.col("code")),
+        reason=pl.coalesce("dup_reason", "reason")).drop("dup_reason")
+    if targets:
+        slices = _cut_subset(slices, targets)
+    return slices
+
+
+def _cut_subset(slices: pl.DataFrame, targets: dict) -> pl.DataFrame:
+    """Keep exactly target(split, label) slices: volumes in subset-rank order, slices in order."""
+    frame = pl.DataFrame([(s, lab, t) for s, by in targets.items() for lab, t in by.items()],
+                         schema={"split": pl.String, "label": pl.String, "target": pl.Int64}, orient="row")
+    alive = (slices.filter(pl.col("code").is_null()).sort("subset_rank", "slice_index")
+             .join(frame, on=["split", "label"], how="left", maintain_order="left")
+             .with_columns(n=pl.int_range(pl.len()).over("split", "label")))
+    cut = alive.filter(pl.col("n") >= pl.col("target").fill_null(0)).select("row", cut=pl.lit(True))
+    return slices.join(cut, on="row", how="left").with_columns(
+        code=pl.when("cut").then(pl.lit("not-in-subset")).otherwise(pl.col("code")),
+        reason=pl.when("cut").then(pl.lit("beyond the subset's target for its split and class (--subset-size)"))
+        .otherwise(pl.col("reason"))).drop("cut")
+
+
+def place(kept: pl.DataFrame, layout: Layout, per_shard: int) -> pl.DataFrame:
+    """shard (path relative to the dataset) and position of every kept slice."""
+    kept = kept.sort("order").with_columns(n=pl.int_range(pl.len()).over("split"))
+    shard_no = pl.col("n") // per_shard
+    return kept.with_columns(
+        shard=pl.format("shards/{}/{}-{}.tar", "split", "split", shard_no.cast(pl.String).str.zfill(6)),
+        position=(pl.col("n") % per_shard).cast(pl.Int32),
+        split_rank=pl.col("split").replace_strict(list(SPLITS), list(range(len(SPLITS))))).sort(
+        "split_rank", "shard", "position").drop("n", "split_rank")
+
+
+def write_shard(task: ShardTask) -> dict:
+    """One shard; kept as it is if an interrupted run already finished it."""
+    layout = Layout(task.layout_root)
+    path = layout.root / task.path
+    if not (path.exists() and index_path_for(path).exists()):
+        staging = Staging(layout)
+        payloads: dict[tuple[str, int], bytes] = {}
+        by_volume: dict[str, list[int]] = {}
+        for _, volume, pos, _ in task.samples:
+            by_volume.setdefault(volume, []).append(pos)
+        for volume, positions in by_volume.items():
+            column = staging.read_payloads(volume)
+            for pos in positions:
+                payloads[volume, pos] = column[pos].as_py()
+        with ShardWriter(path) as w:
+            for key, volume, pos, label_index in task.samples:
+                w.write(key, {task.member: payloads[volume, pos], "cls": str(label_index).encode()})
+    return {"path": task.path, "index": str(index_path_for(Path(task.path))), "samples": len(task.samples),
+            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _tidy_shards(layout: Layout, keep: set[str]) -> None:
+    """Remove temporary files of killed runs and shards that are not part of this dataset."""
+    if not layout.shards.exists():
+        return
+    for p in layout.shards.glob("*/*"):
+        rel = str(p.relative_to(layout.root))
+        stem = str(Path(rel).with_suffix(".tar"))
+        if TMP_SUFFIX in p.name or stem not in keep:
+            p.unlink()
+
+
+def _write_parquet(path: Path, frame: pl.DataFrame, schema: pa.Schema) -> None:
+    tmp = tmp_name(path)
+    pq.write_table(frame.select(schema.names).to_arrow().cast(schema), tmp)
+    os.replace(tmp, path)
+
+
+def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: str) -> dict:
+    """Phase 2 (see the module docstring). Returns the manifest."""
+    plan_json = read_json(layout.plan_json, "work/plan.json")
+    classes = plan_json["classes"]
+    plan = pl.read_parquet(layout.plan).with_columns(pl.col("volume", "split").cast(pl.String))
+    pvols = pl.read_parquet(layout.plan_volumes)
+    staging = Staging(layout)
+
+    volumes = plan["volume"].unique().sort().to_list()
+    missing = [v for v in volumes if not staging.is_staged(v)]
+    if missing:
+        raise DatakitError(f"{len(missing)} planned volumes are not converted yet (e.g. {missing[0]}); "
+                           "run the missing partitions or `tlx write --resume`")
+    meta = gather(staging, volumes, workers)
+    index = (pl.scan_parquet(layout.index).select(INDEX_DETAILS).with_row_index("row")
+             .filter(pl.col("row").is_in(pl.Series(plan["row"].cast(pl.UInt32)).implode()))
+             .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64)))
+    slices = (plan.join(meta.select("row", "key", "code", "reason", "coverage", "pixel_hash", "pos"), on="row",
+                        how="left")
+              .join(pvols.select("volume", "patient", "label", "label_rule", "label_keyword", "label_field",
+                                 "subset_rank"), on="volume")
+              .join(index, on="row"))
+    if slices["key"].null_count() or len(slices) != len(plan):
+        raise DatakitError("staged files do not cover every planned slice: the plan changed after conversion "
+                           f"began; delete {staging.dir} and run `tlx write` again")
+    slices = decide(slices, config, plan_json.get("subset_targets"))
+    kept = place(slices.filter(pl.col("code").is_null()), layout, config.samples_per_shard)
+    kept = kept.with_columns(label_index=pl.col("label").replace_strict(classes, list(range(len(classes))),
+                                                                        return_dtype=pl.Int16))
+
+    # Shards, in parallel; each task lists its samples in tar order.
+    member = MEMBER_EXT[config.codec]
+    tasks = [ShardTask(str(layout.root), shard, member, list(zip(g["key"], g["volume"], g["pos"], g["label_index"])))
+             for (shard,), g in kept.select("shard", "key", "volume", "pos", "label_index")
+             .group_by("shard", maintain_order=True)]
+    _tidy_shards(layout, {t.path for t in tasks})
+    infos = {}
+    with progress("shards", len(kept), "slices") as advance:
+        for info in run_tasks(write_shard, tasks, workers):
+            infos[info["path"]] = info
+            advance(info["samples"])
+    shard_list = [{"split": t.path.split("/")[1], **infos[t.path]} for t in tasks]
+
+    rejects = _rejects(layout, slices)
+    volumes_table = _volumes(pvols, slices)
+    _write_parquet(layout.slices, kept.with_columns(z=pl.col("slice_pos")), SLICE_SCHEMA)
+    _write_parquet(layout.volumes, volumes_table, VOLUME_SCHEMA)
+    _write_parquet(layout.rejects, rejects, REJECT_SCHEMA)
+
+    found = plan_json["found"]
+    if found != len(kept) + len(rejects):
+        raise AssertionError(f"assembly lost files: {found} found != {len(kept)} kept + {len(rejects)} rejected")
+    manifest = _manifest(plan_json, config, tool_version, classes, kept, shard_list, rejects, found)
+    write_json_atomic(layout.manifest, manifest)
+    return manifest
+
+
+def _rejects(layout: Layout, slices: pl.DataFrame) -> pl.DataFrame:
+    """Plan rejects (scan and plan stages, in index order), then write rejects by volume and slice."""
+    at_write = slices.filter(pl.col("code").is_not_null()).sort("volume", "slice_index").select(
+        "path", "volume", stage=pl.lit("write"), code="code", reason="reason")
+    return pl.concat([pl.read_parquet(layout.plan_rejects), at_write], how="vertical_relaxed")
+
+
+def _volumes(pvols: pl.DataFrame, slices: pl.DataFrame) -> pl.DataFrame:
+    """Every series seen: plan's verdict, and for planned ones what write kept and why not."""
+    outcome = slices.group_by("volume").agg(
+        slices_kept=pl.col("code").is_null().sum().cast(pl.Int32),
+        why=pl.col("code").drop_nulls().value_counts(sort=True))
+    outcome = outcome.with_columns(why=pl.col("why").list.eval(
+        pl.format("{} {}", pl.element().struct.field("count"), pl.element().struct.field("code"))).list.join(", "))
+    table = pvols.join(outcome, on="volume", how="left").with_columns(
+        slices_kept=pl.col("slices_kept").fill_null(0))
+    kept = pl.col("slices_kept") > 0
+    return table.with_columns(
+        kept=kept, split=pl.when(kept).then(pl.col("split")),
+        reason=pl.when(kept).then(None).when(pl.col("reason").is_not_null()).then(pl.col("reason"))
+        .otherwise(pl.format("no slice kept at write: {}", "why"))).sort("volume")
+
+
+def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard_list, rejects, found) -> dict:
+    splits = {}
+    for s in SPLITS:
+        part = kept.filter(pl.col("split") == s)
+        by_label = dict(sorted(part.group_by("label").len().rows(), key=lambda r: classes.index(r[0])))
+        splits[s] = {"samples": len(part), "volumes": part["volume"].n_unique(),
+                     "patients": part["patient"].n_unique(), "shards": sum(1 for x in shard_list if x["split"] == s),
+                     "by_label": by_label}
+    h, w = config.size
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "tool_version": tool_version,
+        "config": {"plan": plan_json["config"], "write": config.to_dict()},
+        "members": {
+            MEMBER_EXT[config.codec]: {"role": "image", "codec": config.codec, "dtype": "int16",
+                                       "byteorder": "little", "shape": [h, w], "units": "HU",
+                                       **({"level": config.zstd_level} if config.codec == "zstd" else {})},
+            "cls": {"role": "label", "codec": "ascii-int"}},
+        "classes": classes,
+        "splits": splits,
+        "files": {"found": found, "kept": len(kept), "rejected": len(rejects),
+                  "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
+        "shards": shard_list,
+    }

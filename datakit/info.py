@@ -1,0 +1,63 @@
+"""`tlx info`: what a dataset holds, from its manifest and Parquet tables (shards are not read).
+
+    info = dataset_info("data/")
+    info.by_split_label     # rows: split, label, slices, volumes, patients
+    info.rejects            # rows: stage, code, files
+    info.diversity          # per split: shards, distinct volumes per shard (min/median/max),
+                            # the largest share one volume has in any shard
+
+Shard diversity is what the global shuffle is for: a shard (and so a loader's shuffle
+buffer) should mix slices of many volumes, not hold one volume's neighbouring slices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from datakit.manifest import SPLITS, Layout, read_manifest
+
+
+@dataclass
+class DatasetInfo:
+    dataset: str
+    manifest: dict
+    by_split_label: pl.DataFrame
+    by_split: pl.DataFrame
+    rejects: pl.DataFrame
+    diversity: pl.DataFrame
+
+
+def shard_diversity(slices: pl.DataFrame) -> pl.DataFrame:
+    """Per split: shards, distinct volumes per shard (min, median, max), and the largest share
+    (0..1) that a single volume has in any one shard."""
+    per_shard = (slices.group_by("split", "shard", "volume").len()
+                 .group_by("split", "shard")
+                 .agg(volumes=pl.len(), samples=pl.col("len").sum(), top=pl.col("len").max())
+                 .with_columns(top_share=pl.col("top") / pl.col("samples")))
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return (per_shard.group_by("split")
+            .agg(shards=pl.len(), volumes_min=pl.col("volumes").min(), volumes_median=pl.col("volumes").median(),
+                 volumes_max=pl.col("volumes").max(), max_volume_share=pl.col("top_share").max())
+            .sort(pl.col("split").replace_strict(order, default=len(order))))
+
+
+def dataset_info(dataset_dir) -> DatasetInfo:
+    layout = Layout(dataset_dir)
+    manifest = read_manifest(layout.root)
+    slices = pl.read_parquet(layout.slices, columns=["split", "shard", "label", "patient", "volume"])
+    rejects = pl.read_parquet(layout.rejects, columns=["stage", "code"])
+    order = {s: i for i, s in enumerate(SPLITS)}
+    classes = {c: i for i, c in enumerate(manifest["classes"])}
+    by_split_label = (slices.group_by("split", "label")
+                      .agg(slices=pl.len(), volumes=pl.col("volume").n_unique(),
+                           patients=pl.col("patient").n_unique())
+                      .sort(pl.col("split").replace_strict(order, default=len(order)),
+                            pl.col("label").replace_strict(classes, default=len(classes))))
+    by_split = (slices.group_by("split")
+                .agg(slices=pl.len(), volumes=pl.col("volume").n_unique(), patients=pl.col("patient").n_unique())
+                .sort(pl.col("split").replace_strict(order, default=len(order))))
+    stages = {"scan": 0, "plan": 1, "write": 2}
+    rejects = (rejects.group_by("stage", "code").agg(files=pl.len())
+               .sort(pl.col("stage").replace_strict(stages, default=3), pl.col("files"), descending=[False, True]))
+    return DatasetInfo(str(layout.root), manifest, by_split_label, by_split, rejects, shard_diversity(slices))

@@ -1,0 +1,143 @@
+"""The dataset contract on disk: where each file of a dataset lives, and manifest.json.
+
+    layout = Layout(dataset_dir)
+    layout.index, layout.plan, layout.staging, layout.manifest, layout.shard_path("train", 3)
+    manifest = read_manifest(dataset_dir)      # refuses a format version it does not know
+
+docs/dataset-format.md is the reader's description of the same thing; keep them in step.
+Every file here is written to a temporary name and renamed, so a kill at any moment
+leaves either the old file or the new one under the final name, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from datakit.errors import DatakitError
+
+FORMAT = "tlx-shards"
+FORMAT_VERSION = 1
+KIND = "ct-slices"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one dataset folder (shared part) and its work/ folder (operator side)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    # shareable output
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def slices(self) -> Path:
+        return self.root / "slices.parquet"
+
+    @property
+    def volumes(self) -> Path:
+        return self.root / "volumes.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects.parquet"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def shard_path(self, split: str, number: int) -> Path:
+        return self.shards / split / f"{split}-{number:06d}.tar"
+
+    # operator-side intermediates
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def index(self) -> Path:
+        return self.work / "index.parquet"
+
+    @property
+    def plan(self) -> Path:
+        return self.work / "plan.parquet"
+
+    @property
+    def plan_volumes(self) -> Path:
+        return self.work / "plan_volumes.parquet"
+
+    @property
+    def plan_rejects(self) -> Path:
+        return self.work / "plan_rejects.parquet"
+
+    @property
+    def plan_json(self) -> Path:
+        return self.work / "plan.json"
+
+    @property
+    def staging(self) -> Path:
+        return self.work / "staging"
+
+    @property
+    def assemble_lock(self) -> Path:
+        return self.work / "assemble.lock"
+
+    def final_outputs(self) -> list[Path]:
+        """What `tlx write` produces (present = the folder is not fresh for a write)."""
+        return [p for p in (self.manifest, self.slices, self.volumes, self.rejects, self.shards) if p.exists()]
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process (two processes never share one)."""
+    return path.with_name(f"{path.name}.partial-{os.getpid()}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def dumps(obj) -> str:
+    """The one JSON spelling used for every file we write (sorted keys: byte-reproducible)."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, dumps(obj).encode())
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DatakitError(f"{what} not found: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatakitError(f"{what} is not valid JSON: {path} ({exc})") from exc
+
+
+def read_manifest(dataset_dir: str | os.PathLike) -> dict:
+    """manifest.json of a dataset, refusing anything that is not a known tlx format version."""
+    layout = Layout(dataset_dir)
+    if not layout.root.is_dir():
+        raise DatakitError(f"dataset folder not found: {layout.root}")
+    if not layout.manifest.exists():
+        raise DatakitError(f"{layout.root} holds no manifest.json: not a finished tlx dataset "
+                           f"(run `tlx write {layout.root} --resume` to finish an interrupted write)")
+    manifest = read_json(layout.manifest, "manifest.json")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise DatakitError(f"{layout.manifest}: format {manifest.get('format')!r} version "
+                           f"{manifest.get('format_version')!r} is not known; this tlx reads {FORMAT!r} "
+                           f"version {FORMAT_VERSION}")
+    return manifest

@@ -1,0 +1,64 @@
+"""`tlx shard`: scan + plan + write in one go, resumable stage by stage.
+
+    summary = shard(dicom_root, out, secret_file=None, plan_config=PlanConfig(), write_config=WriteConfig(),
+                    options=RunOptions(workers=8))
+
+With --resume a stage whose output exists is not run again: the index is reused, and the
+plan too when it was made with the same options (plan is deterministic, so re-planning
+with other options gives a new plan, and write refuses staged files of another plan).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from datakit.errors import DatakitError
+from datakit.manifest import Layout, read_json, write_json_atomic
+from datakit.plan import PlanConfig, PlanSummary, make_plan
+from datakit.write import WriteSummary, write_dataset
+from datakit.write_config import RunOptions, WriteConfig
+
+
+@dataclass
+class ShardSummary:
+    scan: object | None              # datakit.scan.ScanSummary, None when reused
+    plan: PlanSummary | None         # None when reused
+    write: WriteSummary
+
+
+def _fresh_or_resumable(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DatakitError(f"output {str(out)!r} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise DatakitError(f"output folder {str(out)!r} is not empty; choose a new folder, or pass --resume "
+                           "to finish an interrupted `tlx shard` there")
+
+
+def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: PlanConfig = PlanConfig(),
+          write_config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions()) -> ShardSummary:
+    plan_config.check()
+    write_config.check()
+    root, layout = Path(dicom_root), Layout(out)
+    if not root.is_dir():
+        raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
+    _fresh_or_resumable(layout.root, options.resume)
+
+    scan_summary = None
+    if not (options.resume and layout.index.exists()):
+        from datakit.pseudonym import load_secret
+        from datakit.scan import scan
+
+        secret = load_secret(secret_file)
+        layout.work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(layout.work / "source.json", {"dicom_root": os.path.abspath(root)})
+        scan_summary = scan(root, layout.root, workers=options.workers, secret=secret, label_rules=label_rules)
+
+    plan_summary = None
+    same_plan = (layout.plan_json.exists() and layout.plan.exists()
+                 and read_json(layout.plan_json, "work/plan.json").get("config") == plan_config.to_dict())
+    if not (options.resume and same_plan):
+        plan_summary = make_plan(layout.root, plan_config)
+
+    options = replace(options, dicom_root=options.dicom_root or str(root))
+    return ShardSummary(scan_summary, plan_summary, write_dataset(layout.root, write_config, options))

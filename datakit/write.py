@@ -1,0 +1,220 @@
+"""Stage 3, write: plan -> shards + Parquet metadata + manifest, in two phases.
+
+    summary = write_dataset("data/", WriteConfig(size=(256, 256), codec="zstd"),
+                            RunOptions(workers=8, partition=(0, 4), resume=False))
+
+Phase 1, convert (write_convert): the volumes of this run's partition, each read,
+converted and staged atomically under work/staging/ by a pool of worker processes.
+Phase 2, assemble (assemble): once every planned volume is staged, whichever run gets
+there first takes an exclusive lock and writes the dataset.
+
+Resuming: every file is written to a temporary name and renamed when complete, so after
+a kill -9 at any moment a rerun with --resume finds complete staged volumes, complete
+shards and complete tables, redoes only what was missing, and produces the same bytes as
+an uninterrupted run. Partitions: `--partition i/N` converts the volumes whose partition
+unit is i modulo N; the staged files do not depend on the partitioning, so N partitions
+and one assembly give exactly the dataset one run gives.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from datakit.errors import DatakitError
+from datakit.manifest import Layout, read_json
+from datakit.write_config import RunOptions, WriteConfig
+from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
+from datakit.write_pool import default_workers, progress, run_tasks
+from datakit.write_staging import Staging, identity_of
+
+# Index columns phase 1 does not need (read_hu gets the rest; keeping the list negative means a
+# column scan adds for the reader reaches it without a change here).
+NOT_FOR_PIXELS = frozenset({"reject_code", "reject_reason", "patient", "study", "series", "sop", "modality",
+                            "sop_class_uid", "image_type", "iop", "label", "label_rule", "label_keyword",
+                            "label_field", "ipp_x", "ipp_y", "ipp_z"})
+SOURCE_FILES = ("scan.json", "source.json")  # work/ files that may record the DICOM root
+
+
+@dataclass
+class WriteSummary:
+    dataset: str
+    partition: tuple[int, int]
+    volumes_converted: int = 0
+    slices_converted: int = 0
+    slices_unreadable: int = 0
+    volumes_pending: int = 0           # planned volumes other partitions still have to convert
+    assembled: bool = False
+    already_complete: bool = False
+    note: str = ""
+    manifest: dict | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tlx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def dicom_root(layout: Layout, override: str | None) -> Path:
+    """Where the DICOM files are: --dicom-root, else what scan (or `tlx shard`) recorded in work/."""
+    if override:
+        root = Path(override)
+    else:
+        recorded = [read_json(layout.work / f, f"work/{f}") for f in SOURCE_FILES if (layout.work / f).exists()]
+        roots = [r.get("dicom_root") for r in recorded if r.get("dicom_root")]
+        if not roots:
+            raise DatakitError(f"{layout.work} does not record where the DICOM files are; "
+                               "pass --dicom-root DIR (the folder given to `tlx scan`)")
+        root = Path(roots[0])
+    if not root.is_dir():
+        raise DatakitError(f"DICOM root {str(root)!r} is not a folder (pass --dicom-root DIR)")
+    return root
+
+
+def _check_plan(layout: Layout) -> dict:
+    if not layout.root.is_dir():
+        raise DatakitError(f"dataset folder {str(layout.root)!r} does not exist; run `tlx scan` and `tlx plan` first")
+    if not layout.plan_json.exists() or not layout.plan.exists():
+        raise DatakitError(f"{layout.root} holds no plan (work/plan.json); run `tlx plan {layout.root}` first")
+    plan_json = read_json(layout.plan_json, "work/plan.json")
+    recorded = plan_json.get("index") or {}
+    if not layout.index.exists():
+        raise DatakitError(f"{layout.index} is missing; the plan refers to its rows: rerun `tlx scan` and `tlx plan`")
+    st = layout.index.stat()
+    if (recorded.get("bytes"), recorded.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        raise DatakitError(f"{layout.index} changed after the plan was made; rerun `tlx plan {layout.root}`")
+    return plan_json
+
+
+def _phase1_tasks(layout: Layout, share: pl.DataFrame, root: Path, config: WriteConfig) -> list[VolumeTask]:
+    """One task per volume still to convert, largest first (the pool then ends evenly)."""
+    names = pq.read_schema(layout.index).names
+    columns = [c for c in names if c not in NOT_FOR_PIXELS]
+    rows = (pl.scan_parquet(layout.index).select(columns).with_row_index("row")
+            .filter(pl.col("row").is_in(pl.Series(share["row"].cast(pl.UInt32)).implode()))
+            .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64))
+            .join(share.select("row", "volume", "slice_index", "partition_unit"), on="row")
+            .with_columns(key=pl.format("{}-{}", "volume", pl.col("slice_index").cast(pl.String).str.zfill(5))))
+    tasks = []
+    for (unit, volume), group in sorted(rows.partition_by("partition_unit", "volume", as_dict=True).items()):
+        tasks.append(VolumeTask(volume, group.drop("partition_unit", "volume").to_dicts(), str(root),
+                                tuple(config.size), config.codec, config.zstd_level))
+    return tasks
+
+
+@contextmanager
+def assembly_lock(layout: Layout):
+    """Yields True if this process holds the assembly lock (flock: released by the kernel if the
+    holder dies, so a kill -9 never leaves a stale lock), False if another process has it."""
+    layout.work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.assemble_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions()) -> WriteSummary:
+    """Run write (see the module docstring); raises DatakitError on input a user can fix."""
+    config.check()
+    layout = Layout(dataset_dir)
+    plan_json = _check_plan(layout)
+    summary = WriteSummary(dataset=str(layout.root), partition=options.partition)
+    staging = Staging(layout)
+    if layout.manifest.exists():
+        if not options.resume:
+            raise DatakitError(f"{layout.root} already holds a finished dataset (manifest.json); "
+                               "choose a new output folder")
+        _finish(layout, staging, options)
+        summary.already_complete, summary.manifest = True, read_json(layout.manifest, "manifest.json")
+        return summary
+
+    i, n = options.partition
+    plan = pl.read_parquet(layout.plan, columns=["row", "volume", "slice_index", "partition_unit"]).with_columns(
+        pl.col("volume").cast(pl.String))
+    if plan.is_empty():
+        raise DatakitError(f"the plan of {layout.root} holds no slices to write (see work/plan_rejects.parquet)")
+    share = plan.filter(pl.col("partition_unit") % n == i)
+    all_volumes = plan["volume"].unique().to_list()
+    mine = share["volume"].unique().to_list()
+    staged_mine = staging.staged(mine)
+    everything_staged = len(staging.staged(all_volumes)) == len(all_volumes)
+    if not options.resume:
+        finals = layout.final_outputs()
+        if finals:
+            raise DatakitError(f"{layout.root} already holds output of an earlier write "
+                               f"({', '.join(p.name for p in finals)}); pass --resume to finish it, "
+                               "or choose a new output folder")
+        if staged_mine and not everything_staged:
+            raise DatakitError(f"{staging.dir} already holds {len(staged_mine)} converted volumes of this run's "
+                               f"share; pass --resume to continue, or delete {staging.dir} to start over")
+    staging.claim(identity_of(plan_json, config.to_dict()))
+    workers = options.workers or default_workers()
+
+    t0 = time.perf_counter()
+    todo = share.filter(~pl.col("volume").is_in(list(staged_mine)))
+    if len(todo):
+        root = dicom_root(layout, options.dicom_root)
+        _remove_partials(staging, todo["volume"].unique().to_list())
+        tasks = _phase1_tasks(layout, todo, root, config)
+        with progress("convert", len(todo), "slices") as advance:
+            for result in run_tasks(convert_in_worker, tasks, workers, initializer=init_worker,
+                                    initargs=(str(layout.root),), inline_fn=lambda t: convert_volume(t, staging)):
+                summary.volumes_converted += 1
+                summary.slices_converted += result.converted
+                summary.slices_unreadable += result.slices - result.converted
+                advance(result.slices)
+    summary.seconds["convert"] = time.perf_counter() - t0
+
+    pending = [v for v in all_volumes if not staging.is_staged(v)]
+    summary.volumes_pending = len(pending)
+    if pending:
+        summary.note = (f"partition {i}/{n} done; {len(pending)} volumes of other partitions are not converted yet; "
+                        "the last partition to finish (or `tlx write --resume`) assembles the dataset")
+        return summary
+    t0 = time.perf_counter()
+    with assembly_lock(layout) as mine_to_do:
+        if not mine_to_do:
+            summary.note = "another process is assembling the dataset"
+            return summary
+        if not layout.manifest.exists():  # another run may have finished while we converted
+            from datakit.assemble import assemble
+
+            summary.manifest = assemble(layout, config, workers, tool_version())
+            summary.assembled = True
+        else:
+            summary.manifest = read_json(layout.manifest, "manifest.json")
+    summary.seconds["assemble"] = time.perf_counter() - t0
+    _finish(layout, staging, options)
+    return summary
+
+
+def _remove_partials(staging: Staging, volumes: list[str]) -> None:
+    """Temporary files a killed run left for volumes this run converts (other partitions' files
+    are left alone: they may be in progress on another machine)."""
+    for v in volumes:
+        for p in staging.volume_path(v).parent.glob(f"{v}.arrow.partial-*"):
+            p.unlink(missing_ok=True)
+
+
+def _finish(layout: Layout, staging: Staging, options: RunOptions) -> None:
+    """After the manifest: staging is a full second copy of the data; drop it unless asked to keep it."""
+    if not options.keep_staging and staging.exists():
+        shutil.rmtree(staging.dir)

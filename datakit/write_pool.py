@@ -1,0 +1,87 @@
+"""Running write's tasks: inline (--workers 1) or on a process pool, with a progress bar.
+
+    for result in run_tasks(fn, tasks, workers=4, initializer=init, initargs=(...,)):
+        ...                       # results in completion order, at most 4 x workers tasks in flight
+
+Workers are started with "spawn" (polars and rich run threads in the parent; forking a
+threaded process can deadlock) and die with the parent (see write_convert.init_worker).
+An exception in a task is not swallowed: it cancels the rest and is raised here.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+
+def quiet() -> bool:
+    return os.environ.get("TLX_QUIET", "") not in ("", "0")
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_tasks(fn: Callable, tasks: Iterable, workers: int, initializer: Callable | None = None,
+              initargs: tuple = (), inline_fn: Callable | None = None) -> Iterator:
+    """Results of fn(task) for every task. With one worker, `inline_fn` (or fn) runs here.
+    Each worker runs `initializer(*initargs)` (default: die_with_parent) once."""
+    if workers <= 1:
+        run_here = inline_fn or fn
+        for task in tasks:
+            yield run_here(task)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=initializer or die_with_parent, initargs=initargs) as pool:
+        pending = set()
+        it = iter(tasks)
+        try:
+            for task in it:
+                pending.add(pool.submit(fn, task))
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield f.result()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+@contextmanager
+def progress(description: str, total: int, unit: str):
+    """`with progress("convert", n, "slices") as advance: advance(k)`; silent when TLX_QUIET=1."""
+    if quiet() or total == 0:
+        yield lambda n=1: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    with Progress(TextColumn(f"{description:<9}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def die_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG),
+    so a kill -9 of `tlx write` never leaves workers writing behind a resumed run's back."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)

@@ -1,0 +1,107 @@
+"""What phase 1 of write leaves for phase 2: one staged file per volume under work/staging/.
+
+    staging = Staging(layout)
+    staging.claim(identity, resume=False)        # first run records the options; later runs must match
+    staging.write_volume("3f9c0a1b7d2e4c55", table)   # written to a temporary name, then renamed
+    staging.is_staged("3f9c0a1b7d2e4c55")
+    meta = staging.read_meta(volume)             # every column but the payloads
+    payloads = staging.read_payloads(volume)     # memory-mapped: only the slices asked for are read
+
+A staged file is an Arrow IPC file with one row per planned slice of the volume: the
+slice's index row, its key, and either its coverage, pixel hash and encoded payload or
+the code and reason it could not be read. The file is complete or absent: a kill at any
+moment loses at most the volumes being converted, and a rerun converts exactly those.
+The files depend only on the plan and the conversion options, never on which partition
+or run made them, which is what makes N partitions + assembly equal one run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from datakit.errors import DatakitError
+from datakit.manifest import Layout, dumps, read_json, tmp_name, write_json_atomic
+
+STAGED_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("slice_index", pa.int32()), ("key", pa.string()),
+    ("code", pa.string()), ("reason", pa.string()),        # null when the slice was converted
+    ("coverage", pa.float32()), ("pixel_hash", pa.string()), ("payload", pa.binary()),
+])
+META_COLUMNS = [n for n in STAGED_SCHEMA.names if n != "payload"]
+
+
+class Staging:
+    def __init__(self, layout: Layout):
+        self.dir = layout.staging
+        self.volumes_dir = self.dir / "volumes"
+        self.identity_path = self.dir / "identity.json"
+
+    # --- identity: the plan and the options the staged files were made with
+    def claim(self, identity: dict) -> None:
+        """Record `identity` on first use; refuse to mix staged files made from another plan or
+        with other options (the partitions of one write must agree)."""
+        if self.identity_path.exists():
+            have = read_json(self.identity_path, "work/staging/identity.json")
+            if have != identity:
+                diff = sorted(k for k in set(have) | set(identity) if have.get(k) != identity.get(k))
+                raise DatakitError(
+                    f"{self.dir} was started with another plan or other options ({', '.join(diff)} differ); "
+                    f"rerun with the same options, or delete {self.dir} to start the write over")
+            return
+        self.volumes_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.identity_path, identity)
+        # Two partitions may claim at once: whoever wins the rename, both must agree.
+        if read_json(self.identity_path, "work/staging/identity.json") != identity:
+            raise DatakitError(f"another write with other options claimed {self.dir} at the same time")
+
+    def exists(self) -> bool:
+        return self.dir.exists()
+
+    # --- volumes
+    def volume_path(self, volume: str) -> Path:
+        return self.volumes_dir / volume[:2] / f"{volume}.arrow"
+
+    def is_staged(self, volume: str) -> bool:
+        return self.volume_path(volume).exists()
+
+    def staged(self, volumes) -> set[str]:
+        return {v for v in volumes if self.is_staged(v)}
+
+    def write_volume(self, volume: str, table: pa.Table) -> int:
+        """Write one volume's staged file atomically; returns its size in bytes."""
+        path = self.volume_path(volume)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_name(path)
+        with open(tmp, "wb") as f:
+            with pa.ipc.new_file(f, STAGED_SCHEMA) as writer:
+                writer.write_table(table.cast(STAGED_SCHEMA))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path.stat().st_size
+
+    def _open(self, volume: str) -> pa.Table:
+        with pa.memory_map(str(self.volume_path(volume))) as source:
+            return pa.ipc.open_file(source).read_all()
+
+    def read_meta(self, volume: str) -> pa.Table:
+        return self._open(volume).select(META_COLUMNS)
+
+    def read_payloads(self, volume: str) -> pa.ChunkedArray:
+        """The payload column, memory-mapped (pages are read only for the slices used)."""
+        return self._open(volume).column("payload")
+
+    def remove_partials(self) -> None:
+        """Temporary files of killed runs (never a complete file: those have their final name)."""
+        if self.volumes_dir.exists():
+            for p in self.volumes_dir.glob("*/*.partial-*"):
+                p.unlink(missing_ok=True)
+
+
+def identity_of(plan_json: dict, write_config: dict) -> dict:
+    """What staged files depend on: the plan (as plan.json says it) and the conversion options."""
+    import hashlib
+
+    return {"plan_sha256": hashlib.sha256(dumps(plan_json).encode()).hexdigest(), "write": write_config}
