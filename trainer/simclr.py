@@ -167,6 +167,20 @@ def save(path: Path, net: SimCLRModel, optimizer, state: dict, cfg: SimCLRConfig
                                              **state), path)
 
 
+def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
+    """One optimizer step on a batch of view pairs; returns the (rank-local) loss."""
+    x1, x2 = (v.contiguous(memory_format=memory_format) for v in (x1, x2))
+    with autocast:
+        if grad_cache_chunk:
+            loss = grad_cache_step(model, x1, x2, grad_cache_chunk)
+        else:
+            loss = model(x1, x2)
+            loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns the final state (step, epoch, ...). Raises TrainerError for bad input."""
     cfg = resolve(parse_config(SimCLRConfig, argv, description=__doc__.split("\n")[0], epilog=__doc__))
@@ -217,15 +231,7 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
             for batch in loader.epoch(epoch, start):
                 lr = schedule(step)
                 set_lr(optimizer, lr)
-                x1, x2 = (v.contiguous(memory_format=fmt) for v in (batch.view1, batch.view2))
-                with autocast:
-                    if cfg.grad_cache_chunk:
-                        loss = grad_cache_step(model, x1, x2, cfg.grad_cache_chunk)
-                    else:
-                        loss = model(x1, x2)
-                        loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss = train_step(model, optimizer, batch.view1, batch.view2, autocast, fmt, cfg.grad_cache_chunk)
                 step += 1
                 state["epoch_loss_sum"] += loss.item()
                 state["epoch_steps"] += 1
