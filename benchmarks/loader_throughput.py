@@ -32,6 +32,17 @@ def synthetic(root: Path, samples: int, size: int, codec: str) -> Path:
     return make_ct_dataset(root / codec, splits={"train": samples}, shard_size=128, image_size=size, codec=codec)
 
 
+def machine(device: torch.device) -> str:
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
+
+
+def save(result: dict, path: str) -> dict:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def decode_rate(data: Path, n: int = 300) -> float:
     """Slices/s read + decoded on one core (what one DALI external-source worker does per sample)."""
     ds = open_dataset(data)
@@ -86,9 +97,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default="benchmarks/out/loader_throughput.json")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}",
-              "args": vars(args), "loaders": {}, "decode_per_core": {}}
+    result = {"machine": machine(device), "args": vars(args), "loaders": {}, "decode_per_core": {}}
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             datasets = {"given": Path(args.data)}
@@ -107,9 +116,7 @@ def main(argv=None) -> dict:
         print(f"  {kind:6s} loader: {rate:9.1f} two-view samples/s")
     for name, rate in result["decode_per_core"].items():
         print(f"  read+decode {name:5s}: {rate:9.1f} slices/s on one core")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return save(result, args.json)
 
 
 if __name__ == "__main__":

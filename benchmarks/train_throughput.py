@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.loader_throughput import synthetic
+from benchmarks.loader_throughput import machine, save, synthetic
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
 from trainer.models import build_encoder
@@ -82,9 +80,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     need = (args.steps + args.warmup) * args.batch
-    result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}",
-              "args": vars(args), "images_per_s": {}}
+    result = {"machine": machine(device), "args": vars(args), "images_per_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else synthetic(Path(tmp), need + args.batch, args.source_size, "zstd")
         for kind in [k for _ in range(args.repeats) for k in args.inputs.split(",")]:
@@ -109,9 +105,7 @@ def main(argv=None) -> dict:
     for kind, r in result["images_per_s"].items():
         share = f"  ({r / base:.0%} of synthetic)" if base and kind != "synthetic" else ""
         print(f"  {kind:9s}: {r:9.1f} images/s  ({2 * r:9.1f} views/s){share}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return save(result, args.json)
 
 
 if __name__ == "__main__":
