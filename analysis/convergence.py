@@ -49,10 +49,13 @@ def time_to_convergence(epochs: Sequence[int], values: Sequence[float], rule: Co
 
 
 def validation_metric(run: Run, preferred: str | None = None) -> str | None:
-    """The `val_` key the convergence of a run is judged on: `preferred`, else the headline metric."""
+    """The `val_` key the convergence of a run is judged on: `preferred`, else the run's declared metric, else
+    the headline metric."""
     keys = {k for row in run.curve for k in row if k.startswith("val_")}
     if preferred:
         return f"val_{preferred}" if f"val_{preferred}" in keys else (preferred if preferred in keys else None)
+    if f"val_{run.declared_metric}" in keys:
+        return f"val_{run.declared_metric}"
     for name in HEADLINE_METRICS:
         if f"val_{name}" in keys:
             return f"val_{name}"

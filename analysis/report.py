@@ -28,7 +28,7 @@ from analysis.markdown import fmt, fmt_p, image, table
 from analysis.overlap import align, load_correctness, prediction_overlap, prediction_similarity
 from analysis.results import (ResultRow, by_table, compare, comparisons_frame, merge, read_summary_csv,
                               results_frame, results_from_runs)
-from analysis.runs import HEADLINE_METRICS, GroupKey, Run, find_runs, fraction_label, headline_metric, slug
+from analysis.runs import GroupKey, Run, find_runs, fraction_label, headline_metric, slug
 from analysis.scale_adjust import BOUND_LABELS, SPACES, adjusted_rows, pretraining_sizes
 from analysis.scale_factors import RESULT_NAME, load_results
 from analysis.scale_factors import from_values as scale_factors_from_values
@@ -83,6 +83,12 @@ class Report:
     similarity: list[dict] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
     files: list[str] = field(default_factory=list)
+
+    def headline(self, group: GroupKey) -> str:
+        """The metric figures and the terminal show for a group: the one its runs declare, else by name."""
+        names = {r.metric for r in self.results if r.group == group}
+        declared = next((r.declared_metric for r in self.runs if r.group == group and r.declared_metric), None)
+        return headline_metric(names, declared)
 
 
 def build_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Path | str | None = None,
@@ -194,6 +200,10 @@ def _runs_section(rep: Report) -> list[str]:
                    [[len(rep.runs) + len(rep.problems), len(complete), len(finetune) - len(complete), len(pretrain),
                      len(rep.problems)]])
     lines += _missing("Without result.json (not complete; curves only)", [r for r in finetune if r.metrics is None])
+    undefined = [f"`{r.rel}`: {', '.join(r.undefined)}" for r in finetune if r.undefined]
+    if undefined:
+        lines += ["Metrics that result.json gives as null (undefined on that test set; left out of the tables): "
+                  + "; ".join(undefined) + ".", ""]
     if rep.problems:
         lines += ["Left out:", ""] + [f"- {p}" for p in rep.problems] + [""]
         rep.notes["runs"] += rep.problems
@@ -214,7 +224,9 @@ def _results_section(rep: Report) -> list[str]:
         inits = sorted({i for row in tables.values() for i in row})
         lines += [f"### {setting}, {fraction_label(fraction)} of the training data", ""]
         body = []
-        for (task, metric), row in sorted(tables.items(), key=lambda kv: (kv[0][0], _metric_order(kv[0][1]))):
+        headlines = {rep.headline(GroupKey(task, setting, fraction)) for task, _ in tables}
+        for (task, metric), row in sorted(tables.items(), key=lambda kv: (kv[0][0], kv[0][1] not in headlines,
+                                                                          kv[0][1])):
             best = max(r.summary.mean for r in row.values())
             cells = []
             for init in inits:
@@ -227,10 +239,6 @@ def _results_section(rep: Report) -> list[str]:
             body.append([task, metric] + cells)
         lines += table(["task", "metric"] + inits, body)
     return lines
-
-
-def _metric_order(metric: str) -> tuple[int, str]:
-    return (0 if metric in HEADLINE_METRICS else 1, metric)
 
 
 def _comparison_matrices(rep: Report, group: GroupKey, metric: str, inits: list[str]):
@@ -253,7 +261,7 @@ def _comparisons_section(rep: Report) -> list[str]:
     groups = sorted({g for g, _ in tables})
     shown = 0
     for group in groups:
-        metric = headline_metric([m for g, m in tables if g == group])
+        metric = rep.headline(group)
         inits = sorted(tables[(group, metric)])
         if len(inits) < 2:
             continue
@@ -418,18 +426,9 @@ def _reuse_section(rep: Report) -> list[str]:
         return lines + ["Not computed: no fine-tuning run has first_layers.npz.", ""]
     for run in runs:
         try:
-            layers = load_first_layers(run.first_layers)
-        except (AnalysisError, OSError, ValueError) as exc:
+            rep.reuse += _run_reuse(run, opts)
+        except (AnalysisError, OSError, ValueError) as exc:  # one bad file: noted, the other runs go on
             rep.notes["feature reuse"].append(f"{run.rel}: {exc}")
-            continue
-        for k, reuse in enumerate(feature_reuse(layers, opts.rbf_threshold)):
-            init_w, final_w = layers[reuse.layer]
-            u_init = feature_uniqueness(init_w, opts.uniqueness_splits, opts.seed + k)[0]
-            u_final = feature_uniqueness(final_w, opts.uniqueness_splits, opts.seed + k)[0]
-            rep.reuse.append({"path": run.rel, "task": run.task, "setting": run.setting, "fraction": run.fraction,
-                              "init": run.init, "seed": run.seed, "layer": reuse.layer, "linear_cka": reuse.linear_cka,
-                              "rbf_cka": reuse.rbf_cka, "svcca": reuse.svcca, "uniqueness_init": u_init,
-                              "uniqueness_final": u_final})
     lines += [f"- {n}" for n in rep.notes["feature reuse"]]
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for row in rep.reuse:
@@ -453,6 +452,20 @@ def _reuse_section(rep: Report) -> list[str]:
         figures.reuse_plot(list(LAYERS), inits, values, ["linear", "RBF"], f"feature reuse: {group.label()}", path)
         lines += [image(f"feature reuse {group.label()}", rel), ""]
     return lines
+
+
+def _run_reuse(run: Run, opts: ReportOptions) -> list[dict]:
+    layers = load_first_layers(run.first_layers)
+    rows = []
+    for k, reuse in enumerate(feature_reuse(layers, opts.rbf_threshold)):
+        init_w, final_w = layers[reuse.layer]
+        unique = [feature_uniqueness(w, opts.uniqueness_splits, opts.seed + k)[0] if w.shape[0] >= 4 else None
+                  for w in (init_w, final_w)]  # fewer than 4 filters cannot be split into halves
+        rows.append({"path": run.rel, "task": run.task, "setting": run.setting, "fraction": run.fraction,
+                     "init": run.init, "seed": run.seed, "layer": reuse.layer, "linear_cka": reuse.linear_cka,
+                     "rbf_cka": reuse.rbf_cka, "svcca": reuse.svcca, "uniqueness_init": unique[0],
+                     "uniqueness_final": unique[1]})
+    return rows
 
 
 def _pattern_label(inits: list[str], pattern: tuple[bool, ...]) -> str:

@@ -50,10 +50,12 @@ class Run:
     path: Path
     rel: str
     config: dict
-    metrics: dict[str, float] | None = None  # result.json "metrics" (None: not complete)
+    metrics: dict[str, float] | None = None  # result.json "metrics" (None: not complete); null values left out
+    undefined: list[str] = field(default_factory=list)  # metrics result.json gives as null (NaN: undefined)
     curve: list[dict] = field(default_factory=list)  # metrics.jsonl rows
     predictions: Path | None = None
     first_layers: Path | None = None
+    declared_metric: str | None = None  # the task's own headline metric (result.json/config.json "metric")
 
     @property
     def task(self) -> str:
@@ -124,19 +126,27 @@ def load_run(path: Path, root: Path) -> Run:
     if (reason := _check_config(config)) is not None:
         raise ValueError(reason)
     run = Run(path, path.relative_to(root).as_posix() or ".", config)
+    if isinstance(config.get("metric"), str):
+        run.declared_metric = config["metric"]
     if (path / "metrics.jsonl").is_file():
         run.curve = _read_curve(path / "metrics.jsonl")
     if (path / "result.json").is_file():
         try:
-            metrics = _read_json(path / "result.json").get("metrics")
+            result = _read_json(path / "result.json")
         except (json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"result.json is not a JSON object ({exc})") from None
+        metrics = result.get("metrics")
         if not isinstance(metrics, dict) or not metrics:
             raise ValueError("result.json has no 'metrics' object")
-        bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+        # null is the trainer's NaN: a metric undefined on this test set (e.g. a class it lacks)
+        run.undefined = sorted(k for k, v in metrics.items() if v is None)
+        bad = {k: v for k, v in metrics.items()
+               if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v))}
         if bad:
-            raise ValueError(f"result.json metrics must be finite numbers, got {bad}")
-        run.metrics = {k: float(v) for k, v in metrics.items()}
+            raise ValueError(f"result.json metrics must be numbers (or null), got {bad}")
+        run.metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+        if isinstance(result.get("metric"), str):
+            run.declared_metric = result["metric"]
     if (path / "predictions.parquet").is_file():
         run.predictions = path / "predictions.parquet"
     if (path / "first_layers.npz").is_file():
@@ -159,7 +169,8 @@ def find_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         except (OSError, ValueError) as exc:
             problems.append(f"{rel}: left out: {exc}")
             continue
-        ident = (run.task, run.init, run.setting, run.fraction, run.seed)
+        # Pretraining runs all say init "scratch": only their folders tell them apart.
+        ident = (run.task, run.init, run.setting, run.fraction, run.seed) + ((rel,) if run.is_pretraining else ())
         if ident in seen:
             problems.append(f"{rel}: left out: same task/init/setting/fraction/seed as {seen[ident]}")
             continue
@@ -168,9 +179,12 @@ def find_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     return runs, problems
 
 
-def headline_metric(names) -> str:
-    """The metric a task is judged by: accuracy, mean_auc or dice_mean if present, else the first by name."""
+def headline_metric(names, declared: str | None = None) -> str:
+    """The metric a task is judged by: the one its runs declare, else accuracy, mean_auc or dice_mean, else
+    the first by name."""
     names = list(names)
+    if declared in names:
+        return declared
     for name in HEADLINE_METRICS:
         if name in names:
             return name

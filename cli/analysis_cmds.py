@@ -96,13 +96,13 @@ def _print_report(report) -> None:
 
     from analysis.markdown import fmt
     from analysis.results import by_table
-    from analysis.runs import fraction_label, headline_metric
+    from analysis.runs import fraction_label
 
     console = Console()
     tables = by_table(report.results)
     settings: dict = {}
     for (group, metric), inits in tables.items():
-        if metric == headline_metric([m for g, m in tables if g == group]):
+        if metric == report.headline(group):
             settings.setdefault((group.setting, group.fraction), {})[(group.task, metric)] = inits
     for (setting, fraction), rows in sorted(settings.items()):
         inits = sorted({i for row in rows.values() for i in row})

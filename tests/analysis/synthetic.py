@@ -61,10 +61,14 @@ def smooth_volume(rng: np.random.Generator, slices: int, size: int, correlation:
 def write_run(root: Path, task: str, init: str, seed: int, *, setting: str = "finetune", fraction: float = 1.0,
               metrics: dict | None = None, curve: list[dict] | None = None, correct: dict | None = None,
               first_layers: dict | None = None, **config) -> Path:
-    """One run directory in the run format (docs/run-format.md); returns it."""
+    """One run directory in the run format (docs/run-format.md); returns it.
+
+    For a pretraining run (setting "pretrain") `init` names its folder, runs/pretrain/<init>/,
+    and its config says init "scratch", as trainer.simclr writes it.
+    """
     path = root / task / init / setting / f"frac-{fraction:g}" / f"seed-{seed}"
     if setting == "pretrain":
-        path = root / "pretrain" / init
+        path, init = root / "pretrain" / init, "scratch"
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"task": task, "init": init, "setting": setting, "fraction": fraction, "seed": seed, **config}
     (path / "config.json").write_text(json.dumps(cfg))

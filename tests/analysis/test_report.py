@@ -240,3 +240,36 @@ def test_demo_sized_tree_through_the_cli(tmp_path):
     assert bad.exit_code == 2 and "is not SMALL:LARGE" in bad.output
     missing = CliRunner().invoke(cli, ["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_what_the_trainer_writes_in_odd_cases(tmp_path):
+    """null (undefined) metrics, a declared headline metric, pretraining runs that all say init 'scratch'
+    with the same seed, a first_layers.npz lacking a layer, and layers too small to halve."""
+    root = tmp_path / "runs"
+    for name in ("ct-small", "ct-large"):
+        write_run(root, "simclr", name, 0, setting="pretrain", data_train_samples=100 if name == "ct-small" else 900,
+                  curve=[{"epoch": 1, "train_loss": 3.0}])
+    rng = np.random.default_rng(0)
+    tiny = {f"{when}/{name}": rng.normal(size=(2, 2, 3, 3)).astype(np.float32)
+            for when in ("init", "final") for name in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")}
+    for init in ("ct-small", "ct-large"):
+        for seed in (0, 1):
+            metrics = {"dice_liver": 0.8 + 0.01 * seed + (init == "ct-large") * 0.05, "dice_tumor": None,
+                       "dice_mean": 0.5 + 0.01 * seed}
+            write_run(root, "lits", init, seed, metrics=metrics, metric="dice_liver",
+                      curve=[{"epoch": e, "train_loss": 1.0, "val_dice_liver": 0.8, "val_dice_mean": None}
+                             for e in range(1, 13)],
+                      first_layers=tiny if seed == 0 else {"init/conv1.weight": tiny["init/conv1.weight"]})
+    out = tmp_path / "report"
+    report = build_report(root, out, options=ReportOptions(s_lb=2.0, s_ub=3.0, uniqueness_splits=2))
+    text = report.index.read_text()
+    assert "| 6 | 4 | 0 | 2 | 0 |" in text  # both pretraining runs kept
+    assert "left out of the tables): `lits/ct-large/finetune/frac-1/seed-0`: dice_tumor" in text
+    assert "dice_tumor" not in pl.read_csv(out / "results.csv")["metric"].to_list()
+    assert "### lits / finetune / 100%: dice_liver" in text  # the declared metric, not dice_mean
+    assert "| ct-large | ct-small (LB-adj.) |" in text  # sizes 900 and 100 found from the pretraining folders
+    assert pl.read_csv(out / "convergence.csv")["metric"].unique().to_list() == ["val_dice_liver"]
+    assert pl.read_csv(out / "convergence.csv")["converged_epoch"].to_list() == [1, 1, 1, 1]
+    reuse = pl.read_csv(out / "feature_reuse.csv")
+    assert reuse.height == 6 and reuse["uniqueness_init"].null_count() == 6  # 2 filters: no halves
+    assert text.count("lacks ['final/conv1.weight'") == 2  # the two seed-1 runs, named in the section
