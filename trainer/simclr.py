@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -286,4 +287,8 @@ def _has_dali() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainerError as exc:  # a mistake the user can fix: one line, exit code 2 (as the tlx CLI does)
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from trainer.errors import TrainerError
 from trainer.models import build_encoder
 
 
@@ -71,5 +72,5 @@ def test_feature_dims_and_stage_strides(name, dim):
 
 
 def test_unknown_model_name_lists_known():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet51'; known: resnet-tiny, resnet18, resnet50"):
+    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of resnet-tiny, resnet18, resnet50"):
         build_encoder("resnet51")

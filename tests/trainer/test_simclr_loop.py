@@ -116,6 +116,13 @@ def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straig
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
 
 
+def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"Error: {str(tmp_path)!r} is not a tlx dataset: no manifest.json (make one with `tlx shard`)"
+
+
 def test_simclr_recipe_with_dali_gradcache_hu_window_and_knn(ds, tmp_path):
     pytest.importorskip("nvidia.dali")
     out = tmp_path / "run"

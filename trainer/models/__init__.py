@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
+from trainer.errors import TrainerError
 from trainer.models.resnet import BasicBlock, Bottleneck, ResNet
 
 MODELS: dict[str, Callable[..., ResNet]] = {
@@ -22,5 +23,5 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 def build_encoder(name: str, num_classes: int = 0, **kwargs) -> ResNet:
     """A registered ResNet; `num_classes=0` (default) leaves out `fc`."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+        raise TrainerError(f"--model {name!r} is not one of {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes=num_classes, **kwargs)
