@@ -44,7 +44,7 @@ from trainer import metrics as M
 from trainer.checkpoint import gather_rng_states, load_checkpoint, new_checkpoint, restore_rng_states, save_checkpoint
 from trainer.config import config_dict, opt, parse_config, save_json
 from trainer.data.dataset import open_dataset
-from trainer.data.labelled import ImageOptions, LabelledSplit, batches
+from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
 from trainer.dist import Dist, close_dist, init_dist, is_distributed, print0
 from trainer.errors import TrainerError
@@ -94,6 +94,9 @@ class FinetuneConfig:
     checkpoint_every: int = opt(0, "also save checkpoints/last.pt every N steps (0: at the end of each epoch only)")
     eval_batch_size: int | None = opt(None, "per-rank batch size for val/test [default: the per-rank training batch]")
     workers: int = opt(4, "data loading processes per rank (0: in the main process)")
+    loader: str = opt("auto", "JPEG datasets: dali (nvJPEG on the GPU; DALI's CPU mode with --device cpu), "
+                              "torch (PIL in the workers); auto: dali on a GPU when installed",
+                      choices=("auto", "torch", "dali"))
     device: str = opt("auto", "auto | cuda | cpu", choices=("auto", "cuda", "cpu"))
     tasks_file: str | None = opt(None, "TOML file with more task entries ([tasks.<name>])")
 
@@ -200,14 +203,15 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], fracti
 
 @torch.no_grad()
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
-             volumes: list[str] | None) -> tuple[dict, dict]:
+             volumes: list[str] | None, jpeg_decoder=None) -> tuple[dict, dict]:
     """(metrics, predictions.parquet columns) over the whole split, identical on every rank."""
     model.eval()
     ids = eval_slice(len(split), env.rank, env.world_size)
     chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
     kind = plan.task.kind
     seen, outputs, targets = [], [], []
-    for x, y, i in batches(split, chunks, epoch=0, workers=workers, pin_memory=env.device.type == "cuda"):
+    for x, y, i in batches(split, chunks, epoch=0, workers=workers, pin_memory=env.device.type == "cuda",
+                           jpeg_decoder=jpeg_decoder):
         with _autocast(env):
             logits = model(_to_device(x, env)).float()
         if kind == "segmentation":  # per-slice overlap counts, not masks: small enough to gather
@@ -295,6 +299,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
     eval_batch = cfg.eval_batch_size or per_rank
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
+    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, eval_batch))
 
     params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
     if hp["optimizer"] == "lars":
@@ -354,7 +359,8 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         order = epoch_plan(subset, hp["batch_size"], seed=cfg.seed, epoch=epoch, rank=env.rank,
                            world_size=env.world_size).reshape(steps, per_rank)
         t_epoch, n_images = time.time(), 0
-        for x, y, _ in batches(train, order[epoch_step:], epoch, cfg.workers, pin_memory=env.device.type == "cuda"):
+        for x, y, _ in batches(train, order[epoch_step:], epoch, cfg.workers, pin_memory=env.device.type == "cuda",
+                               jpeg_decoder=decoder):
             set_lr(optimizer, schedule(step))
             x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
             with _autocast(env):
@@ -368,7 +374,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
             if step >= max_steps:
                 break
         train_loss = _mean_over_ranks(loss_sum / max(epoch_step, 1), env)
-        val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"])
+        val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"], decoder)
         epoch += 1
         score = val_metrics[task.metric]
         if not math.isnan(score) and score > best["metric"]:
@@ -392,7 +398,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         raise TrainerError(f"{out}: validation {task.metric} was undefined (NaN) in every epoch, so no best "
                            f"checkpoint exists; check the val split's labels")
     model.load_state_dict(best["state"])
-    test_metrics, rows = evaluate(model, test, plan, env, eval_batch, cfg.workers, volumes["test"])
+    test_metrics, rows = evaluate(model, test, plan, env, eval_batch, cfg.workers, volumes["test"], decoder)
     if not env.is_main:
         return None
     import pyarrow as pa
@@ -405,6 +411,19 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
     save_json(result, out / "result.json")   # last: its presence marks the run complete
     print0(f"{out}: test {task.metric} {test_metrics[task.metric]:.4f} (best val epoch {best['epoch']})")
     return result
+
+
+def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int, max_batch: int):
+    """DALI for JPEG datasets when asked (or `auto` on a GPU with DALI installed), else None (PIL)."""
+    if split.image_spec.codec != "jpeg":
+        if loader == "dali":
+            raise TrainerError(f"--loader dali decodes JPEG datasets; {split.dataset.root} stores "
+                               f"{split.image_spec.codec} images (use --loader torch or auto)")
+        return None
+    if loader == "auto":
+        import importlib.util
+        loader = "dali" if env.device.type == "cuda" and importlib.util.find_spec("nvidia.dali") else "torch"
+    return DaliJpegDecoder(image_size, max_batch, env.device) if loader == "dali" else None
 
 
 def _checkpoint(model: TaskModel, plan: Plan, **entries) -> dict:

@@ -181,3 +181,24 @@ def test_bad_combinations_are_one_line_errors(ct, tmp_path, simclr_checkpoint):
 def _save(sd, path):
     torch.save(sd, path)
     return str(path)
+
+
+def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoint):
+    """torchrun with 2 gloo ranks, linear evaluation (no batch statistics involved): the same
+    global batches, gradients averaged over ranks, val/test gathered from both ranks."""
+    import os
+    import subprocess
+    import sys
+    args = ["--task", "radnet", "--data", str(ct), "--init", str(simclr_checkpoint[0]), "--setting", "linear",
+            "--epochs", "2", "--batch-size", "16", "--lr", "1e-2", "--device", "cpu", "--workers", "0"]
+    ft.main([*args, "--run-dir", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "trainer.finetune", *args, "--run-dir", str(tmp_path / "two")], check=True, env=env,
+                   capture_output=True)
+    one, two = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("one", "two"))
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    assert torch.allclose(one["head"]["weight"], two["head"]["weight"], atol=1e-5)
+    p1, p2 = (pl.read_parquet(tmp_path / d / "predictions.parquet").sort("sample") for d in ("one", "two"))
+    assert p1["sample"].to_list() == p2["sample"].to_list() and len(p1) == 15
+    assert p1["pred"].to_list() == p2["pred"].to_list()

@@ -75,3 +75,23 @@ def test_natural_images_jpeg_classification(tmp_path):
     assert cfg["augment"] == "crop-flip" and cfg["image_size"] == 32
     assert result["metrics"]["accuracy"] >= 0.8          # each class is a colour
     assert len(pred) == 12
+
+
+def test_dali_jpeg_path_matches_the_torch_path(tmp_path):
+    """DALI (CPU-only mode here; nvJPEG on a GPU) decodes, crops and flips what the torch path does."""
+    import numpy as np
+    import torch
+
+    from trainer.data.dataset import open_dataset
+    from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
+    write_class_folders(tmp_path / "nat", per_class=6)
+    convert_class_folder(ClassFolderOptions(root=str(tmp_path / "nat"), out=str(tmp_path / "data"), workers=1))
+    ds = open_dataset(tmp_path / "data")
+    decoder = DaliJpegDecoder(32, 8, torch.device("cpu"))
+    for train in (True, False):       # random resized crop + flip; centre crop
+        split = LabelledSplit(ds, "train", "classification", ImageOptions(32, augment="crop-flip", seed=3), train=train)
+        plan = np.arange(len(split) // 2 * 2).reshape(2, -1)
+        torch_x = torch.cat([b[0] for b in batches(split, plan, epoch=1, workers=0)])
+        dali_x = torch.cat([b[0] for b in batches(split, plan, epoch=1, workers=0, jpeg_decoder=decoder)])
+        assert dali_x.shape == torch_x.shape == (len(plan.ravel()), 3, 32, 32)
+        assert (dali_x - torch_x).abs().mean() < 0.005      # both libjpeg-turbo; resize rounding differs slightly

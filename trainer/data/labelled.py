@@ -20,9 +20,14 @@ too); `crop-flip` (random resized crop + flip, trainer.data.augment's SimCLR cro
 without colour jitter or blur; natural images). Evaluation never augments: stored
 fixed-size images are resized to the image size, natural images resized (shorter side
 to size / 0.875) and centre-cropped, the usual ImageNet evaluation.
+
+JPEG datasets on a GPU: DaliJpegDecoder decodes with nvJPEG through DALI; the workers
+then only read the encoded bytes and draw each sample's crop box (the same box the
+torch path would crop), so both paths agree up to the JPEG decoder's rounding.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.data.augment import AugmentConfig, apply_view, draw_view, normalize
+from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
 from trainer.data.dataset import SampleReader, TlxDataset
 from trainer.errors import TrainerError
 
@@ -49,8 +54,10 @@ class ImageOptions:
 
 
 class LabelledSplit(Dataset):
-    def __init__(self, dataset: TlxDataset, split: str, kind: str, images: ImageOptions, train: bool = False):
+    def __init__(self, dataset: TlxDataset, split: str, kind: str, images: ImageOptions, train: bool = False,
+                 encoded: bool = False):
         self.dataset, self.split, self.kind, self.images, self.train = dataset, split, kind, images, train
+        self.encoded = encoded  # JPEGs left encoded, with their crop box, for DaliJpegDecoder
         self.table = dataset.sample_table(split, with_keys=True)
         self.keys = self.table.keys
         self.reader = SampleReader(dataset)
@@ -81,9 +88,11 @@ class LabelledSplit(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         i, epoch = item
-        x = self._image(self.reader.read(self.table, i, self.image_ext))
         y = self.reader.read(self.table, i, self.target_ext)
         rng = np.random.default_rng([self.images.seed, epoch, i]) if self.train else None
+        if self.encoded:
+            return self._encoded(i, rng), torch.tensor(int(y)), i
+        x = self._image(self.reader.read(self.table, i, self.image_ext))
         if self.kind == "segmentation":
             y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
             x, y = self._resize_pair(x, y)
@@ -91,13 +100,33 @@ class LabelledSplit(Dataset):
                 x, y = x.flip(-1), y.flip(-1)
             return x, y, i
         target = torch.tensor(int(y)) if self.kind == "classification" else torch.from_numpy(np.asarray(y, np.float32))
+        return _crop_resize(x, self._box(*x.shape[-2:], rng), self.images.image_size), target, i
+
+    def _box(self, h: int, w: int, rng: np.random.Generator | None) -> np.ndarray:
+        """The region to resize to the image size, and whether to flip: (top, left, bottom, right, flip).
+        crop-flip training: trainer.data.augment's random resized crop and flip; otherwise the
+        whole stored image, or for variable-size natural images the centre square of 0.875
+        of the shorter side (= resize it to size / 0.875 and crop size)."""
         if rng is not None and self.images.augment == "crop-flip":
-            x = apply_view(x, draw_view(rng, tuple(x.shape[-2:]), self._aug), self._aug)
-        else:
-            x = self._eval_resize(x)
-            if rng is not None and self.images.augment == "flip" and rng.random() < 0.5:
-                x = x.flip(-1)
-        return x, target, i
+            p = draw_view(rng, (h, w), self._aug)
+            return np.array([*p[[TOP, LEFT, BOTTOM, RIGHT]], p[FLIP]], np.float32)
+        top, left, bottom, right = 0, 0, h, w
+        if self.image_spec.shape is None:
+            side = round(min(h, w) * EVAL_CROP)
+            top, left = (h - side) // 2, (w - side) // 2
+            bottom, right = top + side, left + side
+        flip = rng is not None and self.images.augment == "flip" and rng.random() < 0.5
+        return np.array([top, left, bottom, right, flip], np.float32)
+
+    def _encoded(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """The JPEG's bytes and its box: the box the torch path would crop, so both paths see
+        the same pixels up to the JPEG decoder."""
+        path = self.table.shard_paths[self.table.shard[i]]
+        data = self.reader.read_bytes(path, int(self.table.offset[self.image_ext][i]), int(self.table.size[self.image_ext][i]))
+        from PIL import Image
+        with Image.open(io.BytesIO(data)) as im:   # reads the header only: the size
+            w, h = im.size
+        return np.frombuffer(data, np.uint8), self._box(h, w, rng)
 
     def _image(self, arr: np.ndarray) -> torch.Tensor:
         """Decoded member -> float32 [3, H, W] in [0, 1]."""
@@ -116,16 +145,6 @@ class LabelledSplit(Dataset):
             raise TrainerError(f"image member {self.image_ext!r} has {x.shape[0]} channels; the encoder takes 1 or 3")
         return x
 
-    def _eval_resize(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.images.image_size
-        h, w = x.shape[-2:]
-        if self.image_spec.shape is None:  # variable-size natural images: resize + centre crop
-            scale = s / EVAL_CROP / min(h, w)
-            x = _resize(x, (max(s, round(h * scale)), max(s, round(w * scale))))
-            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-            return x[:, top:top + s, left:left + s]
-        return x if (h, w) == (s, s) else _resize(x, (s, s))
-
     def _resize_pair(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.images.image_size
         if tuple(x.shape[-2:]) == (s, s):
@@ -133,14 +152,80 @@ class LabelledSplit(Dataset):
         return _resize(x, (s, s)), F.interpolate(y[None, None].float(), size=(s, s), mode="nearest")[0, 0].long()
 
 
+def _crop_resize(x: torch.Tensor, box: np.ndarray, size: int) -> torch.Tensor:
+    top, left, bottom, right, flip = (int(v) for v in box)
+    x = x[:, top:bottom, left:right]
+    if tuple(x.shape[-2:]) != (size, size):
+        x = _resize(x, (size, size))
+    return x.flip(-1) if flip else x
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def batches(split: LabelledSplit, plan: np.ndarray, epoch: int, workers: int,
-            pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches of the rows of `plan` ([steps, batch] sample ids), in order, decoded by `workers` processes."""
+def _collate_encoded(samples):
+    return ([s[0][0] for s in samples], np.stack([s[0][1] for s in samples]),
+            torch.stack([s[1] for s in samples]), torch.tensor([s[2] for s in samples]))
+
+
+def batches(split: LabelledSplit, plan: np.ndarray, epoch: int, workers: int, pin_memory: bool = False,
+            jpeg_decoder: "DaliJpegDecoder | None" = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches (x, y, sample ids) of the rows of `plan` ([steps, batch] sample ids), in order,
+    read by `workers` processes; JPEGs decoded by `jpeg_decoder` (DALI) when given."""
     sampler = [[(int(i), epoch) for i in row] for row in plan]
-    loader = DataLoader(split, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    yield from loader
+    split.encoded = jpeg_decoder is not None
+    loader = DataLoader(split, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory and not split.encoded,
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        collate_fn=_collate_encoded if split.encoded else None)
+    for batch in loader:
+        if jpeg_decoder is None:
+            yield batch
+        else:
+            jpegs, boxes, y, ids = batch
+            yield jpeg_decoder(jpegs, boxes), y, ids
+
+
+class DaliJpegDecoder:
+    """JPEG decode, crop-resize and flip with NVIDIA DALI: nvJPEG on the GPU ("mixed" decoder),
+    or DALI's CPU-only mode with device cpu (what the tests run). Fed per batch with the
+    encoded bytes and boxes LabelledSplit(encoded=True) yields; returns float32
+    [B, 3, S, S] in [0, 1] on the device. Decoding full-size JPEGs is where natural-image
+    fine-tuning spends its CPU time, hence the GPU."""
+
+    def __init__(self, image_size: int, max_batch: int, device: torch.device, threads: int = 4):
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+        except ImportError as exc:
+            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); or use --loader torch") from exc
+        gpu = device.type == "cuda"
+        self.device = device
+
+        @pipeline_def(batch_size=max_batch, num_threads=threads, device_id=(device.index or 0) if gpu else None,
+                      exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
+        def decode():
+            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
+            start = fn.external_source(name="start", dtype=types.FLOAT)
+            end = fn.external_source(name="end", dtype=types.FLOAT)
+            flip = fn.external_source(name="flip", dtype=types.INT32)
+            img = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            img = fn.resize(img, size=[image_size, image_size], roi_start=start, roi_end=end, roi_relative=False,
+                            interp_type=types.INTERP_LINEAR, antialias=True)
+            img = fn.flip(img, horizontal=flip)
+            return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=[0.0, 0.0, 0.0],
+                                            std=[255.0, 255.0, 255.0])
+
+        self.pipe = decode()
+        self.pipe.build()
+
+    def __call__(self, jpegs: list[np.ndarray], boxes: np.ndarray) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        self.pipe.feed_input("jpegs", jpegs)
+        self.pipe.feed_input("start", [np.ascontiguousarray(b[0:2]) for b in boxes])
+        self.pipe.feed_input("end", [np.ascontiguousarray(b[2:4]) for b in boxes])
+        self.pipe.feed_input("flip", [np.array(int(b[4]), np.int32) for b in boxes])
+        (out,) = self.pipe.run()
+        dense = out.as_tensor()
+        x = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+        feed_ndarray(dense, x, cuda_stream=torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None)
+        return x
