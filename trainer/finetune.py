@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,4 +469,8 @@ def _tool_version() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainerError as exc:  # a mistake the user can fix: one line, exit code 2 (as the tlx CLI does)
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -202,3 +202,13 @@ def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoin
     p1, p2 = (pl.read_parquet(tmp_path / d / "predictions.parquet").sort("sample") for d in ("one", "two"))
     assert p1["sample"].to_list() == p2["sample"].to_list() and len(p1) == 15
     assert p1["pred"].to_list() == p2["pred"].to_list()
+
+
+def test_command_line_user_errors_are_one_line_and_exit_2(ct):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "trainer.finetune", "--task", "radnet", "--data", str(ct),
+                           "--setting", "linear", "--init", "missing.pt"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "Error: --init 'missing.pt': no such file; give 'scratch', a torchvision-layout " \
+                                  "state dict (.pth) or a tlx checkpoint (.pt)"
