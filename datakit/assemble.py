@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from datakit.errors import DatakitError
 from datakit.manifest import (FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json, tmp_name,
                               write_json_atomic)
+from datakit.plan import REJECT_SCHEMA
 from datakit.shards import TMP_SUFFIX, ShardWriter, index_path_for, sha256_file
 from datakit.write_config import WriteConfig
 from datakit.write_convert import MEMBER_EXT
@@ -49,8 +50,6 @@ SLICE_SCHEMA = pa.schema([
 VOLUME_SCHEMA = pa.schema([
     ("volume", pa.string()), ("patient", pa.string()), ("label", pa.string()), ("split", pa.string()),
     ("files", pa.int32()), ("slices_kept", pa.int32()), ("kept", pa.bool_()), ("reason", pa.string())])
-REJECT_SCHEMA = pa.schema([("path", pa.string()), ("volume", pa.string()), ("stage", pa.string()),
-                           ("code", pa.string()), ("reason", pa.string())])
 INDEX_DETAILS = ("path", "slice_pos", "pixel_spacing_row", "pixel_spacing_col", "slice_thickness")
 
 
@@ -89,11 +88,12 @@ def decide(slices: pl.DataFrame, config: WriteConfig, targets: dict | None) -> p
         .otherwise(pl.col("reason")))
     # Pixel-identical slices: the first by (volume, slice_index) stays.
     alive = slices.filter(pl.col("code").is_null()).sort("pixel_hash", "volume", "slice_index")
-    first = alive.select("pixel_hash", kept_path="path", kept_volume="volume").unique("pixel_hash", keep="first",
-                                                                                        maintain_order=True)
+    first = alive.select("pixel_hash", kept_path="path", kept_volume="volume", kept_slice="slice_index").unique(
+        "pixel_hash", keep="first", maintain_order=True)
     dups = (alive.filter(~pl.col("pixel_hash").is_first_distinct()).join(first, on="pixel_hash")
-            .select("row", dup_reason=pl.format("pixel-identical to {} (volume {}), which is kept", "kept_path",
-                                                "kept_volume")))
+            .select("row", duplicate_of="kept_path",
+                    dup_reason=pl.format("pixel-identical to slice {} of volume {}, which is kept (the file named in "
+                                         "duplicate_of)", "kept_slice", "kept_volume")))
     slices = slices.join(dups, on="row", how="left").with_columns(
         code=pl.when(pl.col("dup_reason").is_not_null()).then(pl.lit("duplicate-pixels")).otherwise(pl.col("code")),
         reason=pl.coalesce("dup_reason", "reason")).drop("dup_reason")
@@ -225,7 +225,7 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
 def _rejects(layout: Layout, slices: pl.DataFrame) -> pl.DataFrame:
     """Plan rejects (scan and plan stages, in index order), then write rejects by volume and slice."""
     at_write = slices.filter(pl.col("code").is_not_null()).sort("volume", "slice_index").select(
-        "path", "volume", stage=pl.lit("write"), code="code", reason="reason")
+        "path", "volume", stage=pl.lit("write"), code="code", reason="reason", duplicate_of="duplicate_of")
     return pl.concat([pl.read_parquet(layout.plan_rejects), at_write], how="vertical_relaxed")
 
 

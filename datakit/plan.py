@@ -57,8 +57,9 @@ ID_COLUMNS = ("patient", "series", "sop")
 DECISION_COLUMNS = ("reject_code", *ID_COLUMNS, "slice_pos", "instance_number", "label")
 DETAIL_COLUMNS = ("path", "reject_code", "reject_reason", "series", "label_rule", "label_keyword", "label_field")
 
+# `path` and `duplicate_of` are source paths (relative to the DICOM root), for the operator only.
 REJECT_SCHEMA = pa.schema([("path", pa.string()), ("volume", pa.string()), ("stage", pa.string()),
-                           ("code", pa.string()), ("reason", pa.string())])
+                           ("code", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string())])
 VOLUME_SCHEMA = pa.schema([
     ("volume", pa.string()), ("patient", pa.string()), ("label", pa.string()), ("label_rule", pa.string()),
     ("label_keyword", pa.string()), ("label_field", pa.string()), ("split", pa.string()), ("files", pa.int32()),
@@ -173,7 +174,7 @@ def _dense_codes(scan: pl.LazyFrame) -> tuple[Ids, list[pl.Series]]:
         col = scan.select(c).collect()[c]
         uniq = col.drop_nulls().unique().sort()
         names[c] = uniq.to_numpy()
-        codes.append(col.rank("dense").cast(pl.UInt64).sub(1).alias(c))
+        codes.append((col.rank("dense").cast(pl.UInt64) - 1).alias(c))
     return Ids(hex_digits=None, names=names), codes
 
 
@@ -186,10 +187,11 @@ def read_paths(path: Path, rows: np.ndarray) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- the steps
 
-def _reject(frame: pl.DataFrame, code: str, reason: pl.Expr | str) -> pl.DataFrame:
-    """Rows of `frame` as plan rejects: row, series, code, reason."""
+def _reject(frame: pl.DataFrame, code: str, reason: pl.Expr | str, duplicate_of: pl.Expr | None = None) -> pl.DataFrame:
+    """Rows of `frame` as plan rejects: row, series, code, reason, duplicate_of (the kept copy's path)."""
     reason = pl.lit(reason) if isinstance(reason, str) else reason
-    return frame.select(pl.col("row"), pl.col("series"), code=pl.lit(code), reason=reason.cast(pl.String))
+    return frame.select(pl.col("row"), pl.col("series"), code=pl.lit(code), reason=reason.cast(pl.String),
+                        duplicate_of=pl.lit(None, pl.String) if duplicate_of is None else duplicate_of)
 
 
 def candidates(index: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
@@ -223,8 +225,8 @@ def dedup_sop(cand: pl.DataFrame, copies: pl.DataFrame) -> tuple[pl.DataFrame, p
     first = dups["sop"].is_first_distinct()
     kept = dups.filter(first).select("sop", kept_path=pl.col("path"))
     losers = dups.filter(~first).join(kept, on="sop")
-    rejects = _reject(losers, "duplicate-sop",
-                      pl.format("same SOPInstanceUID as {} (a copy of that file, which is kept)", "kept_path"))
+    rejects = _reject(losers, "duplicate-sop", "same SOPInstanceUID as another file (a copy; the file named "
+                      "in duplicate_of is kept)", duplicate_of=pl.col("kept_path"))
     return cand.filter(~pl.col("row").is_in(losers["row"].implode())), rejects
 
 
@@ -292,28 +294,52 @@ def order_slices(cand: pl.DataFrame, vols: pl.DataFrame) -> tuple[pl.DataFrame, 
 
 
 def assign_splits(units: pl.DataFrame, config: PlanConfig, classes: list[str]) -> pl.DataFrame:
-    """Step 6: a split per unit (patient or volume); `units` has unit (str), label, slices.
+    """Step 6: a split per unit (patient or volume). `units`: one row per (unit, label, slices).
 
-    Stratified systematic assignment: units are sorted by label, then in a seeded random
-    order; walking this list, each unit's cumulative slice position (its middle) modulo a
-    period says its split: the first `train` share of each period goes to train, the next
-    `val` share to val, the rest to test. Every label spans consecutive periods and so
-    gets each split's share of its slices (up to a unit at its edges), and the whole set
-    gets it up to about a unit per period. A period holds about 2 / (smallest positive
-    fraction) units, so each period has room for a unit of every split.
+    Iterative stratification (after Sechidis et al. 2011, on slice counts): units are
+    taken in a seeded random order, and each goes whole to the split where it most
+    reduces the squared relative shortfall of the whole set and of every label it holds:
 
-    A patient whose volumes have several labels is stratified by the label of most of
-    their slices (ties: class order); all their volumes go to the one split.
+        cost(s) = sum over g in {all} + the unit's labels of  ((a[s,g] + c_g - d[s,g])^2 - (a[s,g] - d[s,g])^2) / T_g^2
+
+    with a = slices assigned so far, d = fraction_s * T_g, T_g = all slices of g. A label
+    takes part only if at least 2 / (smallest positive fraction) units hold it: a label of
+    a handful of units cannot be split by fractions (each unit is whole), and letting it
+    vote would send every such unit to the largest split. A patient with volumes of
+    several labels is placed by all of them at once. The whole set and every label that
+    takes part end within about one unit of their fractions; a split with fraction 0 gets
+    nothing; another seed gives another order, hence other splits.
     """
-    train, val, _ = config.fractions
-    cycles = max(1, int(len(units) * min(f for f in config.fractions if f > 0) / 2))
-    units = (units.with_columns(class_index=_class_index(classes),
-                                rand=pl.Series(stable_key(config.seed, "split", units["unit"].to_list())))
-             .sort("class_index", "rand"))
-    sizes = units["slices"].to_numpy().astype(np.float64)
-    phase = ((np.cumsum(sizes) - sizes / 2) * cycles / sizes.sum()) % 1.0
-    split = np.where(phase < train, "train", np.where(phase < train + val, "val", "test"))
-    return units.select("unit", split=pl.Series(split))
+    fractions = config.fractions
+    min_units = math.ceil(2 / min(f for f in fractions if f > 0))
+    indexed = units.with_columns(g=_class_index(classes).cast(pl.Int32))
+    holders = indexed.group_by("g").agg(n=pl.len(), total=pl.col("slices").sum())
+    voting = set(holders.filter(pl.col("n") >= min_units)["g"].to_list())
+    total = dict(zip(holders["g"].to_list(), holders["total"].to_list()))
+    total[-1] = sum(total.values())  # -1: the whole set
+    per_unit = (indexed.filter(pl.col("g").is_in(list(voting)))
+                .vstack(indexed.group_by("unit").agg(label=pl.lit(None, pl.String), slices=pl.col("slices").sum(),
+                                                     g=pl.lit(-1, pl.Int32)).select(indexed.columns))
+                .group_by("unit").agg(groups=pl.col("g"), counts=pl.col("slices").cast(pl.Float64)))
+    per_unit = per_unit.with_columns(rand=pl.Series(stable_key(config.seed, "split", per_unit["unit"].to_list())))
+    per_unit = per_unit.sort("rand")
+    desired = [{g: f * t for g, t in total.items()} for f in fractions]
+    assigned = [dict.fromkeys(total, 0.0) for _ in fractions]
+    weight = {g: 1.0 / max(t, 1) ** 2 for g, t in total.items()}
+    splits = []
+    for groups, counts in zip(per_unit["groups"].to_list(), per_unit["counts"].to_list()):
+        best, best_cost = 0, math.inf
+        for s in range(len(fractions)):
+            if fractions[s] <= 0:
+                continue
+            a, d = assigned[s], desired[s]
+            cost = sum(weight[g] * c * (c + 2 * (a[g] - d[g])) for g, c in zip(groups, counts))
+            if cost < best_cost:
+                best, best_cost = s, cost
+        for g, c in zip(groups, counts):
+            assigned[best][g] += c
+        splits.append(SPLITS[best])
+    return per_unit.select("unit", split=pl.Series(splits, dtype=pl.String))
 
 
 def largest_remainder(total: int, weights: dict) -> dict:
@@ -435,12 +461,7 @@ def _with_splits(vols: pl.DataFrame, config: PlanConfig, classes: list[str]) -> 
     ok = vols.filter("usable")
     if ok.is_empty():
         return vols.with_columns(split=pl.lit(None, pl.String))
-    units = (ok.group_by(unit, "label").agg(pl.col("slices").sum())
-             .with_columns(class_index=_class_index(classes))
-             .sort(unit, "slices", "class_index", descending=[False, True, False])
-             .unique(unit, keep="first", maintain_order=True)
-             .join(ok.group_by(unit).agg(total=pl.col("slices").sum()), on=unit)
-             .select(unit=pl.col(unit), label="label", slices="total"))
+    units = ok.group_by(unit, "label").agg(pl.col("slices").sum()).rename({unit: "unit"})
     splits = assign_splits(units, config, classes).rename({"unit": unit})
     return vols.join(splits, on=unit, how="left").with_columns(
         split=pl.when("usable").then(pl.col("split")))
@@ -471,9 +492,10 @@ def write_rejects(layout: Layout, plan: Plan) -> tuple[pl.DataFrame, pl.DataFram
             scan_series.append(at_scan.select("series", "reject_code"))
             both = pl.concat([
                 at_scan.select("row", "path", volume="series", stage=pl.lit("scan"), code="reject_code",
-                               reason="reject_reason"),
+                               reason="reject_reason", duplicate_of=pl.lit(None, pl.String)),
                 batch.select("row", "path").join(rejects, on="row").select(
-                    "row", "path", "volume", stage=pl.lit("plan"), code="code", reason="reason")])
+                    "row", "path", "volume", stage=pl.lit("plan"), code="code", reason="reason",
+                    duplicate_of="duplicate_of")])
             out.write_table(both.sort("row").drop("row").to_arrow().cast(REJECT_SCHEMA))
             label_details.append(batch.join(label_rows, on="row", how="semi")
                                  .select("row", "label_rule", "label_keyword", "label_field"))
