@@ -275,7 +275,8 @@ def _comparisons_section(rep: Report) -> list[str]:
             c = next(c for c in rep.comparisons if c.group == group and c.metric == metric
                      and c.init_a == a and c.init_b == b)
             mark = " *" if c.test.p < rep.options.alpha else ""
-            body.append([a, b, f"{c.delta_pct:+.2f}", fmt(c.test.t, 3), fmt(c.test.df, 2), fmt_p(c.test.p) + mark])
+            delta = f"{c.delta_pct:+.2f}" if math.isfinite(c.delta_pct) else "n/a"
+            body.append([a, b, delta, fmt(c.test.t, 3), fmt(c.test.df, 2), fmt_p(c.test.p) + mark])
         lines += table(["init a", "init b", "Δ % (a vs b)", "t", "df", "p"], body)
     if shown == 0:
         rep.notes["pairwise comparisons"].append("no task has results for two or more inits")
@@ -318,8 +319,8 @@ def _scale_adjusted(rep: Report, rows: list[ResultRow], runs_dir) -> list[Result
     else:
         sized = sorted((sizes[i], i) for i in inits_with_results if i in sizes)
         if len(sized) != 2 or sized[0][0] == sized[1][0]:
-            notes.append(f"which two pretraining sets to interpolate between is not clear (inits with a known "
-                         f"pretraining size and results: {[i for _, i in sized] or 'none'}); "
+            notes.append(f"needs results for two pretraining sets of different, known sizes (found: "
+                         f"{', '.join(f'{i} ({n:,})' for n, i in sized) or 'none'}); "
                          f"pass --scale-pair SMALL:LARGE and, if needed, --size INIT=N")
             return []
         (_, small), (_, large) = sized
