@@ -17,7 +17,9 @@ Three ways to count the joint histograms of all pairs, with identical results:
   ka*bins) and B (pixels, kb*bins), accumulated over pixel chunks. bins^2 / bins = 64
   times more arithmetic than bincount, so slower on a CPU; it is the GPU formulation.
 - "torch": the same one-hot product as one int8 matrix product with int32
-  accumulation (torch._int_mm: exact counts, tensor cores) on `device`.
+  accumulation (torch._int_mm: exact counts, tensor cores) on `device`;
+  "torch-float": the same in float32 (exact too: 0/1 inputs, float32 accumulation
+  of counts below 2^24, also under TF32), should int8 products be unavailable.
 Every count table is checked to sum to the pixel count, so an inexact product fails loudly.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from analysis.errors import AnalysisError
 
-METHODS = ("bincount", "onehot", "torch")
+METHODS = ("bincount", "onehot", "torch", "torch-float")
 
 
 def quantize(slices, bins: int = 64, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -121,8 +123,8 @@ def _joint_counts_onehot(codes_a, codes_b, bins: int, chunk: int = 2048) -> np.n
     return acc.reshape(ka, bins, kb, bins).transpose(0, 2, 1, 3).round().astype(np.int64)
 
 
-def _torch_counts(codes_a, codes_b, bins: int, device: str):
-    """(ka, kb, bins, bins) int32 joint counts as one int8 one-hot product, left on `device`."""
+def _torch_counts(codes_a, codes_b, bins: int, device: str, int8: bool = True):
+    """(ka, kb, bins, bins) joint counts as one one-hot product (int8 or float32), left on `device`."""
     import torch  # optional accelerator: only imported when asked for
 
     def onehot(codes):
@@ -135,7 +137,7 @@ def _torch_counts(codes_a, codes_b, bins: int, device: str):
 
     ka, kb = len(codes_a), len(codes_b)
     A, B = onehot(codes_a), onehot(codes_b)
-    if ka * bins <= 16:  # _int_mm needs more than 16 rows in its first operand
+    if not int8 or ka * bins <= 16:  # (_int_mm needs more than 16 rows in its first operand)
         counts = (A.T.float() @ B.float()).round().int()
     else:
         counts = torch._int_mm(A.T.contiguous(), B)  # exact int32 accumulation on int8 tensor cores
@@ -147,15 +149,15 @@ def _torch_counts(codes_a, codes_b, bins: int, device: str):
     return counts
 
 
-def _joint_counts_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
-    return _torch_counts(codes_a, codes_b, bins, device).cpu().numpy().astype(np.int64)
+def _joint_counts_torch(codes_a, codes_b, bins: int, device: str, int8: bool = True) -> np.ndarray:
+    return _torch_counts(codes_a, codes_b, bins, device, int8).cpu().numpy().astype(np.int64)
 
 
-def _joint_xlogx_torch(codes_a, codes_b, bins: int, device: str) -> np.ndarray:
+def _joint_xlogx_torch(codes_a, codes_b, bins: int, device: str, int8: bool = True) -> np.ndarray:
     """(ka, kb) sum of C log C per pair, reduced on the device: only ka*kb numbers come back."""
     import torch
 
-    counts = _torch_counts(codes_a, codes_b, bins, device).double()
+    counts = _torch_counts(codes_a, codes_b, bins, device, int8).double()
     return torch.special.xlogy(counts, counts).sum((2, 3)).cpu().numpy()
 
 
@@ -171,8 +173,8 @@ def joint_counts(codes_a, codes_b, bins: int, method: str = "onehot", device: st
         raise AnalysisError(f"slices differ in pixel count: {codes_a.shape[1]} vs {codes_b.shape[1]}")
     if method == "onehot":
         counts = _joint_counts_onehot(codes_a, codes_b, bins)
-    elif method == "torch":
-        counts = _joint_counts_torch(codes_a, codes_b, bins, device)
+    elif method in ("torch", "torch-float"):
+        counts = _joint_counts_torch(codes_a, codes_b, bins, device, int8=method == "torch")
     elif method == "bincount":
         counts = np.stack([_bincount_counts(a, codes_b, bins) for a in codes_a])
         counts = counts.reshape(len(codes_a), len(codes_b), bins, bins)
@@ -212,8 +214,8 @@ class PairwiseMI:
         n = codes_a.shape[1]
         if self.method == "bincount":
             return np.stack([_joint_xlogx_bincount(a, codes_b, self.bins) for a in codes_a])
-        if self.method == "torch":
-            return _joint_xlogx_torch(codes_a, codes_b, self.bins, self.device)
+        if self.method in ("torch", "torch-float"):
+            return _joint_xlogx_torch(codes_a, codes_b, self.bins, self.device, int8=self.method == "torch")
         counts = joint_counts(codes_a, codes_b, self.bins, self.method, self.device)
         return _xlogx(n)[counts].sum((2, 3))
 

@@ -154,7 +154,7 @@ def _print_report(report) -> None:
               help="Processes (CPU) or reader threads (GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: the GPU when torch sees one.")
-@click.option("--method", type=click.Choice(["bincount", "onehot", "torch"]),
+@click.option("--method", type=click.Choice(["bincount", "onehot", "torch", "torch-float"]),
               help="How joint histograms are counted (default: bincount on CPU, torch on GPU).")
 def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_range, volumes, baseline_slices, seed,
                   workers, device, method):
