@@ -203,21 +203,31 @@ class PairwiseMI:
     unordered pair once; `between(a, b)` the (ka, kb) matrix of two sets of slices.
     """
 
-    def __init__(self, bins: int = 64, method: str = "bincount", device: str = "cpu"):
+    def __init__(self, bins: int = 64, method: str = "bincount", device: str = "cpu", block: int = 160):
         if method not in METHODS:
             raise AnalysisError(f"unknown MI method {method!r}; use one of {METHODS}")
         self.bins, self.method, self.device = bins, method, device
+        # At most `block` slices per side in one operation: memory stays bounded for thin-slice
+        # volumes of 1,000+ slices (a 160 x 160 block of one-hot products is ~2 GB on a GPU).
+        self.block = block
         self.evaluations = 0  # pairs whose joint histogram was counted
 
     def _sum_xlogx(self, codes_a, codes_b) -> np.ndarray:
-        """(ka, kb) sum of C log C over each pair's joint count table."""
-        n = codes_a.shape[1]
+        """(ka, kb) sum of C log C over each pair's joint count table, block by block."""
+        out = np.empty((len(codes_a), len(codes_b)))
+        for i in range(0, len(codes_a), self.block):
+            for j in range(0, len(codes_b), self.block):
+                out[i:i + self.block, j:j + self.block] = self._block_xlogx(codes_a[i:i + self.block],
+                                                                            codes_b[j:j + self.block])
+        return out
+
+    def _block_xlogx(self, codes_a, codes_b) -> np.ndarray:
         if self.method == "bincount":
             return np.stack([_joint_xlogx_bincount(a, codes_b, self.bins) for a in codes_a])
         if self.method in ("torch", "torch-float"):
             return _joint_xlogx_torch(codes_a, codes_b, self.bins, self.device, int8=self.method == "torch")
         counts = joint_counts(codes_a, codes_b, self.bins, self.method, self.device)
-        return _xlogx(n)[counts].sum((2, 3))
+        return _xlogx(codes_a.shape[1])[counts].sum((2, 3))
 
     def _from_joint(self, j: np.ndarray, h_a: np.ndarray, h_b: np.ndarray, n: int) -> np.ndarray:
         h_joint = np.log(n) - j / n
@@ -236,7 +246,9 @@ class PairwiseMI:
             # Each slice against the slices before it only: k (k - 1) / 2 pairs.
             j = np.zeros((k, k))
             for i in range(1, k):
-                j[i, :i] = _joint_xlogx_bincount(codes[i], codes[:i], self.bins)
+                for start in range(0, i, self.block):
+                    stop = min(i, start + self.block)
+                    j[i, start:stop] = _joint_xlogx_bincount(codes[i], codes[start:stop], self.bins)
             j = j + j.T
             self.evaluations += k * (k - 1) // 2
         else:

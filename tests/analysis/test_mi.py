@@ -59,6 +59,16 @@ def test_methods_agree_on_random_slices():
     np.testing.assert_allclose(np.diag(results[0]), entropies(codes, 64), atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["bincount", "onehot"])
+def test_blocks_give_the_same_matrix(method):
+    codes = quantize(np.random.default_rng(3).normal(size=(7, 12, 12)))
+    whole = PairwiseMI(64, method, block=100)
+    blocked = PairwiseMI(64, method, block=3)  # 7 slices in blocks of 3, 3 and 1
+    np.testing.assert_allclose(blocked.within(codes), whole.within(codes), atol=1e-12)
+    np.testing.assert_allclose(blocked.between(codes[:5], codes), whole.between(codes[:5], codes), atol=1e-12)
+    assert blocked.evaluations == whole.evaluations
+
+
 def test_evaluations_count_pairs():
     codes = quantize(np.random.default_rng(2).normal(size=(6, 8, 8)))
     engine = PairwiseMI(64, "bincount")
