@@ -208,7 +208,7 @@ class PairwiseMI:
             raise AnalysisError(f"unknown MI method {method!r}; use one of {METHODS}")
         self.bins, self.method, self.device = bins, method, device
         # At most `block` slices per side in one operation: memory stays bounded for thin-slice
-        # volumes of 1,000+ slices (a 160 x 160 block of one-hot products is ~2 GB on a GPU).
+        # volumes of 1,000+ slices (a 160 x 160 block of one-hot products peaks near 4 GB on a GPU).
         self.block = block
         self.evaluations = 0  # pairs whose joint histogram was counted
 
