@@ -51,8 +51,12 @@ def comparison_heatmap(inits: list[str], delta_pct: np.ndarray, p: np.ndarray, t
     axes[0].set_title("relative difference, row vs column")
     with np.errstate(divide="ignore"):
         logp = -np.log10(np.clip(p, 1e-12, 1))
-    p_text = [["" if i == j else ("n/a" if not math.isfinite(p[i, j]) else
-                                  f"{p[i, j]:.3g}{'*' if p[i, j] < alpha else ''}") for j in range(k)] for i in range(k)]
+    def p_label(i: int, j: int) -> str:
+        if i == j:
+            return ""
+        return "n/a" if not math.isfinite(p[i, j]) else f"{p[i, j]:.3g}{'*' if p[i, j] < alpha else ''}"
+
+    p_text = [[p_label(i, j) for j in range(k)] for i in range(k)]
     _annotated_heatmap(axes[1], logp, inits, p_text, "viridis", 0, max(3.0, float(np.nanmax(logp, initial=0))),
                        "-log10 p")
     axes[1].set_title(f"Welch two-sided p (* p < {alpha:g})")

@@ -367,10 +367,11 @@ def _scale_factors_section(rep: Report) -> list[str]:
 
 def _convergence_section(rep: Report) -> list[str]:
     opts = rep.options
+    kind = "relative to the best so far" if opts.relative_improvement else "absolute"
     lines = ["## Convergence", "",
              f"Time to convergence = first epoch after which the validation metric did not improve by at least "
-             f"{opts.min_improvement * 100:g}% ({'relative to the best so far' if opts.relative_improvement else 'absolute'}) "
-             f"for {opts.patience} epochs; runs that never met this are counted as not converged.", ""]
+             f"{opts.min_improvement * 100:g}% ({kind}) for {opts.patience} epochs; runs that never met this are "
+             f"counted as not converged.", ""]
     with_curves = [r for r in rep.runs if r.curve]
     lines += _missing("No metrics.jsonl (no curve)", [r for r in rep.runs if not r.curve])
     if not with_curves:
@@ -435,7 +436,7 @@ def _reuse_section(rep: Report) -> list[str]:
     for row in rep.reuse:
         cells[(GroupKey(row["task"], row["setting"], row["fraction"]), row["init"], row["layer"])].append(row)
     body = []
-    for (group, init, layer), rows in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], LAYERS.index(kv[0][2]))):
+    for (group, init, layer), rows in sorted(cells.items(), key=lambda kv: (*kv[0][:2], LAYERS.index(kv[0][2]))):
         def stat(key):
             vals = [r[key] for r in rows if r[key] is not None]
             return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "n/a"

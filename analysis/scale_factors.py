@@ -355,7 +355,8 @@ def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None =
     }
     population = len(ds)
     if cfg.lower:
-        out["s_lb"] = aggregate(slices, slices / np.array([r.s_lb for r in ok]), population) if ok else aggregate([], [], population)
+        effective = slices / np.array([r.s_lb for r in ok]) if ok else np.array([])
+        out["s_lb"] = aggregate(slices, effective, population)
         out["s_lb"].update(compressor=cfg.compressor, level=cfg.level or COMPRESSORS[cfg.compressor])
     if cfg.upper:
         out["s_ub"] = aggregate(slices, np.array([r.ub_effective_slices for r in ok]), population)
@@ -399,7 +400,8 @@ def load_results(path: Path | str) -> dict[str, ScaleFactor]:
     except (OSError, json.JSONDecodeError) as exc:
         raise AnalysisError(f"cannot read scale factors from {path}: {exc}") from exc
     if data.get("format") != RESULT_FORMAT or data.get("version") != RESULT_VERSION:
-        raise AnalysisError(f"{path} is not a {RESULT_FORMAT} v{RESULT_VERSION} file (write it with `tlx scale-factors`)")
+        raise AnalysisError(f"{path} is not a {RESULT_FORMAT} v{RESULT_VERSION} file "
+                            f"(write it with `tlx scale-factors`)")
     out = {}
     for bound in ("lb", "ub"):
         entry = data.get(f"s_{bound}")

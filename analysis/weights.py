@@ -33,7 +33,8 @@ def load_first_layers(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise AnalysisError(f"{path} lacks {missing} (has {sorted(npz.files)})")
             init, final = npz[keys[0]], npz[keys[1]]
             if init.shape != final.shape or init.ndim != 4:
-                raise AnalysisError(f"{path}: {name} init {init.shape} and final {final.shape} must be equal 4-D shapes")
+                raise AnalysisError(f"{path}: {name} init {init.shape} and final {final.shape} "
+                                    f"must be equal 4-D shapes")
             out[name] = (init.astype(np.float64), final.astype(np.float64))
     return out
 

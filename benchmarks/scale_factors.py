@@ -77,8 +77,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--volumes", type=int, default=2, help="volumes timed (one more is made as the baseline)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--method", choices=["bincount", "onehot", "torch", "torch-float"], help="default: bincount (cpu), torch (cuda)")
-    parser.add_argument("--baseline-slices", type=int, help="slices of the other volume in the MI baseline (default: all)")
+    parser.add_argument("--method", choices=["bincount", "onehot", "torch", "torch-float"],
+                        help="default: bincount (cpu), torch (cuda)")
+    parser.add_argument("--baseline-slices", type=int,
+                        help="slices of the other volume in the MI baseline (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/scale_factors.json"))
     args = parser.parse_args(argv)

@@ -172,7 +172,8 @@ def test_feature_reuse_is_the_cka_of_the_weights(tree):
 
 def test_overlap_and_similarity_are_counted_from_the_predictions(tree):
     _, out, _, truth = tree
-    names = sorted(ACC)  # radnet-large, radnet-small, scratch; seed rank 0 of each (large has one seed with predictions)
+    # radnet-large, radnet-small, scratch: seed rank 0 of each (radnet-large has one seed with predictions)
+    names = sorted(ACC)
     matrix = np.array([[truth["correct"][(n, 0)][f"s{u:03d}"] for u in range(UNITS)] for n in names])
     overlap = pl.read_csv(out / "overlap.csv")
     for row in overlap.iter_rows(named=True):
@@ -250,8 +251,9 @@ def test_what_the_trainer_writes_in_odd_cases(tmp_path):
         write_run(root, "simclr", name, 0, setting="pretrain", data_train_samples=100 if name == "ct-small" else 900,
                   curve=[{"epoch": 1, "train_loss": 3.0}])
     rng = np.random.default_rng(0)
+    layers = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
     tiny = {f"{when}/{name}": rng.normal(size=(2, 2, 3, 3)).astype(np.float32)
-            for when in ("init", "final") for name in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")}
+            for when in ("init", "final") for name in layers}
     for init in ("ct-small", "ct-large"):
         for seed in (0, 1):
             metrics = {"dice_liver": 0.8 + 0.01 * seed + (init == "ct-large") * 0.05, "dice_tumor": None,
