@@ -105,8 +105,10 @@ def read_summary_csv(path: Path | str, ddof: int = 0) -> list[ResultRow]:
             std = _field(row, "std", line, path, float)
             if std < 0:
                 raise AnalysisError(f"{path}:{line}: std must be >= 0, got {std}")
+            fraction = _field(row, "fraction", line, path, float) if (row.get("fraction") or "").strip() \
+                else SUMMARY_DEFAULTS["fraction"]
             group = GroupKey(row["task"].strip(), (row.get("setting") or "").strip() or SUMMARY_DEFAULTS["setting"],
-                             float((row.get("fraction") or "").strip() or SUMMARY_DEFAULTS["fraction"]))
+                             fraction)
             ident = (group, row["metric"].strip(), row["init"].strip())
             if ident in seen:
                 raise AnalysisError(f"{path}:{line}: a second row for {ident[0].label()} {ident[1]} {ident[2]}")

@@ -214,6 +214,9 @@ def test_summary_table_errors_name_the_problem(tmp_path):
     csv.write_text("task,metric,init,mean,std,n,ddof\nlits,dice,a,0.9,0.1,4,2\n")
     with pytest.raises(AnalysisError, match="bad.csv:2: ddof 2 is not allowed; use one of \\(0, 1\\)"):
         build_report(None, tmp_path / "r", summary=csv)
+    csv.write_text("task,metric,init,mean,std,n,ddof,fraction\nlits,dice,a,0.9,0.1,4,1,half\n")
+    with pytest.raises(AnalysisError, match="bad.csv:2: fraction 'half' is not a valid float"):
+        build_report(None, tmp_path / "r", summary=csv)
     with pytest.raises(AnalysisError, match="nothing to analyse"):
         build_report(None, tmp_path / "r")
 
