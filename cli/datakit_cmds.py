@@ -268,3 +268,8 @@ def print_write(s) -> None:
     f = m["files"]
     console.print(f"files: {f['found']} found = {f['kept']} kept + {f['rejected']} rejected ("
                   + ", ".join(f"{c} {n}" for c, n in f["rejected_by_code"].items()) + ")")
+    subset = m.get("subset")
+    if subset and subset["short"]:
+        gaps = ", ".join(f"{s}/{lab} {n}" for s, by in subset["short"].items() for lab, n in by.items())
+        console.print(f"warning: the subset has {subset['written']} of {subset['size']} slices (short: {gaps}); "
+                      "write's filters dropped more than --subset-margin allowed for: re-plan with a larger margin")

@@ -116,6 +116,21 @@ def _cut_subset(slices: pl.DataFrame, targets: dict) -> pl.DataFrame:
         .otherwise(pl.col("reason"))).drop("cut")
 
 
+def subset_report(kept: pl.DataFrame, targets: dict | None) -> dict | None:
+    """How the written subset compares with its targets. A (split, label) falls short when the
+    volumes plan picked (target x (1 + subset_margin) planned slices) lost more than the margin
+    to write's filters; the cure is a larger --subset-margin."""
+    if not targets:
+        return None
+    got = {(s, lab): n for s, lab, n in kept.group_by("split", "label").len().rows()}
+    short: dict[str, dict[str, int]] = {}
+    for s, by in targets.items():
+        for lab, t in by.items():
+            if got.get((s, lab), 0) < t:
+                short.setdefault(s, {})[lab] = t - got.get((s, lab), 0)
+    return {"size": sum(t for by in targets.values() for t in by.values()), "written": len(kept), "short": short}
+
+
 def place(kept: pl.DataFrame, layout: Layout, per_shard: int) -> pl.DataFrame:
     """shard (path relative to the dataset) and position of every kept slice."""
     kept = kept.sort("order").with_columns(n=pl.int_range(pl.len()).over("split"))
@@ -266,5 +281,6 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
         "splits": splits,
         "files": {"found": found, "kept": len(kept), "rejected": len(rejects),
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
+        **({"subset": subset} if (subset := subset_report(kept, plan_json.get("subset_targets"))) else {}),
         "shards": shard_list,
     }
