@@ -4,7 +4,6 @@ import io
 import numpy as np
 import polars as pl
 import pytest
-import webdataset as wds
 import zstandard
 from PIL import Image
 
@@ -12,15 +11,7 @@ from datakit.convert.builder import DatasetBuilder, Staged
 from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder
 from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
 from datakit.errors import DatakitError
-from tests.fixtures.task_datasets import FINDINGS, write_chestxray, write_class_folders
-
-
-def _read_all(out, manifest):
-    got = {}
-    for s in manifest["shards"]:
-        for sample in wds.WebDataset(str(out / s["path"]), shardshuffle=False):
-            got[sample["__key__"]] = (s["split"], sample)
-    return got
+from tests.fixtures.task_datasets import FINDINGS, read_shards, write_chestxray, write_class_folders
 
 
 def test_chestxray_multilabel_patient_split_and_rejects(tmp_path):
@@ -44,7 +35,7 @@ def test_chestxray_multilabel_patient_split_and_rejects(tmp_path):
     assert m["splits"]["val"]["patients"] == 4  # 20% of the 18 patients not in the test list, rounded
     csv = pl.read_csv(csv_path)
     truth = dict(zip(csv["Image Index"], csv["Finding Labels"]))
-    for key, (split, sample) in _read_all(out, m).items():
+    for key, (split, sample) in read_shards(out, m).items():
         hot = np.frombuffer(sample["labels"], np.uint8)
         expected = {f for f in truth[f"{key}.png"].split("|") if f != "No Finding"}
         assert {c for c, h in zip(m["classes"], hot) if h} == expected
@@ -79,7 +70,7 @@ def test_class_folder_jpg_cls_with_eval_root(natural):
     assert m["splits"]["val"]["by_label"] == {"bird": 2, "cat": 2, "dog": 2}   # eval split evenly per class
     slices = pl.read_parquet(out / "slices.parquet")
     src = natural / "train" / "bird" / "bird_3.JPEG"
-    for key, (split, sample) in _read_all(out, m).items():
+    for key, (split, sample) in read_shards(out, m).items():
         row = slices.filter(pl.col("key") == key).row(0, named=True)
         assert int(sample["cls"]) == m["classes"].index(row["label"])
         rgb = np.asarray(Image.open(io.BytesIO(sample["jpg"]))).reshape(-1, 3).mean(0)

@@ -1,24 +1,13 @@
 """`tlx convert nifti-seg`: LiTS and BraTS layouts -> segmentation shards with masks, split by patient."""
-import json
 
 import numpy as np
 import polars as pl
 import pytest
-import webdataset as wds
 import zstandard
 
 from datakit.convert.nifti_seg import NiftiSegOptions, convert_nifti_seg
 from datakit.errors import DatakitError
-from tests.fixtures.task_datasets import LITS_HU, write_brats_cases, write_lits_cases
-
-
-def _samples(out, manifest):
-    """Every sample of every shard, read back with the webdataset package: key -> (split, members)."""
-    got = {}
-    for s in manifest["shards"]:
-        for sample in wds.WebDataset(str(out / s["path"]), shardshuffle=False):
-            got[sample["__key__"]] = (s["split"], sample)
-    return got
+from tests.fixtures.task_datasets import LITS_HU, read_shards, write_brats_cases, write_lits_cases
 
 
 def _arr(data, spec):
@@ -57,7 +46,7 @@ def test_lits_manifest_counts_and_nothing_lost(lits):
 
 def test_lits_shards_hold_masks_that_match_the_image(lits):
     out, m = lits
-    samples = _samples(out, m)
+    samples = read_shards(out, m)
     slices = pl.read_parquet(out / "slices.parquet")
     assert set(samples) == set(slices["key"])
     for row in slices.iter_rows(named=True):
@@ -81,7 +70,7 @@ def test_brats_preset_keeps_t1_t1ce_flair_maps_labels_and_drops_empty_slices(tmp
     assert m["members"]["img.zst"]["shape"] == [3, 16, 16]
     volumes = pl.read_parquet(out / "volumes.parquet")
     assert volumes["slices_empty"].to_list() == [1] * 4 and volumes["slices_kept"].to_list() == [5] * 4
-    samples = _samples(out, m)
+    samples = read_shards(out, m)
     key = next(k for k in samples if k.endswith("s0003"))
     img = _arr(samples[key][1]["img.zst"], m["members"]["img.zst"])
     mask = _arr(samples[key][1]["mask.zst"], m["members"]["mask.zst"])

@@ -204,11 +204,13 @@ def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoin
     assert p1["pred"].to_list() == p2["pred"].to_list()
 
 
-def test_command_line_user_errors_are_one_line_and_exit_2(ct):
-    import subprocess
+@pytest.mark.filterwarnings("ignore:'trainer.finetune' found in sys.modules")  # runpy re-runs an imported module
+def test_command_line_user_errors_are_one_line_and_exit_2(ct, monkeypatch, capsys):
+    import runpy
     import sys
-    proc = subprocess.run([sys.executable, "-m", "trainer.finetune", "--task", "radnet", "--data", str(ct),
-                           "--setting", "linear", "--init", "missing.pt"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "Error: --init 'missing.pt': no such file; give 'scratch', a torchvision-layout " \
-                                  "state dict (.pth) or a tlx checkpoint (.pt)"
+    monkeypatch.setattr(sys, "argv", ["trainer.finetune", "--task", "radnet", "--data", str(ct), "--init", "missing.pt"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("trainer.finetune", run_name="__main__")   # what `python -m trainer.finetune` runs
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "Error: --init 'missing.pt': no such file; give 'scratch', a " \
+                                              "torchvision-layout state dict (.pth) or a tlx checkpoint (.pt)"

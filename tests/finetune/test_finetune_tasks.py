@@ -2,7 +2,6 @@
 import json
 
 import polars as pl
-import pytest
 
 import trainer.finetune as ft
 from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder

@@ -110,11 +110,14 @@ def test_run_sequentially_then_everything_is_skipped(tmp_path, monkeypatch):
     dry = CliRunner().invoke(cli, ["sweep", str(f), "--run", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.count("-m trainer.finetune --task radnet") == 2
+    done = tmp_path / "runs/radnet/scratch/finetune/frac-1.0/seed-1"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text('{"metrics": {"accuracy": 0.5}}')     # complete already: skipped
     result = CliRunner().invoke(cli, ["sweep", str(f), "--run"])
     assert result.exit_code == 0, result.output
-    for seed in (0, 1):
-        res = json.loads((tmp_path / "runs/radnet/scratch/finetune/frac-1.0" / f"seed-{seed}" / "result.json").read_text())
-        assert 0 <= res["metrics"]["accuracy"] <= 1
+    assert "[1/1] " in result.output and "seed-0" in result.output and "seed-1" not in result.output
+    res = json.loads((tmp_path / "runs/radnet/scratch/finetune/frac-1.0/seed-0/result.json").read_text())
+    assert 0 <= res["metrics"]["accuracy"] <= 1
     again = CliRunner().invoke(cli, ["sweep", str(f), "--run"])
     assert again.exit_code == 0 and "2 runs: 2 complete, 0 started, 0 pending" in again.output
     emitted = CliRunner().invoke(cli, ["sweep", str(f), "--emit", "slurm"])
