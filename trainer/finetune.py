@@ -360,6 +360,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         order = epoch_plan(subset, hp["batch_size"], seed=cfg.seed, epoch=epoch, rank=env.rank,
                            world_size=env.world_size).reshape(steps, per_rank)
         t_epoch, n_images = time.time(), 0
+        loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=env.device)  # summed on the device: no sync per step
         for x, y, _ in batches(train, order[epoch_step:], epoch, cfg.workers, pin_memory=env.device.type == "cuda",
                                jpeg_decoder=decoder):
             set_lr(optimizer, schedule(step))
@@ -369,12 +370,13 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step, epoch_step, loss_sum, n_images = step + 1, epoch_step + 1, loss_sum + loss.item(), n_images + len(x)
+            loss_acc += loss.detach()
+            step, epoch_step, n_images = step + 1, epoch_step + 1, n_images + len(x)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and epoch_step < steps:
-                save_last(epoch, epoch_step, loss_sum)
+                save_last(epoch, epoch_step, float(loss_acc))
             if step >= max_steps:
                 break
-        train_loss = _mean_over_ranks(loss_sum / max(epoch_step, 1), env)
+        train_loss = _mean_over_ranks(float(loss_acc) / max(epoch_step, 1), env)
         val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"], decoder)
         epoch += 1
         score = val_metrics[task.metric]
@@ -434,8 +436,9 @@ def _checkpoint(model: TaskModel, plan: Plan, **entries) -> dict:
 
 def _check_same_run(saved: dict, now: dict, path: Path) -> None:
     """A checkpoint resumes only the run that wrote it (volatile flags such as --max-steps may differ)."""
-    a = {k: v for k, v in saved.items() if k not in ("args", "tool_version")}
-    b = {k: v for k, v in now.items() if k not in ("args", "tool_version")}
+    # the number of ranks may change (each global batch holds the same samples however it is split)
+    a = {k: v for k, v in saved.items() if k not in ("args", "tool_version", "world_size")}
+    b = {k: v for k, v in now.items() if k not in ("args", "tool_version", "world_size")}
     a_args = {k: v for k, v in saved["args"].items() if k not in VOLATILE}
     b_args = {k: v for k, v in now["args"].items() if k not in VOLATILE}
     diff = sorted({k for k in a | b if a.get(k) != b.get(k)} | {k for k in a_args | b_args if a_args.get(k) != b_args.get(k)})
