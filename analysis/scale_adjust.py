@@ -80,21 +80,25 @@ def pretraining_sizes(runs) -> dict[str, int]:
     run to the fine-tuning run's `init` as well.
     """
     sizes: dict[str, int] = {}
-    folders: dict[str, int] = {}
+    folders: list[tuple[tuple[str, ...], int]] = []  # pretraining run folder (parts below the runs root), size
     for run in runs:
         size = run.config.get("data_train_samples")
         if run.is_pretraining and isinstance(size, int) and size > 0:
             for name in (run.path.name, run.config.get("name")):
                 if isinstance(name, str):
                     sizes.setdefault(name, size)
-            folders[str(run.path.resolve())] = size
+            folders.append((Path(run.rel).parts, size))
     for run in runs:
         ckpt = run.config.get("init_checkpoint")
         if run.is_pretraining or not isinstance(ckpt, str):
             continue
-        for parent in Path(ckpt).resolve().parents:
-            if str(parent) in folders:
-                sizes.setdefault(run.init, folders[str(parent)])
+        # The trainer may store the checkpoint path relative to where it ran: match the folder's
+        # trailing parts (e.g. pretrain/radnet-1.28M) anywhere in the checkpoint's path.
+        parts = Path(ckpt).parts[:-1]
+        for folder, size in folders:
+            k = len(folder)
+            if any(parts[i:i + k] == folder for i in range(len(parts) - k + 1)):
+                sizes.setdefault(run.init, size)
                 break
     return sizes
 

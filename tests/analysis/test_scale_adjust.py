@@ -66,7 +66,11 @@ def test_pretraining_sizes_come_from_the_pretraining_runs(tmp_path):
     # a fine-tuning run whose init name differs from the folder, tied to it by its checkpoint path
     write_run(root, "radnet", "my-ct-init", 0, metrics={"accuracy": 0.5},
               init_checkpoint=str(small / "checkpoints" / "last.pt"))
+    # ... or by a checkpoint path relative to wherever the trainer ran
+    write_run(root, "radnet", "relative-init", 0, metrics={"accuracy": 0.5},
+              init_checkpoint="runs/pretrain/radnet-large/checkpoints/last.pt")
     runs, problems = find_runs(root)
     assert problems == []
     sizes = pretraining_sizes(runs)
-    assert sizes == {"radnet-small": 1000, "radnet-large": 10000, "big": 10000, "my-ct-init": 1000}
+    assert sizes == {"radnet-small": 1000, "radnet-large": 10000, "big": 10000, "my-ct-init": 1000,
+                     "relative-init": 10000}
