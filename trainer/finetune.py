@@ -87,8 +87,11 @@ class FinetuneConfig:
     class_weights: str | None = opt(None, "loss weights: by position (1,3,10) or by name (background=1,*=5)")
     augment: str | None = opt(None, f"one of {', '.join(AUGMENTS)} [default: the task's]")
     decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
-    normalize: str = opt("minmax", "int16/float pixels to [0, 1] as in pretraining", choices=("minmax", "hu"))
-    window: tuple[float, float] = opt((-1024.0, 3072.0), "HU window for --normalize hu")
+    normalize: str | None = opt(None, "int16/float pixels to [0, 1]: per-slice minmax or a fixed HU window "
+                                      "[default: what a tlx init checkpoint was pretrained with, else minmax]",
+                                choices=("minmax", "hu"))
+    window: tuple[float, float] | None = opt(None, "HU window for --normalize hu [default: the init "
+                                                   "checkpoint's, else -1024 3072]")
     allow_partial_init: bool = opt(False, "load an init that lacks keys or has extra ones (listed in config.json)")
     resume: str = opt("auto", "auto: continue from checkpoints/last.pt when present; never: refuse a started run",
                       choices=("auto", "never"))
@@ -126,6 +129,8 @@ class Plan:
     augment: str
     class_weights: list[float]
     regions: dict[str, tuple[int, ...]]
+    normalize: str
+    window: tuple[float, float]
 
 
 def default_init_name(init: str) -> str:
@@ -136,7 +141,7 @@ def default_init_name(init: str) -> str:
     return p.parent.parent.name if p.parent.name == "checkpoints" and p.parent.parent.name else p.stem
 
 
-def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None) -> Plan:
+def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pretrain: dict | None) -> Plan:
     hp = task.hyperparameters(cfg.fraction)
     for key in HYPERPARAMETERS:
         if getattr(cfg, key) is not None:
@@ -164,8 +169,12 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None) ->
             raise TrainerError(f"task {task.name} scores region {name} from classes {unknown} that the dataset lacks "
                                f"(its classes: {', '.join(classes)})")
         regions[name] = tuple(classes.index(m) for m in members)
+    # An encoder should see pixels scaled as in its pretraining: a tlx checkpoint says how.
+    pretrain = pretrain or {}
+    normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
+    window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
     return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or "resnet50",
-                image_size, augment, weights, regions)
+                image_size, augment, weights, regions, normalize, window)
 
 
 def training_subset(split: LabelledSplit, task: Task, classes: list[str], fraction: float, seed: int):
@@ -262,7 +271,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         raise TrainerError(f"--task {task.name} trains on datasets of kind {', '.join(task.data_kinds)}; "
                            f"{cfg.data} is of kind {dataset.kind!r}")
     state, init_info = read_init(cfg.init)
-    plan = resolve(cfg, task, dataset, init_info.model_name)
+    plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
                                                          cfg.fraction, cfg.seed)
     if (out / "result.json").exists():
@@ -286,7 +295,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
                                                     else None) if is_distributed() else model
 
     # Data: the nested, stratified subset of the train split; val and test whole.
-    images = ImageOptions(plan.image_size, cfg.normalize, tuple(cfg.window), plan.augment, cfg.seed)
+    images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed)
     train = LabelledSplit(dataset, "train", task.kind, images, train=True)
     val = LabelledSplit(dataset, "val", task.kind, images)
     test = LabelledSplit(dataset, "test", task.kind, images)
@@ -319,7 +328,8 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         "init_unexpected": init_info.unexpected, "init_mismatched": init_info.mismatched,
         "model": plan.model, "kind": task.kind, "metric": task.metric, "classes": dataset.classes,
         **hp, "steps_per_epoch": steps, "class_weights": plan.class_weights, "augment": plan.augment,
-        "image_size": plan.image_size, "regions": {k: list(v) for k, v in plan.regions.items()},
+        "image_size": plan.image_size, "normalize": plan.normalize, "window": list(plan.window),
+        "regions": {k: list(v) for k, v in plan.regions.items()},
         "encoder_frozen": cfg.setting == "linear",
         "trains": ("decoder" if task.kind == "segmentation" else "head") if cfg.setting == "linear"
         else "encoder and " + ("decoder" if task.kind == "segmentation" else "head"),

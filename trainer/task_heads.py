@@ -93,6 +93,7 @@ class InitInfo:
     missing: list[str] = field(default_factory=list)      # encoder keys the file lacked (--allow-partial-init)
     unexpected: list[str] = field(default_factory=list)   # file keys the encoder lacks (--allow-partial-init)
     mismatched: list[str] = field(default_factory=list)   # same key, other shape (--allow-partial-init)
+    pretrain_config: dict | None = None                    # a tlx checkpoint's own config (its normalisation)
 
 
 def read_init(spec: str) -> tuple[dict[str, torch.Tensor] | None, InitInfo]:
@@ -112,7 +113,7 @@ def read_init(spec: str) -> tuple[dict[str, torch.Tensor] | None, InitInfo]:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     info = InitInfo(checkpoint=str(path), sha256=sha256_file(path))
     if isinstance(obj, dict) and obj.get("format") == "tlx-checkpoint":
-        info.source, info.model_name = "tlx-checkpoint", obj.get("model_name")
+        info.source, info.model_name, info.pretrain_config = "tlx-checkpoint", obj.get("model_name"), obj.get("config")
         state = obj["encoder"]
         info.dropped = [f"{k} (not the encoder: {_WHY_DROPPED.get(k, 'another model part')})" for k in obj
                         if k in _MODEL_PARTS]

@@ -46,6 +46,7 @@ def test_outputs_follow_the_run_format(radnet_run):
         {"task": "radnet", "init": "scratch", "setting": "finetune", "fraction": 1.0, "seed": 1, "world_size": 1}
     assert cfg["init_checkpoint"] is None and cfg["init_sha256"] is None and cfg["data_train_samples"] == 48
     assert (cfg["optimizer"], cfg["lr"], cfg["decay"], cfg["batch_size"]) == ("adamw", 3e-3, 0.97, 8)
+    assert (cfg["normalize"], cfg["window"]) == ("minmax", [-1024.0, 3072.0])
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
     assert line["lr"] == pytest.approx(3e-3 * 0.97)       # multiplied by the decay after every epoch
     assert {"train_loss", "val_accuracy", "images_per_s", "wall_s"} <= set(line)
@@ -119,7 +120,7 @@ def simclr_checkpoint(tmp_path_factory):
                 buf.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("pre") / "demo-simclr" / "checkpoints" / "last.pt"
     save_checkpoint(new_checkpoint("resnet-tiny", enc.state_dict(), projector={"0.weight": torch.randn(4, 256)},
-                                   step=10, epoch=1), path)
+                                   step=10, epoch=1, config={"normalize": "hu", "window": [-1000.0, 1000.0]}), path)
     return path, {k: v.clone() for k, v in enc.state_dict().items()}
 
 
@@ -133,6 +134,7 @@ def test_linear_evaluation_leaves_the_encoder_bit_identical(ct, tmp_path, simclr
     assert cfg["model"] == "resnet-tiny" and cfg["init_sha256"] == sha256_file(path)
     assert cfg["encoder_frozen"] and cfg["trains"] == "head" and cfg["subset_samples"] == 24
     assert cfg["init_dropped"] == ["projector (not the encoder: the SimCLR projection head)"]
+    assert (cfg["normalize"], cfg["window"]) == ("hu", [-1000.0, 1000.0])   # as the encoder was pretrained
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert set(last["encoder"]) == set(initial)
     assert all(torch.equal(last["encoder"][k], initial[k]) for k in initial)  # weights AND BN statistics
