@@ -243,3 +243,24 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, message, sharded, 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_the_other_streams_readers_read_it(sharded):
+    """The contract in practice: trainer's and analysis's readers (which never import datakit)."""
+    from analysis.dataset import CTDataset, read_slices
+    from trainer.data.dataset import SampleReader, open_dataset
+
+    ds, _ = sharded
+    slices = pl.read_parquet(ds / "slices.parquet")
+    tds = open_dataset(ds)
+    ext, _ = tds.member("image")
+    table, reader = tds.sample_table("val"), SampleReader(tds)
+    val = slices.filter(pl.col("split") == "val")
+    assert [pixel_hash(reader.read(table, i, ext).tobytes()) for i in range(len(table))] == val["pixel_hash"].to_list()
+    assert [reader.read(table, i, "cls") for i in range(len(table))] == val["label_index"].to_list()
+    cds = CTDataset(ds, split="test")
+    test = slices.filter(pl.col("split") == "test")
+    for v in range(len(cds.volumes)):
+        volume = test.filter(pl.col("volume") == cds.volumes[v]).sort("slice_index")
+        pixels = read_slices(cds.refs(v), cds.member)
+        assert [pixel_hash(p.tobytes()) for p in pixels] == volume["pixel_hash"].to_list()
