@@ -55,7 +55,13 @@ def init_dist(device: str = "auto") -> Dist:
     backend = None
     if world_size > 1:
         backend = "nccl" if device == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://")
+        # torchrun keeps its key-value store across `--max-restarts` restarts, so a restarted rank can
+        # read the dead attempt's connection addresses and fail with "Connection refused" (seen with
+        # gloo, torch 2.13). Keys under a per-attempt prefix keep every attempt to itself.
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"tlx-attempt-{attempt}", store),
+                                rank=rank, world_size=world_size)
     return Dist(rank, local_rank, world_size, dev, backend)
 
 
@@ -80,6 +86,8 @@ def print0(*args, **kwargs) -> None:
 
 def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = None) -> float:
     """The mean of a scalar over all ranks (the scalar itself in a single process)."""
+    if device is None and is_distributed() and dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())  # NCCL reduces GPU tensors only
     t = torch.as_tensor(value, dtype=torch.float64, device=device).detach().clone()
     if is_distributed():
         dist.all_reduce(t)

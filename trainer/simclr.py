@@ -224,6 +224,8 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
     first_step, session_start, wall_before = state["step"], time.perf_counter(), state["wall_s"]
     wall = lambda: wall_before + time.perf_counter() - session_start  # noqa: E731
     step = first_step
+    # The epoch's loss sum stays on the device (no per-step sync); float64, so it adds like the checkpoint's float.
+    loss_sum = torch.tensor(state["epoch_loss_sum"], dtype=torch.float64, device=env.device)
     model.train()
     with log.progress(total, done=step, every=cfg.log_every) as bar:
         while step < total:
@@ -234,7 +236,7 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
                 set_lr(optimizer, lr)
                 loss = train_step(model, optimizer, batch.view1, batch.view2, autocast, fmt, cfg.grad_cache_chunk)
                 step += 1
-                state["epoch_loss_sum"] += loss.item()
+                loss_sum += loss.detach()
                 state["epoch_steps"] += 1
                 if step % cfg.log_every == 0 or step == total:
                     ips = state["epoch_steps"] * cfg.batch_size / (state["epoch_time"] + time.perf_counter() - t0)
@@ -245,10 +247,12 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
                 if not (epoch_done or stopping or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
                     continue
                 state["epoch_time"] += time.perf_counter() - t0
+                state["epoch_loss_sum"] = loss_sum.item()
                 if epoch_done or stopping:
                     end_epoch(cfg, env, log, net, dataset, aug, state, epoch, step, lr, wall(), partial=not epoch_done)
                 if epoch_done:
                     state.update(epoch_loss_sum=0.0, epoch_steps=0, epoch_time=0.0)
+                    loss_sum.zero_()
                 state.update(step=step, epoch=step // spe, wall_s=wall())
                 save(run / "checkpoints" / "last.pt", net, optimizer, state, cfg, env)
                 t0 = time.perf_counter()
@@ -262,7 +266,8 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
 
 def end_epoch(cfg, env, log, net, dataset, aug, state, epoch, step, lr, wall_s, partial: bool) -> None:
     """One metrics.jsonl line per epoch (a `partial` one when --max-steps stops inside an epoch)."""
-    row = {"epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(state["epoch_loss_sum"] / state["epoch_steps"]),
+    row = {"epoch": epoch + 1, "step": step,
+           "train_loss": all_reduce_mean(state["epoch_loss_sum"] / state["epoch_steps"], env.device),
            "lr": lr, "images_per_s": state["epoch_steps"] * cfg.batch_size / max(state["epoch_time"], 1e-9),
            "wall_s": wall_s}
     if partial:

@@ -143,6 +143,8 @@ def test_torchrun_two_ranks_restart_after_a_hard_crash(ds, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "TLX_TEST_CRASH_MARKER": str(tmp_path / "crashed"), "TLX_TEST_CRASH_AT": "5",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.getcwd()])}
+    # One restart is all it may take: without trainer.dist's per-attempt store prefix, restarted ranks
+    # read the dead attempt's addresses and fail ("connectFullMesh failed ... Connection refused").
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
            str(Path(__file__).with_name("crash_once.py")), "--data", str(ds), "--out", str(out), *ARGS,
            "--max-steps", "8"]
