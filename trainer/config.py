@@ -117,6 +117,15 @@ def load_config(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
+def tool_version() -> str:
+    """The installed tlx version, for config.json."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("tlx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically: a reader never sees half a file."""
     path = Path(path)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -39,12 +38,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint as ck
-from trainer.config import config_dict, opt, parse_config
+from trainer.config import config_dict, opt, parse_config, tool_version
 from trainer.data.augment import AugmentConfig
 from trainer.data.dataset import open_dataset
 from trainer.data.loader import make_loader
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, exit_on_user_error
 from trainer.gradcache import grad_cache_step
 from trainer.knn import knn_probe
 from trainer.models import build_encoder
@@ -128,13 +127,8 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
 
 
 def run_config(cfg: SimCLRConfig, env: Dist, dataset, steps_per_epoch: int) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        tool_version = version("tlx")
-    except PackageNotFoundError:
-        tool_version = "unknown"
     return {"task": "simclr", "init": "scratch", "setting": "pretrain", "fraction": 1.0, "seed": cfg.seed,
-            "world_size": env.world_size, "tool_version": tool_version, "data": str(Path(cfg.data).resolve()),
+            "world_size": env.world_size, "tool_version": tool_version(), "data": str(Path(cfg.data).resolve()),
             "data_train_samples": dataset.num_samples("train"), "init_checkpoint": None, "init_sha256": None,
             "projector": RECIPES[cfg.recipe]["projector"], "schedule": RECIPES[cfg.recipe]["schedule"],
             "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size,
@@ -292,8 +286,4 @@ def _has_dali() -> bool:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except TrainerError as exc:  # a mistake the user can fix: one line, exit code 2 (as the tlx CLI does)
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main)
