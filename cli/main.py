@@ -87,7 +87,7 @@ def cli() -> None:
       export TLX_SECRET=...   # key for patient pseudonyms
       tlx shard --dicom-root cohort/ --out data/
       torchrun --nproc_per_node 8 -m trainer.simclr --data data/ --out runs/pretrain/x
-      torchrun -m trainer.finetune --task radnet --data data/ --init runs/pretrain/x/last.pt
+      torchrun -m trainer.finetune --task radnet --data data/ --init runs/pretrain/x/checkpoints/last.pt
       tlx analyze runs/ --out report/
     """
 
