@@ -28,6 +28,12 @@ class DatasetInfo:
     diversity: pl.DataFrame
 
 
+def _in_order(column: str, values) -> pl.Expr:
+    """Sort key: the position of the column's value in `values` (others last)."""
+    rank = {v: i for i, v in enumerate(values)}
+    return pl.col(column).replace_strict(rank, default=len(rank))
+
+
 def shard_diversity(slices: pl.DataFrame) -> pl.DataFrame:
     """Per split: shards, distinct volumes per shard (min, median, max), and the largest share
     (0..1) that a single volume has in any one shard."""
@@ -35,11 +41,10 @@ def shard_diversity(slices: pl.DataFrame) -> pl.DataFrame:
                  .group_by("split", "shard")
                  .agg(volumes=pl.len(), samples=pl.col("len").sum(), top=pl.col("len").max())
                  .with_columns(top_share=pl.col("top") / pl.col("samples")))
-    order = {s: i for i, s in enumerate(SPLITS)}
     return (per_shard.group_by("split")
             .agg(shards=pl.len(), volumes_min=pl.col("volumes").min(), volumes_median=pl.col("volumes").median(),
                  volumes_max=pl.col("volumes").max(), max_volume_share=pl.col("top_share").max())
-            .sort(pl.col("split").replace_strict(order, default=len(order))))
+            .sort(_in_order("split", SPLITS)))
 
 
 def dataset_info(dataset_dir) -> DatasetInfo:
@@ -47,17 +52,13 @@ def dataset_info(dataset_dir) -> DatasetInfo:
     manifest = read_manifest(layout.root)
     slices = pl.read_parquet(layout.slices, columns=["split", "shard", "label", "patient", "volume"])
     rejects = pl.read_parquet(layout.rejects, columns=["stage", "code"])
-    order = {s: i for i, s in enumerate(SPLITS)}
-    classes = {c: i for i, c in enumerate(manifest["classes"])}
     by_split_label = (slices.group_by("split", "label")
                       .agg(slices=pl.len(), volumes=pl.col("volume").n_unique(),
                            patients=pl.col("patient").n_unique())
-                      .sort(pl.col("split").replace_strict(order, default=len(order)),
-                            pl.col("label").replace_strict(classes, default=len(classes))))
+                      .sort(_in_order("split", SPLITS), _in_order("label", manifest["classes"])))
     by_split = (slices.group_by("split")
                 .agg(slices=pl.len(), volumes=pl.col("volume").n_unique(), patients=pl.col("patient").n_unique())
-                .sort(pl.col("split").replace_strict(order, default=len(order))))
-    stages = {"scan": 0, "plan": 1, "write": 2}
+                .sort(_in_order("split", SPLITS)))
     rejects = (rejects.group_by("stage", "code").agg(files=pl.len())
-               .sort(pl.col("stage").replace_strict(stages, default=3), pl.col("files"), descending=[False, True]))
+               .sort(_in_order("stage", ("scan", "plan", "write")), pl.col("files"), descending=[False, True]))
     return DatasetInfo(str(layout.root), manifest, by_split_label, by_split, rejects, shard_diversity(slices))

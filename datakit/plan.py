@@ -546,6 +546,11 @@ def sample_key(volume: str, slice_index: int) -> str:
     return f"{volume}-{slice_index:05d}"
 
 
+def sample_key_expr(volume: str = "volume", slice_index: str = "slice_index") -> pl.Expr:
+    """sample_key as a polars expression over two columns."""
+    return pl.format("{}-{}", pl.col(volume).cast(pl.String), pl.col(slice_index).cast(pl.String).str.zfill(5))
+
+
 def _volume_table(vols: pl.DataFrame, rejects: pl.DataFrame, scan_series: pl.DataFrame,
                   config: PlanConfig) -> pl.DataFrame:
     """plan_volumes: every series seen (scan-rejected ones included), kept or not, with why."""

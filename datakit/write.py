@@ -24,12 +24,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
 from datakit.manifest import Layout, read_json
+from datakit.plan import sample_key_expr
 from datakit.write_config import RunOptions, WriteConfig
 from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
 from datakit.write_pool import default_workers, progress, run_tasks
@@ -98,20 +100,21 @@ def _check_plan(layout: Layout) -> dict:
     return plan_json
 
 
-def _phase1_tasks(layout: Layout, share: pl.DataFrame, root: Path, config: WriteConfig) -> list[VolumeTask]:
-    """One task per volume still to convert, largest first (the pool then ends evenly)."""
+def _phase1_tasks(layout: Layout, share: pl.DataFrame, root: Path, config: WriteConfig) -> Iterator[VolumeTask]:
+    """One task per volume still to convert, largest first (the pool then ends evenly). The
+    index rows are read at once (columnar), the per-slice dicts only as each task is handed out."""
     names = pq.read_schema(layout.index).names
     columns = [c for c in names if c not in NOT_FOR_PIXELS]
     rows = (pl.scan_parquet(layout.index).select(columns).with_row_index("row")
             .filter(pl.col("row").is_in(pl.Series(share["row"].cast(pl.UInt32)).implode()))
             .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64))
             .join(share.select("row", "volume", "slice_index", "partition_unit"), on="row")
-            .with_columns(key=pl.format("{}-{}", "volume", pl.col("slice_index").cast(pl.String).str.zfill(5))))
-    tasks = []
-    for (unit, volume), group in sorted(rows.partition_by("partition_unit", "volume", as_dict=True).items()):
-        tasks.append(VolumeTask(volume, group.drop("partition_unit", "volume").to_dicts(), str(root),
-                                tuple(config.size), config.codec, config.zstd_level))
-    return tasks
+            .with_columns(key=sample_key_expr()))
+    groups = rows.partition_by("partition_unit", "volume", as_dict=True)
+    for unit, volume in sorted(groups):
+        group = groups.pop((unit, volume))
+        yield VolumeTask(volume, group.drop("partition_unit", "volume").to_dicts(), str(root),
+                         tuple(config.size), config.codec, config.zstd_level)
 
 
 @contextmanager

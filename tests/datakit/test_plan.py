@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from benchmarks.plan_scale import make_index
 from cli.main import cli
 from datakit.errors import DatakitError
-from datakit.plan import PlanConfig, make_plan
+from datakit.plan import PlanConfig, make_plan, sample_key_expr
 from datakit.pseudonym import pseudonym
 from datakit.scan import write_index
 
@@ -168,7 +168,7 @@ def test_global_order_mixes_volumes_and_partition_units_balance(cohort_index):
     units = volumes.filter("kept").sort("partition_unit")
     assert units["partition_unit"].to_list() == list(range(len(units)))
     assert units["slices_planned"].is_sorted(descending=True)   # largest first, dealt round-robin
-    keys = plan.select(pl.format("{}-{}", "volume", pl.col("slice_index").cast(pl.String).str.zfill(5)))
+    keys = plan.select(sample_key_expr())
     assert keys.to_series().n_unique() == len(plan)
 
 

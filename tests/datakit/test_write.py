@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from datakit.info import dataset_info
+from datakit.plan import sample_key_expr
 from datakit.verify import verify_dataset
 from datakit.write_convert import Encoder, pixel_hash
 
@@ -38,8 +39,8 @@ def test_every_file_found_is_kept_or_rejected_exactly_once(sharded, cohort):
     found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     plan = pl.read_parquet(ds / "work" / "plan.parquet").with_columns(pl.col("volume").cast(pl.String))
     index = pl.read_parquet(ds / "work" / "index.parquet", columns=["path"]).with_row_index("row")
-    kept_paths = (slices.join(plan.with_columns(key=pl.format("{}-{}", "volume", pl.col("slice_index").cast(
-        pl.String).str.zfill(5))), on="key").join(index.with_columns(pl.col("row").cast(pl.Int64)), on="row")["path"])
+    kept_paths = (slices.join(plan.with_columns(key=sample_key_expr()), on="key")
+                  .join(index.with_columns(pl.col("row").cast(pl.Int64)), on="row")["path"])
     assert len(kept_paths) == len(slices)
     assert sorted(kept_paths.to_list() + rejects["path"].to_list()) == found
     assert manifest["files"] == {"found": len(found), "kept": len(slices), "rejected": len(rejects),
