@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +42,12 @@ import torch.distributed as dist
 
 from trainer import metrics as M
 from trainer.checkpoint import gather_rng_states, load_checkpoint, new_checkpoint, restore_rng_states, save_checkpoint
-from trainer.config import config_dict, opt, parse_config, save_json
+from trainer.config import config_dict, opt, parse_config, save_json, tool_version
 from trainer.data.dataset import open_dataset
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
 from trainer.dist import Dist, close_dist, init_dist, is_distributed, print0
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
@@ -321,7 +320,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
 
     config = {
         "task": task.name, "init": plan.init_name, "setting": cfg.setting, "fraction": cfg.fraction,
-        "seed": cfg.seed, "world_size": env.world_size, "tool_version": _tool_version(), "data": cfg.data,
+        "seed": cfg.seed, "world_size": env.world_size, "tool_version": tool_version(), "data": cfg.data,
         "data_kind": dataset.kind, "data_train_samples": len(train), "subset_samples": len(subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
         "init_dropped": init_info.dropped, "init_missing": init_info.missing,
@@ -473,17 +472,5 @@ def _mean_over_ranks(value: float, env: Dist) -> float:
     return float(t) / env.world_size
 
 
-def _tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("tlx")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except TrainerError as exc:  # a mistake the user can fix: one line, exit code 2 (as the tlx CLI does)
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main)
