@@ -1,0 +1,34 @@
+"""The quickstart's main job (`tlx demo`) runs end to end on the CPU and leaves a complete report."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "cli.main", "demo", "--out", str(out),
+           "--pretrain-epochs", "1", "--finetune-epochs", "1", "--workers", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "TLX_SECRET"}  # the demo brings its own key
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert all(manifest["splits"][s]["samples"] > 0 for s in ("train", "val", "test"))
+    with open(out / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["init"], r["n"]) for r in rows if r["metric"] == "accuracy") == [("demo-simclr", "2"),
+                                                                                       ("scratch", "2")]
+    index = (out / "report" / "index.md").read_text()
+    for section in ("## Result tables", "## Pairwise comparisons", "## Scale factors", "## Convergence",
+                    "## Feature reuse", "## Prediction overlap"):
+        assert section in index
+    assert json.loads((out / "report" / "scale_factors.json").read_text())
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert again.stdout.count("already done") == 10
