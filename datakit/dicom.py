@@ -51,6 +51,7 @@ JPEG_FAMILY = frozenset({
 J2K_FAMILY = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
                         "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 
 # Limits checked before anything is allocated or decoded.
 MAX_SIDE = 8192                      # rows, columns
@@ -596,12 +597,35 @@ def _read_with_pydicom(path, row) -> np.ndarray:
         raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {ts} is not supported; supported: "
                                                            "see docs/datakit-input.md")
     try:
-        arr = ds.pixel_array
+        arr = _decode(ds, ts)
     except Exception as exc:  # noqa: BLE001 - decoders raise anything on corrupt data; it becomes a reject
         raise SliceRejected("undecodable", f"pixel data cannot be decoded ({_one_line(exc)})") from exc
     if arr.shape != (rows, cols):
         raise SliceRejected("undecodable", f"decoded shape {arr.shape} differs from the header's {rows}x{cols}")
     return arr
+
+
+@functools.lru_cache(maxsize=None)
+def preferred_plugin(ts: str) -> str | None:
+    """The decoding plugin tlx asks pydicom for, where pydicom's default is slow: for JPEG-LS it
+    tries pylibjpeg (libjpeg) first, which decodes a 512x512 CT slice ~3.5x slower than CharLS
+    (pyjpegls), with identical output (benchmarks/RESULTS.md). None: pydicom's own choice."""
+    if ts not in JPEG_LS:
+        return None
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    return "pyjpegls" if "pyjpegls" in JPEGLSLosslessDecoder.available_plugins else None
+
+
+def _decode(ds, ts: str) -> np.ndarray:
+    plugin = preferred_plugin(ts)
+    if plugin is not None:
+        try:
+            ds.pixel_array_options(decoding_plugin=plugin)
+            return ds.pixel_array
+        except Exception:  # noqa: BLE001 - let pydicom's other plugins have a go before rejecting
+            ds.pixel_array_options(decoding_plugin="")
+    return ds.pixel_array
 
 
 def _first_frame(data: bytes) -> bytes:

@@ -179,3 +179,20 @@ def test_time_limit_turns_a_stall_into_a_reject():
         with time_limit(0.05):
             time.sleep(2)
     assert info.value.code == "timeout"
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm"])
+def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, monkeypatch):
+    import datakit.dicom as dicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + \
+        float(ds.get("RescaleIntercept", 0) or 0)
+    assert dicom.preferred_plugin(ds.file_meta.TransferSyntaxUID) == "pyjpegls"
+    np.testing.assert_array_equal(read_hu(path), expected.astype(np.float32))
+    # A preferred plugin that fails (pydicom raises for an unknown one) leaves the decision to
+    # pydicom's own plugins: same pixels, no reject.
+    monkeypatch.setattr(dicom, "preferred_plugin", lambda ts: "no-such-plugin")
+    np.testing.assert_array_equal(read_hu(path), expected.astype(np.float32))
