@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from datakit.pixels import AIR_HU, body_coverage, pad_square, resize_area, to_int16
+from datakit.pixels import AIR_HU, _box_resize, apply_hu_floor, body_coverage, pad_square, resize_area, to_int16
 
 
 def _disc(n, radius, inside=40.0, outside=-1000.0, centre=None):
@@ -19,6 +19,31 @@ def test_integer_factor_is_the_exact_block_mean():
     out = resize_area(img, (256, 256))
     assert out.dtype == np.float32 and out.shape == (256, 256)
     np.testing.assert_allclose(out, img.reshape(256, 2, 256, 2).mean(axis=(1, 3)), atol=1e-3)
+
+
+def _hu_like(rng, shape):
+    """Non-integer HU (a fractional rescale slope), padding at -3024, metal, and tiny values."""
+    img = (rng.normal(0, 400, shape) * 1.0371).astype(np.float32)
+    img[: shape[0] // 8] = -3024
+    img[-3:, :5] = 30000.25
+    img[1, 1::3] = np.float32(1 / 3)
+    return img
+
+
+@pytest.mark.parametrize("shape, size", [
+    ((512, 512), (256, 256)), ((512, 512), (128, 128)), ((512, 512), (64, 64)), ((512, 512), (32, 32)),
+    ((768, 768), (256, 256)), ((510, 510), (170, 170)), ((96, 96), (16, 16)), ((512, 512), (256, 128)),
+    ((512, 512), (512, 256)), ((512, 512), (512, 512)), ((384, 512), (256, 256)), ((1024, 1024), (128, 128)),
+])
+def test_integer_factor_fast_path_equals_the_general_path_bit_for_bit(shape, size):
+    img = _hu_like(np.random.default_rng(sum(shape) + sum(size)), shape)
+    square = pad_square(img)
+    fast = resize_area(img, size)
+    general = _box_resize(square, size)
+    assert fast.dtype == general.dtype == np.float32 and fast.shape == general.shape == size
+    assert np.array_equal(fast, general)
+    assert fast.tobytes() == general.tobytes()               # -0.0 and 0.0 alike
+    assert not np.shares_memory(fast, img)
 
 
 def test_area_resize_keeps_the_mean_for_any_factor():
@@ -67,3 +92,20 @@ def test_to_int16_rounds_and_clips():
     out = to_int16(np.array([-40000.0, -1024.4, 0.5, 1.5, 2.6, 40000.0], np.float32))
     assert out.dtype == np.int16
     assert out.tolist() == [-32768, -1024, 0, 2, 3, 32767]
+
+
+def test_hu_floor_turns_padding_into_air_without_changing_coverage():
+    img = _disc(64, 30, inside=40.0, outside=-1000.0)
+    yy, xx = np.mgrid[:64, :64]
+    img[(yy - 31.5) ** 2 + (xx - 31.5) ** 2 > 32 ** 2] = -3024      # outside the reconstruction circle
+    raw_coverage, raw_resized = body_coverage(img), resize_area(img, (32, 32))
+    floored = apply_hu_floor(img.copy(), -1024)
+    assert floored.min() == -1024 and floored.max() == 40
+    assert np.array_equal(floored[img >= -1024], img[img >= -1024])
+    assert body_coverage(floored) == raw_coverage
+    stored = to_int16(resize_area(floored, (32, 32)))
+    assert stored.min() == -1024 and raw_resized.min() == -3024
+    assert apply_hu_floor(img, None) is img
+    view = np.full((4, 4), -2000, np.float32)
+    view.flags.writeable = False
+    assert apply_hu_floor(view, -1024).min() == -1024 and view.min() == -2000
