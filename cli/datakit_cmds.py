@@ -40,6 +40,9 @@ WRITE_OPTIONS = [
     click.option("--min-coverage", type=float, default=0.25, show_default=True,
                  help="Slices whose body covers a smaller fraction of the image are dropped."),
     click.option("--samples-per-shard", type=int, default=5000, show_default=True),
+    click.option("--hu-floor", default="-1024", show_default=True, metavar="HU|none",
+                 help="HU below this (scanner padding outside the reconstruction circle) become this value "
+                      "before resizing; 'none' keeps raw values."),
     click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores)."),
     click.option("--resume", is_flag=True, help="Finish an interrupted run in a non-empty output folder."),
     click.option("--keep-staging", is_flag=True, help="Keep work/staging (converted volumes) after writing."),
@@ -61,11 +64,11 @@ def _plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_
                       exclude_classes=tuple(exclude_classes), subset_size=subset_size, subset_margin=subset_margin)
 
 
-def _write_config(size, codec, zstd_level, min_coverage, samples_per_shard):
-    from datakit.write_config import WriteConfig, parse_size
+def _write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor):
+    from datakit.write_config import WriteConfig, parse_hu_floor, parse_size
 
     return WriteConfig(size=parse_size(size), codec=codec, zstd_level=zstd_level, min_coverage=min_coverage,
-                       samples_per_shard=samples_per_shard)
+                       samples_per_shard=samples_per_shard, hu_floor=parse_hu_floor(hu_floor))
 
 
 @click.command(epilog="""\b
@@ -95,14 +98,13 @@ Example:
                                                     # the last to finish assembles the dataset
 """)
 @DATASET
-@_apply(WRITE_OPTIONS[:5])
-@_apply(WRITE_OPTIONS[5:])
+@_apply(WRITE_OPTIONS)
 @click.option("--partition", default="0/1", show_default=True, metavar="i/N",
               help="Convert only partition i of N (0-based); any run that finds all done assembles.")
 @click.option("--dicom-root", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Where the DICOM files are (default: as recorded at scan time).")
-def write(dataset_dir, size, codec, zstd_level, min_coverage, samples_per_shard, workers, resume, keep_staging,
-          partition, dicom_root):
+def write(dataset_dir, size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor, workers, resume,
+          keep_staging, partition, dicom_root):
     """Stage 3: decode, convert to HU, resize, encode, shuffle into shards (resumable).
 
     Writes DATASET_DIR/shards/, slices.parquet, volumes.parquet, rejects.parquet and
@@ -113,8 +115,8 @@ def write(dataset_dir, size, codec, zstd_level, min_coverage, samples_per_shard,
 
     options = RunOptions(workers=workers, partition=parse_partition(partition), resume=resume,
                          keep_staging=keep_staging, dicom_root=dicom_root)
-    summary = write_dataset(dataset_dir, _write_config(size, codec, zstd_level, min_coverage, samples_per_shard),
-                            options)
+    summary = write_dataset(dataset_dir, _write_config(size, codec, zstd_level, min_coverage, samples_per_shard,
+                                                       hu_floor), options)
     print_write(summary)
 
 
@@ -136,8 +138,8 @@ Example:
 @_apply(PLAN_OPTIONS)
 @_apply(WRITE_OPTIONS)
 def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, fractions, seed, exclude_classes,
-          subset_size, subset_margin, size, codec, zstd_level, min_coverage, samples_per_shard, workers, resume,
-          keep_staging):
+          subset_size, subset_margin, size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor, workers,
+          resume, keep_staging):
     """DICOM tree -> dataset: tlx scan, tlx plan and tlx write in one go (resumable)."""
     from datakit.pipeline import shard as run_shard
     from datakit.write_config import RunOptions
@@ -145,7 +147,7 @@ def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, f
     summary = run_shard(
         dicom_root, out_dir, secret_file=secret_file, label_rules=label_rules,
         plan_config=_plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size, subset_margin),
-        write_config=_write_config(size, codec, zstd_level, min_coverage, samples_per_shard),
+        write_config=_write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor),
         options=RunOptions(workers=workers, resume=resume, keep_staging=keep_staging))
     if summary.scan is not None:
         from cli.scan_cmd import print_scan_summary

@@ -114,7 +114,7 @@ def _phase1_tasks(layout: Layout, share: pl.DataFrame, root: Path, config: Write
     for unit, volume in sorted(groups):
         group = groups.pop((unit, volume))
         yield VolumeTask(volume, group.drop("partition_unit", "volume").to_dicts(), str(root),
-                         tuple(config.size), config.codec, config.zstd_level)
+                         tuple(config.size), config.codec, config.zstd_level, config.hu_floor)
 
 
 @contextmanager

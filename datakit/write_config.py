@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from datakit.errors import DatakitError
 
 CODECS = ("zstd", "raw")
+# A floor must stay below body_coverage's -500 HU threshold, so that coverage never depends on it.
+HU_FLOOR_RANGE = (-32768, -501)
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class WriteConfig:
     zstd_level: int = 3
     min_coverage: float = 0.25           # slices whose body covers less of the image are dropped
     samples_per_shard: int = 5000        # ~0.3 GB per shard at 256x256 with zstd-3
+    hu_floor: int | None = -1024         # HU below it (scanner padding) are set to it; None keeps raw values
 
     def check(self) -> None:
         h, w = self.size
@@ -30,6 +33,10 @@ class WriteConfig:
             raise DatakitError(f"--min-coverage must be a fraction in [0, 1], got {self.min_coverage}")
         if self.samples_per_shard < 1:
             raise DatakitError(f"--samples-per-shard must be at least 1, got {self.samples_per_shard}")
+        lo, hi = HU_FLOOR_RANGE
+        if self.hu_floor is not None and not (isinstance(self.hu_floor, int) and lo <= self.hu_floor <= hi):
+            raise DatakitError(f"--hu-floor {self.hu_floor!r} must be a whole HU value from {lo} to {hi}, "
+                               "or 'none' to keep raw values")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,3 +77,15 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2:
         raise DatakitError(f"--size {text!r} must be a number of pixels or HxW, e.g. 256 or 256x256")
     return parts[0], parts[1]
+
+
+def parse_hu_floor(text: str) -> int | None:
+    """'-1024' or 'none' (keep raw values)."""
+    if text.strip().lower() == "none":
+        return None
+    lo, hi = HU_FLOOR_RANGE
+    try:
+        return int(text)
+    except ValueError:
+        raise DatakitError(f"--hu-floor {text!r} must be a whole HU value from {lo} to {hi}, "
+                           "or 'none' to keep raw values") from None

@@ -2,9 +2,10 @@
 
     result = convert_volume(task)      # runs in a worker process (or inline with --workers 1)
 
-Per slice: read_hu (the file is read in full exactly once, here) -> body coverage on the
-native-resolution HU -> area resize to the fixed size -> int16 -> pixel hash of the stored
-bytes -> encode with the chosen codec. A slice that cannot be read is kept in the staged
+Per slice: read_hu (the file is read in full exactly once, here) -> the HU floor (padding
+outside the reconstruction circle becomes air) -> body coverage on the native-resolution HU ->
+area resize to the fixed size -> int16 -> pixel hash of the stored bytes -> encode with the
+chosen codec. A slice that cannot be read is kept in the staged
 file with its reject code and reason, so phase 2 accounts for every planned slice.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from datakit.dicom import SliceRejected, read_hu
-from datakit.pixels import body_coverage, resize_area, to_int16
+from datakit.pixels import apply_hu_floor, body_coverage, resize_area, to_int16
 from datakit.write_config import CODECS
 from datakit.write_staging import Staging
 
@@ -34,6 +35,7 @@ class VolumeTask:
     size: tuple[int, int]
     codec: str
     zstd_level: int
+    hu_floor: int | None
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,10 @@ class Encoder:
         return np.frombuffer(payload, dtype="<i2").reshape(shape)
 
 
-def convert_slice(path: Path, row: dict, size: tuple[int, int], encoder: Encoder) -> tuple[float, str, bytes]:
+def convert_slice(path: Path, row: dict, size: tuple[int, int], encoder: Encoder,
+                  hu_floor: int | None = None) -> tuple[float, str, bytes]:
     """coverage, pixel hash, payload of one slice; raises SliceRejected."""
-    hu = read_hu(path, row)
+    hu = apply_hu_floor(read_hu(path, row), hu_floor)
     coverage = body_coverage(hu)
     stored = to_int16(resize_area(hu, size)).astype("<i2", copy=False).tobytes()
     return coverage, pixel_hash(stored), encoder.encode(stored)
@@ -90,7 +93,7 @@ def convert_volume(task: VolumeTask, staging: Staging) -> VolumeResult:
     converted = 0
     for r in sorted(task.rows, key=lambda r: r["slice_index"]):
         try:
-            coverage, digest, payload = convert_slice(root / r["path"], r, task.size, encoder)
+            coverage, digest, payload = convert_slice(root / r["path"], r, task.size, encoder, task.hu_floor)
             code = reason = None
             converted += 1
         except SliceRejected as exc:

@@ -221,6 +221,8 @@ def not_ct(cohort, tmp_path_factory):
     ("shard-no-secret", r"no pseudonym secret given: set the environment variable TLX_SECRET"),
     ("verify-no-manifest", r"holds no manifest.json: not a finished tlx dataset"),
     ("write-bad-partition", r"--partition '3/3': N must be >= 1 and i in 0..N-1"),
+    ("write-hu-floor-high", r"--hu-floor -400 must be a whole HU value from -32768 to -501, or 'none' to keep raw"),
+    ("write-hu-floor-word", r"--hu-floor 'air' must be a whole HU value from -32768 to -501, or 'none'"),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(case, message, sharded, not_ct, tmp_path):
     ds, _ = sharded
@@ -236,6 +238,8 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, message, sharded, 
         "shard-no-secret": ["shard", "--dicom-root", str(not_ct), "--out", str(tmp_path / "o")],
         "verify-no-manifest": ["verify", str(tmp_path / "empty")],
         "write-bad-partition": ["write", str(ds), "--partition", "3/3"],
+        "write-hu-floor-high": ["write", str(ds), "--hu-floor", "-400"],
+        "write-hu-floor-word": ["write", str(ds), "--hu-floor", "air"],
     }[case]
     if case == "shard-no-secret":
         env = {"TLX_SECRET": ""}

@@ -1,5 +1,8 @@
-"""Write options that change the dataset: the raw codec and an exact subset (RadNet-1.28M style)."""
+"""Write options that change the dataset: the raw codec, an exact subset (RadNet-1.28M style), the HU floor."""
 import json
+import tarfile
+
+import numpy as np
 
 import polars as pl
 import pytest
@@ -9,7 +12,8 @@ from datakit.plan import PlanConfig, make_plan
 from datakit.verify import verify_dataset
 from datakit.write import write_dataset
 from datakit.write_config import RunOptions, WriteConfig
-from tests.datakit.write_helpers import copy_plan
+from datakit.write_convert import Encoder
+from tests.datakit.write_helpers import SECRET, WRITE_ARGS, copy_plan
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +63,51 @@ def test_raw_codec_is_named_in_the_manifest_and_decodes(subset_raw):
     assert train[:-1] == [20] * (len(train) - 1) and 0 < train[-1] <= 20
     report = verify_dataset(ds, workers=1, decode=True)
     assert report.problems == []
+
+
+def _pixels(ds) -> dict:
+    """key -> stored int16 slice, from every shard."""
+    manifest = json.loads((ds / "manifest.json").read_text())
+    ext, spec = next((e, m) for e, m in manifest["members"].items() if m["role"] == "image")
+    out = {}
+    for entry in manifest["shards"]:
+        with tarfile.open(ds / entry["path"]) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith("." + ext):
+                    out[m.name.split(".")[0]] = Encoder.decode(spec["codec"], tar.extractfile(m).read(),
+                                                               tuple(spec["shape"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def raw_hu(sharded, tmp_path_factory):
+    """The reference plan written again with --hu-floor none (raw HU, padding included)."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    ds = copy_plan(sharded[0], tmp_path_factory.mktemp("raw-hu") / "data")
+    result = CliRunner().invoke(cli, ["write", str(ds), *WRITE_ARGS, "--hu-floor", "none"],
+                                env={"TLX_SECRET": SECRET, "TLX_QUIET": "1"})
+    assert result.exit_code == 0, result.output
+    return ds
+
+
+def test_hu_floor_clips_padding_to_air_and_keeps_coverage(sharded, raw_hu):
+    floored_ds, _ = sharded
+    floored, raw = _pixels(floored_ds), _pixels(raw_hu)
+    assert set(floored) == set(raw)        # the same slices kept: coverage does not depend on the floor
+    # The synthetic cohort pads some series with -3024 outside the reconstruction circle (32 -> 32 px:
+    # no resize, so every other pixel must be the same).
+    padded = [k for k, img in raw.items() if img.min() < -1024]
+    assert len(padded) >= 20 and min(raw[k].min() for k in padded) == -3024
+    assert min(img.min() for img in floored.values()) == -1024
+    for k in padded:
+        assert floored[k].min() == -1024
+        keep = raw[k] >= -1024
+        assert np.array_equal(floored[k][keep], raw[k][keep]) and (floored[k][~keep] == -1024).all()
+    a, b = (pl.read_parquet(d / "slices.parquet").sort("key") for d in (floored_ds, raw_hu))
+    assert a["key"].to_list() == b["key"].to_list()
+    assert a["coverage"].to_list() == b["coverage"].to_list()
+    configs = [json.loads((d / "manifest.json").read_text())["config"]["write"] for d in (floored_ds, raw_hu)]
+    assert configs[0]["hu_floor"] == -1024 and configs[1]["hu_floor"] is None
