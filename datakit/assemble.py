@@ -146,6 +146,7 @@ def write_shard(task: ShardTask) -> dict:
     """One shard; kept as it is if an interrupted run already finished it."""
     layout = Layout(task.layout_root)
     path = layout.root / task.path
+    digest = None                   # the writer hashes what it writes; a kept shard is read again
     if not (path.exists() and index_path_for(path).exists()):
         staging = Staging(layout)
         payloads: dict[tuple[str, int], bytes] = {}
@@ -159,8 +160,9 @@ def write_shard(task: ShardTask) -> dict:
         with ShardWriter(path) as w:
             for key, volume, pos, label_index in task.samples:
                 w.write(key, {task.member: payloads[volume, pos], "cls": str(label_index).encode()})
+        digest = w.info.sha256
     return {"path": task.path, "index": str(index_path_for(Path(task.path))), "samples": len(task.samples),
-            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            "bytes": path.stat().st_size, "sha256": digest or sha256_file(path)}
 
 
 def _tidy_shards(layout: Layout, keep: set[str]) -> None:

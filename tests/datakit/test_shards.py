@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from datakit.shards import ShardWriter, sha256_file
+from datakit.shards import ShardWriter, sha256_file, ustar_header
 
 
 def _write(path, n=5):
@@ -25,6 +25,38 @@ def test_info_counts_and_hash(tmp_path):
 
 def test_byte_reproducible(tmp_path):
     assert _write(tmp_path / "a.tar").sha256 == _write(tmp_path / "b.tar").sha256
+
+
+def _tarfile_shard(path, samples):
+    """The same samples written by Python's tarfile, as ShardWriter did before it built its own headers."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                ti = tarfile.TarInfo(f"{key}.{ext}")
+                ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(data), 0, 0o644, 0, 0, "", ""
+                tar.addfile(ti, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("sizes", [[0], [1, 511, 512, 513], [10239, 10240 - 512 * 3], [131072, 7, 70000]])
+def test_shards_are_byte_for_byte_what_tarfile_writes(tmp_path, sizes):
+    import tarfile
+
+    rng = np.random.default_rng(len(sizes))
+    samples = [(f"k{i:03d}-{'x' * (i * 30 % 80)}", {"hu.zst": rng.bytes(n), "cls": str(i).encode()})
+               for i, n in enumerate(sizes)]
+    with ShardWriter(tmp_path / "ours.tar") as w:
+        for key, members in samples:
+            w.write(key, members)
+    _tarfile_shard(tmp_path / "ref.tar", samples)
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+    ti = tarfile.TarInfo("a" * 100)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = 12345, 0, 0o644, 0, 0, "", ""
+    assert ustar_header("a" * 100, 12345) == ti.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(ValueError, match="exceeds the 8 GiB"):
+        ustar_header("k.cls", 8 ** 11)
 
 
 def test_webdataset_reads_every_sample(tmp_path):
