@@ -196,3 +196,23 @@ def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, 
     # pydicom's own plugins: same pixels, no reject.
     monkeypatch.setattr(dicom, "preferred_plugin", lambda ts: "no-such-plugin")
     np.testing.assert_array_equal(read_hu(path), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("private_bytes, pixels", [(0, SIGNED), (600_000, SIGNED), (600_000, None), (10, None)])
+def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, private_bytes, pixels):
+    """Scan inflates only the first 256 KiB of a deflated dataset when the header ends there; a longer
+    header (a big private element) or one without PixelData is walked whole: same values either way."""
+    import datakit.dicom as dicom
+
+    ds = make()
+    if private_bytes:
+        ds.add_new(0x00091010, "OB", RNG.integers(0, 255, private_bytes, dtype=np.uint8).tobytes())
+    if pixels is None:
+        del ds.PixelData
+    path = save(ds, tmp_path / "d.dcm", DeflatedExplicitVRLittleEndian)
+    h = read_header(path)
+    assert h.transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert h.values["ImagePositionPatient"] == (0.0, 0.0, 12.5) and h.values["SeriesDescription"] == "Thorax"
+    assert h.pixel_tag == (dicom.PIXEL_DATA if pixels is not None else 0) and h.pixel_offset is None
+    assert {k: h.values.get(k) for k in dicom.KEYWORDS} == \
+        {k: v for k, v in dicom.read_header_pydicom(path).values.items() if k in dicom.KEYWORDS}
