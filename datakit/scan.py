@@ -5,9 +5,9 @@
 Headers only (datakit.dicom.read_header; pixels are never read), in parallel over
 all cores. Every file found gets a row, so kept + rejected = found: files that are
 not usable CT slices get a reject_code and a reason a person can act on (table in
-docs/datakit-input.md). Candidates get their label, pseudonyms and geometry;
-uncompressed ones also get pixel_offset/pixel_length so the write stage reads their
-pixels without parsing the header again.
+docs/datakit-input.md). Candidates get their label, pseudonyms and geometry, and
+where their PixelData value lies (pixel_offset, pixel_length), so the write stage
+reads their pixels without parsing the header again.
 
 What headers decide here (plan decides what needs the whole cohort: duplicates,
 short series, splits): DICOM or not, DICOMDIR, Modality CT, CT image storage,
@@ -115,7 +115,7 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
             return "bad-geometry", "ImageOrientationPatient is not two unit direction vectors"
         if abs(normal[2]) < MIN_AXIAL_COS:
             return "not-axial", "the slice plane is not axial (coronal, sagittal or strongly oblique)"
-    if h.transfer_syntax in UNCOMPRESSED and h.pixel_offset is not None:
+    if h.transfer_syntax in UNCOMPRESSED and h.pixel_offset is not None and h.pixel_length is not None:
         need = v["Rows"] * v["Columns"] * v["BitsAllocated"] // 8
         if h.pixel_length < need or h.pixel_offset + need > size:
             return "truncated", f"the file ends inside its pixel data ({size} bytes, pixel data needs " \
