@@ -170,9 +170,11 @@ Example:
 def verify(ctx, dataset_dir, workers, decode):
     """Check every shard's bytes and every count of a dataset; exit 1 listing each problem.
 
-    Shards against the manifest (size, sha256, samples, members, .idx), keys unique and
-    equal to slices.parquet's, counts of manifest and tables, kept + rejected = found,
-    no patient, volume or pixel hash in two splits, a known format version.
+    Any dataset kind (tlx shard's ct-slices; tlx convert's segmentation, multilabel,
+    image-classification): shards against the manifest (size, sha256, samples, members,
+    .idx), keys unique and equal to slices.parquet's, labels, counts of manifest and
+    tables, no volume or patient in two splits, a known format version; for ct-slices
+    also kept + rejected = found and no pixel hash twice.
     """
     from rich.console import Console
 
@@ -181,7 +183,8 @@ def verify(ctx, dataset_dir, workers, decode):
     report = verify_dataset(dataset_dir, workers=workers, decode=decode)
     console = Console()
     if report.ok:
-        console.print(f"OK: {report.shards} shards, {report.samples} samples; checked {', '.join(report.checked)}")
+        console.print(f"OK: {report.shards} shards, {report.samples} samples ({report.kind}); "
+                      f"checked {', '.join(report.checked)}")
         return
     console.print(f"{len(report.problems)} problem(s) in {report.dataset}:")
     for problem in report.problems:
