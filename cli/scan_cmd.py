@@ -23,7 +23,8 @@ def scan(dicom_root, out_dir, workers, secret_file, label_rules):
     """Stage 1: read every file's DICOM header (never its pixels) into work/index.parquet.
 
     Every file found gets a row: usable CT slices with label, pseudonyms and geometry;
-    everything else with a reject code and reason.
+    everything else with a reject code and reason. work/scan.json records the DICOM root
+    (for tlx write) and the label rules' name and sha256 (for the manifest).
     """
     from datakit.pseudonym import load_secret
     from datakit.scan import scan as run_scan
@@ -49,4 +50,5 @@ def print_scan_summary(summary) -> None:
     for code, n in summary.by_code.items():
         table.add_row(f"rejected: {code}", str(n))
     console.print(table)
-    console.print(f"index: {summary.index_path}")
+    console.print(f"index: {summary.index_path}; DICOM root and label rules recorded in "
+                  f"{summary.index_path.with_name('scan.json')}")

@@ -273,7 +273,8 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
     h, w = config.size
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "tool_version": tool_version,
-        "config": {"plan": plan_json["config"], "write": config.to_dict()},
+        "config": {"scan": plan_json.get("scan") or {"label_rules": None}, "plan": plan_json["config"],
+                   "write": config.to_dict()},
         "members": {
             MEMBER_EXT[config.codec]: {"role": "image", "codec": config.codec, "dtype": "int16",
                                        "byteorder": "little", "shape": [h, w], "units": "HU",

@@ -12,6 +12,7 @@ text itself (which can hold names).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 import unicodedata
@@ -90,6 +91,18 @@ def load_rules(path: str | Path | None = None) -> LabelRules:
     except OSError:
         stamp = None
     return _load(path, stamp)
+
+
+def rules_identity(path: str | Path | None = None) -> dict:
+    """Which rules file labelled an index, without its path (paths can name people or sites):
+    {"name": file name, "shipped": whether it is tlx's own, "sha256": of its bytes}."""
+    path = Path(path) if path is not None else SHIPPED_RULES
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatakitError(f"label rules file {str(path)!r} cannot be read ({exc.strerror})") from exc
+    shipped = path.resolve() == SHIPPED_RULES.resolve()
+    return {"name": path.name, "shipped": shipped, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @lru_cache(maxsize=8)

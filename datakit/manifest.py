@@ -82,6 +82,11 @@ class Layout:
         return self.work / "plan.json"
 
     @property
+    def scan_record(self) -> Path:
+        """work/scan.json: the DICOM root and the label rules the index was made from."""
+        return self.work / "scan.json"
+
+    @property
     def staging(self) -> Path:
         return self.work / "staging"
 

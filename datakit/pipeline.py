@@ -9,12 +9,11 @@ with other options gives a new plan, and write refuses staged files of another p
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datakit.errors import DatakitError
-from datakit.manifest import Layout, read_json, write_json_atomic
+from datakit.manifest import Layout, read_json
 from datakit.plan import PlanConfig, PlanSummary, make_plan
 from datakit.write import WriteSummary, write_dataset
 from datakit.write_config import RunOptions, WriteConfig
@@ -50,8 +49,6 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
         from datakit.scan import scan
 
         secret = load_secret(secret_file)
-        layout.work.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(layout.work / "source.json", {"dicom_root": os.path.abspath(root)})
         scan_summary = scan(root, layout.root, workers=options.workers, secret=secret, label_rules=label_rules)
 
     plan_summary = None

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
-from datakit.manifest import SPLITS, Layout, tmp_name, write_json_atomic
+from datakit.manifest import SPLITS, Layout, read_json, tmp_name, write_json_atomic
 
 PLAN_VERSION = 1
 # The paper's seven anatomical classes, in the order that defines label indices. Labels a
@@ -618,6 +618,14 @@ def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series) -> PlanS
                        volumes_seen=len(volumes), volumes_planned=len(planned))
 
 
+def scan_inputs(layout: Layout) -> dict:
+    """What of scan's inputs a dataset may name (passed on to its manifest): the label rules'
+    file name and sha256, never the DICOM root. None when the index was not made by `tlx scan`."""
+    if not layout.scan_record.exists():
+        return {"label_rules": None}
+    return {"label_rules": read_json(layout.scan_record, "work/scan.json").get("label_rules")}
+
+
 def make_plan(dataset_dir, config: PlanConfig = PlanConfig()) -> PlanSummary:
     """Run the plan stage on `dataset_dir/work/index.parquet` (see the module docstring)."""
     config.check()
@@ -632,5 +640,5 @@ def make_plan(dataset_dir, config: PlanConfig = PlanConfig()) -> PlanSummary:
         raise AssertionError(f"plan lost files: {summary.found} found != {summary.planned} planned + "
                              f"{sum(summary.rejected_by_code.values())} rejected")
     write_json_atomic(layout.plan_json, {"plan_version": PLAN_VERSION, "config": config.to_dict(),
-                                         "index": fingerprint, **summary.to_dict()})
+                                         "index": fingerprint, "scan": scan_inputs(layout), **summary.to_dict()})
     return summary

@@ -31,11 +31,13 @@ from typing import Iterator
 from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header,
                            time_limit)
 from datakit.errors import DatakitError
-from datakit.labels import load_rules
+from datakit.labels import load_rules, rules_identity
+from datakit.manifest import write_json_atomic
 from datakit.pseudonym import pseudonym
 from datakit.walk import walk_files
 
 INDEX = Path("work") / "index.parquet"
+SCAN_RECORD = Path("work") / "scan.json"    # what the index was made from: DICOM root, label rules
 HEADER_TIMEOUT_S = 10.0
 CHUNK = 128                      # files per task: big enough to amortise IPC, small enough for a live progress bar
 ROW_GROUP = 65536                # rows per Parquet row group
@@ -294,6 +296,7 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
+    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path)}
     found = walk_files(root)
     first = next(found, None)
     if first is None:
@@ -321,6 +324,9 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         if pending:
             writer.write_table(pa.Table.from_batches(pending))
     os.replace(tmp, index_path)
+    # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
+    # pixels from it without being told again. The rules are named by file name and hash only.
+    write_json_atomic(Path(out_dir) / SCAN_RECORD, record)
     summary = ScanSummary(
         root=str(root), index_path=index_path, files=tally.files, dicom=tally.dicom, candidates=tally.candidates,
         patients=len(tally.patients), series=len(tally.series), seconds=time.perf_counter() - t0, workers=workers,

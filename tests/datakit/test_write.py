@@ -269,3 +269,35 @@ def test_the_other_streams_readers_read_it(sharded):
         volume = test.filter(pl.col("volume") == cds.volumes[v]).sort("slice_index")
         pixels = read_slices(cds.refs(v), cds.member)
         assert [pixel_hash(p.tobytes()) for p in pixels] == volume["pixel_hash"].to_list()
+
+
+def test_scan_records_its_inputs_and_write_needs_no_root_after_a_separate_scan(cohort, sharded, tmp_path,
+                                                                               monkeypatch):
+    import hashlib
+
+    from datakit.labels import SHIPPED_RULES
+
+    root, _ = cohort
+    rules = tmp_path / "my_rules.toml"
+    rules.write_text(SHIPPED_RULES.read_text() + "\n# site copy\n")
+    env = {"TLX_SECRET": SECRET, "TLX_QUIET": "1"}
+    monkeypatch.chdir(root.parent)                          # a relative --dicom-root, recorded absolute
+    out = tmp_path / "data"
+    steps = [["scan", "--dicom-root", root.name, "--out", str(out), "--workers", "1", "--label-rules", str(rules)],
+             ["plan", str(out), "--fractions", "0.5,0.25,0.25"],
+             ["write", str(out), "--size", "16", "--workers", "1"]]
+    for i, args in enumerate(steps):
+        if i == 2:
+            monkeypatch.chdir(tmp_path)                     # write runs elsewhere, told nothing about the root
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+    record = json.loads((out / "work" / "scan.json").read_text())
+    mine = {"name": "my_rules.toml", "shipped": False, "sha256": hashlib.sha256(rules.read_bytes()).hexdigest()}
+    assert record == {"dicom_root": str(root), "label_rules": mine}
+    manifest_text = (out / "manifest.json").read_text()
+    assert json.loads(manifest_text)["config"]["scan"] == {"label_rules": mine}
+    assert str(root) not in manifest_text and str(tmp_path) not in manifest_text and "my_rules.toml" in manifest_text
+    # tlx shard records the shipped rules the same way.
+    shipped = json.loads((sharded[0] / "manifest.json").read_text())["config"]["scan"]["label_rules"]
+    assert shipped == {"name": "label_rules.toml", "shipped": True,
+                       "sha256": hashlib.sha256(SHIPPED_RULES.read_bytes()).hexdigest()}

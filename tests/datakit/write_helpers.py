@@ -11,7 +11,7 @@ def copy_plan(dataset, dest):
     fingerprints its index), ready for `tlx write`."""
     (dest / "work").mkdir(parents=True)
     for name in ("index.parquet", "plan.parquet", "plan_volumes.parquet", "plan_rejects.parquet", "plan.json",
-                 "source.json"):
+                 "scan.json"):
         shutil.copy2(dataset / "work" / name, dest / "work" / name)
     return dest
 
