@@ -153,8 +153,8 @@ def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, f
         from cli.scan_cmd import print_scan_summary
 
         print_scan_summary(summary.scan)
-    if summary.plan is not None:
-        print_plan(summary.plan)
+    if summary.plan is not None:  # the dataset's warnings (below) supersede the plan's
+        print_plan(summary.plan, warnings=summary.write.manifest is None)
     print_write(summary.write)
 
 
@@ -231,7 +231,12 @@ def _table(title: str, frame) -> "object":
     return table
 
 
-def print_plan(s) -> None:
+def _print_warnings(console, warnings) -> None:
+    for w in warnings or []:
+        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+
+
+def print_plan(s, warnings: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -246,6 +251,8 @@ def print_plan(s) -> None:
     console.print(table)
     if s.rejected_by_code:
         console.print("not planned: " + ", ".join(f"{c} {n}" for c, n in s.rejected_by_code.items()))
+    if warnings:
+        _print_warnings(console, s.warnings)
 
 
 def print_write(s) -> None:
@@ -273,6 +280,7 @@ def print_write(s) -> None:
     f = m["files"]
     console.print(f"files: {f['found']} found = {f['kept']} kept + {f['rejected']} rejected ("
                   + ", ".join(f"{c} {n}" for c, n in f["rejected_by_code"].items()) + ")")
+    _print_warnings(console, m.get("warnings"))
     subset = m.get("subset")
     if subset and subset["short"]:
         gaps = ", ".join(f"{s}/{lab} {n}" for s, by in subset["short"].items() for lab, n in by.items())

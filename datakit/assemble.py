@@ -35,6 +35,7 @@ from datakit.errors import DatakitError
 from datakit.manifest import (FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json, tmp_name,
                               write_json_atomic)
 from datakit.plan import REJECT_SCHEMA
+from datakit.plan_splits import split_warnings
 from datakit.shards import TMP_SUFFIX, ShardWriter, index_path_for, sha256_file
 from datakit.write_config import WriteConfig
 from datakit.write_convert import MEMBER_EXT
@@ -285,5 +286,7 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
         "files": {"found": found, "kept": len(kept), "rejected": len(rejects),
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
         **({"subset": subset} if (subset := subset_report(kept, plan_json.get("subset_targets"))) else {}),
+        # What was written, not what was planned: write's filters can empty a small split further.
+        "warnings": split_warnings(plan_json["config"]["fractions"], splits),
         "shards": shard_list,
     }

@@ -18,7 +18,9 @@ The steps, in the order they run (one small function each):
                    ordered by InstanceNumber then SOP and all kept: pixel-identical ones
                    are removed by write, which sees the pixels
   5. min slices    volumes with fewer than `min_slices` slices are rejected
-  6. split         by patient (default) or volume, stratified by label (`assign_splits`)
+  6. split         by patient (default) or volume, stratified by label (`assign_splits`); no split
+                   with a positive fraction left empty when there are enough units, and a
+                   warning for a split that is empty or has few patients (plan_splits)
   7. classes       excluded classes are dropped; a subset takes whole volumes per split
                    and label (`choose_subset`)
   8. order         a global shuffle position per slice (shards are filled in this order),
@@ -46,6 +48,7 @@ import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
 from datakit.manifest import SPLITS, Layout, read_json, tmp_name, write_json_atomic
+from datakit.plan_splits import fill_empty_splits, split_warnings
 
 PLAN_VERSION = 1
 # The paper's seven anatomical classes, in the order that defines label indices. Labels a
@@ -317,7 +320,9 @@ def assign_splits(units: pl.DataFrame, config: PlanConfig, classes: list[str]) -
     vote would send every such unit to the largest split. A patient with volumes of
     several labels is placed by all of them at once. The whole set and every label that
     takes part end within about one unit of their fractions; a split with fraction 0 gets
-    nothing; another seed gives another order, hence other splits.
+    nothing; another seed gives another order, hence other splits. Small cohorts: a split
+    with a positive fraction left empty then gets one unit whenever there are enough
+    (plan_splits.fill_empty_splits).
     """
     fractions = config.fractions
     min_units = math.ceil(2 / min(f for f in fractions if f > 0))
@@ -335,8 +340,9 @@ def assign_splits(units: pl.DataFrame, config: PlanConfig, classes: list[str]) -
     desired = [{g: f * t for g, t in total.items()} for f in fractions]
     assigned = [dict.fromkeys(total, 0.0) for _ in fractions]
     weight = {g: 1.0 / max(t, 1) ** 2 for g, t in total.items()}
-    splits = []
+    splits, sizes = [], []
     for groups, counts in zip(per_unit["groups"].to_list(), per_unit["counts"].to_list()):
+        sizes.append(counts[groups.index(-1)])
         best, best_cost = 0, math.inf
         for s in range(len(fractions)):
             if fractions[s] <= 0:
@@ -348,6 +354,7 @@ def assign_splits(units: pl.DataFrame, config: PlanConfig, classes: list[str]) -
         for g, c in zip(groups, counts):
             assigned[best][g] += c
         splits.append(SPLITS[best])
+    splits = fill_empty_splits(splits, sizes, fractions)
     return per_unit.select("unit", split=pl.Series(splits, dtype=pl.String))
 
 
@@ -597,12 +604,13 @@ class PlanSummary:
     subset_targets: dict | None
     volumes_seen: int
     volumes_planned: int
+    warnings: list[str]                        # splits that are empty or have too few patients
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series) -> PlanSummary:
+def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series, config: PlanConfig) -> PlanSummary:
     planned = plan.vols.filter("planned")
     by_split = {s: {"slices": 0, "volumes": 0, "patients": 0} for s in SPLITS}
     for row in planned.group_by("split").agg(slices=pl.col("slices").sum(), volumes=pl.len(),
@@ -615,7 +623,8 @@ def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series) -> PlanS
     rejected = {c: int(n) for c, n in codes.value_counts().sort("code").rows()}
     return PlanSummary(found=plan.rows, planned=len(plan.slices), rejected_by_code=rejected, by_split=by_split,
                        by_split_label=by_split_label, classes=plan.classes, subset_targets=plan.targets,
-                       volumes_seen=len(volumes), volumes_planned=len(planned))
+                       volumes_seen=len(volumes), volumes_planned=len(planned),
+                       warnings=split_warnings(config.fractions, by_split))
 
 
 def scan_inputs(layout: Layout) -> dict:
@@ -635,7 +644,7 @@ def make_plan(dataset_dir, config: PlanConfig = PlanConfig()) -> PlanSummary:
     volumes = write_plan(layout, plan, config)
     scan_codes = pl.read_parquet(layout.plan_rejects, columns=["stage", "code"]).filter(
         pl.col("stage") == "scan")["code"]
-    summary = summarise(plan, volumes, scan_codes)
+    summary = summarise(plan, volumes, scan_codes, config)
     if summary.found != summary.planned + sum(summary.rejected_by_code.values()):  # the invariant, checked
         raise AssertionError(f"plan lost files: {summary.found} found != {summary.planned} planned + "
                              f"{sum(summary.rejected_by_code.values())} rejected")

@@ -301,3 +301,16 @@ def test_scan_records_its_inputs_and_write_needs_no_root_after_a_separate_scan(c
     shipped = json.loads((sharded[0] / "manifest.json").read_text())["config"]["scan"]["label_rules"]
     assert shipped == {"name": "label_rules.toml", "shipped": True,
                        "sha256": hashlib.sha256(SHIPPED_RULES.read_bytes()).hexdigest()}
+
+
+def test_small_splits_are_warned_about_in_the_manifest_and_once_on_screen(sharded):
+    ds, output = sharded
+    manifest = json.loads((ds / "manifest.json").read_text())
+    patients = {s: manifest["splits"][s]["patients"] for s in ("train", "val", "test")}
+    assert patients == {"train": 2, "val": 1, "test": 1}            # the 4-patient test cohort
+    assert manifest["warnings"] == [
+        f"split {s} has only {n} patient{'s' * (n > 1)} ({manifest['splits'][s]['samples']} slices), fewer than 3: "
+        "its metrics rest on too few people; add patients, or change --fractions" for s, n in patients.items()]
+    flat = " ".join(output.split())                                  # rich wraps long lines
+    for w in manifest["warnings"]:
+        assert flat.count(f"warning: {w}") == 1
