@@ -13,6 +13,8 @@ interleaved and repeated (--repeats, best run counts: the machine may be shared)
   (c) naive     per slice: dcmread, pixel_array, HU, PIL resize, 16-bit PNG, tar
   scan          tlx scan (1 worker) vs pydicom dcmread(stop_before_pixels=True) of every file
   codec         zstd-3 vs 16-bit PNG on the stored 256x256 int16 slices: encode, decode, size
+  --breakdown   one more instrumented run: ms per slice of each phase-1 step, and read_hu against
+                dcmread + pixel_array per transfer syntax
 Targets (issue 2): (b) >= 0.7 x (a); scan >= 0.9 x header-only read. Prints a table,
 writes JSON (--json).
 """
@@ -166,6 +168,36 @@ def breakdown(cohort: Path, work: Path) -> dict:
     return ms
 
 
+def decode_by_syntax(cohort: Path, work: Path, repeats: int = 3) -> dict:
+    """read_hu (tlx's reader, from the index row) against pydicom's dcmread + pixel_array, per
+    transfer syntax, ms per slice, on the planned slices of the breakdown run (best of `repeats`)."""
+    import polars as pl
+    import pydicom
+
+    from datakit.dicom import read_hu
+
+    ds = work / "tlx-breakdown" / "work"
+    rows = (pl.read_parquet(ds / "index.parquet").with_row_index("row")
+            .join(pl.read_parquet(ds / "plan.parquet", columns=["row"]).with_columns(pl.col("row").cast(pl.UInt32)),
+                  on="row"))
+    readers = {"read_hu": lambda r: read_hu(cohort / r["path"], r),
+               "pydicom": lambda r: pydicom.dcmread(cohort / r["path"]).pixel_array}
+
+    def each(read, items):
+        for r in items:          # results dropped at once, as in write (keeping 500 slices alive costs page faults)
+            read(r)
+
+    out = {}
+    for (ts,), group in sorted(rows.group_by("transfer_syntax"), key=lambda g: g[0][0]):
+        items = group.to_dicts()
+        best = dict.fromkeys(readers, float("inf"))
+        for _ in range(repeats):
+            for name, read in readers.items():
+                best[name] = min(best[name], _timed(each, read, items)[1])
+        out[ts] = {"slices": len(items), **{k: round(v / len(items) * 1000, 2) for k, v in best.items()}}
+    return out
+
+
 def run(cohort: Path, work: Path, workers: int, repeats: int) -> dict:
     """Every variant `repeats` times, interleaved (a, b, c, scan, header-only, a, b, ...), best time
     of each kept: on a shared machine the best run is the one least slowed by others."""
@@ -256,6 +288,7 @@ def main(argv=None) -> dict:
         r = run(cohort, work, args.workers, args.repeats)
         if args.breakdown:
             r["ms_per_slice"] = breakdown(cohort, work)
+            r["decode_ms_by_transfer_syntax"] = decode_by_syntax(cohort, work)
     r.update(benchmark="shard_throughput", machine=f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}",
              load_average_after=os.getloadavg(),
              cohort=str(args.cohort or f"tlx synth --patients {args.patients} --matrix {args.matrix} --seed 0"))
@@ -283,6 +316,9 @@ def main(argv=None) -> dict:
     if "ms_per_slice" in r:
         print("\nms per planned slice in phase 1 (instrumented run): "
               + ", ".join(f"{k} {v}" for k, v in r["ms_per_slice"].items()))
+        print(f"\n{'ms per slice by transfer syntax':<44}{'slices':>8}{'read_hu':>10}{'pydicom':>10}")
+        for ts, x in r["decode_ms_by_transfer_syntax"].items():
+            print(f"{ts:<44}{x['slices']:>8}{x['read_hu']:>10.2f}{x['pydicom']:>10.2f}")
     print(f"\ntargets: {r['met']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(r, indent=2) + "\n")
