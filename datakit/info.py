@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from datakit.manifest import SPLITS, Layout, read_manifest
+from datakit.errors import DatakitError
+from datakit.manifest import KIND, SPLITS, Layout, read_manifest
 
 
 @dataclass
@@ -50,6 +51,10 @@ def shard_diversity(slices: pl.DataFrame) -> pl.DataFrame:
 def dataset_info(dataset_dir) -> DatasetInfo:
     layout = Layout(dataset_dir)
     manifest = read_manifest(layout.root)
+    kind = manifest.get("kind", KIND)
+    if kind != KIND:  # its tables are the converters' (docs/finetune.md), not tlx shard's
+        raise DatakitError(f"tlx info reads kind {KIND} (datasets of tlx shard); {layout.root} is kind {kind!r}: "
+                           f"its manifest.json lists splits, labels and shards, and `tlx verify` checks it")
     slices = pl.read_parquet(layout.slices, columns=["split", "shard", "label", "patient", "volume"])
     rejects = pl.read_parquet(layout.rejects, columns=["stage", "code"])
     by_split_label = (slices.group_by("split", "label")

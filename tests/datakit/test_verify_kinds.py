@@ -116,3 +116,10 @@ def test_classification_labels_and_members_are_checked(converted, tmp_path):
     (ds / "manifest.json").write_text(json.dumps(manifest))
     assert verify_dataset(ds, workers=1).problems == [
         "manifest.json: kind 'video' is not one of: ct-slices, segmentation, multilabel, image-classification"]
+
+
+def test_info_refuses_converted_kinds_in_one_line(converted):
+    result = CliRunner().invoke(cli, ["info", str(converted["segmentation"])])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "tlx info reads kind ct-slices (datasets of tlx shard);" in result.output
+    assert "is kind 'segmentation'" in result.output
