@@ -75,7 +75,7 @@ def as_typed(argv: list[str]) -> str:
 
 @click.command(epilog="""\b
 Example:
-  tlx demo                       # about 5 minutes on a laptop CPU, everything under demo/
+  tlx demo                       # 1-2 minutes on a 2-core CPU, everything under demo/
   tlx demo --out /tmp/demo --patients 40 --finetune-epochs 5
 """)
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
