@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from cli.main import UserError
+
 # Synthetic data only: a fixed key is fine here. Real data needs the user's own TLX_SECRET.
 DEMO_SECRET = "tlx-demo-secret-for-synthetic-data-only"
 
@@ -120,7 +122,7 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
         t0 = time.time()
         result = subprocess.run(step.argv, env=env)
         if result.returncode != 0:
-            raise click.ClickException(f"step {i} ({step.title}) failed with exit code {result.returncode}; "
+            raise UserError(f"step {i} ({step.title}) failed with exit code {result.returncode}; "
                                        f"fix the cause and rerun `tlx demo --out {out}` to continue")
         if not step.done_when.exists():
             step.done_when.parent.mkdir(parents=True, exist_ok=True)

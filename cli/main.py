@@ -50,6 +50,12 @@ def _user_error_classes() -> tuple[type, ...]:
     return tuple(classes)
 
 
+class UserError(click.ClickException):
+    """A mistake the user can fix: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -69,11 +75,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
             if isinstance(exc, _user_error_classes()):
-                raise click.ClickException(str(exc)) from exc
+                raise UserError(str(exc)) from exc
             raise
-
-
-click.ClickException.exit_code = 2
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
