@@ -5,9 +5,10 @@
 
 Each representation is centred and reduced to the fewest singular directions that
 explain `keep` of its variance; the canonical correlations are then the singular
-values of Qx^T Qy for orthonormal bases of the two reduced spaces. With few examples
-(kx + ky > n) the spaces must intersect and some correlations are 1 by construction:
-`degenerate` says so, and reports should not quote such a value.
+values of Qx^T Qy for orthonormal bases of the two reduced spaces. Centring leaves
+n - 1 dimensions, so with few examples (kx + ky > n - 1) the spaces must intersect
+and some correlations are 1 by construction: `degenerate` says so, and reports
+should not quote such a value.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class SVCCA:
 
     @property
     def degenerate(self) -> bool:
-        return self.dims[0] + self.dims[1] > self.n
+        # centred columns live in the n - 1 dimensions orthogonal to the all-ones vector
+        return self.dims[0] + self.dims[1] > self.n - 1
 
 
 def _top_directions(X: np.ndarray, keep: float) -> np.ndarray:

@@ -109,3 +109,13 @@ def test_svcca_keeps_the_directions_that_explain_99_percent():
     assert result.dims == (3, 3)
     assert result.mean == pytest.approx(1.0, abs=1e-6)
     assert svcca(rng.normal(size=(10, 8)), rng.normal(size=(10, 8))).degenerate  # 8 + 8 directions > 10 examples
+
+
+def test_svcca_is_degenerate_once_the_directions_fill_the_centred_space():
+    # Centred, 10 examples span 9 dimensions: two 5-dimensional subspaces must share a direction.
+    rng = np.random.default_rng(4)
+    forced = svcca(rng.normal(size=(10, 5)), rng.normal(size=(10, 5)))
+    assert forced.dims == (5, 5) and forced.correlations.max() == pytest.approx(1.0, abs=1e-9)
+    assert forced.degenerate
+    free = svcca(rng.normal(size=(11, 5)), rng.normal(size=(11, 5)))  # 5 + 5 = 10 dimensions of 10: no forced 1
+    assert free.correlations.max() < 1 - 1e-6 and not free.degenerate
