@@ -145,9 +145,7 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
         if not options.resume:
             raise DatakitError(f"{layout.root} already holds a finished dataset (manifest.json); "
                                "choose a new output folder")
-        _finish(layout, staging, options)
-        summary.already_complete, summary.manifest = True, read_json(layout.manifest, "manifest.json")
-        return summary
+        return _already_complete(layout, staging, options, summary)
 
     i, n = options.partition
     plan = pl.read_parquet(layout.plan, columns=["row", "volume", "slice_index", "partition_unit"]).with_columns(
@@ -168,7 +166,14 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
         if staged_mine and not everything_staged:
             raise DatakitError(f"{staging.dir} already holds {len(staged_mine)} converted volumes of this run's "
                                f"share; pass --resume to continue, or delete {staging.dir} to start over")
-    staging.claim(identity_of(plan_json, config.to_dict()))
+    if staging.claim(identity_of(plan_json, config.to_dict())):
+        # A new staging folder. Either another run assembled the dataset and removed its staging
+        # since the check above (the manifest is written before that), or the shards and tables
+        # under final names were made from staged files that are gone (deleted to start over with
+        # another plan or other options): assembly would keep such a shard as finished, so they go.
+        if layout.manifest.exists():
+            return _already_complete(layout, staging, options, summary)
+        _remove_stale_outputs(layout)
     workers = options.workers or default_workers()
 
     t0 = time.perf_counter()
@@ -215,6 +220,20 @@ def _remove_partials(staging: Staging, volumes: list[str]) -> None:
     for v in volumes:
         for p in staging.volume_path(v).parent.glob(f"{v}.arrow.partial-*"):
             p.unlink(missing_ok=True)
+
+
+def _already_complete(layout: Layout, staging: Staging, options: RunOptions, summary: WriteSummary) -> WriteSummary:
+    _finish(layout, staging, options)
+    summary.already_complete, summary.manifest = True, read_json(layout.manifest, "manifest.json")
+    return summary
+
+
+def _remove_stale_outputs(layout: Layout) -> None:
+    for p in layout.final_outputs():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _finish(layout: Layout, staging: Staging, options: RunOptions) -> None:

@@ -1,7 +1,7 @@
 """What phase 1 of write leaves for phase 2: one staged file per volume under work/staging/.
 
     staging = Staging(layout)
-    staging.claim(identity, resume=False)        # first run records the options; later runs must match
+    fresh = staging.claim(identity)              # first run records the options; later runs must match
     staging.write_volume("3f9c0a1b7d2e4c55", table)   # written to a temporary name, then renamed
     staging.is_staged("3f9c0a1b7d2e4c55")
     meta = staging.read_meta(volume)             # every column but the payloads
@@ -39,9 +39,10 @@ class Staging:
         self.identity_path = self.dir / "identity.json"
 
     # --- identity: the plan and the options the staged files were made with
-    def claim(self, identity: dict) -> None:
-        """Record `identity` on first use; refuse to mix staged files made from another plan or
-        with other options (the partitions of one write must agree)."""
+    def claim(self, identity: dict) -> bool:
+        """Record `identity` on first use (returns True) or check it (returns False); refuse to mix
+        staged files made from another plan or with other options (the partitions of one write
+        must agree)."""
         if self.identity_path.exists():
             have = read_json(self.identity_path, "work/staging/identity.json")
             if have != identity:
@@ -49,12 +50,13 @@ class Staging:
                 raise DatakitError(
                     f"{self.dir} was started with another plan or other options ({', '.join(diff)} differ); "
                     f"rerun with the same options, or delete {self.dir} to start the write over")
-            return
+            return False
         self.volumes_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.identity_path, identity)
         # Two partitions may claim at once: whoever wins the rename, both must agree.
         if read_json(self.identity_path, "work/staging/identity.json") != identity:
             raise DatakitError(f"another write with other options claimed {self.dir} at the same time")
+        return True
 
     def exists(self) -> bool:
         return self.dir.exists()
@@ -92,12 +94,6 @@ class Staging:
     def read_payloads(self, volume: str) -> pa.ChunkedArray:
         """The payload column, memory-mapped (pages are read only for the slices used)."""
         return self._open(volume).column("payload")
-
-    def remove_partials(self) -> None:
-        """Temporary files of killed runs (never a complete file: those have their final name)."""
-        if self.volumes_dir.exists():
-            for p in self.volumes_dir.glob("*/*.partial-*"):
-                p.unlink(missing_ok=True)
 
 
 def identity_of(plan_json: dict, write_config: dict) -> dict:

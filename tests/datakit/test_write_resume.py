@@ -1,6 +1,7 @@
 """`tlx write` split into partitions, or killed with SIGKILL at several points and resumed, gives
 byte for byte the dataset of one uninterrupted run; no half-written shard ever has its final name."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,3 +124,19 @@ def test_staging_of_other_options_is_refused(sharded, tmp_path):
     with pytest.raises(Exception, match=r"was started with another plan or other options \(write differ\)"):
         write_dataset(ds, WriteConfig(size=(32, 32), samples_per_shard=16, codec="raw"),
                       RunOptions(workers=1, partition=(1, 2)))
+
+
+def test_resume_after_staging_deleted_rewrites_shards_of_other_options(sharded, tmp_path):
+    """A write killed before its manifest, restarted with other options: the identity check says to
+    delete work/staging; the --resume after that must not keep the earlier options' shards."""
+    other = WriteConfig(size=(32, 32), samples_per_shard=16, hu_floor=None)
+    fresh = copy_plan(sharded[0], tmp_path / "fresh")
+    write_dataset(fresh, other, RunOptions(workers=1))
+    ds = copy_plan(sharded[0], tmp_path / "restarted")
+    write_dataset(ds, CONFIG, RunOptions(workers=1, keep_staging=True))
+    (ds / "manifest.json").unlink()                     # as if killed just before the manifest
+    with pytest.raises(Exception, match=r"was started with another plan or other options"):
+        write_dataset(ds, other, RunOptions(workers=1, resume=True))
+    shutil.rmtree(ds / "work" / "staging")              # what that message says to do
+    write_dataset(ds, other, RunOptions(workers=1, resume=True))
+    assert output_files(ds) == output_files(fresh)
