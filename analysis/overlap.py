@@ -28,12 +28,18 @@ def load_correctness(path: Path | str) -> dict[tuple, bool]:
     """test unit -> correct, from one run's predictions.parquet."""
     import polars as pl
 
-    frame = pl.read_parquet(path)
-    if "sample" not in frame.columns or "correct" not in frame.columns:
-        raise AnalysisError(f"{path} needs columns 'sample' and 'correct', has {frame.columns}")
-    keys = [c for c in UNIT_COLUMNS if c in frame.columns]
-    units = frame.select(*(pl.col(k).cast(pl.String) for k in keys)).rows()
-    out = dict(zip(units, frame["correct"].cast(pl.Boolean).to_list()))
+    try:
+        frame = pl.read_parquet(path)
+        if "sample" not in frame.columns or "correct" not in frame.columns:
+            raise AnalysisError(f"{path} needs columns 'sample' and 'correct', has {frame.columns}")
+        keys = [c for c in UNIT_COLUMNS if c in frame.columns]
+        units = frame.select(*(pl.col(k).cast(pl.String) for k in keys)).rows()
+        correct = frame["correct"].cast(pl.Boolean).to_list()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise AnalysisError(f"{path} cannot be read as predictions ({type(exc).__name__}: {exc})") from None
+    if None in correct:
+        raise AnalysisError(f"{path}: {correct.count(None)} test units have no 'correct' value")
+    out = dict(zip(units, correct))
     if len(out) != frame.height:
         raise AnalysisError(f"{path}: {frame.height - len(out)} test units appear more than once ({keys})")
     return out

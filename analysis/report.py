@@ -488,13 +488,28 @@ def _overlap_section(rep: Report) -> list[str]:
     if not groups:
         rep.notes["prediction overlap"].append("fewer than two runs of one task have predictions.parquet")
         return lines + ["Not computed: no task has two or more runs with predictions.parquet.", ""]
+    notes = rep.notes["prediction overlap"]
     for group, inits in groups.items():
-        names = list(inits)
-        correct = {init: [load_correctness(r.predictions) for r in runs] for init, runs in inits.items()}
         lines += [f"### {group.label()}", ""]
-        if len(names) >= 2:
-            lines += _overlap_table(rep, group, names, correct)
-        lines += _similarity_table(rep, group, names, correct)
+        correct: dict[str, list] = {}
+        for init, runs in inits.items():
+            for run in runs:
+                try:
+                    correct.setdefault(init, []).append(load_correctness(run.predictions))
+                except AnalysisError as exc:  # one unreadable file: that run is left out, and said so
+                    notes.append(f"{run.rel}: left out: {exc}")
+                    lines += [f"- `{run.rel}` left out: {exc}", ""]
+        correct = {init: runs for init, runs in correct.items() if runs}
+        if sum(len(v) for v in correct.values()) < 2:
+            lines += ["Not computed: fewer than two readable predictions.parquet.", ""]
+            continue
+        names = list(correct)
+        for make in ((_overlap_table,) if len(names) >= 2 else ()) + (_similarity_table,):
+            try:
+                lines += make(rep, group, names, correct)
+            except AnalysisError as exc:  # e.g. runs without common test units: this table is not made
+                notes.append(f"{group.label()}: {exc}")
+                lines += [f"Not computed: {exc}.", ""]
     return lines
 
 
@@ -529,7 +544,7 @@ def _similarity_table(rep: Report, group: GroupKey, names: list[str], correct: d
     k = len(names)
     observed = np.full((k, k), np.nan)
     expected = np.full((k, k), np.nan)
-    body = []
+    body, rows = [], []
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if j < i:
@@ -541,10 +556,11 @@ def _similarity_table(rep: Report, group: GroupKey, names: list[str], correct: d
             values = [prediction_similarity(*align([x, y])) for x, y in pairs]
             observed[i, j] = observed[j, i] = float(np.mean([v[0] for v in values]))
             expected[i, j] = expected[j, i] = float(np.mean([v[1] for v in values]))
-            rep.similarity.append({"task": group.task, "setting": group.setting, "fraction": group.fraction,
-                                   "init_a": a, "init_b": b, "pairs": len(pairs), "observed": observed[i, j],
-                                   "expected": expected[i, j]})
+            rows.append({"task": group.task, "setting": group.setting, "fraction": group.fraction,
+                         "init_a": a, "init_b": b, "pairs": len(pairs), "observed": observed[i, j],
+                         "expected": expected[i, j]})
             body.append([a, b, len(pairs), f"{observed[i, j]:.4f}", f"{expected[i, j]:.4f}"])
+    rep.similarity += rows  # only once every pair could be aligned
     path, rel = _figure(rep, f"similarity_{group.slug()}")
     figures.similarity_heatmap(names, observed, expected, f"prediction similarity: {group.label()}", path)
     return (["Prediction similarity:", ""]

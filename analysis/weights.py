@@ -11,6 +11,7 @@ features, so relabelling or rotating filters does not count as change.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,14 @@ LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
 
 
 def load_first_layers(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """layer -> (init, final) weights; refuses a file that lacks a layer or whose shapes differ."""
+    """layer -> (init, final) weights; refuses a file that is unreadable, lacks a layer or whose shapes differ."""
+    try:
+        return _read_first_layers(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated or not an npz
+        raise AnalysisError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_first_layers(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     with np.load(path) as npz:
         out = {}
         for name in LAYERS:

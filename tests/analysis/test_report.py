@@ -278,3 +278,35 @@ def test_what_the_trainer_writes_in_odd_cases(tmp_path):
     reuse = pl.read_csv(out / "feature_reuse.csv")
     assert reuse.height == 6 and reuse["uniqueness_init"].null_count() == 6  # 2 filters: no halves
     assert text.count("lacks ['final/conv1.weight'") == 2  # the two seed-1 runs, named in the section
+
+
+def test_unreadable_predictions_or_weights_leave_out_that_run_not_the_report(tmp_path):
+    """A truncated predictions.parquet or first_layers.npz, and runs with no common test units, are named in their
+    section; everything else is still computed."""
+    root = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    units = {f"s{u}": bool(u % 3) for u in range(30)}
+    runs = {}
+    for init in ("a", "b"):
+        for seed in (0, 1):
+            runs[(init, seed)] = write_run(root, "radnet", init, seed, metrics={"accuracy": 0.6 + 0.1 * seed},
+                                           correct=units, first_layers=first_layers(rng, 0.5))
+    for init, prefix in (("a", "x"), ("b", "y")):  # task "other": the two inits were tested on different samples
+        write_run(root, "other", init, 0, metrics={"accuracy": 0.5}, correct={f"{prefix}{u}": True for u in range(5)})
+    for name in ("predictions.parquet", "first_layers.npz"):
+        path = runs[("b", 1)] / name
+        path.write_bytes(path.read_bytes()[:100])
+    report = build_report(root, tmp_path / "report", options=ReportOptions(uniqueness_splits=2))
+    text = report.index.read_text()
+    bad = "radnet/b/finetune/frac-1/seed-1"
+    assert any(n.startswith(f"{bad}: left out:") and "cannot be read as predictions" in n
+               for n in report.notes["prediction overlap"])
+    assert f"- `{bad}` left out:" in text
+    assert any(n.startswith(f"{bad}: ") and "cannot be read" in n for n in report.notes["feature reuse"])
+    assert "Not computed: the runs share no test units" in text
+    sim = pl.read_csv(tmp_path / "report" / "similarity.csv")
+    assert set(sim["task"]) == {"radnet"}
+    ab = sim.filter((pl.col("init_a") == "a") & (pl.col("init_b") == "b")).row(0, named=True)
+    assert ab["pairs"] == 2 and ab["observed"] == 1.0  # a's two seeds against b's one readable seed
+    assert set(pl.read_csv(tmp_path / "report" / "overlap.csv")["task"]) == {"radnet"}
+    assert pl.read_csv(tmp_path / "report" / "feature_reuse.csv").height == 3 * 3
