@@ -80,6 +80,13 @@ def _field(row: dict, name: str, line: int, path: Path, kind):
     return value
 
 
+def _text(row: dict, name: str, line: int, path: Path) -> str:
+    value = (row.get(name) or "").strip()
+    if not value:
+        raise AnalysisError(f"{path}:{line}: {name} is empty")
+    return value
+
+
 def read_summary_csv(path: Path | str, ddof: int = 0) -> list[ResultRow]:
     """Published results: columns task, metric, init, mean, std, n, ddof (optional: setting, fraction).
 
@@ -107,9 +114,9 @@ def read_summary_csv(path: Path | str, ddof: int = 0) -> list[ResultRow]:
                 raise AnalysisError(f"{path}:{line}: std must be >= 0, got {std}")
             fraction = _field(row, "fraction", line, path, float) if (row.get("fraction") or "").strip() \
                 else SUMMARY_DEFAULTS["fraction"]
-            group = GroupKey(row["task"].strip(), (row.get("setting") or "").strip() or SUMMARY_DEFAULTS["setting"],
-                             fraction)
-            ident = (group, row["metric"].strip(), row["init"].strip())
+            group = GroupKey(_text(row, "task", line, path),
+                             (row.get("setting") or "").strip() or SUMMARY_DEFAULTS["setting"], fraction)
+            ident = (group, _text(row, "metric", line, path), _text(row, "init", line, path))
             if ident in seen:
                 raise AnalysisError(f"{path}:{line}: a second row for {ident[0].label()} {ident[1]} {ident[2]}")
             seen.add(ident)

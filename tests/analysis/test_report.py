@@ -217,6 +217,12 @@ def test_summary_table_errors_name_the_problem(tmp_path):
     csv.write_text("task,metric,init,mean,std,n,ddof,fraction\nlits,dice,a,0.9,0.1,4,1,half\n")
     with pytest.raises(AnalysisError, match="bad.csv:2: fraction 'half' is not a valid float"):
         build_report(None, tmp_path / "r", summary=csv)
+    csv.write_text("mean,std,n,ddof,task,metric,init\n0.9,0.1,4,1,lits,dice\n")  # a short row: no init
+    with pytest.raises(AnalysisError, match="bad.csv:2: init is empty"):
+        build_report(None, tmp_path / "r", summary=csv)
+    csv.write_text("task,metric,init,mean,std,n,ddof\n ,dice,a,0.9,0.1,4,1\n")
+    with pytest.raises(AnalysisError, match="bad.csv:2: task is empty"):
+        build_report(None, tmp_path / "r", summary=csv)
     with pytest.raises(AnalysisError, match="nothing to analyse"):
         build_report(None, tmp_path / "r")
 
