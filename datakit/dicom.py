@@ -316,13 +316,12 @@ def read_header(path: str | os.PathLike, size: int | None = None) -> Header:
     return read_header_pydicom(path, walker_error)
 
 
-def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
-    cur = _Cursor(f, size)
-    cur.buf, cur.base = head, 0
+def _file_meta(cur: _Cursor, head: bytes, kind: str) -> tuple[int, str | None, str | None]:
+    """(position after the file meta, transfer syntax, media storage SOP class) as the meta says."""
     ts = media = None
     pos = 132 if kind == "part10" else 0
     if kind == "part10" or struct.unpack_from("<H", head)[0] == 0x0002:
-        while pos + 8 <= size:                                  # file meta: always explicit VR little endian
+        while pos + 8 <= cur.size:                              # file meta: always explicit VR little endian
             group = struct.unpack("<H", cur.get(pos, 2))[0]
             if group != 0x0002:
                 break
@@ -334,6 +333,13 @@ def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
             elif tag == 0x00020002:
                 media = cur.get(vpos, length).decode("ascii", "replace").strip(" \0")
             pos = vpos + length
+    return pos, ts, media
+
+
+def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
+    cur = _Cursor(f, size)
+    cur.buf, cur.base = head, 0
+    pos, ts, media = _file_meta(cur, head, kind)
     if kind == "raw-be":
         ts = EXPLICIT_BE                      # big endian without meta is always explicit VR
     elif ts is None or ts == EXPLICIT_LE:     # no meta, or meta that may lie: VR letters tell explicit from implicit
@@ -351,6 +357,9 @@ def _read_header_fast(f, size: int, head: bytes, kind: str) -> Header:
 
 _INFLATE_PEEK = 256 * 1024           # inflated bytes tried first: a CT header (up to PixelData) fits
 _INFLATE_MAX = 64 * 1024 * 1024
+# A deflated data set that inflates to more than this is refused before pydicom inflates all of it
+# in memory (a few MB of deflated zeros inflate to GB): the largest pixel data allowed plus a header.
+MAX_INFLATED_BYTES = MAX_PIXEL_BYTES + _INFLATE_MAX
 
 
 def _walk_deflated(compressed: bytes, header: Header) -> None:
@@ -370,6 +379,31 @@ def _walk_deflated(compressed: bytes, header: Header) -> None:
         header.values, header.pixel_tag = {}, 0
         data += inflater.decompress(inflater.unconsumed_tail, _INFLATE_MAX - len(data))
     _walk(_Cursor(None, len(data), data), 0, False, "<", header)
+
+
+def _check_inflated_size(path) -> None:
+    """Raise SliceRejected if the deflated data set of `path` inflates to more than MAX_INFLATED_BYTES.
+    Inflates in bounded steps and keeps nothing; a file it cannot follow is left to pydicom."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(_CHUNK)
+        kind = sniff(head)
+        if kind is None:
+            return
+        try:
+            pos, _, _ = _file_meta(_Cursor(f, size, head), head, kind)
+        except (HeaderError, struct.error):
+            return
+        f.seek(pos)
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        try:
+            while not inflater.eof and (chunk := inflater.unconsumed_tail or f.read(1 << 20)):
+                total += len(inflater.decompress(chunk, 1 << 24))
+                if total > MAX_INFLATED_BYTES:
+                    raise SliceRejected("undecodable", f"the deflated data set inflates to more than "
+                                                       f"{MAX_INFLATED_BYTES // 2**20} MiB (a corrupt file)")
+        except zlib.error:
+            return
 
 
 def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
@@ -563,6 +597,8 @@ def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
         elif ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
             stored = _read_encapsulated(path, row, ts, offset)
         else:
+            if ts == DEFLATED_LE:
+                _check_inflated_size(path)
             stored = _read_with_pydicom(path, row)
         return _to_hu(stored, row)
 

@@ -223,3 +223,22 @@ def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, p
     assert h.pixel_tag == (dicom.PIXEL_DATA if pixels is not None else 0) and h.pixel_offset is None
     assert {k: h.values.get(k) for k in dicom.KEYWORDS} == \
         {k: v for k, v in dicom.read_header_pydicom(path).values.items() if k in dicom.KEYWORDS}
+
+
+def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom(tmp_path, monkeypatch):
+    """A few MB of deflated zeros inflate to GB: read_hu refuses such a file before pydicom inflates it
+    whole in memory (limit lowered here so the test file stays small)."""
+    import datakit.dicom as dicom
+
+    ds = make()
+    ds.add_new(0x7FE10010, "OB", bytes(4 << 20))              # 4 MiB of zeros after PixelData, deflated to ~4 KB
+    path = save(ds, tmp_path / "bomb.dcm", DeflatedExplicitVRLittleEndian)
+    assert path.stat().st_size < 64 << 10
+    row = header_row(read_header(path))
+    np.testing.assert_array_equal(read_hu(path, row), SIGNED.astype(np.float32) - 1024)   # under the limit: read
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 1 << 20)
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
+    for call in (lambda: read_hu(path), lambda: read_hu(path, row)):
+        with pytest.raises(SliceRejected, match=r"the deflated data set inflates to more than 1 MiB") as info:
+            call()
+        assert info.value.code == "undecodable"
