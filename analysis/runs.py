@@ -104,6 +104,8 @@ def _read_curve(path: Path) -> list[dict]:
             raise ValueError(f"metrics.jsonl line {n} is not JSON ({exc.msg})") from None
         if not isinstance(row, dict) or "epoch" not in row:
             raise ValueError(f"metrics.jsonl line {n} has no 'epoch'")
+        if not isinstance(row["epoch"], int) or isinstance(row["epoch"], bool):
+            raise ValueError(f"metrics.jsonl line {n}: epoch {row['epoch']!r} is not an integer")
         rows.append(row)
     return sorted(rows, key=lambda r: r["epoch"])
 
