@@ -72,8 +72,11 @@ def test_torch_and_dali_read_the_same_samples_with_the_same_augmentations(epochs
         for e in (0, 1):
             for t, d in zip(epochs["torch"][r][e], epochs["dali"][r][e]):
                 assert torch.equal(t.ids, d.ids)
-                # same crop boxes, flips, jitter and blur; only the resampling kernels differ slightly
-                assert (t.view1 - d.view1).abs().mean() < 2e-3 and (t.view2 - d.view2).abs().mean() < 2e-3
+                # same crop boxes, flips, jitter and blur; the crop is cut before resizing in both (a resize
+                # over a region of interest would blend in pixels outside the crop at its border); only the
+                # antialiasing filters differ slightly at the border of downscaled crops
+                for tv, dv in ((t.view1, d.view1), (t.view2, d.view2)):
+                    assert (tv - dv).abs().mean() < 1e-4 and (tv - dv).abs().max() < 2e-2
 
 
 def test_deterministic_from_seed_and_epoch_whatever_the_workers(ds):

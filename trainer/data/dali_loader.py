@@ -9,9 +9,9 @@ on, nor resume in the middle of an epoch. So the first stage is a parallel
 sample's bytes at the offsets of the `.idx` files (the same byte ranges the webdataset
 reader would read), decode zstd (or pass raw bytes through) into int16 HU, and draw the
 two views' parameters. Everything after that runs on the GPU: int16 -> float,
-normalisation (per-slice min-max or HU window), then per view resized crop (one
-`fn.resize` with a region of interest), flip, brightness/contrast, Gaussian blur (when
-the recipe asks), and CHW layout. The int16 slice crosses PCIe once for both views.
+normalisation (per-slice min-max or HU window), then per view resized crop (`fn.slice`
+then `fn.resize`, as torchvision crops then resizes), flip, brightness/contrast, Gaussian
+blur (when the recipe asks), and CHW layout. The int16 slice crosses PCIe once for both views.
 
 The pipeline and its worker processes live across epochs: the workers compute each
 epoch's plan themselves from (seed, epoch) and memory-map the sample table from a
@@ -61,10 +61,12 @@ def _build_pipeline(source: PlanSource, batch: int, aug: AugmentConfig, device_i
             x = (x - lo) / dmath.max(hi - lo, 1e-6)  # constant slice -> zeros
 
         def view(p):
-            # p is on the CPU: DALI takes per-sample operator arguments from CPU nodes only.
-            v = fn.resize(x, size=[aug.image_size, aug.image_size], roi_start=p[TOP:LEFT + 1],
-                          roi_end=p[BOTTOM:RIGHT + 1], roi_relative=False, interp_type=types.INTERP_LINEAR,
-                          antialias=True)
+            # p is on the CPU: DALI takes per-sample operator arguments from CPU nodes only. Cut the crop,
+            # then resize it: a resize over a region of interest would blend pixels outside the crop into
+            # its border rows and columns, which the torch path (crop, then resize) never sees.
+            v = fn.slice(x, start=fn.cast(p[TOP:LEFT + 1], dtype=types.INT32),
+                         end=fn.cast(p[BOTTOM:RIGHT + 1], dtype=types.INT32), axis_names="HW")
+            v = fn.resize(v, size=[aug.image_size, aug.image_size], interp_type=types.INTERP_LINEAR, antialias=True)
             v = fn.flip(v, horizontal=fn.cast(p[FLIP], dtype=types.INT32))
             b, c = on_dev(p[BRIGHTNESS]), on_dev(p[CONTRAST])
             v = dmath.clamp(b * (c * v + (1.0 - c) * fn.reductions.mean(v)), 0.0, 1.0)
