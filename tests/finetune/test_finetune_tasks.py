@@ -93,4 +93,6 @@ def test_dali_jpeg_path_matches_the_torch_path(tmp_path):
         torch_x = torch.cat([b[0] for b in batches(split, plan, epoch=1, workers=0)])
         dali_x = torch.cat([b[0] for b in batches(split, plan, epoch=1, workers=0, jpeg_decoder=decoder)])
         assert dali_x.shape == torch_x.shape == (len(plan.ravel()), 3, 32, 32)
-        assert (dali_x - torch_x).abs().mean() < 0.005      # both libjpeg-turbo; resize rounding differs slightly
+        # both libjpeg-turbo, both cut the box before resizing (a resize over a region of interest would blend
+        # in pixels outside the box at its border); only the antialiasing at a downscaled border differs slightly
+        assert (dali_x - torch_x).abs().mean() < 2e-4 and (dali_x - torch_x).abs().max() < 2e-2
