@@ -323,10 +323,12 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
                 pending = []
         if pending:
             writer.write_table(pa.Table.from_batches(pending))
-    os.replace(tmp, index_path)
     # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
     # pixels from it without being told again. The rules are named by file name and hash only.
+    # Written before the index gets its name: `tlx shard --resume` reuses an index it finds, and
+    # the manifest's config.scan comes from this record.
     write_json_atomic(Path(out_dir) / SCAN_RECORD, record)
+    os.replace(tmp, index_path)
     summary = ScanSummary(
         root=str(root), index_path=index_path, files=tally.files, dicom=tally.dicom, candidates=tally.candidates,
         patients=len(tally.patients), series=len(tally.series), seconds=time.perf_counter() - t0, workers=workers,

@@ -175,3 +175,16 @@ def test_cli_scan_prints_a_summary_table(cohort, tmp_path):
     assert result.exit_code == 0, result.output
     assert "candidate: thorax" in result.output and "rejected: scout" in result.output
     assert (tmp_path / "d" / INDEX).exists()
+
+
+def test_an_index_never_stands_without_its_scan_record(cohort, tmp_path, monkeypatch):
+    """`tlx shard --resume` reuses an index it finds, and the manifest's config.scan comes from
+    work/scan.json: a scan killed between the two files must leave no index behind."""
+    import datakit.scan as scan_module
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(scan_module, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        scan(cohort[0], tmp_path, workers=1, secret=SECRET)
+    assert not (tmp_path / INDEX).exists()
