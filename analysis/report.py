@@ -362,7 +362,14 @@ def _scale_factors_section(rep: Report) -> list[str]:
     for bound, sf in sorted(rep.scale_factors.items()):
         ci = (f"{sf.value - 1.96 * sf.se:.4g} – {sf.value + 1.96 * sf.se:.4g}" if sf.se else "—")
         body.append([f"S_{bound.upper()}", f"{sf.value:.4g}", ci])
-    return lines + [f"From {rep.scale_factors_source}.", ""] + table(["bound", "value", "95% CI"], body)
+    lines += [f"From {rep.scale_factors_source}.", ""] + table(["bound", "value", "95% CI"], body)
+    failed = max(sf.volumes_failed for sf in rep.scale_factors.values())
+    if failed:
+        note = (f"{failed} volume(s) failed in `tlx scale-factors` and are not in S "
+                f"(their errors: `volumes_failed` in the scale factors file)")
+        rep.notes["scale factors"].append(note)
+        lines += [f"**{note}.**", ""]
+    return lines
 
 
 def _convergence_section(rep: Report) -> list[str]:

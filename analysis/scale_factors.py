@@ -390,6 +390,7 @@ class ScaleFactor:
 
     value: float
     se: float = 0.0
+    volumes_failed: int = 0  # volumes `tlx scale-factors` could not compute, left out of the value
 
 
 def load_results(path: Path | str) -> dict[str, ScaleFactor]:
@@ -403,11 +404,12 @@ def load_results(path: Path | str) -> dict[str, ScaleFactor]:
         raise AnalysisError(f"{path} is not a {RESULT_FORMAT} v{RESULT_VERSION} file "
                             f"(write it with `tlx scale-factors`)")
     out = {}
+    failed = len(data.get("volumes_failed") or [])
     for bound in ("lb", "ub"):
         entry = data.get(f"s_{bound}")
         if entry and entry.get("value") is not None:
             ci = entry.get("ci95")
-            out[bound] = ScaleFactor(entry["value"], (ci[1] - ci[0]) / (2 * Z95) if ci else 0.0)
+            out[bound] = ScaleFactor(entry["value"], (ci[1] - ci[0]) / (2 * Z95) if ci else 0.0, failed)
     return out
 
 

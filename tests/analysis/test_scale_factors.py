@@ -119,6 +119,24 @@ def test_a_volume_that_fails_is_reported_not_dropped(tmp_path):
     assert result["slices_processed"] == 4 * result["volumes_ok"]
 
 
+def test_analyze_reports_the_volumes_that_failed(tmp_path):
+    from analysis.report import build_report
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "scale_factors.json").write_text(json.dumps({
+        "format": "tlx-scale-factors", "version": 1, "s_ub": {"value": 2.5, "ci95": None},
+        "volumes_failed": [{"volume": "v2", "slices": 4, "error": "ZstdError: bad"},
+                           {"volume": "v7", "slices": 9, "error": "AnalysisError: short read"}]}))
+    summary = tmp_path / "published.csv"
+    summary.write_text("task,metric,init,mean,std,n,ddof\nlits,dice,a,0.9,0.1,4,1\n")
+    report = build_report(None, out, summary=summary)
+    assert load_results(out / "scale_factors.json")["ub"].volumes_failed == 2
+    assert report.notes["scale factors"] == ["2 volume(s) failed in `tlx scale-factors` and are not in S "
+                                             "(their errors: `volumes_failed` in the scale factors file)"]
+    assert "**2 volume(s) failed in `tlx scale-factors`" in report.index.read_text()
+
+
 def test_bad_datasets_are_refused(tmp_path, dataset):
     with pytest.raises(AnalysisError, match="no manifest.json"):
         estimate_scale_factors(tmp_path)
