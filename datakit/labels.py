@@ -113,6 +113,9 @@ def _load(path: str, stamp) -> LabelRules:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise DatakitError(f"cannot read label rules {path!r} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise DatakitError(f"label rules {name}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save the file as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise DatakitError(f"label rules {name}: not valid TOML ({exc})") from exc
     unknown = set(data) - {"version", "fields", "default", "rule"}
@@ -121,8 +124,9 @@ def _load(path: str, stamp) -> LabelRules:
                            "default, rule")
     if data.get("version", 1) != 1:
         raise DatakitError(f"label rules {name}: version {data['version']!r} is not supported; supported: 1")
-    fields = tuple(data.get("fields", FIELDS))
-    bad = [f for f in fields if f not in FIELDS]
+    fields = data.get("fields", FIELDS)
+    fields = tuple(fields) if isinstance(fields, (list, tuple)) else (fields,)
+    bad = [f for f in fields if not isinstance(f, str) or f not in FIELDS]
     if bad or not fields or len(set(fields)) != len(fields):
         raise DatakitError(f"label rules {name}: fields {list(fields)} must be distinct names from "
                            f"{', '.join(FIELDS)}")

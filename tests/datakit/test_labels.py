@@ -62,6 +62,7 @@ def test_user_rules_file(tmp_path):
     ('colour = 1\n', r"unknown key\(s\) \['colour'\]"),
     ('[[rule]\n', r"not valid TOML"),
     ('version = 1\n', r"no \[\[rule\]\] entries"),
+    ('fields = 3\n[[rule]]\nname = "x"\nlabel = "head"\nkeywords = ["a"]\n', r"fields \[3\] must be distinct names"),
 ])
 def test_bad_rules_files_say_what_is_wrong(tmp_path, text, message):
     f = tmp_path / "bad.toml"
@@ -69,6 +70,13 @@ def test_bad_rules_files_say_what_is_wrong(tmp_path, text, message):
     with pytest.raises(DatakitError, match=message):
         load_rules(f)
     assert len(CLASSES) == 7
+
+
+def test_rules_file_not_in_utf8(tmp_path):
+    f = tmp_path / "latin1.toml"                          # German keywords saved by a Windows editor
+    f.write_bytes('[[rule]]\nname = "head"\nlabel = "head"\nkeywords = ["Schädel"]\n'.encode("cp1252"))
+    with pytest.raises(DatakitError, match=r"label rules latin1.toml: not UTF-8 text .*save the file as UTF-8"):
+        load_rules(f)
 
 
 def test_missing_rules_file(tmp_path):
