@@ -124,11 +124,11 @@ def _load(path: str, stamp) -> LabelRules:
                            "default, rule")
     if data.get("version", 1) != 1:
         raise DatakitError(f"label rules {name}: version {data['version']!r} is not supported; supported: 1")
-    fields = data.get("fields", FIELDS)
-    fields = tuple(fields) if isinstance(fields, (list, tuple)) else (fields,)
+    listed = data.get("fields", FIELDS)
+    fields = tuple(listed) if isinstance(listed, (list, tuple)) else ()
     bad = [f for f in fields if not isinstance(f, str) or f not in FIELDS]
     if bad or not fields or len(set(fields)) != len(fields):
-        raise DatakitError(f"label rules {name}: fields {list(fields)} must be distinct names from "
+        raise DatakitError(f"label rules {name}: fields {listed!r} must be distinct names from "
                            f"{', '.join(FIELDS)}")
     default = data.get("default", "other")
     if default not in CLASSES:

@@ -62,7 +62,7 @@ def test_user_rules_file(tmp_path):
     ('colour = 1\n', r"unknown key\(s\) \['colour'\]"),
     ('[[rule]\n', r"not valid TOML"),
     ('version = 1\n', r"no \[\[rule\]\] entries"),
-    ('fields = 3\n[[rule]]\nname = "x"\nlabel = "head"\nkeywords = ["a"]\n', r"fields \[3\] must be distinct names"),
+    ('fields = 3\n[[rule]]\nname = "x"\nlabel = "head"\nkeywords = ["a"]\n', r"fields 3 must be distinct names"),
 ])
 def test_bad_rules_files_say_what_is_wrong(tmp_path, text, message):
     f = tmp_path / "bad.toml"
