@@ -241,14 +241,14 @@ def _results_section(rep: Report) -> list[str]:
     return lines
 
 
-def _comparison_matrices(rep: Report, group: GroupKey, metric: str, inits: list[str]):
-    index = {i: k for k, i in enumerate(inits)}
+def _comparison_matrices(pairs: dict, inits: list[str]):
+    """(delta %, p) matrices, row a vs column b, from {(init_a, init_b): Comparison} of one group and metric."""
     delta = np.full((len(inits), len(inits)), np.nan)
     p = np.full_like(delta, np.nan)
-    for c in rep.comparisons:
-        if c.group == group and c.metric == metric:
-            delta[index[c.init_a], index[c.init_b]] = c.delta_pct
-            p[index[c.init_a], index[c.init_b]] = c.test.p
+    for i, a in enumerate(inits):
+        for j, b in enumerate(inits):
+            if (a, b) in pairs:
+                delta[i, j], p[i, j] = pairs[(a, b)].delta_pct, pairs[(a, b)].test.p
     return delta, p
 
 
@@ -259,6 +259,9 @@ def _comparisons_section(rep: Report) -> list[str]:
              "`comparisons.csv` holds every metric and ordered pair.", ""]
     tables = by_table(rep.results)
     groups = sorted({g for g, _ in tables})
+    index: dict[tuple, dict] = defaultdict(dict)  # (group, metric) -> (init_a, init_b) -> Comparison
+    for c in rep.comparisons:
+        index[(c.group, c.metric)][(c.init_a, c.init_b)] = c
     shown = 0
     for group in groups:
         metric = rep.headline(group)
@@ -266,14 +269,14 @@ def _comparisons_section(rep: Report) -> list[str]:
         if len(inits) < 2:
             continue
         shown += 1
-        delta, p = _comparison_matrices(rep, group, metric, inits)
+        pairs = index[(group, metric)]
+        delta, p = _comparison_matrices(pairs, inits)
         path, rel = _figure(rep, f"compare_{group.slug()}_{slug(metric)}")
         figures.comparison_heatmap(inits, delta, p, f"{group.label()}: {metric}", path, rep.options.alpha)
         lines += [f"### {group.label()}: {metric}", "", image(f"comparisons {group.label()}", rel), ""]
         body = []
         for a, b in combinations(inits, 2):
-            c = next(c for c in rep.comparisons if c.group == group and c.metric == metric
-                     and c.init_a == a and c.init_b == b)
+            c = pairs[(a, b)]
             mark = " *" if c.test.p < rep.options.alpha else ""
             delta = f"{c.delta_pct:+.2f}" if math.isfinite(c.delta_pct) else "n/a"
             body.append([a, b, delta, fmt(c.test.t, 3), fmt(c.test.df, 2), fmt_p(c.test.p) + mark])
