@@ -32,6 +32,7 @@ from analysis.runs import GroupKey, Run, find_runs, fraction_label, headline_met
 from analysis.scale_adjust import BOUND_LABELS, SPACES, adjusted_rows, pretraining_sizes
 from analysis.scale_factors import RESULT_NAME, load_results
 from analysis.scale_factors import from_values as scale_factors_from_values
+from analysis.stats import describe
 from analysis.weights import LAYERS, feature_reuse, feature_uniqueness, load_first_layers
 
 SECTIONS = ("runs", "result tables", "pairwise comparisons", "scale-adjusted results", "scale factors",
@@ -160,6 +161,12 @@ def _by_group(runs: list[Run]) -> dict[GroupKey, dict[str, list[Run]]]:
         if not run.is_pretraining:
             out[run.group][run.init].append(run)
     return {g: dict(sorted(v.items())) for g, v in sorted(out.items())}
+
+
+def _mean_std(values, ddof: int, digits: int) -> str:
+    """'mean ± std' over seeds in the report's std convention (n/a: the sample std of one value)."""
+    s = describe(values, ddof)
+    return f"{s.mean:.{digits}f} ± " + ("n/a" if math.isnan(s.std) else f"{s.std:.{digits}f}")
 
 
 def _missing(note: str, runs: list[Run], limit: int = 8) -> list[str]:
@@ -414,7 +421,7 @@ def _convergence_section(rep: Report) -> list[str]:
             epochs = [c.epoch for c in conv if c.epoch is not None]
             never = [f"seed {c.run.seed}" for c in conv if c.epoch is None and c.metric]
             body.append([group.label(), init, metric or "none logged", f"{len(epochs)}/{len(conv)}",
-                         f"{np.mean(epochs):.1f} ± {np.std(epochs):.1f}" if epochs else "—",
+                         _mean_std(epochs, opts.ddof, 1) if epochs else "—",
                          ", ".join(never) or "—"])
     if body:
         lines += table(["task", "init", "validation metric", "converged", "epochs (mean ± std)", "not converged"],
@@ -449,7 +456,7 @@ def _reuse_section(rep: Report) -> list[str]:
     for (group, init, layer), rows in sorted(cells.items(), key=lambda kv: (*kv[0][:2], LAYERS.index(kv[0][2]))):
         def stat(key):
             vals = [r[key] for r in rows if r[key] is not None]
-            return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "n/a"
+            return _mean_std(vals, opts.ddof, 3) if vals else "n/a"
         body.append([group.label(), init, layer.replace(".weight", ""), len(rows), stat("linear_cka"), stat("rbf_cka"),
                      stat("svcca"), stat("uniqueness_init"), stat("uniqueness_final")])
     lines += table(["task", "init", "layer", "n", "linear CKA", "RBF CKA", "SVCCA", "uniqueness init",

@@ -316,3 +316,19 @@ def test_unreadable_predictions_or_weights_leave_out_that_run_not_the_report(tmp
     assert ab["pairs"] == 2 and ab["observed"] == 1.0  # a's two seeds against b's one readable seed
     assert set(pl.read_csv(tmp_path / "report" / "overlap.csv")["task"]) == {"radnet"}
     assert pl.read_csv(tmp_path / "report" / "feature_reuse.csv").height == 3 * 3
+
+
+def test_sample_std_convention_reaches_every_table(tmp_path):
+    """--ddof 1: convergence epochs and feature reuse are mean ± sample std too, as the report's header says."""
+    root = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for seed, acc in enumerate((0.7, 0.8)):  # converge at epochs 7 and 8
+        write_run(root, "radnet", "scratch", seed, metrics={"accuracy": acc}, first_layers=first_layers(rng, 0.5),
+                  curve=[{"epoch": e, "train_loss": 1.0 / e, "val_accuracy": min(acc, 0.1 * e)} for e in range(1, 31)])
+    report = build_report(root, tmp_path / "report", options=ReportOptions(ddof=1, uniqueness_splits=2))
+    text = report.index.read_text()
+    assert "**Std convention:** mean ± std over seeds, std = sample std (ddof=1)" in text
+    assert f"| 2/2 | 7.5 ± {math.sqrt(0.5):.1f} |" in text  # sample std of (7, 8), not 0.5
+    reuse = pl.read_csv(tmp_path / "report" / "feature_reuse.csv").filter(pl.col("layer") == "conv1.weight")
+    cka = reuse["linear_cka"].to_numpy()
+    assert f"| {cka.mean():.3f} ± {cka.std(ddof=1):.3f} |" in text
