@@ -54,6 +54,9 @@ class VerifyReport:
 def check_format(manifest: dict, p: list) -> Kind | None:
     """The manifest's format, version, kind and members; the kind, or None after reporting."""
     before = len(p)
+    if not isinstance(manifest, dict):
+        p.append("manifest.json: not a JSON object")
+        return None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         p.append(f"manifest.json: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
                  f"is not known (this tlx knows {FORMAT!r} version {FORMAT_VERSION})")
@@ -65,6 +68,11 @@ def check_format(manifest: dict, p: list) -> Kind | None:
     members, classes = manifest.get("members") or {}, manifest.get("classes")
     if not isinstance(classes, list) or not classes:
         p.append("manifest.json: classes must be a non-empty list")
+    for key, kind_of in (("members", dict), ("splits", dict), ("shards", list)):
+        if not isinstance(manifest.get(key), kind_of):
+            p.append(f"manifest.json: {key} must be a JSON {'object' if kind_of is dict else 'array'}")
+    if not isinstance(members, dict):
+        return None
     roles = sorted(m.get("role", "?") for m in members.values())
     if roles.count("image") != 1 or sorted(set(roles)) != sorted(kind.roles) or len(roles) != len(kind.roles):
         p.append(f"manifest.json: kind {kind.name} needs one member per role {', '.join(kind.roles)}; "

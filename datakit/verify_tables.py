@@ -58,7 +58,12 @@ def read_tables(layout: Layout, kind: Kind, classes: list[str], p: list):
         if not path.exists():
             p.append(f"{path.name}: missing")
             return None
-        frame = pl.read_parquet(path)
+        try:
+            frame = pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            p.append(f"{path.name}: not a readable Parquet file ({why})")
+            return None
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             p.append(f"{path.name}: lacks columns {', '.join(missing)}")

@@ -199,6 +199,18 @@ def test_verify_lists_each_problem_and_exits_1(broken):
                                "'tlx-shards' version 1)"]
 
 
+def test_verify_reports_a_corrupt_table_or_manifest_instead_of_crashing(broken):
+    (broken / "slices.parquet").write_bytes(b"not parquet")
+    report = verify_dataset(broken, workers=1)
+    assert len(report.problems) == 1 and report.problems[0].startswith("slices.parquet: not a readable Parquet file (")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["splits"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_dataset(broken, workers=1).problems == ["manifest.json: splits must be a JSON object"]
+    (broken / "manifest.json").write_text("[]")
+    assert verify_dataset(broken, workers=1).problems == ["manifest.json: not a JSON object"]
+
+
 @pytest.fixture(scope="module")
 def not_ct(cohort, tmp_path_factory):
     """A folder with DICOM files that are not CT (the cohort's MR series)."""
