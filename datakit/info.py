@@ -48,6 +48,14 @@ def shard_diversity(slices: pl.DataFrame) -> pl.DataFrame:
             .sort(_in_order("split", SPLITS)))
 
 
+def _read(path, columns: list[str]) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatakitError(f"{path} cannot be read ({why}); `tlx verify {path.parent}` checks the dataset") from exc
+
+
 def dataset_info(dataset_dir) -> DatasetInfo:
     layout = Layout(dataset_dir)
     manifest = read_manifest(layout.root)
@@ -55,8 +63,8 @@ def dataset_info(dataset_dir) -> DatasetInfo:
     if kind != KIND:  # its tables are the converters' (docs/finetune.md), not tlx shard's
         raise DatakitError(f"tlx info reads kind {KIND} (datasets of tlx shard); {layout.root} is kind {kind!r}: "
                            f"its manifest.json lists splits, labels and shards, and `tlx verify` checks it")
-    slices = pl.read_parquet(layout.slices, columns=["split", "shard", "label", "patient", "volume"])
-    rejects = pl.read_parquet(layout.rejects, columns=["stage", "code"])
+    slices = _read(layout.slices, ["split", "shard", "label", "patient", "volume"])
+    rejects = _read(layout.rejects, ["stage", "code"])
     by_split_label = (slices.group_by("split", "label")
                       .agg(slices=pl.len(), volumes=pl.col("volume").n_unique(),
                            patients=pl.col("patient").n_unique())

@@ -203,6 +203,8 @@ def test_verify_reports_a_corrupt_table_or_manifest_instead_of_crashing(broken):
     (broken / "slices.parquet").write_bytes(b"not parquet")
     report = verify_dataset(broken, workers=1)
     assert len(report.problems) == 1 and report.problems[0].startswith("slices.parquet: not a readable Parquet file (")
+    result = CliRunner().invoke(cli, ["info", str(broken)])
+    assert result.exit_code == 2 and "slices.parquet cannot be read (" in result.output, result.output
     manifest = json.loads((broken / "manifest.json").read_text())
     del manifest["splits"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
