@@ -150,6 +150,11 @@ def load_init(encoder: nn.Module, state: dict[str, torch.Tensor] | None, info: I
     if state is None:
         return info
     own = encoder.state_dict()
+    # BatchNorm's step counter came with torch 0.4.1: older files (torchvision's original ImageNet
+    # weights among them) lack it, and torch's own strict load sets it to 0 (it matters only for
+    # BN momentum None). Do the same rather than call such a file partial; every weight and
+    # running statistic is still required.
+    state = {**{k: torch.zeros_like(v) for k, v in own.items() if k.endswith(".num_batches_tracked")}, **state}
     info.missing = sorted(set(own) - set(state))
     info.unexpected = sorted(set(state) - set(own))
     info.mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

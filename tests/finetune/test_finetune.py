@@ -152,6 +152,17 @@ def test_strict_init_names_missing_unexpected_and_reshaped_keys(tmp_path):
     assert info.source == "state-dict" and info.dropped == ["fc.bias, fc.weight (the pretraining classifier; "
                                                            "the task has its own head)"]
     load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)   # fc dropped: loads strictly
+    # a file saved before torch 0.4.1 (torchvision's original ImageNet weights) has no BN step counters:
+    # torch's strict load accepts it, and so does ours; a missing weight or running statistic still fails
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    enc = build_encoder("resnet-tiny")
+    state, info = read_init(_save(old, tmp_path / "old.pth"))
+    load_init(enc, state, info, allow_partial=False)
+    assert info.missing == [] and torch.equal(enc.layer1[0].bn1.running_var, sd["layer1.0.bn1.running_var"])
+    del old["layer1.0.bn1.running_var"]
+    state, info = read_init(_save(old, tmp_path / "old.pth"))
+    with pytest.raises(TrainerError, match=r"strict load failed: 1 missing: layer1.0.bn1.running_var \(pass"):
+        load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)
     broken = dict(sd)
     del broken["layer1.0.conv1.weight"]
     broken["extra.weight"] = torch.zeros(1)
