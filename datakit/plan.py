@@ -143,7 +143,7 @@ def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
     """The narrow index: row, rejected, patient/series/sop as uint64, slice_pos, instance_number, label."""
     if not path.exists():
         raise DatakitError(f"{path} not found: run `tlx scan --dicom-root DIR --out {path.parent.parent}` first")
-    names = pq.read_schema(path).names
+    names = _index_metadata(path).schema.to_arrow_schema().names
     missing = [c for c in (*DECISION_COLUMNS, *DETAIL_COLUMNS) if c not in names]
     if missing:
         raise DatakitError(f"{path} lacks columns {', '.join(missing)}: it was not written by this tlx's scan")
@@ -168,6 +168,13 @@ def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
         ids, codes = _dense_codes(scan)
         parsed = parsed.with_columns(codes)
     return parsed.drop([f"{c}_len" for c in ID_COLUMNS]).with_row_index("row"), ids
+
+
+def _index_metadata(path: Path) -> pq.FileMetaData:
+    try:
+        return pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise DatakitError(f"{path} is not a readable Parquet file ({exc}); rerun `tlx scan`") from exc
 
 
 def _dense_codes(scan: pl.LazyFrame) -> tuple[Ids, list[pl.Series]]:
@@ -590,7 +597,7 @@ def _volume_table(vols: pl.DataFrame, rejects: pl.DataFrame, scan_series: pl.Dat
 def index_fingerprint(path: Path) -> dict:
     """What identifies the index a plan was made from (plan.parquet refers to its rows by number)."""
     st = path.stat()
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": pq.ParquetFile(path).metadata.num_rows}
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "rows": _index_metadata(path).num_rows}
 
 
 @dataclass

@@ -189,6 +189,10 @@ def test_bad_options_are_one_line_errors(messy, config, message):
 def test_missing_index_and_raw_uids_are_refused(tmp_path):
     with pytest.raises(DatakitError, match=r"index.parquet not found: run `tlx scan"):
         make_plan(tmp_path)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "index.parquet").write_bytes(b"cut short by a full disk")
+    with pytest.raises(DatakitError, match=r"index.parquet is not a readable Parquet file \(.*\); rerun `tlx scan`"):
+        make_plan(tmp_path)
     rows = volume_rows("P1", "S1", 30)
     write_index([dict(r, series="1.2.840.113619.2.55") for r in rows], tmp_path / "work" / "index.parquet")
     with pytest.raises(DatakitError, match=r"series ids in index.parquet are not pseudonyms"):
