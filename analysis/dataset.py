@@ -126,7 +126,6 @@ class CTDataset:
         if table.height == 0:
             raise AnalysisError(f"split {split!r} of {self.root} holds no slices")
         table = table.sort(["volume", "slice_index"])
-        self.table = table.select("volume", "slice_index", "key", "shard")
         self._locate(table)
         volumes = table["volume"].to_numpy()
         starts = np.flatnonzero(np.r_[True, volumes[1:] != volumes[:-1]])
@@ -137,8 +136,7 @@ class CTDataset:
     def _locate(self, table) -> None:
         shards = table["shard"].to_list()
         keys = table["key"].to_list()
-        self._shard_paths = sorted(set(shards))
-        entries = {s: _index_entries(self.root / s, self.member.ext) for s in self._shard_paths}
+        entries = {s: _index_entries(self.root / s, self.member.ext) for s in sorted(set(shards))}
         offsets = np.empty(len(keys), np.int64)
         sizes = np.empty(len(keys), np.int64)
         for i, (shard, key) in enumerate(zip(shards, keys)):
@@ -147,7 +145,8 @@ class CTDataset:
             except KeyError:
                 raise AnalysisError(f"sample {key!r} of slices.parquet is not in {shard} "
                                     f"(run `tlx verify` on the dataset)") from None
-        self._paths = np.asarray([str(self.root / s) for s in shards], dtype=object)
+        full = {s: str(self.root / s) for s in entries}  # one string per shard, shared by its rows
+        self._paths = np.asarray([full[s] for s in shards], dtype=object)
         self._offsets, self._sizes = offsets, sizes
 
     def __len__(self) -> int:
@@ -161,9 +160,6 @@ class CTDataset:
         """Slices by row number of the (volume, slice_index)-sorted table."""
         rows = np.asarray(rows)
         return SliceRefs(tuple(self._paths[rows]), self._offsets[rows], self._sizes[rows])
-
-    def volume_of_rows(self, rows) -> np.ndarray:
-        return np.searchsorted(self._starts, np.asarray(rows), side="right") - 1
 
 
 def read_slices(refs: SliceRefs, member: ImageMember) -> np.ndarray:
