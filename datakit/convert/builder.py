@@ -9,8 +9,9 @@ Two phases, as in `tlx write` (docs/internals/datakit-stages.md):
 1. stage: each job (a NIfTI case, a chunk of images) is decoded, resized and encoded
    in a worker process; its payloads go to one file under work/staging/ and its rows
    (sample metadata plus where each payload lies) to a JSON file beside it, written
-   last and atomically. A rerun with `resume=True` skips jobs whose JSON exists, so
-   an interrupted conversion loses at most the jobs in flight. A payload may also
+   last and atomically. A rerun with `resume=True` skips jobs whose JSON exists (the
+   name hashes the job's whole description, so a rerun with other options or splits
+   stages anew), so an interrupted conversion loses at most the jobs in flight. A payload may also
    point into the source file itself (JPEGs copied unchanged are never staged).
 2. assemble: the rows of each split are sorted by key and shuffled with the seed (a
    shard mixes many volumes and patients), cut into shards of `samples_per_shard`
@@ -82,13 +83,16 @@ class StagingFile:
         os.replace(self._f.name, self.path)
 
 
-def _job_file(staging: Path, job: str) -> Path:
-    return staging / (hashlib.sha1(job.encode()).hexdigest()[:20] + ".json")
+def _job_file(staging: Path, job_id: str, job: Any) -> Path:
+    """Named by the job's id and its whole description (items, their splits, size, ...; jobs are
+    frozen dataclasses, so their repr is deterministic): a resumed conversion reuses a staged job
+    only if it would stage exactly the same thing, never one made with other options or splits."""
+    return staging / (hashlib.sha1(f"{job_id}\n{job!r}".encode()).hexdigest()[:20] + ".json")
 
 
 def _run_job(stage_fn: Callable, job: Any, job_id: str, staging: Path) -> Staged:
-    staged = stage_fn(job, _job_file(staging, job_id).with_suffix(".bin"))
-    write_json_atomic(_job_file(staging, job_id), dataclasses.asdict(staged))
+    staged = stage_fn(job, _job_file(staging, job_id, job).with_suffix(".bin"))
+    write_json_atomic(_job_file(staging, job_id, job), dataclasses.asdict(staged))
     return staged
 
 
@@ -110,7 +114,7 @@ class DatasetBuilder:
         """Stage every (job_id, job) not staged yet, in a process pool; collect all results."""
         todo = []
         for job_id, job in jobs:
-            done = _job_file(self.staging, job_id)
+            done = _job_file(self.staging, job_id, job)
             if done.exists():
                 self.staged.append(Staged(**json.loads(done.read_text())))
             else:

@@ -138,3 +138,30 @@ def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path, natural):
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("Error: ") and "already holds a finished dataset" in result.output
+
+
+def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(tmp_path):
+    """Interrupted, then resumed with another --seed or --size: jobs staged with the old options (their
+    splits, their image size) must not be reused, or one patient could end up in two splits."""
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=10, size=24)
+
+    def options(out, **kw):
+        return ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(out), size=16, val=0.2, test=0.2,
+                                  workers=1, **kw)
+
+    import datakit.convert.image_folder as image_folder
+    from datakit.convert.builder import DatasetBuilder as Builder
+
+    fresh = convert_image_folder(options(tmp_path / "fresh", seed=1, resume=False))
+    real_assemble = Builder.assemble
+    Builder.assemble = lambda self, rejects=None: (_ for _ in ()).throw(KeyboardInterrupt)   # killed after staging
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            convert_image_folder(options(tmp_path / "b", seed=0))
+    finally:
+        Builder.assemble = real_assemble
+    assert image_folder.CHUNK >= 20                        # one job: every image was staged with seed 0
+    resumed = convert_image_folder(options(tmp_path / "b", seed=1, resume=True))
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in fresh["shards"]]
+    slices = pl.read_parquet(tmp_path / "b" / "slices.parquet")
+    assert slices.equals(pl.read_parquet(tmp_path / "fresh" / "slices.parquet"))
