@@ -112,6 +112,17 @@ class SliceRejected(Exception):
         self.code, self.reason = code, reason
 
 
+def decoder_failure(exc: BaseException) -> bool:
+    """Whether `exc`, raised while decoding pixel data, means "this file is broken" (a reject)
+    rather than something that must propagate. Decoders raise any Exception on corrupt data, and
+    pylibjpeg-rle (Rust) raises pyo3's PanicException, which derives from BaseException, so a
+    plain `except Exception` lets it end the whole run. The time guard's timeout is never a
+    decoder failure: swallowing it would retry the file with no guard left."""
+    if isinstance(exc, SliceRejected):
+        return exc.code != "timeout"
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
 class HeaderError(Exception):
     """The header walker cannot follow this file (pydicom gets a second opinion)."""
 
@@ -660,8 +671,9 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
         arr = _decode_buffer(get_decoder(ts), data, ts, options)
         if arr.shape == (rows, cols):
             return arr
-    except Exception:  # noqa: BLE001 - a broken file: the slow path reads it as pydicom sees it and names the reject
-        pass
+    except BaseException as exc:  # a broken file: the slow path reads it as pydicom sees it and names the reject
+        if not decoder_failure(exc):
+            raise
     return _read_with_pydicom(path, row)
 
 
@@ -676,8 +688,9 @@ def _decode_buffer(decoder, data: bytes, ts: str, options: dict) -> np.ndarray:
     if plugin is not None:
         try:
             return decoder.as_array(data, decoding_plugin=plugin, **options)[0]
-        except Exception:  # noqa: BLE001 - let pydicom's other plugins have a go
-            pass
+        except BaseException as exc:  # let pydicom's other plugins have a go
+            if not decoder_failure(exc):
+                raise
     return decoder.as_array(data, **options)[0]
 
 
@@ -689,7 +702,9 @@ def _read_with_pydicom(path, row) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path, force=True)
         data = ds.get("PixelData")
-    except Exception as exc:  # noqa: BLE001 - any parse failure of a bad file is a reject with its reason
+    except BaseException as exc:  # any parse failure of a bad file is a reject with its reason
+        if not decoder_failure(exc):
+            raise
         raise SliceRejected("unreadable-header", f"the file cannot be parsed ({_one_line(exc)})") from exc
     if data is None:
         raise SliceRejected("no-pixel-data", "the file has no PixelData")
@@ -704,7 +719,9 @@ def _read_with_pydicom(path, row) -> np.ndarray:
                                                            "see docs/datakit-input.md")
     try:
         arr = _decode(ds, ts)
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything on corrupt data; it becomes a reject
+    except BaseException as exc:  # decoders raise anything on corrupt data; it becomes a reject
+        if not decoder_failure(exc):
+            raise
         raise SliceRejected("undecodable", f"pixel data cannot be decoded ({_one_line(exc)})") from exc
     if arr.shape != (rows, cols):
         raise SliceRejected("undecodable", f"decoded shape {arr.shape} differs from the header's {rows}x{cols}")
@@ -729,7 +746,9 @@ def _decode(ds, ts: str) -> np.ndarray:
         try:
             ds.pixel_array_options(decoding_plugin=plugin)
             return ds.pixel_array
-        except Exception:  # noqa: BLE001 - let pydicom's other plugins have a go before rejecting
+        except BaseException as exc:  # let pydicom's other plugins have a go before rejecting
+            if not decoder_failure(exc):
+                raise
             ds.pixel_array_options(decoding_plugin="")
     return ds.pixel_array
 

@@ -188,6 +188,45 @@ def test_time_limit_turns_a_stall_into_a_reject():
     assert info.value.code == "timeout"
 
 
+def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
+    """pylibjpeg-rle (Rust) panics on some corrupt RLE segments with pyo3's PanicException, a
+    BaseException: it ended `tlx write` with a traceback. One flipped bit in a segment's first
+    control byte of pydicom's MR_small_RLE.dcm is such a file."""
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    src = get_testdata_file("MR_small_RLE.dcm")
+    data = bytearray(open(src, "rb").read())
+    offset = read_header(src).pixel_offset
+    frame = next(generate_frames(bytes(data[offset:]), number_of_frames=1))
+    data[bytes(data).index(frame) + 64] ^= 0x80          # the first control byte of the first segment
+    path = tmp_path / "rle-flipped.dcm"
+    path.write_bytes(bytes(data))
+    for row in (None, {**header_row(read_header(path)), "size": len(data)}):
+        with pytest.raises(SliceRejected) as info:
+            read_hu(path, row)
+        assert info.value.code == "undecodable" and "PanicException" in info.value.reason
+
+
+def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, monkeypatch):
+    """The timeout raised inside a decoder ends the read; the fast path used to swallow it and decode
+    the file again through pydicom with no time guard left (a hang on a file that stalls a decoder)."""
+    import datakit.dicom as dicom
+    from pydicom.data import get_testdata_file
+
+    def stall(*args, **kwargs):
+        time.sleep(5)
+
+    retried = []
+    monkeypatch.setattr(dicom, "PIXEL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(dicom, "_decode_buffer", stall)
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a: retried.append(a))
+    t0 = time.monotonic()
+    with pytest.raises(SliceRejected) as info:
+        read_hu(get_testdata_file("MR_small_RLE.dcm"))
+    assert info.value.code == "timeout" and not retried and time.monotonic() - t0 < 2
+
+
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm"])
 def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, monkeypatch):
     import datakit.dicom as dicom
