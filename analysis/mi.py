@@ -127,21 +127,23 @@ def _torch_counts(codes_a, codes_b, bins: int, device: str, int8: bool = True):
     """(ka, kb, bins, bins) joint counts as one one-hot product (int8 or float32), left on `device`."""
     import torch  # optional accelerator: only imported when asked for
 
-    def onehot(codes):
+    # torch._int_mm on CUDA wants the first operand's rows > 16, the inner size >= 16 and a multiple of 8, and
+    # the second operand's columns a multiple of 8: padding pixels and columns are zeros, they add nothing.
+    ka, kb, n = len(codes_a), len(codes_b), codes_a.shape[1]
+    n_pad = max(16, -(-n // 8) * 8)
+
+    def onehot(codes, columns):
         c = torch.as_tensor(np.ascontiguousarray(codes), device=device).long()
-        k, n = c.shape
-        n_pad = -(-n // 8) * 8  # _int_mm needs inner dims in multiples of 8; zero rows add nothing
-        out = torch.zeros((n_pad, k * bins), dtype=torch.int8, device=device)
-        out[:n].scatter_(1, c.T + torch.arange(k, device=device)[None, :] * bins, 1)
+        out = torch.zeros((n_pad, columns), dtype=torch.int8, device=device)
+        out[:n].scatter_(1, c.T + torch.arange(len(codes), device=device)[None, :] * bins, 1)
         return out
 
-    ka, kb = len(codes_a), len(codes_b)
-    A, B = onehot(codes_a), onehot(codes_b)
-    if not int8 or ka * bins <= 16:  # (_int_mm needs more than 16 rows in its first operand)
+    A, B = onehot(codes_a, ka * bins), onehot(codes_b, -(-kb * bins // 8) * 8)
+    if not int8 or ka * bins <= 16:
         counts = (A.T.float() @ B.float()).round().int()
     else:
         counts = torch._int_mm(A.T.contiguous(), B)  # exact int32 accumulation on int8 tensor cores
-    counts = counts.reshape(ka, bins, kb, bins).permute(0, 2, 1, 3)
+    counts = counts[:, :kb * bins].reshape(ka, bins, kb, bins).permute(0, 2, 1, 3)
     totals = counts.sum((2, 3))
     if not bool((totals == codes_a.shape[1]).all()):
         raise AnalysisError(f"joint histogram counts do not sum to the pixel count {codes_a.shape[1]} "

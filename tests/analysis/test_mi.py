@@ -86,3 +86,24 @@ def test_bad_input_is_refused():
         quantize(np.zeros((2, 2)), bins=1)
     with pytest.raises(AnalysisError, match="differ in pixel count: 4 vs 9"):
         joint_counts(np.zeros((1, 4), np.uint8), np.zeros((1, 9), np.uint8), 4)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is an optional accelerator")
+@pytest.mark.parametrize("bins", [64, 20])
+def test_torch_products_follow_the_cuda_shape_rules_of_int_mm(monkeypatch, bins):
+    # torch._int_mm on CUDA refuses a first operand with <= 16 rows or an inner size that is < 16 or not a
+    # multiple of 8, and a second operand whose columns are not a multiple of 8; the CPU build checks none of it.
+    import torch
+
+    real = torch._int_mm
+
+    def cuda_int_mm(a, b):
+        if not (a.shape[0] > 16 and a.shape[1] >= 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0):
+            raise RuntimeError(f"_int_mm on CUDA refuses shapes {tuple(a.shape)} x {tuple(b.shape)}")
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", cuda_int_mm)
+    codes = quantize(np.random.default_rng(5).normal(size=(3, 2, 3)), bins=bins)  # 6 pixels; 3 * 20 = 60 columns
+    expected = PairwiseMI(bins, "bincount").within(codes)
+    np.testing.assert_allclose(PairwiseMI(bins, "torch").within(codes), expected, atol=1e-12)
+    np.testing.assert_allclose(PairwiseMI(bins, "torch").between(codes[:1], codes), expected[:1], atol=1e-12)
