@@ -74,6 +74,9 @@ def convert_class_folder(o: ClassFolderOptions) -> dict:
     root = Path(o.root)
     if not root.is_dir():
         raise DatakitError(f"--root {root} is not a folder")
+    if o.eval_root and Path(o.eval_root).resolve() == root.resolve():  # every image in train and in val/test
+        raise DatakitError(f"--eval-root {o.eval_root} is --root itself; give the separate evaluation tree "
+                           f"(e.g. imagenet/val), or leave it out to split --root")
     if not 1 <= o.quality <= 100:
         raise DatakitError(f"--quality {o.quality} must be in 1..100")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())

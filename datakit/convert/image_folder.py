@@ -140,6 +140,13 @@ def convert_image_folder(o: ImageFolderOptions) -> dict:
         dup = sorted({n for n in names if names.count(n) > 1})[:3]
         raise DatakitError(f"--labels names these images more than once: {dup}")
     matched, unlabelled = _match_files(root, names)
+    named_by: dict[str, list[str]] = {}
+    for name, rel in matched.items():
+        named_by.setdefault(rel, []).append(name)
+    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
+    if twice:  # one image as two samples, perhaps of two patients and in two splits
+        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
+                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
     rejects = [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
                for n in names if n not in matched]
     rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]

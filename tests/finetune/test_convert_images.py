@@ -53,6 +53,18 @@ def test_csv_problems_are_one_line_errors(tmp_path):
                                                 classes=("Atelectasis", "Effusion")))
 
 
+
+def test_one_image_named_by_two_rows_is_refused(tmp_path):
+    """A row by file name and another by path relative to --root matched the same file: one image
+    became two samples, of two patients and possibly in two splits."""
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=4)
+    rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(rows + ["images_001/00000001_000.png,No Finding,0,77"]) + "\n")
+    with pytest.raises(DatakitError, match=r"names 1 image\(s\) twice under different names, e.g. "
+                                           r"'00000001_000.png' and 'images_001/00000001_000.png' are both "
+                                           r"images_001/00000001_000.png"):
+        convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(tmp_path / "o")))
+
 @pytest.fixture(scope="module")
 def natural(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nat")
@@ -60,6 +72,13 @@ def natural(tmp_path_factory):
     write_class_folders(tmp / "val", per_class=4, seed=1)
     return tmp
 
+
+def test_class_folder_eval_root_that_is_the_root_is_refused(natural, tmp_path):
+    """Every training image would also have been a val or test image."""
+    with pytest.raises(DatakitError, match=r"--eval-root .* is --root itself"):
+        convert_class_folder(ClassFolderOptions(root=str(natural / "train"), eval_root=str(natural / "train" / "."),
+                                                out=str(tmp_path / "o"), workers=1))
+    assert not (tmp_path / "o" / "manifest.json").exists()
 
 def test_class_folder_jpg_cls_with_eval_root(natural):
     out = natural / "out"
