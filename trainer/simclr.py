@@ -208,10 +208,11 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         ck.restore_rng_states(ckpt["rng"], env.rank)
         state.update({k: ckpt[k] for k in state})
-        log.resume_at(epochs_done=state["step"] // spe, step=state["step"])
         log.note(f"resumed from {cfg.resume if cfg.resume != 'auto' else run / 'checkpoints/last.pt'} at step {state['step']}")
     log.write_config(run_config(cfg, env, dataset, spe))
     total = schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, schedule.total_steps)
+    if ckpt is not None and state["step"] < total:  # a finished run keeps its lines (its partial epoch's too)
+        log.resume_at(epochs_done=state["step"] // spe, step=state["step"])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" and cfg.bf16
                 else contextlib.nullcontext())
     fmt = torch.channels_last if env.device.type == "cuda" and cfg.channels_last else torch.contiguous_format

@@ -97,6 +97,17 @@ def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
     assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS])["step"] == 12
 
 
+def test_rerunning_a_stopped_run_keeps_its_partial_epoch_line(ds, tmp_path):
+    out, args = tmp_path / "stopped", ["--data", str(ds), "--out", str(tmp_path / "stopped"), *ARGS]
+    simclr.main([*args, "--max-steps", "2"])
+    (row,) = _lines(out / "metrics.jsonl")
+    assert row["partial"] and row["step"] == 2
+    assert simclr.main([*args, "--max-steps", "2"])["step"] == 2        # nothing to do: the line stays
+    assert _lines(out / "metrics.jsonl") == [row]
+    simclr.main([*args, "--max-steps", "4"])                             # going on: the epoch's full line replaces it
+    assert [(m["epoch"], m["step"], m.get("partial")) for m in _lines(out / "metrics.jsonl")] == [(1, 4, None)]
+
+
 def test_golden_loss_curve(straight):
     golden = json.loads(GOLDEN.read_text())
     assert golden["args"] == ARGS
