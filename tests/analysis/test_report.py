@@ -176,6 +176,7 @@ def test_overlap_and_similarity_are_counted_from_the_predictions(tree):
     names = sorted(ACC)
     matrix = np.array([[truth["correct"][(n, 0)][f"s{u:03d}"] for u in range(UNITS)] for n in names])
     overlap = pl.read_csv(out / "overlap.csv")
+    assert overlap.height == 2 ** 3  # every right/wrong pattern of three inits
     for row in overlap.iter_rows(named=True):
         pattern = [row[f"right_{n}"] for n in names]
         count = sum(all(matrix[m, u] == pattern[m] for m in range(3)) for u in range(UNITS))
@@ -188,6 +189,10 @@ def test_overlap_and_similarity_are_counted_from_the_predictions(tree):
     observed = np.mean([np.mean([truth["correct"][("radnet-small", a)][k] == truth["correct"][("scratch", b)][k]
                                  for k in truth["correct"][("scratch", b)]]) for a, b in pairs])
     assert row["pairs"] == 9 and row["observed"] == pytest.approx(observed)
+    accuracy = {key: np.mean(list(c.values())) for key, c in truth["correct"].items()}
+    expected = np.mean([accuracy[("radnet-small", a)] * accuracy[("scratch", b)]
+                        + (1 - accuracy[("radnet-small", a)]) * (1 - accuracy[("scratch", b)]) for a, b in pairs])
+    assert row["expected"] == pytest.approx(expected)
 
 
 def test_summary_table_gives_the_same_statistics(tmp_path):
