@@ -60,7 +60,13 @@ def load_manifest(root: Path) -> dict:
     path = root / "manifest.json"
     if not path.is_file():
         raise AnalysisError(f"{root} is not a tlx dataset: no manifest.json (make one with `tlx shard`)")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{path} cannot be read ({type(exc).__name__}: {exc}); run `tlx verify` on the dataset") \
+            from None
+    if not isinstance(manifest, dict):
+        raise AnalysisError(f"{path} is not a JSON object; run `tlx verify` on the dataset")
     if manifest.get("format") != FORMAT or manifest.get("format_version") not in FORMAT_VERSIONS:
         raise AnalysisError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
                             f"is not known; this tlx reads {FORMAT!r} versions {FORMAT_VERSIONS}")
@@ -117,7 +123,11 @@ class CTDataset:
         slices_path = self.root / "slices.parquet"
         if not slices_path.is_file():
             raise AnalysisError(f"{self.root} has no slices.parquet: not a complete tlx dataset")
-        table = pl.read_parquet(slices_path)
+        try:
+            table = pl.read_parquet(slices_path)
+        except (OSError, pl.exceptions.PolarsError) as exc:  # cut short, overwritten
+            raise AnalysisError(f"{slices_path} cannot be read as Parquet ({type(exc).__name__}: {exc}); "
+                                f"run `tlx verify` on the dataset") from None
         missing = {"key", "split", "shard", "volume", "slice_index"} - set(table.columns)
         if missing:
             raise AnalysisError(f"slices.parquet lacks column(s) {sorted(missing)}: scale factors need volumes")
@@ -136,7 +146,13 @@ class CTDataset:
     def _locate(self, table) -> None:
         shards = table["shard"].to_list()
         keys = table["key"].to_list()
-        entries = {s: _index_entries(self.root / s, self.member.ext) for s in sorted(set(shards))}
+        entries = {}
+        for s in sorted(set(shards)):
+            try:
+                entries[s] = _index_entries(self.root / s, self.member.ext)
+            except (OSError, ValueError, IndexError, tarfile.TarError) as exc:  # a missing shard, a garbled .idx
+                raise AnalysisError(f"{s}: cannot list its samples ({type(exc).__name__}: {exc}); "
+                                    f"run `tlx verify` on the dataset") from None
         offsets = np.empty(len(keys), np.int64)
         sizes = np.empty(len(keys), np.int64)
         for i, (shard, key) in enumerate(zip(shards, keys)):

@@ -153,6 +153,21 @@ def test_bad_datasets_are_refused(tmp_path, dataset):
         ScaleFactorConfig(compressor="bz2")
 
 
+def test_a_damaged_dataset_is_a_one_line_error(tmp_path):
+    root = write_ct_dataset(tmp_path / "data", {f"v{i}": np.full((2, 8, 8), i, np.int16) for i in range(2)})
+    idx = sorted(root.rglob("*.idx"))[0]
+    damage = [(root / "manifest.json", b'{"format": "tlx-sh', "manifest.json cannot be read"),
+              (root / "slices.parquet", b"PAR1 cut short", "slices.parquet cannot be read as Parquet"),
+              (idx, b"# idx\nhu.zst notanumber 1 x.hu.zst\n", "cannot list its samples")]
+    for path, garbage, message in damage:
+        before = path.read_bytes()
+        path.write_bytes(garbage)
+        result = CliRunner().invoke(cli, ["scale-factors", str(root), "--out", str(tmp_path / "o"), "--workers", "1",
+                                          "--device", "cpu"])
+        assert result.exit_code == 2 and message in result.output and "run `tlx verify`" in result.output, path
+        path.write_bytes(before)
+
+
 def test_cli_writes_json_that_analyze_reads(tmp_path, dataset):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["scale-factors", str(dataset), "--out", str(out), "--workers", "1",
