@@ -31,6 +31,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import signal
 import struct
 import threading
@@ -121,6 +122,20 @@ def decoder_failure(exc: BaseException) -> bool:
     if isinstance(exc, SliceRejected):
         return exc.code != "timeout"
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+_TERM = re.compile(r"[A-Za-z0-9_ .-]*")
+
+
+def shown_term(value, max_len: int = 16) -> str:
+    """A header value as a reject reason may quote it: a code string or UID (letters, digits, space,
+    `_ . -`, at most `max_len` characters: 16 for a CS, 64 for a UI), else only its length. Reasons
+    are shareable (rejects.parquet); a corrupt length makes a value run on into the elements after
+    it, names and birth dates included."""
+    text = str(value).strip()
+    if len(text) <= max_len and _TERM.fullmatch(text):
+        return text
+    return f"an invalid value of {len(text)} characters"
 
 
 class HeaderError(Exception):
@@ -574,7 +589,8 @@ def pixel_problem(row) -> tuple[str, str] | None:
         return "not-grayscale", f"SamplesPerPixel={spp} (colour); CT slices have 1"
     photometric = _value(row, "photometric")
     if photometric not in (None, "MONOCHROME1", "MONOCHROME2"):
-        return "not-grayscale", f"PhotometricInterpretation={photometric}; supported: MONOCHROME1, MONOCHROME2"
+        return "not-grayscale", (f"PhotometricInterpretation={shown_term(photometric)}; supported: MONOCHROME1, "
+                                 "MONOCHROME2")
     stored = _value(row, "bits_stored") or bits
     if not 1 <= stored <= bits:
         return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"

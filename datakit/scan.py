@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header,
+from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header, shown_term,
                            time_limit)
 from datakit.errors import DatakitError
 from datakit.labels import load_rules, rules_identity
@@ -98,11 +98,12 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
     if sop_class is None and modality is None:
         return "unreadable-header", "no SOPClassUID and no Modality: not a usable DICOM object"
     if modality != "CT":
-        return "not-ct", f"Modality is {modality or 'missing'}; only CT is used"
+        return "not-ct", f"Modality is {shown_term(modality) if modality else 'missing'}; only CT is used"
     if sop_class in SECONDARY_CAPTURE_CLASSES:
         return "secondary-capture", "a secondary capture (screenshot, dose report), not a CT slice"
     if sop_class not in CT_IMAGE_CLASSES:
-        return "not-image-storage", f"SOP class {sop_class or 'missing'} is not CT image storage"
+        return "not-image-storage", f"SOP class {shown_term(sop_class, 64) if sop_class else 'missing'} is not CT " \
+                                    "image storage"
     image_type = tuple(t.upper() for t in (v.get("ImageType") or ()))
     if "LOCALIZER" in image_type:
         return "scout", "a localizer / scout image (ImageType LOCALIZER)"

@@ -188,3 +188,34 @@ def test_an_index_never_stands_without_its_scan_record(cohort, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         scan(cohort[0], tmp_path, workers=1, secret=SECRET)
     assert not (tmp_path / INDEX).exists()
+
+
+def test_a_value_that_runs_on_into_names_is_not_quoted_in_a_reason(tmp_path):
+    """Reject reasons reach rejects.parquet, which is shared. A Modality whose length was corrupted
+    runs on into the elements after it (institution, physician, patient name): the reason quoted it
+    all (found with bit-flipped copies of the synthetic cohort)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    from datakit.dicom import shown_term
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality, ds.InstitutionName, ds.ReferringPhysicianName = "CT", "St Marys", "Weiss^Klaus"
+    ds.PatientName, ds.PatientID = "Smith^Lukas", "PID123"
+    ds.save_as(tmp_path / "ok.dcm", enforce_file_format=True)
+    data = (tmp_path / "ok.dcm").read_bytes()
+    at = data.index(b"\x08\x00\x60\x00CS\x02\x00CT")
+    (tmp_path / "ok.dcm").unlink()
+    (tmp_path / "x.dcm").write_bytes(data[:at + 6] + b"\x30" + data[at + 7:])   # Modality length 2 -> 48
+    with pytest.raises(DatakitError, match="no usable CT slices"):   # the index is written all the same
+        scan(tmp_path, tmp_path / "out", workers=1, secret=SECRET)
+    row = pq.read_table(tmp_path / "out" / INDEX).to_pylist()[0]
+    assert row["reject_code"] == "not-ct" and "Weiss" not in row["reject_reason"]
+    assert row["reject_reason"] == "Modality is an invalid value of 48 characters; only CT is used"
+    assert [shown_term(v) for v in ("MR", "CT ", "ORIGINAL")] == ["MR", "CT", "ORIGINAL"]
+    assert shown_term("1.2.840.10008.5.1.4.1.1.2", 64) == "1.2.840.10008.5.1.4.1.1.2"
