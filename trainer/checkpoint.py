@@ -54,12 +54,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file: torch says why in many ways
+        raise TrainerError(f"checkpoint {str(path)!r} cannot be read ({unreadable(exc)}); "
+                           f"it is damaged or not a torch file") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TrainerError(f"{str(path)!r} is not a tlx checkpoint (no format={FORMAT!r} key)")
     if ckpt.get("version") != VERSION:
         raise TrainerError(f"{str(path)!r} has checkpoint version {ckpt.get('version')!r}; this tlx reads version {VERSION}")
     return ckpt
+
+
+def unreadable(exc: BaseException) -> str:
+    """torch.load's failure, in one short line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0][:160]}" if text else type(exc).__name__
 
 
 def rng_state() -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.checkpoint import unreadable
 from trainer.errors import TrainerError
 from trainer.models.unet import UNetDecoder
 
@@ -107,10 +108,14 @@ def read_init(spec: str) -> tuple[dict[str, torch.Tensor] | None, InitInfo]:
         raise TrainerError(f"--init {spec!r}: no such file; give 'scratch', a torchvision-layout state dict "
                            f"(.pth) or a tlx checkpoint (.pt)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # tlx checkpoints also hold RNG states (numpy objects), which weights_only refuses
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # tlx checkpoints also hold RNG states (numpy objects), which weights_only refuses
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file: torch says why in many ways
+        raise TrainerError(f"--init {spec!r} cannot be read by torch.load ({unreadable(exc)}); give 'scratch', "
+                           f"a torchvision-layout state dict (.pth) or a tlx checkpoint (.pt)") from exc
     info = InitInfo(checkpoint=str(path), sha256=sha256_file(path))
     if isinstance(obj, dict) and obj.get("format") == "tlx-checkpoint":
         info.source, info.model_name, info.pretrain_config = "tlx-checkpoint", obj.get("model_name"), obj.get("config")

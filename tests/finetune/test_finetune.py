@@ -178,6 +178,12 @@ def test_strict_init_names_missing_unexpected_and_reshaped_keys(tmp_path):
     assert torch.equal(enc.layer2[0].conv2.weight, sd["layer2.0.conv2.weight"])
     with pytest.raises(TrainerError, match=r"--init 'nope.pt': no such file; give 'scratch'"):
         read_init("nope.pt")
+    (tmp_path / "notes.pth").write_text("not weights\n")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "imagenet.pth").read_bytes()[:500])
+    for name in ("notes.pth", "cut.pth"):
+        with pytest.raises(TrainerError, match=rf"--init '.*{name}' cannot be read by torch.load \(\w+: .*\); "
+                                               r"give 'scratch', a torchvision-layout state dict"):
+            read_init(str(tmp_path / name))
 
 
 def test_bad_combinations_are_one_line_errors(ct, tmp_path, simclr_checkpoint):

@@ -46,6 +46,10 @@ def test_load_refuses_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
     with pytest.raises(TrainerError, match=r"is not a tlx checkpoint \(no format='tlx-checkpoint' key\)"):
         load_checkpoint(tmp_path / "plain.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "plain.pt").read_bytes()[:100])   # a copy cut short
+    with pytest.raises(TrainerError, match=r"checkpoint '.*cut.pt' cannot be read \(RuntimeError: PytorchStreamReader "
+                                           r"failed reading zip archive: .*\); it is damaged or not a torch file$"):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"format": "tlx-checkpoint", "version": 9}, tmp_path / "future.pt")
     with pytest.raises(TrainerError, match="has checkpoint version 9; this tlx reads version 1"):
         load_checkpoint(tmp_path / "future.pt")
