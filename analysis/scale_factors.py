@@ -380,7 +380,10 @@ def write_results(result: dict, out_dir: Path | str) -> Path:
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)
     if result.get("per_volume"):
-        pl.DataFrame(result["per_volume"]).drop("position").write_csv(out_dir / "scale_factors_volumes.csv")
+        # every row decides the column types: a volume failing after the first 100 (polars' default look-ahead)
+        # must not be refused for its error string
+        pl.DataFrame(result["per_volume"], infer_schema_length=None).drop("position").write_csv(
+            out_dir / "scale_factors_volumes.csv")
     return path
 
 

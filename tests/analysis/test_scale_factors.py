@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
@@ -180,6 +181,16 @@ def test_cli_writes_json_that_analyze_reads(tmp_path, dataset):
     assert (out / "scale_factors_volumes.csv").read_text().count("\n") == 7  # header + 6 volumes
     bad = CliRunner().invoke(cli, ["scale-factors", str(tmp_path), "--out", str(out)])
     assert bad.exit_code == 2 and "no manifest.json" in bad.output
+
+
+def test_volumes_csv_keeps_a_failure_that_comes_after_the_first_hundred_volumes(tmp_path, full):
+    ok = per_volume(full)["noise0"]
+    rows = [dict(ok, position=i) for i in range(120)]
+    rows.append(dict(ok, position=120, s_lb=None, s_ub=None, ub_effective_slices=None, error="ZstdError: bad"))
+    write_results({**full, "per_volume": rows}, tmp_path)
+    table = pl.read_csv(tmp_path / "scale_factors_volumes.csv")
+    assert table.height == 121 and table["error"].to_list()[-1] == "ZstdError: bad"
+    assert table["s_ub"].null_count() == 1
 
 
 def test_write_results_round_trip(tmp_path, full):
