@@ -69,6 +69,8 @@ class Task:
 
     def hyperparameters(self, fraction: float) -> dict:
         """batch_size, lr, optimizer, weight_decay, epochs, decay for a data fraction."""
+        if not 0 < fraction <= 1:  # before its logarithm below
+            raise TrainerError(f"--fraction {fraction} must be in (0, 1] (1.0 = all training data)")
         hp = {k: getattr(self, k) for k in HYPERPARAMETERS}
         rows = {1.0: {}, **self.by_fraction}
         nearest = min(rows, key=lambda f: (abs(math.log(f) - math.log(fraction)), -f))

@@ -195,6 +195,9 @@ def test_bad_combinations_are_one_line_errors(ct, tmp_path, simclr_checkpoint):
     with pytest.raises(TrainerError, match=r"--fraction 0.01 of 48 training samples keeps 1, but one example of "
                                            r"each of the 3 classes"):
         ft.main(["--task", "radnet", "--data", str(ct), "--fraction", "0.01", "--out", str(tmp_path), *TINY])
+    for bad in ("0.0", "-0.5", "nan"):
+        with pytest.raises(TrainerError, match=rf"--fraction {bad} must be in \(0, 1\] \(1.0 = all training data\)"):
+            ft.main(["--task", "radnet", "--data", str(ct), "--fraction", bad, "--out", str(tmp_path), *TINY])
 
 
 def _save(sd, path):
