@@ -36,7 +36,7 @@ import numpy as np
 
 from datakit.convert.progress import progress
 from datakit.errors import DatakitError
-from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, write_json_atomic
+from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, tmp_name, write_json_atomic
 from datakit.shards import ShardWriter
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -67,7 +67,7 @@ class StagingFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._f = open(path.with_name(path.name + ".partial"), "wb")
+        self._f = open(tmp_name(path), "wb")   # per process: a killed run's orphan never shares it
         self._pos = 0
 
     def add(self, data: bytes) -> list:
@@ -193,7 +193,11 @@ def _stage_all(stage_fn: Callable, jobs: list[tuple[str, Any]], staging: Path, w
         for job_id, job in jobs:
             yield _run_job(stage_fn, job, job_id, staging)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    from datakit.write_pool import die_with_parent
+
+    # Workers die with their parent (as tlx write's): after a kill -9 none keeps staging behind a
+    # resumed run's back.
+    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
         futures = [pool.submit(_run_job, stage_fn, job, job_id, staging) for job_id, job in jobs]
         try:
             for f in futures:

@@ -145,6 +145,35 @@ def test_interrupted_conversion_resumes_to_identical_shards(tmp_path):
     assert sum(s["samples"] for s in mb["shards"]) == 30
 
 
+def _stage_reporting_pdeathsig(job, bin_path):
+    """A staging job that records its process's parent-death signal (Linux prctl PR_GET_PDEATHSIG)."""
+    import ctypes
+    import os
+
+    from datakit.convert.builder import StagingFile
+    sig = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig), 0, 0, 0)
+    staging = StagingFile(bin_path)
+    rows = [{"key": job, "split": "train", "label": "a", "pid": os.getpid(), "pdeathsig": sig.value,
+             "_payload": {"bin": staging.add(job.encode())}}]
+    staging.close()
+    return Staged(job, rows)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_conversion_workers_die_with_their_parent(tmp_path):
+    """As tlx write's: after a kill -9 of `tlx convert`, no orphan worker goes on staging (into the
+    file a resumed run stages the same job in) behind the resumed run's back."""
+    import os
+    import signal
+
+    builder = DatasetBuilder(tmp_path / "o", kind="image-classification", classes=["a"], config={},
+                             members={"bin": {"role": "image", "codec": "raw"}})
+    staged = builder.run(_stage_reporting_pdeathsig, [(f"j{i}", f"j{i}") for i in range(4)], workers=2)
+    rows = [r for s in staged for r in s.rows]
+    assert {r["pdeathsig"] for r in rows} == {signal.SIGKILL} and os.getpid() not in {r["pid"] for r in rows}
+    assert not list((tmp_path / "o").rglob("*.partial*"))
+
 def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path, natural):
     from click.testing import CliRunner
 
