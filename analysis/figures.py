@@ -103,7 +103,7 @@ def _mean_curve(curves: list[tuple[list, list]]) -> tuple[list, list]:
 
 def reuse_plot(layers: list[str], inits: list[str], values: dict[str, dict[str, tuple[float, float]]],
                kernels: list[str], title: str, path: Path) -> Path:
-    """Bars per layer and init, one panel per CKA kernel; error bars = std over seeds."""
+    """Bars per layer and init, one panel per CKA kernel; error bars = std over seeds (the report's ddof)."""
     fig, axes = plt.subplots(1, len(kernels), figsize=(5 * len(kernels), 3.8), squeeze=False)
     width = 0.8 / max(len(inits), 1)
     x = np.arange(len(layers))

@@ -463,10 +463,10 @@ def _reuse_section(rep: Report) -> list[str]:
                     "uniqueness final"], body)
     for group in sorted({g for g, _, _ in cells}):
         inits = sorted({i for g, i, _ in cells if g == group})
-        values = {kernel: {(i, l): (float(np.mean([r[key] for r in cells[(g, i, l)]])),
-                                    float(np.std([r[key] for r in cells[(g, i, l)]])))
-                           for g, i, l in cells if g == group}
-                  for kernel, key in (("linear", "linear_cka"), ("RBF", "rbf_cka"))}
+        values = {}
+        for kernel, key in (("linear", "linear_cka"), ("RBF", "rbf_cka")):
+            spread = {(i, l): describe([r[key] for r in cells[(g, i, l)]], opts.ddof) for g, i, l in cells if g == group}
+            values[kernel] = {cell: (s.mean, s.std) for cell, s in spread.items()}
         path, rel = _figure(rep, f"reuse_{group.slug()}")
         figures.reuse_plot(list(LAYERS), inits, values, ["linear", "RBF"], f"feature reuse: {group.label()}", path)
         lines += [image(f"feature reuse {group.label()}", rel), ""]

@@ -323,8 +323,13 @@ def test_unreadable_predictions_or_weights_leave_out_that_run_not_the_report(tmp
     assert pl.read_csv(tmp_path / "report" / "feature_reuse.csv").height == 3 * 3
 
 
-def test_sample_std_convention_reaches_every_table(tmp_path):
+def test_sample_std_convention_reaches_every_table(tmp_path, monkeypatch):
     """--ddof 1: convergence epochs and feature reuse are mean ± sample std too, as the report's header says."""
+    from analysis import figures
+
+    plotted = {}
+    real_plot = figures.reuse_plot
+    monkeypatch.setattr(figures, "reuse_plot", lambda *args: plotted.update(args[2]) or real_plot(*args))
     root = tmp_path / "runs"
     rng = np.random.default_rng(0)
     for seed, acc in enumerate((0.7, 0.8)):  # converge at epochs 7 and 8
@@ -337,3 +342,4 @@ def test_sample_std_convention_reaches_every_table(tmp_path):
     reuse = pl.read_csv(tmp_path / "report" / "feature_reuse.csv").filter(pl.col("layer") == "conv1.weight")
     cka = reuse["linear_cka"].to_numpy()
     assert f"| {cka.mean():.3f} ± {cka.std(ddof=1):.3f} |" in text
+    assert plotted["linear"][("scratch", "conv1.weight")] == pytest.approx((cka.mean(), cka.std(ddof=1)))  # the bars
