@@ -205,13 +205,14 @@ class PairwiseMI:
     unordered pair once; `between(a, b)` the (ka, kb) matrix of two sets of slices.
     """
 
-    def __init__(self, bins: int = 64, method: str = "bincount", device: str = "cpu", block: int = 160):
+    def __init__(self, bins: int = 64, method: str = "bincount", device: str = "cpu", block: int | None = None):
         if method not in METHODS:
             raise AnalysisError(f"unknown MI method {method!r}; use one of {METHODS}")
         self.bins, self.method, self.device = bins, method, device
         # At most `block` slices per side in one operation: memory stays bounded for thin-slice
-        # volumes of 1,000+ slices (a 160 x 160 block of one-hot products peaks near 4 GB on a GPU).
-        self.block = block
+        # volumes of 1,000+ slices (a 160 x 160 block of 64-bin one-hot products peaks near 4 GB on a GPU).
+        # A pair's count table grows with bins^2, so above 64 bins the default block shrinks by as much.
+        self.block = block if block is not None else max(1, min(160, 160 * 64 * 64 // (bins * bins)))
         self.evaluations = 0  # pairs whose joint histogram was counted
 
     def _sum_xlogx(self, codes_a, codes_b) -> np.ndarray:

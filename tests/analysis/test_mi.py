@@ -69,6 +69,11 @@ def test_blocks_give_the_same_matrix(method):
     assert blocked.evaluations == whole.evaluations
 
 
+def test_default_blocks_shrink_as_the_count_tables_grow():
+    # memory per block ~ block * bins^2 (bincount) or (block * bins)^2 (one-hot products): 64 bins -> 160 slices
+    assert [PairwiseMI(bins).block for bins in (16, 64, 128, 256, 4096)] == [160, 160, 40, 10, 1]
+
+
 def test_evaluations_count_pairs():
     codes = quantize(np.random.default_rng(2).normal(size=(6, 8, 8)))
     engine = PairwiseMI(64, "bincount")
