@@ -144,6 +144,8 @@ def load_sweep(path: Path | str) -> Sweep:
             if s not in SETTINGS:
                 raise TrainerError(f"{where}: setting {s!r} is not one of: {', '.join(SETTINGS)}")
         fractions = _list(block, "fractions", where) if "fractions" in block else [1.0]
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
+            raise TrainerError(f"{where}: fractions must be numbers in (0, 1], got {fractions}")
         seeds = _list(block, "seeds", where) if "seeds" in block else [0]
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise TrainerError(f"{where}: seeds must be integers, got {seeds}")

@@ -95,6 +95,9 @@ def test_slurm_script_has_one_array_task_per_incomplete_run(tmp_path):
     (MATRIX.replace('"scratch", "radnet-1.28M"', '"scratch", "imagenet-1k"'), r"init 'imagenet-1k' is not in \[inits\]"),
     (MATRIX.replace('settings = ["finetune", "linear"]', 'settings = ["probe"]'),
      r"setting 'probe' is not one of: finetune, linear"),
+    (MATRIX.replace("fractions = [1.0, 0.01]", 'fractions = [1.0, "1%"]'),
+     r"fractions must be numbers in \(0, 1\], got \[1.0, '1%'\]"),
+    (MATRIX.replace("fractions = [1.0, 0.01]", "fractions = [true]"), r"fractions must be numbers in \(0, 1\]"),
 ])
 def test_bad_matrix_files_say_what_is_wrong(tmp_path, text, message):
     with pytest.raises(TrainerError, match=message):
