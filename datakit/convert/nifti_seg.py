@@ -44,6 +44,10 @@ from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
 
 DTYPES = ("int16", "float32")
+# Voxels one file may declare (all channels): 4 GiB as float32, 4x LiTS's largest volume (512x512x987).
+# The header is checked before any voxel is read: nibabel allocates a declared size whole before it
+# reads, so a 1 KB .nii.gz declaring 1500^3 voxels took 6.5 GB before it was found short.
+MAX_VOXELS = 1 << 30
 DROP_EMPTY = ("none", "image", "mask")
 
 
@@ -239,6 +243,18 @@ def _patient(case: str, regex: str | None) -> str:
     return m.group("patient") if "patient" in m.re.groupindex else m.group(1) if m.groups() else m.group(0)
 
 
+def _declared_too_large(path: str) -> str | None:
+    """Why the file's header declares an absurd size (read from the header alone), else None."""
+    import math
+
+    import nibabel as nib
+    shape = tuple(int(n) for n in nib.load(path).shape)
+    if math.prod(shape) > MAX_VOXELS:
+        return (f"{Path(path).name} declares {'x'.join(map(str, shape))} voxels, more than the limit of "
+                f"{MAX_VOXELS:,} per file (a corrupt header?)")
+    return None
+
+
 def _load_canonical(path: str):
     import nibabel as nib
     img = nib.as_closest_canonical(nib.load(path))
@@ -268,6 +284,9 @@ def stage_case(job: CaseJob, bin_path: Path) -> Staged:
     if missing:
         return reject("missing-image", f"image file {Path(missing[0]).name} of case {job.case} not found")
     try:
+        for path in (job.label, *job.images):
+            if (too_large := _declared_too_large(path)) is not None:
+                return reject("bad-geometry", too_large, path)
         lab_img, lab = _load_canonical(job.label)
         chans = []
         for path in job.images:

@@ -94,3 +94,30 @@ def test_errors_name_the_bad_value(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(DatakitError, match=r"output folder .*full is not empty"):
         convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "full"), preset="lits"))
+
+
+def test_a_volume_declaring_an_absurd_size_is_rejected_before_it_is_read(tmp_path):
+    """A 1 KB .nii.gz whose header says 1500^3 voxels: nibabel allocated the 6.75 GB whole before
+    finding the data short; now its case is refused from the header, and the others convert."""
+    import gzip
+
+    import nibabel as nib
+    write_lits_cases(tmp_path / "src", n_cases=3)
+    header = nib.load(str(tmp_path / "src" / "volume-2.nii")).header.copy()
+    header.set_data_shape((1500, 1500, 1500))
+    (tmp_path / "src" / "volume-2.nii").unlink()
+    with gzip.open(tmp_path / "src" / "volume-2.nii.gz", "wb") as f:
+        f.write(header.binaryblock + bytes(4 + 1000))
+    nib.save(nib.load(str(tmp_path / "src" / "segmentation-2.nii")), str(tmp_path / "src" / "segmentation-2.nii.gz"))
+    (tmp_path / "src" / "segmentation-2.nii").unlink()
+    for i in (0, 1):   # one layout for all: the .nii.gz one
+        for stem in ("volume", "segmentation"):
+            path = tmp_path / "src" / f"{stem}-{i}.nii"
+            nib.save(nib.load(str(path)), str(path) + ".gz")
+            path.unlink()
+    m = convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "out"), preset="lits",
+                                          size=16, val=0, test=0, workers=1))
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert rejects.select("volume", "code").rows() == [("2", "bad-geometry")]
+    assert "declares 1500x1500x1500 voxels, more than the limit" in rejects["reason"][0]
+    assert m["splits"]["train"]["volumes"] == 2
