@@ -75,7 +75,8 @@ def _write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_f
 Example:
   tlx plan data/                                    # after `tlx scan --dicom-root DIR --out data/`
   tlx plan data/ --min-slices 30 --fractions 0.8,0.1,0.1 --seed 0
-  tlx plan data/ --subset-size 1281167 --exclude-class other     # RadNet-1.28M from RadNet-12M
+  tlx plan sub/ --subset-size 1281167 --exclude-class other      # RadNet-1.28M from RadNet-12M: sub/work/
+                                                    # holds a copy of data/work/{index.parquet,scan.json}
 """)
 @DATASET
 @_apply(PLAN_OPTIONS)
@@ -94,8 +95,8 @@ def plan(dataset_dir, **kw):
 Example:
   tlx write data/                                   # after tlx scan + tlx plan; all cores
   tlx write data/ --resume                          # finish a run that was killed
-  tlx write data/ --partition $SLURM_ARRAY_TASK_ID/16   # one of 16 array jobs (i counts from 0);
-                                                    # the last to finish assembles the dataset
+  tlx write data/ --partition $SLURM_ARRAY_TASK_ID/16 --resume   # one of 16 array jobs (i from 0; --resume
+                                                    # lets a requeued task go on); the last to finish assembles
 """)
 @DATASET
 @_apply(WRITE_OPTIONS)
