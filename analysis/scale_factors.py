@@ -76,6 +76,11 @@ class ScaleFactorConfig:
                 raise AnalysisError(f"{name} must be a positive count or None (all), got {value}")
         if self.workers < 1:
             raise AnalysisError(f"workers must be >= 1, got {self.workers}")
+        # checked here, not first inside every volume (each would be read and compressed, then fail)
+        if not 2 <= self.bins <= 4096:
+            raise AnalysisError(f"bins must be in 2..4096, got {self.bins}")
+        if self.value_range is not None and not self.value_range[1] > self.value_range[0]:
+            raise AnalysisError(f"the binning range must be LO HI with HI > LO, got {tuple(self.value_range)}")
 
 
 # ---------------------------------------------------------------- the two bounds for one volume

@@ -152,6 +152,10 @@ def test_bad_datasets_are_refused(tmp_path, dataset):
         estimate_scale_factors(one)
     with pytest.raises(AnalysisError, match="compressor 'bz2' is not known"):
         ScaleFactorConfig(compressor="bz2")
+    with pytest.raises(AnalysisError, match="bins must be in 2..4096, got 1"):
+        ScaleFactorConfig(bins=1)
+    with pytest.raises(AnalysisError, match=r"HI > LO, got \(100, -100\)"):
+        ScaleFactorConfig(value_range=(100, -100))
 
 
 def test_a_damaged_dataset_is_a_one_line_error(tmp_path):
