@@ -648,6 +648,9 @@ def make_plan(dataset_dir, config: PlanConfig = PlanConfig()) -> PlanSummary:
     layout = Layout(dataset_dir)
     fingerprint = index_fingerprint(layout.index) if layout.index.exists() else None
     plan = decide(layout.index, config)
+    # plan.json marks a complete plan (write trusts it and hashes it): it goes first, so a plan killed
+    # while its parquet files are replaced never pairs the new files with the old plan.json.
+    layout.plan_json.unlink(missing_ok=True)
     volumes = write_plan(layout, plan, config)
     scan_codes = pl.read_parquet(layout.plan_rejects, columns=["stage", "code"]).filter(
         pl.col("stage") == "scan")["code"]

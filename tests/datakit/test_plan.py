@@ -199,6 +199,22 @@ def test_missing_index_and_raw_uids_are_refused(tmp_path):
         make_plan(tmp_path)
 
 
+def test_a_plan_killed_while_writing_leaves_no_plan_json_of_the_old_plan(messy, monkeypatch):
+    """plan.json marks a complete plan. A re-plan with another seed killed after plan.parquet was
+    replaced left the old plan.json beside the new plan.parquet, and `tlx write` went ahead with the
+    two mixed (splits of one seed, volume table and subset targets of the other)."""
+    import datakit.plan as plan_module
+    from datakit.write import write_dataset
+
+    ds, _ = messy
+    make_plan(ds, PlanConfig(min_slices=30, seed=0))
+    monkeypatch.setattr(plan_module, "write_rejects", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        make_plan(ds, PlanConfig(min_slices=30, seed=1))
+    assert (ds / "work" / "plan.parquet").exists() and not (ds / "work" / "plan.json").exists()
+    with pytest.raises(DatakitError, match="holds no plan"):
+        write_dataset(ds)
+
 def test_plan_cli_prints_the_split_table(messy):
     ds, _ = messy
     result = CliRunner().invoke(cli, ["plan", str(ds), "--min-slices", "30"])
