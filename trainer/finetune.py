@@ -337,7 +337,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
     }
 
     # Resume: the saved state replaces what was just built.
-    step, epoch, epoch_step, loss_sum = 0, 0, 0, 0.0
+    step, epoch, epoch_step, loss_sum, wall_before = 0, 0, 0, 0.0, 0.0
     best = {"metric": -math.inf, "epoch": 0, "state": None}
     if last.exists():
         ckpt = load_checkpoint(last, map_location="cpu")
@@ -347,6 +347,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, epoch_step, loss_sum = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"]
         best = ckpt["best"]
+        wall_before = ckpt.get("wall_s", 0.0)   # metrics' wall_s counts from the run's start, not this process's
         restore_rng_states(ckpt["rng"], env.rank)
         print0(f"{out}: resuming at epoch {epoch + 1}, step {step}")
     if env.is_main:
@@ -359,10 +360,11 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         rngs = gather_rng_states()
         if env.is_main:
             save_checkpoint(_checkpoint(model, plan, optimizer=optimizer.state_dict(), step=step, epoch=done_epoch,
-                                        epoch_step=at_step, epoch_loss_sum=sums, best=best, rng=rngs, config=config),
+                                        epoch_step=at_step, epoch_loss_sum=sums, best=best, rng=rngs, config=config,
+                                        wall_s=time.time() - start),
                             last)
 
-    start = time.time()
+    start = time.time() - wall_before
     max_steps = cfg.max_steps or math.inf
     while epoch < hp["epochs"] and step < max_steps:
         ddp.train()

@@ -98,6 +98,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
     monkeypatch.setattr(ft, "task_loss", real_loss)
     ft.main([*args, "--run-dir", str(tmp_path / "resumed")])
+    walls = [json.loads(l)["wall_s"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert walls == sorted(walls)          # seconds since the run started, across the restart
     a, b = _comparable(tmp_path / "straight"), _comparable(tmp_path / "resumed")
     assert a[0] == b[0] and a[1] == b[1]
     for part in ("encoder", "head"):
