@@ -167,7 +167,11 @@ def write_shard(task: ShardTask) -> dict:
 
 
 def _tidy_shards(layout: Layout, keep: set[str]) -> None:
-    """Remove temporary files of killed runs and shards that are not part of this dataset."""
+    """Remove temporary files of killed runs (shards, and the tables and manifest beside them, which
+    only assembly writes) and shards that are not part of this dataset."""
+    for p in layout.root.glob(f"*{TMP_SUFFIX}*"):
+        if p.is_file():
+            p.unlink()
     if not layout.shards.exists():
         return
     for p in layout.shards.glob("*/*"):

@@ -110,6 +110,15 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(point, sharded, referenc
     assert not list(ds.rglob("*.partial-*"))
 
 
+def test_tables_half_written_by_a_killed_assembly_do_not_stay_in_the_dataset(sharded, reference, tmp_path):
+    """A kill -9 while assembly writes slices.parquet (or the manifest) leaves its temporary file beside
+    it; the resumed run tidied shards/ only, so the finished dataset kept the stray file."""
+    ds = copy_plan(sharded[0], tmp_path / "tables")
+    for name in ("slices.parquet", "rejects.parquet", "manifest.json"):
+        (ds / f"{name}.partial-4242").write_bytes(b"cut short")
+    write_dataset(ds, CONFIG, RunOptions(workers=1, resume=True))
+    assert output_files(ds) == reference
+
 def test_resume_of_a_finished_dataset_does_nothing(sharded, reference, tmp_path):
     ds = copy_plan(sharded[0], tmp_path / "done")
     write_dataset(ds, CONFIG, RunOptions(workers=1))
