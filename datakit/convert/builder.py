@@ -140,6 +140,11 @@ class DatasetBuilder:
         if not rows:
             raise DatakitError(f"nothing to write: every input was rejected ({len(all_rejects)} rejects; "
                                f"see the reasons in {self.layout.rejects})")
+        # What a killed earlier assembly left: shards (perhaps of another --samples-per-shard, so more of
+        # them) and temporary files. Every shard is written anew below, so none of it may stay.
+        shutil.rmtree(self.layout.shards, ignore_errors=True)
+        for p in self.layout.root.glob("*.partial-*"):
+            p.unlink()
         shards_meta, table_rows = [], []
         for split in SPLITS:
             split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])

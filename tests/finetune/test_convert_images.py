@@ -145,6 +145,39 @@ def test_interrupted_conversion_resumes_to_identical_shards(tmp_path):
     assert sum(s["samples"] for s in mb["shards"]) == 30
 
 
+def test_resumed_assembly_leaves_nothing_of_a_killed_one(tmp_path):
+    """A kill during assembly leaves shards (here of a smaller --samples-per-shard, so one more) and
+    temporary files; the resumed assembly rewrote its shards over them but kept the rest, and
+    `tlx verify` then failed on the stray files."""
+    def stage(job, bin_path):
+        from datakit.convert.builder import StagingFile
+        staging = StagingFile(bin_path)
+        rows = [{"key": f"{job}-{i}", "split": "train", "label": "a",
+                 "_payload": {"bin": staging.add(f"{job}:{i}".encode())}} for i in range(5)]
+        staging.close()
+        return Staged(job, rows)
+
+    kw = dict(kind="image-classification", members={"bin": {"role": "image", "codec": "raw"}}, classes=["a"],
+              config={}, samples_per_shard=4)
+    jobs = [(f"j{i}", f"j{i}") for i in range(2)]
+    straight = DatasetBuilder(tmp_path / "a", **kw)
+    straight.run(stage, jobs, workers=1)
+    straight.assemble()
+    killed = DatasetBuilder(tmp_path / "b", **kw)
+    killed.run(stage, jobs, workers=1)
+    shards = tmp_path / "b" / "shards" / "train"
+    shards.mkdir(parents=True)
+    for name in ("train-000003.tar", "train-000003.idx", "train-000001.tar.partial-4242"):
+        (shards / name).write_bytes(b"from the killed assembly")
+    (tmp_path / "b" / "manifest.json.partial-4242").write_bytes(b"{")
+    resumed = DatasetBuilder(tmp_path / "b", resume=True, **kw)
+    resumed.run(stage, jobs, workers=1)
+    resumed.assemble()
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert files(tmp_path / "b") == files(tmp_path / "a")
+
 def _stage_reporting_pdeathsig(job, bin_path):
     """A staging job that records its process's parent-death signal (Linux prctl PR_GET_PDEATHSIG)."""
     import ctypes
