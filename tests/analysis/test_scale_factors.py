@@ -1,4 +1,5 @@
 """Scale factors on datasets with known answers: identical slices, independent slices."""
+import importlib.util
 import json
 
 import numpy as np
@@ -83,6 +84,28 @@ def test_results_do_not_depend_on_workers_and_follow_the_seed(dataset, full):
     assert parallel["per_volume"] == full["per_volume"]
     other_seed = estimate_scale_factors(dataset, ScaleFactorConfig(seed=4, lower=False))
     assert other_seed["s_ub"]["value"] != full["s_ub"]["value"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is an optional accelerator")
+def test_the_gpu_pipeline_gives_the_cpu_results(tmp_path, monkeypatch):
+    """The GPU branch (reader threads prepare, one torch engine finishes) on the CPU build of torch."""
+    import analysis.scale_factors as sf
+
+    rng = np.random.default_rng(6)
+    root = write_ct_dataset(tmp_path / "data", {f"v{i}": rng.integers(-1000, 1000, (4, 16, 16)).astype(np.int16)
+                                                for i in range(4)})
+    cpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd"))
+    real_engine = sf.PairwiseMI
+    devices = []
+    monkeypatch.setattr(sf, "_resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device: devices.append((method, device))
+                        or real_engine(bins, method, "cpu"))
+    gpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd", workers=3, device="cuda"))
+    assert devices == [("torch", "cuda")]  # one engine for all volumes, int8 products by default
+    for row, ref in zip(gpu["per_volume"], cpu["per_volume"], strict=True):
+        assert row["volume"] == ref["volume"] and row["error"] is None and row["s_lb"] == ref["s_lb"]
+        assert row["ub_effective_slices"] == pytest.approx(ref["ub_effective_slices"], abs=1e-9)
+    assert gpu["s_ub"]["value"] == pytest.approx(cpu["s_ub"]["value"], abs=1e-9)
 
 
 def test_a_sample_of_volumes_gives_a_confidence_interval(dataset):
