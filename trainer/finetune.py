@@ -46,11 +46,12 @@ from trainer.config import config_dict, opt, parse_config, save_json, tool_versi
 from trainer.data.dataset import open_dataset
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import Dist, close_dist, init_dist, is_distributed, print0
+from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, is_distributed, print0
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
+from trainer.runlog import RunLog
 from trainer.task_heads import TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task, get_task, parse_class_weights,
                            resolve_class_weights, run_dir)
@@ -350,11 +351,12 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         wall_before = ckpt.get("wall_s", 0.0)   # metrics' wall_s counts from the run's start, not this process's
         restore_rng_states(ckpt["rng"], env.rank)
         print0(f"{out}: resuming at epoch {epoch + 1}, step {step}")
+    log = RunLog(out, enabled=env.is_main)
+    log.write_config(config)
+    log.resume_at(epochs_done=epoch, step=step)   # lines logged after the checkpoint are logged again
     if env.is_main:
-        save_json(config, out / "config.json")
         import pyarrow.parquet as pq
         pq.write_table(subset_table, out / "subset.parquet")
-        _keep_metrics_lines(out / "metrics.jsonl", epoch)
 
     def save_last(done_epoch: int, at_step: int, sums: float) -> None:
         rngs = gather_rng_states()
@@ -387,7 +389,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
                 save_last(epoch, epoch_step, float(loss_acc))
             if step >= max_steps:
                 break
-        train_loss = _mean_over_ranks(float(loss_acc) / max(epoch_step, 1), env)
+        train_loss = all_reduce_mean(float(loss_acc) / max(epoch_step, 1), env.device)
         val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"], decoder)
         epoch += 1
         score = val_metrics[task.metric]
@@ -399,9 +401,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         line = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in _json_safe(val_metrics).items()},
                 "lr": schedule(step - 1), "images_per_s": n_images * env.world_size / max(time.time() - t_epoch, 1e-9),
                 "wall_s": time.time() - start, "steps": step}
-        if env.is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+        log.epoch(line)
         print0(f"epoch {epoch}/{hp['epochs']}  loss {train_loss:.4f}  val {task.metric} {score:.4f}  "
                f"lr {line['lr']:.3g}  {line['images_per_s']:.0f} img/s")
         epoch_step, loss_sum = 0, 0.0
@@ -456,22 +456,6 @@ def _check_same_run(saved: dict, now: dict, path: Path) -> None:
     if diff:
         raise TrainerError(f"{path} belongs to a run with other settings ({', '.join(diff)} differ); "
                            f"use another --run-dir, or remove the old run")
-
-
-def _keep_metrics_lines(path: Path, epochs_done: int) -> None:
-    """metrics.jsonl of a resumed run: keep the lines of the epochs the checkpoint covers."""
-    if not path.exists():
-        return
-    lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= epochs_done]
-    path.write_text("".join(l + "\n" for l in lines))
-
-
-def _mean_over_ranks(value: float, env: Dist) -> float:
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device)
-    dist.all_reduce(t)
-    return float(t) / env.world_size
 
 
 if __name__ == "__main__":
