@@ -62,6 +62,10 @@ class ReportOptions:
             raise AnalysisError(f"interpolation {self.interpolation!r} is not known; use one of {SPACES}")
         if not 0 < self.alpha < 1:
             raise AnalysisError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.uniqueness_splits < 1:  # (0 gave a mean of no values: NaN uniqueness with numpy warnings)
+            raise AnalysisError(f"uniqueness_splits must be >= 1, got {self.uniqueness_splits}")
+        if not self.rbf_threshold > 0:  # (checked here once, not as a note for every run's weights)
+            raise AnalysisError(f"rbf_threshold must be > 0, got {self.rbf_threshold}")
         self.rule = ConvergenceRule(self.patience, self.min_improvement, self.relative_improvement)
 
 

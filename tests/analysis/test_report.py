@@ -232,6 +232,13 @@ def test_summary_table_errors_name_the_problem(tmp_path):
         build_report(None, tmp_path / "r")
 
 
+def test_bad_options_are_refused_before_any_work():
+    with pytest.raises(AnalysisError, match="uniqueness_splits must be >= 1, got 0"):
+        ReportOptions(uniqueness_splits=0)
+    with pytest.raises(AnalysisError, match="rbf_threshold must be > 0, got -1"):
+        ReportOptions(rbf_threshold=-1)
+
+
 def test_demo_sized_tree_through_the_cli(tmp_path):
     """The quickstart's end: two inits (scratch, a SimCLR checkpoint), two seeds each, task radnet."""
     root = tmp_path / "runs"
