@@ -35,6 +35,7 @@ from datakit.labels import load_rules, rules_identity
 from datakit.manifest import write_json_atomic
 from datakit.pseudonym import pseudonym
 from datakit.walk import walk_files
+from datakit.write_pool import default_workers, quiet
 
 INDEX = Path("work") / "index.parquet"
 SCAN_RECORD = Path("work") / "scan.json"    # what the index was made from: DICOM root, label rules
@@ -303,7 +304,7 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
     if first is None:
         raise DatakitError(f"DICOM root {str(root)!r} holds no files")
     chunks = _chunks(itertools.chain([first], found), CHUNK)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or default_workers())
     index_path = Path(out_dir) / INDEX
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(index_path.name + ".partial")
@@ -357,7 +358,7 @@ def write_index(rows: list[dict], path: Path) -> None:
 
 def _progress(batches, what: str):
     """Yield the batches with a rich progress line counting files (silent when TLX_QUIET=1)."""
-    if os.environ.get("TLX_QUIET") == "1":
+    if quiet():
         yield from batches
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

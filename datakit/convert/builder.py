@@ -38,6 +38,7 @@ from datakit.convert.progress import progress
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, tmp_name, write_json_atomic
 from datakit.shards import ShardWriter
+from datakit.write_pool import default_workers, die_with_parent
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -198,8 +199,6 @@ def _stage_all(stage_fn: Callable, jobs: list[tuple[str, Any]], staging: Path, w
         for job_id, job in jobs:
             yield _run_job(stage_fn, job, job_id, staging)
         return
-    from datakit.write_pool import die_with_parent
-
     # Workers die with their parent (as tlx write's): after a kill -9 none keeps staging behind a
     # resumed run's back.
     with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
@@ -265,7 +264,7 @@ def stage_reject(path: str, code: str, reason: str, volume: str | None = None) -
 
 def check_workers(workers: int | None) -> int:
     if workers is None:
-        return os.cpu_count() or 1
+        return default_workers()
     if workers < 1:
         raise DatakitError(f"--workers {workers} must be >= 1")
     return workers

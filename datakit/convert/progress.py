@@ -1,14 +1,15 @@
 """A rich progress bar over an iterable, silent when TLX_QUIET=1 (tests set it)."""
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator, TypeVar
+
+from datakit.write_pool import quiet
 
 T = TypeVar("T")
 
 
 def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    if os.environ.get("TLX_QUIET") == "1" or total == 0:
+    if quiet() or total == 0:
         yield from items
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

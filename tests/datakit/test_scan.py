@@ -219,3 +219,19 @@ def test_a_value_that_runs_on_into_names_is_not_quoted_in_a_reason(tmp_path):
     assert row["reject_reason"] == "Modality is an invalid value of 48 characters; only CT is used"
     assert [shown_term(v) for v in ("MR", "CT ", "ORIGINAL")] == ["MR", "CT", "ORIGINAL"]
     assert shown_term("1.2.840.10008.5.1.4.1.1.2", 64) == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_default_workers_are_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    """On a SLURM node (--cpus-per-task 2 of 64 cores) os.cpu_count() is 64; scan and tlx convert took
+    that many processes, tlx write the 2 of its CPU affinity."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from datakit.convert.builder import check_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    assert scan(tmp_path, tmp_path / "out", secret=SECRET).workers == 1
+    assert check_workers(None) == 1 and check_workers(3) == 3
