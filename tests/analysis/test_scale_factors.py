@@ -141,6 +141,7 @@ def test_a_volume_that_fails_is_reported_not_dropped(tmp_path):
     assert "v2" in failed and "ZstdError" in failed["v2"]["error"]
     assert result["volumes_ok"] + len(failed) == result["volumes_sampled"] == 4
     assert result["slices_processed"] == 4 * result["volumes_ok"]
+    assert result["s_ub"]["volumes"] == 3 and result["s_ub"]["ci95"] is not None  # the rest, taken as a sample
 
 
 def test_analyze_reports_the_volumes_that_failed(tmp_path):
