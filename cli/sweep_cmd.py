@@ -69,7 +69,9 @@ def sweep(matrix_file, run_, emit, dry_run, keep_going):
     _print_table(s)
     todo = pending(s.runs)
     if emit == "slurm":
-        click.echo(slurm_script(s, todo), nl=False)
+        script = slurm_script(s, todo)
+        s.out.mkdir(parents=True, exist_ok=True)  # SLURM opens #SBATCH --output there before the script runs
+        click.echo(script, nl=False)
     elif run_ and dry_run:
         for r in todo:
             click.echo(shlex.join(s.command(r)))

@@ -88,6 +88,15 @@ def test_slurm_script_has_one_array_task_per_incomplete_run(tmp_path):
     assert "seed-" not in script and "--seed 1 " in cases[0] and "--fraction 1.0 " in cases[0]
 
 
+def test_emit_slurm_creates_the_log_folder_before_submission(tmp_path):
+    # SLURM does not create the folder of #SBATCH --output: an array task whose log folder is missing fails
+    # before the script (and its mkdir) runs
+    result = CliRunner().invoke(cli, ["sweep", str(_write(tmp_path)), "--emit", "slurm"])
+    assert result.exit_code == 0, result.output
+    assert f"#SBATCH --output={tmp_path / 'runs'}/slurm-%A_%a.out\n" in result.stdout
+    assert (tmp_path / "runs").is_dir()
+
+
 @pytest.mark.parametrize("text,message", [
     (MATRIX.replace('out = "runs"', 'out = "runs"\nbogus = 1'), r"unknown keys \['bogus'\]"),
     (MATRIX.replace("workers = 0", "seed = 4"), r"'seed' is set by the matrix itself"),
