@@ -678,6 +678,7 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
+    _check_items_complete(data)
     rows, cols = _value(row, "rows"), _value(row, "columns")
     try:
         if ts != RLE_LOSSLESS:
@@ -691,6 +692,27 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
         if not decoder_failure(exc):
             raise
     return _read_with_pydicom(path, row)
+
+
+def _check_items_complete(data: bytes) -> None:
+    """Raise SliceRejected('truncated') if the encapsulated PixelData value (`data`: from its first
+    item to the end of the file) ends before its sequence delimiter: a fragment's length runs past the
+    end of the file, or the file ends between items. Decoders take a cut codestream for garbage (libjpeg
+    fills the rest of a JPEG frame and reports no error) or spend half a minute in C on it (CharLS on
+    JPEG-LS), and dcmread then finds no PixelData at all. A tag that is not an item is left to them."""
+    pos = 0
+    while pos + 8 <= len(data):
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        tag = group << 16 | elem
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM:
+            return
+        if pos + 8 + length > len(data):
+            raise SliceRejected("truncated", f"the file ends inside its compressed pixel data (a fragment of "
+                                             f"{length} bytes has {len(data) - pos - 8})")
+        pos += 8 + length
+    raise SliceRejected("truncated", "the file ends inside its compressed pixel data (no sequence delimiter)")
 
 
 # index column -> pydicom decoding option (the Image Pixel module values pydicom takes from a dataset)

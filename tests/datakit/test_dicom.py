@@ -188,6 +188,23 @@ def test_time_limit_turns_a_stall_into_a_reject():
     assert info.value.code == "timeout"
 
 
+@pytest.mark.parametrize("ts", [JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, RLELossless])
+def test_compressed_pixel_data_cut_short_is_truncated(tmp_path, ts):
+    """A compressed slice cut short inside its PixelData: libjpeg decoded the cut JPEG frame into a
+    slice with made-up rows and no error, CharLS spent ~30 s in C on the cut JPEG-LS stream, and RLE
+    and JPEG 2000 came out as 'no-pixel-data'. Now: 'truncated', before any decoder runs."""
+    path = save(make(), tmp_path / "x.dcm", ts)
+    data = path.read_bytes()
+    offset = read_header(path).pixel_offset
+    path.write_bytes(data[:offset + (len(data) - offset) * 6 // 10])
+    t0 = time.monotonic()
+    for row in (None, {**header_row(read_header(path)), "size": path.stat().st_size}):
+        with pytest.raises(SliceRejected, match="the file ends inside its compressed pixel data") as info:
+            read_hu(path, row)
+        assert info.value.code == "truncated"
+    assert time.monotonic() - t0 < 2
+
+
 def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
     """pylibjpeg-rle (Rust) panics on some corrupt RLE segments with pyo3's PanicException, a
     BaseException: it ended `tlx write` with a traceback. One flipped bit in a segment's first
