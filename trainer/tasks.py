@@ -128,8 +128,10 @@ def load_tasks_file(path: Path | str) -> dict[str, Task]:
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"--tasks-file {path}: no such file")
-    with open(path, "rb") as f:
-        doc = tomllib.load(f)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TrainerError(f"--tasks-file {path}: not valid TOML ({exc})") from None
     fields = {f.name for f in dataclasses.fields(Task)} - {"name"}
     tasks = {}
     for name, entry in doc.get("tasks", {}).items():

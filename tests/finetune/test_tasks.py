@@ -46,6 +46,9 @@ def test_tasks_file_adds_a_declarative_task(tmp_path):
     f.write_text('[tasks.bad]\nkind = "segmentation"\nloss = "dice"\n')
     with pytest.raises(TrainerError, match=r"task 'bad' has unknown fields \['loss'\]"):
         get_task("bad", tasks_file=f)
+    f.write_text('[tasks.broken]\nkind = segmentation\n')          # a string without quotes
+    with pytest.raises(TrainerError, match=r"--tasks-file .*tasks.toml: not valid TOML \(Invalid value \(at line 2"):
+        get_task("broken", tasks_file=f)
     with pytest.raises(TrainerError, match=r"--task 'nope' is not one of: radnet, chestxray"):
         get_task("nope")
 
