@@ -24,7 +24,8 @@ line per epoch), steps.jsonl (one line per logged step) and checkpoints/last.pt,
 atomically every `--ckpt-every` steps and at each epoch's end. A run whose out folder
 holds a checkpoint continues from it (`--resume auto`, the default): model, optimizer,
 schedule, RNG and the position inside the epoch are restored and the result is bit for
-bit that of an uninterrupted run, which is what `torchrun --max-restarts` needs.
+bit that of an uninterrupted run (on CPU; GPU kernels are not all deterministic, see
+docs/trainer.md), which is what `torchrun --max-restarts` needs.
 """
 from __future__ import annotations
 
