@@ -34,6 +34,28 @@ def _fresh_or_resumable(out: Path, resume: bool) -> None:
                            "to finish an interrupted `tlx shard` there")
 
 
+def _check_scan_inputs(layout: Layout, root: Path, label_rules) -> None:
+    """--resume reuses the index: its rows name files below the root it was scanned from, labelled
+    by the rules of that scan (work/scan.json records both). Another --dicom-root made write read
+    another folder's files at the same relative paths (PACS exports share layouts) under the index's
+    pseudonyms; other --label-rules were ignored without a word."""
+    if not layout.scan_record.exists():
+        return
+    from datakit.labels import rules_identity
+
+    record = read_json(layout.scan_record, "work/scan.json")
+    scanned = record.get("dicom_root")
+    if scanned and Path(scanned).resolve() != root.resolve():
+        raise DatakitError(f"{layout.index} was scanned from {scanned!r}, not {str(root)!r}; resume with that "
+                           f"--dicom-root (if the files moved: `tlx write {layout.root} --resume --dicom-root DIR`), "
+                           f"or use a new output folder")
+    used, asked = record.get("label_rules"), rules_identity(label_rules)
+    if used and used != asked:
+        raise DatakitError(f"{layout.index} was labelled with the rules {used['name']} (sha256 {used['sha256'][:12]}), "
+                           f"not {asked['name']} (sha256 {asked['sha256'][:12]}); resume with those rules, or "
+                           f"delete {layout.index} to scan again with the new ones")
+
+
 def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: PlanConfig = PlanConfig(),
           write_config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions()) -> ShardSummary:
     plan_config.check()
@@ -44,7 +66,9 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     _fresh_or_resumable(layout.root, options.resume)
 
     scan_summary = None
-    if not (options.resume and layout.index.exists()):
+    if options.resume and layout.index.exists():
+        _check_scan_inputs(layout, root, label_rules)
+    else:
         from datakit.pseudonym import load_secret
         from datakit.scan import scan
 

@@ -264,6 +264,27 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, message, sharded, 
     assert re.search(message, lines[0]), lines[0]
 
 
+def test_shard_resume_with_another_root_or_other_label_rules_is_refused(sharded, not_ct, tmp_path):
+    """--resume reuses the index: another --dicom-root made write read another folder's files at the
+    index's relative paths under its pseudonyms; other --label-rules were ignored without a word
+    (and the manifest named the old rules)."""
+    from datakit.labels import SHIPPED_RULES
+    from tests.datakit.write_helpers import copy_plan
+
+    ds = copy_plan(sharded[0], tmp_path / "resumed")
+    root = json.loads((ds / "work" / "scan.json").read_text())["dicom_root"]
+    rules = tmp_path / "my_rules.toml"
+    rules.write_text(SHIPPED_RULES.read_text() + "\n# edited\n")
+    for args, message in (
+            (["--dicom-root", str(not_ct)], r"was scanned from '.*', not '.*'; resume with that --dicom-root"),
+            (["--dicom-root", root, "--label-rules", str(rules)],
+             r"was labelled with the rules label_rules.toml \(sha256 [0-9a-f]{12}\), not my_rules.toml")):
+        result = CliRunner().invoke(cli, ["shard", "--out", str(ds), "--resume", *args], env={"TLX_SECRET": SECRET})
+        assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+        assert re.search(message, result.output.replace("\n", " ")), result.output
+    assert not (ds / "manifest.json").exists()
+
+
 def test_the_other_streams_readers_read_it(sharded):
     """The contract in practice: trainer's and analysis's readers (which never import datakit)."""
     from analysis.dataset import CTDataset, read_slices
