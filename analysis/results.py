@@ -11,6 +11,7 @@ A pair is tested from the raw per-seed values when both sides have them, else fr
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -95,33 +96,43 @@ def read_summary_csv(path: Path | str, ddof: int = 0) -> list[ResultRow]:
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"summary table {path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in SUMMARY_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise AnalysisError(f"{path} lacks column(s) {missing}; needed: {list(SUMMARY_COLUMNS)} "
-                                f"(optional: setting, fraction)")
-        rows, seen = [], set()
-        for line, row in enumerate(reader, start=2):
-            row_ddof = _field(row, "ddof", line, path, int)
-            if row_ddof not in DDOFS:
-                raise AnalysisError(f"{path}:{line}: ddof {row_ddof} is not allowed; use one of {DDOFS}")
-            n = _field(row, "n", line, path, int)
-            if n < 1:
-                raise AnalysisError(f"{path}:{line}: n must be at least 1, got {n}")
-            std = _field(row, "std", line, path, float)
-            if std < 0:
-                raise AnalysisError(f"{path}:{line}: std must be >= 0, got {std}")
-            fraction = _field(row, "fraction", line, path, float) if (row.get("fraction") or "").strip() \
-                else SUMMARY_DEFAULTS["fraction"]
-            group = GroupKey(_text(row, "task", line, path),
-                             (row.get("setting") or "").strip() or SUMMARY_DEFAULTS["setting"], fraction)
-            ident = (group, _text(row, "metric", line, path), _text(row, "init", line, path))
-            if ident in seen:
-                raise AnalysisError(f"{path}:{line}: a second row for {ident[0].label()} {ident[1]} {ident[2]}")
-            seen.add(ident)
-            summary = Summary(_field(row, "mean", line, path, float), std, n, row_ddof).with_ddof(ddof)
-            rows.append(ResultRow(group, ident[1], ident[2], summary, None, "summary"))
+    try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnalysisError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") \
+            from None
+    except OSError as exc:
+        raise AnalysisError(f"summary table {path} cannot be read ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        records = list(reader)
+    except csv.Error as exc:
+        raise AnalysisError(f"{path} is not a readable CSV table ({exc})") from None
+    missing = [c for c in SUMMARY_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise AnalysisError(f"{path} lacks column(s) {missing}; needed: {list(SUMMARY_COLUMNS)} "
+                            f"(optional: setting, fraction)")
+    rows, seen = [], set()
+    for line, row in enumerate(records, start=2):
+        row_ddof = _field(row, "ddof", line, path, int)
+        if row_ddof not in DDOFS:
+            raise AnalysisError(f"{path}:{line}: ddof {row_ddof} is not allowed; use one of {DDOFS}")
+        n = _field(row, "n", line, path, int)
+        if n < 1:
+            raise AnalysisError(f"{path}:{line}: n must be at least 1, got {n}")
+        std = _field(row, "std", line, path, float)
+        if std < 0:
+            raise AnalysisError(f"{path}:{line}: std must be >= 0, got {std}")
+        fraction = _field(row, "fraction", line, path, float) if (row.get("fraction") or "").strip() \
+            else SUMMARY_DEFAULTS["fraction"]
+        group = GroupKey(_text(row, "task", line, path),
+                         (row.get("setting") or "").strip() or SUMMARY_DEFAULTS["setting"], fraction)
+        ident = (group, _text(row, "metric", line, path), _text(row, "init", line, path))
+        if ident in seen:
+            raise AnalysisError(f"{path}:{line}: a second row for {ident[0].label()} {ident[1]} {ident[2]}")
+        seen.add(ident)
+        summary = Summary(_field(row, "mean", line, path, float), std, n, row_ddof).with_ddof(ddof)
+        rows.append(ResultRow(group, ident[1], ident[2], summary, None, "summary"))
     if not rows:
         raise AnalysisError(f"{path} holds no rows")
     return rows

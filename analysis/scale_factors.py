@@ -406,9 +406,9 @@ def load_results(path: Path | str) -> dict[str, ScaleFactor]:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
         raise AnalysisError(f"cannot read scale factors from {path}: {exc}") from exc
-    if data.get("format") != RESULT_FORMAT or data.get("version") != RESULT_VERSION:
+    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT or data.get("version") != RESULT_VERSION:
         raise AnalysisError(f"{path} is not a {RESULT_FORMAT} v{RESULT_VERSION} file "
                             f"(write it with `tlx scale-factors`)")
     out = {}

@@ -230,6 +230,24 @@ def test_summary_table_errors_name_the_problem(tmp_path):
         build_report(None, tmp_path / "r", summary=csv)
     with pytest.raises(AnalysisError, match="nothing to analyse"):
         build_report(None, tmp_path / "r")
+    csv.write_bytes("task,metric,init,mean,std,n,ddof\nlits,dice,Röntgen,0.9,0.1,4,1\n".encode("cp1252"))
+    with pytest.raises(AnalysisError, match="bad.csv is not UTF-8 text .*; save it as CSV UTF-8"):
+        build_report(None, tmp_path / "r", summary=csv)
+    csv.write_text("task,metric,init,mean,std,n,ddof\nlits,dice,\"" + "a" * 200_000 + "\",0.9,0.1,4,1\n")
+    with pytest.raises(AnalysisError, match="bad.csv is not a readable CSV table"):
+        build_report(None, tmp_path / "r", summary=csv)
+    factors = tmp_path / "scale_factors.json"
+    factors.write_bytes('{"format": "tlx-scale-factors", "dataset": "Röntgen"}'.encode("cp1252"))
+    csv.write_text("task,metric,init,mean,std,n,ddof\nlits,dice,a,0.9,0.1,4,1\n")
+    with pytest.raises(AnalysisError, match="cannot read scale factors from .*scale_factors.json"):
+        build_report(None, tmp_path / "r", summary=csv, options=ReportOptions(scale_factors=str(factors)))
+
+
+def test_a_spreadsheets_utf8_csv_with_a_byte_order_mark_is_read(tmp_path):
+    csv = tmp_path / "published.csv"
+    csv.write_text("task,metric,init,mean,std,n,ddof\nlits,dice,Röntgen,0.9,0.1,4,1\n", encoding="utf-8-sig")
+    report = build_report(None, tmp_path / "r", summary=csv)
+    assert [(r.group.task, r.init) for r in report.results] == [("lits", "Röntgen")]
 
 
 def test_bad_options_are_refused_before_any_work():
