@@ -75,12 +75,12 @@ def run_convergence(run: Run, rule: ConvergenceRule, metric: str | None = None) 
     key = validation_metric(run, metric)
     if key is None:
         return RunConvergence(run, None, None, len(run.curve))
-    points = [(row["epoch"], row[key]) for row in run.curve if isinstance(row.get(key), (int, float))]
-    epochs, values = [p[0] for p in points], [p[1] for p in points]
+    epochs, values = loss_curve(run, key)
     epoch = time_to_convergence(epochs, values, rule, higher_is_better=key != "val_loss")
-    return RunConvergence(run, key, epoch, len(points))
+    return RunConvergence(run, key, epoch, len(epochs))
 
 
 def loss_curve(run: Run, key: str = "train_loss") -> tuple[list[int], list[float]]:
+    """(epochs, values) of one metrics.jsonl key, over the epochs that logged it as a number."""
     points = [(row["epoch"], row[key]) for row in run.curve if isinstance(row.get(key), (int, float))]
     return [p[0] for p in points], [p[1] for p in points]
