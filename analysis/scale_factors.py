@@ -272,6 +272,19 @@ def _resolve_device(device: str) -> str:
     return "cuda" if has_cuda else "cpu"
 
 
+def _try_engine(engine: PairwiseMI) -> None:
+    """A tiny MI on the device before hours of reading: a product the GPU or its torch does not offer (e.g. int8
+    on an older GPU) is one error now, not the same error in every volume at the end."""
+    k = 16 // engine.bins + 2  # slices enough for the int8 product (more than 16 one-hot columns)
+    codes = (np.arange(k * 64).reshape(k, 64) % engine.bins).astype(np.uint8 if engine.bins <= 256 else np.uint16)
+    try:
+        engine.within(codes)
+    except Exception as exc:  # noqa: BLE001 - becomes the user's one-line error
+        hint = "; try --method torch-float (float32 products)" if engine.method == "torch" else ""
+        raise AnalysisError(f"MI method {engine.method!r} fails on {engine.device} ({type(exc).__name__}: "
+                            f"{exc}){hint}") from None
+
+
 def _run(ds: CTDataset, cfg: ScaleFactorConfig, positions: list[int], make) -> list[VolumeResult]:
     device = _resolve_device(cfg.device)
     tasks = (make(v) for v in positions)
@@ -280,6 +293,8 @@ def _run(ds: CTDataset, cfg: ScaleFactorConfig, positions: list[int], make) -> l
         if device == "cuda":
             # Reader threads decode and compress (both release the GIL); the GPU counts histograms.
             engine = PairwiseMI(cfg.bins, cfg.method or "torch", "cuda")
+            if cfg.upper:
+                _try_engine(engine)
             with ThreadPoolExecutor(cfg.workers) as pool:
                 for prepared in _bounded_map(pool, lambda t: _prepare(t, cfg, ds.member), tasks, 2 * cfg.workers):
                     results.append(_finish(prepared, cfg, engine))

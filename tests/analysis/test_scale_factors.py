@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.errors import AnalysisError
+from analysis.mi import PairwiseMI
 from analysis.scale_factors import (ScaleFactorConfig, aggregate, effective_slices, estimate_scale_factors,
                                     load_results, lower_bound_volume, write_results)
 from cli.main import cli
@@ -106,6 +107,26 @@ def test_the_gpu_pipeline_gives_the_cpu_results(tmp_path, monkeypatch):
         assert row["volume"] == ref["volume"] and row["error"] is None and row["s_lb"] == ref["s_lb"]
         assert row["ub_effective_slices"] == pytest.approx(ref["ub_effective_slices"], abs=1e-9)
     assert gpu["s_ub"]["value"] == pytest.approx(cpu["s_ub"]["value"], abs=1e-9)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is an optional accelerator")
+def test_an_int8_product_the_gpu_lacks_is_one_error_before_any_volume_is_read(dataset, monkeypatch):
+    import torch
+
+    import analysis.scale_factors as sf
+
+    def unsupported(a, b):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul")
+
+    reads = []
+    monkeypatch.setattr(torch, "_int_mm", unsupported)
+    monkeypatch.setattr(sf, "_resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device: PairwiseMI(bins, method, "cpu"))
+    monkeypatch.setattr(sf, "read_slices", lambda *args: reads.append(args))
+    with pytest.raises(AnalysisError, match="MI method 'torch' fails on cpu .*CUBLAS_STATUS_NOT_SUPPORTED.*; "
+                                            r"try --method torch-float"):
+        estimate_scale_factors(dataset, ScaleFactorConfig(workers=2, device="cuda"))
+    assert reads == []
 
 
 def test_a_sample_of_volumes_gives_a_confidence_interval(dataset):
