@@ -85,7 +85,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # one state per GPU the saving process saw; a machine with fewer GPUs (a run resumed on
+        # another node or GPU count) restores those it has, not an IndexError for the others
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][:torch.cuda.device_count()]])
 
 
 def gather_rng_states() -> list[dict[str, Any]]:

@@ -64,6 +64,17 @@ def test_rng_state_round_trip():
     assert restore_rng_states([state], rank=0) and not restore_rng_states([state], rank=1)
 
 
+def test_cuda_states_of_more_gpus_than_this_machine_has_restore_what_it_has(monkeypatch):
+    # a run saved on an 8-GPU node resumed on a 2-GPU node: torch.cuda.set_rng_state_all would index
+    # generators 2-7, which do not exist there (an IndexError at resume)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    set_rng_state({**rng_state(), "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]})
+    assert [int(s[0]) for s in restored] == [0, 1]
+
+
 def test_init_dist_single_process_and_bad_device(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
