@@ -339,6 +339,7 @@ def read_header(path: str | os.PathLike, size: int | None = None) -> Header:
             return _read_header_fast(f, size, head, kind)
         except (HeaderError, struct.error, UnicodeDecodeError, zlib.error) as exc:
             walker_error = exc
+    _check_inflated_size(path)   # pydicom inflates a deflated data set whole, and then parses it all
     return read_header_pydicom(path, walker_error)
 
 
@@ -408,7 +409,7 @@ def _walk_deflated(compressed: bytes, header: Header) -> None:
 
 
 def _check_inflated_size(path) -> None:
-    """Raise SliceRejected if the deflated data set of `path` inflates to more than MAX_INFLATED_BYTES.
+    """Raise SliceRejected if `path` is deflated and its data set inflates to more than MAX_INFLATED_BYTES.
     Inflates in bounded steps and keeps nothing; a file it cannot follow is left to pydicom."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -417,8 +418,10 @@ def _check_inflated_size(path) -> None:
         if kind is None:
             return
         try:
-            pos, _, _ = _file_meta(_Cursor(f, size, head), head, kind)
+            pos, ts, _ = _file_meta(_Cursor(f, size, head), head, kind)
         except (HeaderError, struct.error):
+            return
+        if ts != DEFLATED_LE:
             return
         f.seek(pos)
         inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0

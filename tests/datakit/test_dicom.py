@@ -298,3 +298,31 @@ def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom
         with pytest.raises(SliceRejected, match=r"the deflated data set inflates to more than 1 MiB") as info:
             call()
         assert info.value.code == "undecodable"
+
+
+def test_deflated_bomb_the_header_walker_cannot_follow_is_refused_before_pydicom(tmp_path, monkeypatch):
+    """Scan's fallback to pydicom inflated a deflated data set whole: a 1.5 MB file holding a CT header and
+    then 1.5 GB of deflated zeros (the walker stops at them) took 3.2 GB and parsed zeros for minutes.
+    (Limit lowered here so the test file stays small.)"""
+    import zlib
+
+    import datakit.dicom as dicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    body = b"\x08\x00\x60\x00CS\x02\x00CT" + bytes(2 << 20)          # Modality, then zeros: no valid VR
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(bytes(128) + b"DICM" + buf.getvalue() + deflater.compress(body) + deflater.flush())
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 1 << 20)
+    monkeypatch.setattr(dicom, "read_header_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
+    with pytest.raises(SliceRejected, match=r"the deflated data set inflates to more than 1 MiB") as info:
+        read_header(path)
+    assert info.value.code == "undecodable"
