@@ -82,17 +82,26 @@ class ImageJob:
 
 
 def _read_csv(path: Path, o: ImageFolderOptions) -> list[dict[str, str]]:
+    # utf-8-sig: a spreadsheet's byte order mark would otherwise glue itself to the first column's name
+    with open(_text_file(path, "--labels"), newline="", encoding="utf-8-sig") as f:
+        try:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            wanted = [o.image_col] + ([o.patient_col] if o.patient_col else []) + \
+                (list(o.label_cols) if o.label_cols else [o.label_col])
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise DatakitError(f"--labels {path} has no column(s) {missing}; its columns: {', '.join(columns)}")
+            return list(reader)
+        except UnicodeDecodeError as exc:
+            raise DatakitError(f"--labels {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                               f"save it as UTF-8") from None
+
+
+def _text_file(path: Path, option: str) -> Path:
     if not path.is_file():
-        raise DatakitError(f"--labels {path}: no such file")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        wanted = [o.image_col] + ([o.patient_col] if o.patient_col else []) + \
-            (list(o.label_cols) if o.label_cols else [o.label_col])
-        missing = [c for c in wanted if c not in columns]
-        if missing:
-            raise DatakitError(f"--labels {path} has no column(s) {missing}; its columns: {', '.join(columns)}")
-        return list(reader)
+        raise DatakitError(f"{option} {path}: no such file")
+    return path
 
 
 def _row_labels(row: dict[str, str], o: ImageFolderOptions) -> tuple[str, ...]:
@@ -193,7 +202,11 @@ def _splits(patient_of: dict[str, str], o: ImageFolderOptions) -> dict[str, str]
     if not o.test_list:
         by_patient = assign_splits(list(patient_of.values()), o.val, o.test, o.seed)
         return {n: by_patient[p] for n, p in patient_of.items()}
-    listed = {line.strip().rsplit("/", 1)[-1] for line in Path(o.test_list).read_text().splitlines() if line.strip()}
+    try:
+        text = _text_file(Path(o.test_list), "--test-list").read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatakitError(f"--test-list {o.test_list} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    listed = {line.strip().rsplit("/", 1)[-1] for line in text.splitlines() if line.strip()}
     test_patients = {p for n, p in patient_of.items() if n.rsplit("/", 1)[-1] in listed}
     mixed = sorted({p for n, p in patient_of.items() if p in test_patients and n.rsplit("/", 1)[-1] not in listed})
     if mixed:

@@ -54,6 +54,23 @@ def test_csv_problems_are_one_line_errors(tmp_path):
 
 
 
+def test_label_and_test_list_files_are_read_as_utf8_or_refused_in_one_line(tmp_path):
+    """A missing --test-list and a CSV saved as cp1252 ended in tracebacks; a CSV with a byte order
+    mark (as spreadsheets save UTF-8) had lost its first column ('has no column Image Index')."""
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=4)
+    data = csv_path.read_bytes()
+
+    def convert(labels, **kw):
+        return convert_image_folder(ImageFolderOptions(root=str(root), labels=str(labels), out=str(tmp_path / "o"),
+                                                       size=16, workers=1, **kw))
+    with pytest.raises(DatakitError, match=r"^--test-list .*nolist.txt: no such file$"):
+        convert(csv_path, test_list=str(tmp_path / "nolist.txt"))
+    (tmp_path / "cp1252.csv").write_bytes(data.replace(b"No Finding", b"Kein Befund \xe4"))
+    with pytest.raises(DatakitError, match=r"cp1252.csv is not UTF-8 text \(invalid continuation byte at byte \d+\)"):
+        convert(tmp_path / "cp1252.csv")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + data)
+    assert convert(tmp_path / "bom.csv")["splits"]["train"]["samples"] > 0
+
 def test_one_image_named_by_two_rows_is_refused(tmp_path):
     """A row by file name and another by path relative to --root matched the same file: one image
     became two samples, of two patients and possibly in two splits."""
