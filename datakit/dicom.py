@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import re
@@ -36,6 +37,7 @@ import signal
 import struct
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -307,7 +309,8 @@ def _decode_text(data: bytes, encodings: tuple[str, ...]) -> str:
     if codec is not None:
         return data.decode(codec, "replace")
     try:
-        return decode_bytes(data, convert_encodings(list(encodings)), set())
+        with pydicom_quiet():     # its warnings quote the character set value, which may run on into names
+            return decode_bytes(data, convert_encodings(list(encodings)), set())
     except (LookupError, ValueError):     # an unknown or broken character set: keep what latin-1 shows
         return data.decode("latin-1")
 
@@ -435,6 +438,23 @@ def _check_inflated_size(path) -> None:
             return
 
 
+@contextlib.contextmanager
+def pydicom_quiet():
+    """Silence pydicom's warnings and log records while it reads a file: they quote invalid header
+    values ("Invalid value for VR UI: '...'"), and a corrupt length makes a value run on into the
+    names, birth dates and ids after it, which must never reach a terminal or a job log. What was
+    wrong with the file is in its reject reason, without the values."""
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.disabled = True
+        try:
+            yield
+        finally:
+            logger.disabled = disabled
+
+
 def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
     """The same Header through pydicom (stop_before_pixels); for files the walker cannot follow."""
     try:
@@ -446,6 +466,7 @@ def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
         raise SliceRejected("unreadable-header", f"the DICOM header cannot be parsed ({_one_line(why)})") from exc
 
 
+@pydicom_quiet()
 def _header_via_pydicom(path) -> Header:
     import pydicom
 
@@ -735,6 +756,7 @@ def _decode_buffer(decoder, data: bytes, ts: str, options: dict) -> np.ndarray:
     return decoder.as_array(data, **options)[0]
 
 
+@pydicom_quiet()
 def _read_with_pydicom(path, row) -> np.ndarray:
     import pydicom
 

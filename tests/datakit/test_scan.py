@@ -235,3 +235,44 @@ def test_default_workers_are_the_cores_this_process_may_use(tmp_path, monkeypatc
     shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
     assert scan(tmp_path, tmp_path / "out", secret=SECRET).workers == 1
     assert check_workers(None) == 1 and check_workers(3) == 3
+
+
+def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
+    """pydicom warns with the invalid value quoted; a SOPClassUID whose length was corrupted ran on into
+    the names after it, and tlx shard's terminal (a job log on a cluster) showed them."""
+    import logging
+    import warnings
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    import datakit.dicom as dicom
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
+    ds.Modality, ds.InstitutionName, ds.ReferringPhysicianName = "CT", "St Marys", "Weiss^Klaus"
+    ds.PatientName, ds.PatientID = "Smith^Lukas", "PID123"
+    ds.save_as(tmp_path / "ok.dcm", enforce_file_format=True)
+    data = (tmp_path / "ok.dcm").read_bytes()
+    at = data.index(b"\x08\x00\x16\x00UI")
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data[:at + 6] + b"\x90\x00" + data[at + 8:])     # SOPClassUID length 26 -> 144
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SpecificCharacterSet = ["ISO 2022 IR 100", "Weiss^Klaus"]   # the walker decodes text through pydicom
+        ds.SeriesDescription = "Thorax"
+        ds.save_as(tmp_path / "charset.dcm", enforce_file_format=True)
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    caplog.clear()                                                       # what writing the files logged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dicom.read_header_pydicom(path)
+        with pytest.raises(dicom.SliceRejected):
+            dicom._read_with_pydicom(path, dicom.header_row(dicom.read_header(path)))
+        dicom.read_header(tmp_path / "charset.dcm")
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [s for s in said if "Weiss" in s or "Smith" in s], said
+    assert not logging.getLogger("pydicom").disabled           # put back afterwards
