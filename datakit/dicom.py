@@ -720,10 +720,11 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
 
 def _check_items_complete(data: bytes) -> None:
     """Raise SliceRejected('truncated') if the encapsulated PixelData value (`data`: from its first
-    item to the end of the file) ends before its sequence delimiter: a fragment's length runs past the
-    end of the file, or the file ends between items. Decoders take a cut codestream for garbage (libjpeg
-    fills the rest of a JPEG frame and reports no error) or spend half a minute in C on it (CharLS on
-    JPEG-LS), and dcmread then finds no PixelData at all. A tag that is not an item is left to them."""
+    item to the end of the file) is cut short: a fragment's length runs past the end of the file, or
+    the file ends inside an item's header. Decoders take a cut codestream for garbage (libjpeg fills
+    the rest of a JPEG frame and reports no error) or spend half a minute in C on it (CharLS on
+    JPEG-LS), and dcmread then finds no PixelData at all. A tag that is not an item, or items that end
+    with the file but no sequence delimiter (a writer that leaves it out), are left to them."""
     pos = 0
     while pos + 8 <= len(data):
         group, elem, length = struct.unpack_from("<HHI", data, pos)
@@ -736,7 +737,8 @@ def _check_items_complete(data: bytes) -> None:
             raise SliceRejected("truncated", f"the file ends inside its compressed pixel data (a fragment of "
                                              f"{length} bytes has {len(data) - pos - 8})")
         pos += 8 + length
-    raise SliceRejected("truncated", "the file ends inside its compressed pixel data (no sequence delimiter)")
+    if pos < len(data):
+        raise SliceRejected("truncated", "the file ends inside an item header of its compressed pixel data")
 
 
 # index column -> pydicom decoding option (the Image Pixel module values pydicom takes from a dataset)

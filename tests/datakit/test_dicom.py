@@ -203,6 +203,13 @@ def test_compressed_pixel_data_cut_short_is_truncated(tmp_path, ts):
             read_hu(path, row)
         assert info.value.code == "truncated"
     assert time.monotonic() - t0 < 2
+    # Only the sequence delimiter missing (a writer that leaves it out): read as before.
+    assert data.endswith(b"\xfe\xff\xdd\xe0" + bytes(4))
+    path.write_bytes(data[:-8])
+    np.testing.assert_array_equal(read_hu(path), SIGNED.astype(np.float32) - 1024)
+    path.write_bytes(data[:-4])                                   # cut inside the delimiter's header
+    with pytest.raises(SliceRejected, match="inside an item header"):
+        read_hu(path)
 
 
 def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
