@@ -99,6 +99,16 @@ class Layout:
         return [p for p in (self.manifest, self.slices, self.volumes, self.rejects, self.shards) if p.exists()]
 
 
+def tool_version() -> str:
+    """The installed tlx version, as manifests record it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tlx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def tmp_name(path: Path) -> Path:
     """A temporary name beside `path`, unique to this process (two processes never share one)."""
     return path.with_name(f"{path.name}.partial-{os.getpid()}")

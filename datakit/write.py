@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
-from datakit.manifest import Layout, read_json
+from datakit.manifest import Layout, read_json, tool_version
 from datakit.plan import sample_key_expr
 from datakit.write_config import RunOptions, WriteConfig
 from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
@@ -58,15 +58,6 @@ class WriteSummary:
     note: str = ""
     manifest: dict | None = None
     seconds: dict = field(default_factory=dict)
-
-
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tlx")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def dicom_root(layout: Layout, override: str | None) -> Path:

@@ -36,7 +36,7 @@ import numpy as np
 
 from datakit.convert.progress import progress
 from datakit.errors import DatakitError
-from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, tmp_name, write_json_atomic
+from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, tmp_name, tool_version, write_json_atomic
 from datakit.shards import ShardWriter
 from datakit.write_pool import default_workers, die_with_parent
 
@@ -173,7 +173,7 @@ class DatasetBuilder:
             pq.write_table(pa.Table.from_pylist(volumes), self.layout.volumes)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
-            "tool_version": _tool_version(), "config": self.config, "members": self.members,
+            "tool_version": tool_version(), "config": self.config, "members": self.members,
             "classes": self.classes, "splits": _split_counts(table_rows, self.classes, self.kind, shards_meta),
             "shards": shards_meta,
         }
@@ -247,14 +247,6 @@ def _split_counts(rows: list[dict], classes: list[str], kind: str, shards: list[
                       "patients": len({r["patient"] for r in rs if r.get("patient")}),
                       "shards": sum(s["split"] == split for s in shards), "by_label": by_label}
     return out
-
-
-def _tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("tlx")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def stage_reject(path: str, code: str, reason: str, volume: str | None = None) -> dict[str, Any]:
