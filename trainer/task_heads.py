@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.checkpoint import unreadable
+from trainer.dist import is_distributed
 from trainer.errors import TrainerError
 from trainer.models.unet import UNetDecoder
 
@@ -77,7 +79,16 @@ def task_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
         weight = None if class_weights is None else class_weights.expand_as(logits)
         return F.binary_cross_entropy_with_logits(logits, target.float(), weight=weight)
     # torch's weighted mean: sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i]
-    return F.cross_entropy(logits, target.long(), weight=class_weights)
+    if class_weights is None or not is_distributed():
+        return F.cross_entropy(logits, target.long(), weight=class_weights)
+    # DDP averages the ranks' gradients: each rank divides its weighted sum by the global batch's
+    # weight sum / world size, so the result is the global batch's weighted mean (a per-rank weighted
+    # mean would weigh each rank's samples by its own weight sum, and the run would depend on the
+    # number of GPUs)
+    target = target.long()
+    weight_sum = class_weights[target].sum().detach()
+    dist.all_reduce(weight_sum)
+    return F.cross_entropy(logits, target, weight=class_weights, reduction="sum") * dist.get_world_size() / weight_sum
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,10 +116,10 @@ def simclr_checkpoint(tmp_path_factory):
     """A tlx SimCLR checkpoint as trainer.simclr writes it: encoder, projector, optimizer state."""
     torch.manual_seed(5)
     enc = build_encoder("resnet-tiny")
-    with torch.no_grad():  # non-trivial BN statistics, so a moving one would show
-        for name, buf in enc.named_buffers():
+    with torch.no_grad():  # non-trivial BN statistics, so a moving one would show; means around 0, else
+        for name, buf in enc.named_buffers():   # every ReLU is off and the features are all 0
             if "running" in name:
-                buf.uniform_(0.5, 1.5)
+                buf.uniform_(-0.2, 0.2) if "mean" in name else buf.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("pre") / "demo-simclr" / "checkpoints" / "last.pt"
     save_checkpoint(new_checkpoint("resnet-tiny", enc.state_dict(), projector={"0.weight": torch.randn(4, 256)},
                                    step=10, epoch=1, config={"normalize": "hu", "window": [-1000.0, 1000.0]}), path)
@@ -209,12 +209,15 @@ def _save(sd, path):
 
 def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoint):
     """torchrun with 2 gloo ranks, linear evaluation (no batch statistics involved): the same
-    global batches, gradients averaged over ranks, val/test gathered from both ranks."""
+    global batches, gradients averaged over ranks, val/test gathered from both ranks. Class
+    weights: the weighted mean is over the global batch (a weighted mean per rank, averaged,
+    would weigh the ranks' samples by their rank's weight sum)."""
     import os
     import subprocess
     import sys
     args = ["--task", "radnet", "--data", str(ct), "--init", str(simclr_checkpoint[0]), "--setting", "linear",
-            "--epochs", "2", "--batch-size", "16", "--lr", "1e-2", "--device", "cpu", "--workers", "0"]
+            "--epochs", "2", "--batch-size", "16", "--lr", "1e-2", "--device", "cpu", "--workers", "0",
+            "--class-weights", "1,4,20", "--optimizer", "adamw"]
     ft.main([*args, "--run-dir", str(tmp_path / "one")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -222,7 +225,11 @@ def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoin
                    capture_output=True)
     one, two = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("one", "two"))
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
-    assert torch.allclose(one["head"]["weight"], two["head"]["weight"], atol=1e-5)
+    torch.manual_seed(0)  # the run's construction order: seed, encoder, then the new head
+    head0 = TaskModel(build_encoder("resnet-tiny"), "classification", 3).head
+    assert (one["head"]["weight"] - head0.weight).abs().max() > 1e-3   # it trained: not two copies of the init
+    for part in ("weight", "bias"):
+        assert torch.allclose(one["head"][part], two["head"][part], atol=1e-5), part
     p1, p2 = (pl.read_parquet(tmp_path / d / "predictions.parquet").sort("sample") for d in ("one", "two"))
     assert p1["sample"].to_list() == p2["sample"].to_list() and len(p1) == 15
     assert p1["pred"].to_list() == p2["pred"].to_list()
