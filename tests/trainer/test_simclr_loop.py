@@ -125,6 +125,8 @@ def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straig
         simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "none"])
     with pytest.raises(TrainerError, match=r"is not a tlx dataset: no manifest.json"):
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
+    with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
+        simclr.main(["--data", str(ds), "--out", str(straight / "x"), *ARGS, "--log-every", "0", "--batch-size", "-8"])
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
