@@ -152,7 +152,13 @@ def find_checkpoint(cfg: SimCLRConfig) -> dict | None:
     return ck.load_checkpoint(cfg.resume)
 
 
-def check_resumable(cfg: SimCLRConfig, saved: dict) -> None:
+def check_resumable(cfg: SimCLRConfig, ckpt: dict, train_data: dict) -> None:
+    """--data may move (RESUMABLE), but its training split must be the one the run started on."""
+    saved, before = ckpt["config"], ckpt.get("train_data")  # checkpoints older than this check lack train_data
+    if before is not None and before != train_data:
+        raise TrainerError(f"cannot resume: --data {cfg.data!r} holds another training split ({train_data['samples']} "
+                           f"samples) than the checkpoint's run ({before['samples']} samples, other shards); "
+                           f"use that dataset or a new --out")
     changed = [f.name for f in fields(cfg) if f.name not in RESUMABLE and f.name in saved
                and config_dict(cfg)[f.name] != saved[f.name]]
     if changed:
@@ -160,12 +166,12 @@ def check_resumable(cfg: SimCLRConfig, saved: dict) -> None:
                            f"differ from the checkpoint's run; use the same values or a new --out")
 
 
-def save(path: Path, net: SimCLRModel, optimizer, state: dict, cfg: SimCLRConfig, env: Dist) -> None:
+def save(path: Path, net: SimCLRModel, optimizer, state: dict, cfg: SimCLRConfig, env: Dist, train_data: dict) -> None:
     rng = ck.gather_rng_states()  # a collective: every rank calls it
     if env.is_main:
         ck.save_checkpoint(ck.new_checkpoint(cfg.model, net.encoder.state_dict(), projector=net.projector.state_dict(),
                                              optimizer=optimizer.state_dict(), rng=rng, config=config_dict(cfg),
-                                             **state), path)
+                                             train_data=train_data, **state), path)
 
 
 def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
@@ -206,9 +212,9 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
     schedule = Schedule(r["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
     # Besides weights, a checkpoint carries the position and the current epoch's running sums.
     state = {"step": 0, "epoch": 0, "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_time": 0.0, "wall_s": 0.0}
-    ckpt = find_checkpoint(cfg)
+    ckpt, train_data = find_checkpoint(cfg), dataset.split_identity("train")
     if ckpt is not None:
-        check_resumable(cfg, ckpt["config"])
+        check_resumable(cfg, ckpt, train_data)
         net.encoder.load_state_dict(ckpt["encoder"])
         net.projector.load_state_dict(ckpt["projector"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -255,7 +261,7 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
                     state.update(epoch_loss_sum=0.0, epoch_steps=0, epoch_time=0.0)
                     loss_sum.zero_()
                 state.update(step=step, epoch=step // spe, wall_s=wall())
-                save(run / "checkpoints" / "last.pt", net, optimizer, state, cfg, env)
+                save(run / "checkpoints" / "last.pt", net, optimizer, state, cfg, env, train_data)
                 t0 = time.perf_counter()
                 if stopping:
                     break

@@ -6,6 +6,7 @@ Regenerate the golden curve (after a deliberate change of the numerics):
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,22 @@ def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straig
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
     with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
         simclr.main(["--data", str(ds), "--out", str(straight / "x"), *ARGS, "--log-every", "0", "--batch-size", "-8"])
+
+
+def test_resume_refuses_another_training_split_but_takes_the_same_one_moved(ds, straight, tmp_path):
+    """--data may move on resume; a dataset with other training data may not (the run would go on with it,
+    and config.json, which analysis reads for the pretraining size, would name it)."""
+    other = make_ct_dataset(tmp_path / "other", splits={"train": 36, "val": 14, "test": 14},
+                            shard_sizes={"train": [3, 12, 5, 16]}, image_size=40)
+    with pytest.raises(TrainerError, match=r"^cannot resume: --data '.*other' holds another training split \(36 "
+                                           r"samples\) than the checkpoint's run \(37 samples, other shards\)"):
+        simclr.main(["--data", str(other), "--out", str(straight), *ARGS])
+    same_size = make_ct_dataset(tmp_path / "same_size", shard_sizes={"train": [3, 12, 5, 17]}, image_size=40, seed=1)
+    with pytest.raises(TrainerError, match=r"\(37 samples\) than the checkpoint's run \(37 samples, other shards\)"):
+        simclr.main(["--data", str(same_size), "--out", str(straight), *ARGS])
+    shutil.copytree(ds, tmp_path / "moved")
+    state = simclr.main(["--data", str(tmp_path / "moved"), "--out", str(straight), *ARGS])  # finished: no step
+    assert state["step"] == 12
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):

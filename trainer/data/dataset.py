@@ -16,6 +16,7 @@ manifest shard order, then tar order (the order of slices.parquet).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -119,6 +120,14 @@ class TlxDataset:
 
     def num_samples(self, split: str) -> int:
         return sum(s.samples for s in self.split_shards(split))
+
+    def split_identity(self, split: str) -> dict[str, Any]:
+        """What a resume compares: the split's sample count and a hash of its shards' sha256 (or, for a
+        manifest without them, their names and counts), so the same data under another path matches."""
+        h = hashlib.sha256()
+        for s in self.split_shards(split):
+            h.update(f"{s.sha256 or s.path.name}:{s.samples}\n".encode())
+        return {"samples": self.num_samples(split), "shards_sha256": h.hexdigest()}
 
     def member(self, role: str) -> tuple[str, MemberSpec]:
         """The (first) member with this role: image, label, labels or mask."""
