@@ -780,8 +780,8 @@ def _read_with_pydicom(path, row) -> np.ndarray:
     elif ts in JPEG_FAMILY or ts in J2K_FAMILY:
         _check_codestream_size(data, ts, rows, cols)
     elif ts != RLE_LOSSLESS:
-        raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {ts} is not supported; supported: "
-                                                           "see docs/datakit-input.md")
+        raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {shown_term(ts, 64)} is not supported; "
+                                                           "supported: see docs/datakit-input.md")
     try:
         arr = _decode(ds, ts)
     except BaseException as exc:  # decoders raise anything on corrupt data; it becomes a reject

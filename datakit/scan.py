@@ -177,8 +177,13 @@ class _FileScanner:
                 row[col] = pseudonym(ps, v[key])
         row.update(header_row(h))
         del row["pixel_tag"]
-        row["modality"], row["sop_class_uid"] = v.get("Modality"), v.get("SOPClassUID")
-        row["image_type"] = "\\".join(v["ImageType"]) if v.get("ImageType") else None
+        # Code strings and UIDs as shown_term shows them: a corrupt length makes a value run on into the
+        # names after it, and the index holds no header text (valid values are kept as they are).
+        for col, value, limit in (("modality", v.get("Modality"), 16), ("sop_class_uid", v.get("SOPClassUID"), 64),
+                                  ("photometric", row["photometric"], 16),
+                                  ("transfer_syntax", row["transfer_syntax"], 64)):
+            row[col] = shown_term(value, limit) if value else value
+        row["image_type"] = "\\".join(shown_term(t) for t in v["ImageType"]) if v.get("ImageType") else None
         spacing = v.get("PixelSpacing")
         if spacing and len(spacing) == 2:
             row["pixel_spacing_row"], row["pixel_spacing_col"] = spacing

@@ -216,6 +216,8 @@ def test_a_value_that_runs_on_into_names_is_not_quoted_in_a_reason(tmp_path):
         scan(tmp_path, tmp_path / "out", workers=1, secret=SECRET)
     row = pq.read_table(tmp_path / "out" / INDEX).to_pylist()[0]
     assert row["reject_code"] == "not-ct" and "Weiss" not in row["reject_reason"]
+    assert row["modality"] == "an invalid value of 48 characters"           # nor in the index's columns
+    assert "Weiss" not in json.dumps(row, default=str)
     assert row["reject_reason"] == "Modality is an invalid value of 48 characters; only CT is used"
     assert [shown_term(v) for v in ("MR", "CT ", "ORIGINAL")] == ["MR", "CT", "ORIGINAL"]
     assert shown_term("1.2.840.10008.5.1.4.1.1.2", 64) == "1.2.840.10008.5.1.4.1.1.2"
