@@ -70,8 +70,11 @@ def build_parser(cls: type, description: str | None = None, epilog: str | None =
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default
-        help_text = f"{meta.get('help', '')} (default: {default!r})" if not meta.get("required") \
-            else f"{meta.get('help', '')} (required)"
+        help_text = meta.get("help", "")
+        if meta.get("required"):
+            help_text += " (required)"
+        elif "[default:" not in help_text:  # a help that states its default in words keeps only those
+            help_text += f" (default: {default!r})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
@@ -104,6 +107,16 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str |
     """Parse `argv` (sys.argv[1:] when None) into an instance of dataclass `cls`."""
     parser = build_parser(cls, description, epilog)
     return from_namespace(cls, parser.parse_args(argv))
+
+
+def check_at_least(cfg: Any, minimums: dict[str, int | float]) -> None:
+    """TrainerError naming every flag set below its minimum (None: unset, filled in later)."""
+    from trainer.errors import TrainerError
+
+    low = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (at least {m})" for k, m in minimums.items()
+           if getattr(cfg, k) is not None and getattr(cfg, k) < m]
+    if low:
+        raise TrainerError(f"out of range: {', '.join(low)}")
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

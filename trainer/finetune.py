@@ -4,7 +4,7 @@
         --init runs/pretrain/radnet-1.28M/checkpoints/last.pt --init-name radnet-1.28M \\
         --setting linear --fraction 0.01 --seed 2 --out runs/
     python -m trainer.finetune --task lits --data lits/ --init scratch --device cpu \\
-        --model resnet-tiny --image-size 64 --epochs 2          # CPU, tiny
+        --model resnet-tiny --image-size 64 --epochs 2 --batch-size 8     # CPU, tiny
     from trainer.finetune import main; main(["--task", "radnet", ...])      # in-process (tlx demo)
 
 The run directory (docs/run-format.md) is <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>/
@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from trainer import metrics as M
 from trainer.checkpoint import gather_rng_states, load_checkpoint, new_checkpoint, restore_rng_states, save_checkpoint
-from trainer.config import config_dict, opt, parse_config, save_json, tool_version
+from trainer.config import check_at_least, config_dict, opt, parse_config, save_json, tool_version
 from trainer.data.dataset import open_dataset
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
@@ -107,7 +107,8 @@ class FinetuneConfig:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Parse flags and run; returns result.json's content (on rank 0; None elsewhere)."""
-    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0])
+    cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1])
     env = init_dist(cfg.device)
     try:
         return run(cfg, env)
@@ -265,6 +266,8 @@ def _json_safe(metrics: dict) -> dict:
 # The run.
 
 def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
+    check_at_least(cfg, {"epochs": 1, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
+                         "eval_batch_size": 1, "workers": 0})
     task = get_task(cfg.task, cfg.tasks_file)
     dataset = open_dataset(cfg.data)
     if dataset.kind not in task.data_kinds:

@@ -39,7 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint as ck
-from trainer.config import config_dict, opt, parse_config, tool_version
+from trainer.config import check_at_least, config_dict, opt, parse_config, tool_version
 from trainer.data.augment import AugmentConfig
 from trainer.data.dataset import open_dataset
 from trainer.data.loader import make_loader
@@ -107,11 +107,8 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
     r = RECIPES[cfg.recipe]
     cfg = replace(cfg, **{k: r[k] for k in ("epochs", "batch_size", "image_size", "temperature", "weight_decay",
                                             "warmup_epochs", "blur_p") if getattr(cfg, k) is None})
-    low = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (at least {m})" for k, m in
-           (("batch_size", 1), ("epochs", 1), ("image_size", 1), ("log_every", 1), ("ckpt_every", 0),
-            ("eval_every", 0), ("grad_cache_chunk", 0)) if getattr(cfg, k) < m]
-    if low:
-        raise TrainerError(f"out of range: {', '.join(low)}")
+    check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "ckpt_every": 0,
+                         "eval_every": 0, "grad_cache_chunk": 0})
     if cfg.lr is None:
         b = cfg.batch_size
         cfg = replace(cfg, lr=0.075 * math.sqrt(b) if r["lr_rule"] == "sqrt" else 0.3 * b / 256)

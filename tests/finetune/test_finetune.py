@@ -200,6 +200,10 @@ def test_bad_combinations_are_one_line_errors(ct, tmp_path, simclr_checkpoint):
     for bad in ("0.0", "-0.5", "nan"):
         with pytest.raises(TrainerError, match=rf"--fraction {bad} must be in \(0, 1\] \(1.0 = all training data\)"):
             ft.main(["--task", "radnet", "--data", str(ct), "--fraction", bad, "--out", str(tmp_path), *TINY])
+    with pytest.raises(TrainerError, match=r"^out of range: --epochs 0 \(at least 1\), --eval-batch-size -1 \(at "
+                                           r"least 1\)$"):
+        ft.main(["--task", "radnet", "--data", str(ct), "--out", str(tmp_path), *TINY, "--eval-batch-size", "-1",
+                 "--epochs", "0"])
 
 
 def _save(sd, path):
