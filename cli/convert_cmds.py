@@ -6,8 +6,12 @@ import click
 _SPLIT_HELP = "a fraction of the patients (< 1) or a number of patients (>= 1)"
 
 
-def _csv(value: str | None, cast=str) -> tuple | None:
-    return tuple(cast(v.strip()) for v in value.split(",") if v.strip()) if value else None
+def _csv(value: str | None, cast=str, option: str | None = None) -> tuple | None:
+    try:
+        return tuple(cast(v.strip()) for v in value.split(",") if v.strip()) if value else None
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be a comma list of whole numbers, e.g. 1,2,0",
+                                 param_hint=option) from None
 
 
 def _common(f):
@@ -79,8 +83,9 @@ def nifti_seg(images, labels, out, preset, image_pattern, label_pattern, modalit
 
     manifest = convert_nifti_seg(NiftiSegOptions(
         images=images, labels=labels, out=out, preset=preset, image_pattern=image_pattern,
-        label_pattern=label_pattern, modalities=_csv(modalities), channels=_csv(channels, int), label_map=label_map,
-        classes=_csv(classes), size=size, dtype=dtype, drop_empty=drop_empty, val=val, test=test, seed=seed,
+        label_pattern=label_pattern, modalities=_csv(modalities), channels=_csv(channels, int, "--channels"),
+        label_map=label_map, classes=_csv(classes), size=size, dtype=dtype, drop_empty=drop_empty, val=val, test=test,
+        seed=seed,
         patient_regex=patient_regex, samples_per_shard=samples_per_shard, workers=workers, resume=resume))
     _summary(manifest, out)
 

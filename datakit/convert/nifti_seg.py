@@ -189,6 +189,11 @@ def convert_nifti_seg(o: NiftiSegOptions) -> dict:
         raise DatakitError(f"--drop-empty {drop_empty!r} is not one of: {', '.join(DROP_EMPTY)}")
     if o.size < 8:
         raise DatakitError(f"--size {o.size} must be at least 8 pixels")
+    if o.patient_regex:
+        try:
+            re.compile(o.patient_regex)
+        except re.error as exc:
+            raise DatakitError(f"--patient-regex {o.patient_regex!r} is not a regular expression ({exc})") from None
     images = Path(o.images)
     labels = Path(o.labels) if o.labels else images
     for what, p in (("--images", images), ("--labels", labels)):

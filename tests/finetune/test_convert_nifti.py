@@ -94,6 +94,17 @@ def test_errors_name_the_bad_value(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(DatakitError, match=r"output folder .*full is not empty"):
         convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "full"), preset="lits"))
+    # were re.error and ValueError tracebacks
+    with pytest.raises(DatakitError, match=r"--patient-regex '\(' is not a regular expression \(missing \)"):
+        convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "o4"), preset="lits",
+                                          patient_regex="("))
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["convert", "nifti-seg", "--images", str(tmp_path / "src"), "--out",
+                                      str(tmp_path / "o5"), "--preset", "lits", "--channels", "x"])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == \
+        "Error: Invalid value for --channels: 'x' must be a comma list of whole numbers, e.g. 1,2,0"
 
 
 def test_a_volume_declaring_an_absurd_size_is_rejected_before_it_is_read(tmp_path):
