@@ -5,4 +5,5 @@
 set -euo pipefail
 # shellcheck source=install.sh
 source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
-python -m pytest -q "$@"
+# The suite installs DALI and webdataset: their tests must run, not skip (tests/fixtures/optional.py).
+TLX_REQUIRE_OPTIONAL=1 python -m pytest -q "$@"

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from datakit.shards import ShardWriter, sha256_file, ustar_header
+from tests.fixtures.optional import need
 
 
 def _write(path, n=5):
@@ -60,7 +61,7 @@ def test_shards_are_byte_for_byte_what_tarfile_writes(tmp_path, sizes):
 
 
 def test_webdataset_reads_every_sample(tmp_path):
-    wds = pytest.importorskip("webdataset")
+    wds = need("webdataset")
     _write(tmp_path / "a.tar")
     samples = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False))
     assert [s["__key__"] for s in samples] == [f"p00ab-v{i // 2:04d}-s{i:04d}" for i in range(5)]
@@ -69,7 +70,7 @@ def test_webdataset_reads_every_sample(tmp_path):
 
 
 def test_dali_reads_every_sample_with_our_index(tmp_path):
-    pytest.importorskip("nvidia.dali")
+    need("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
     _write(tmp_path / "a.tar")

@@ -18,6 +18,7 @@ from datakit.verify import verify_dataset
 from datakit.write_convert import Encoder, pixel_hash
 
 from tests.datakit.write_helpers import SECRET
+from tests.fixtures.optional import need
 
 
 def _tables(ds):
@@ -79,7 +80,7 @@ def test_splits_are_leak_free_and_resent_series_collapse(sharded, cohort):
 
 
 def test_shards_load_with_webdataset_in_order_with_their_pixels(sharded):
-    wds = pytest.importorskip("webdataset")
+    wds = need("webdataset")
     ds, _ = sharded
     slices, _, _, manifest = _tables(ds)
     for split in ("train", "val", "test"):
@@ -93,7 +94,7 @@ def test_shards_load_with_webdataset_in_order_with_their_pixels(sharded):
 
 
 def test_shards_load_with_dali_cpu_reader_and_our_index(sharded):
-    pytest.importorskip("nvidia.dali")
+    need("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
     ds, _ = sharded

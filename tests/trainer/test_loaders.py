@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.optional import need
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
 from trainer.errors import TrainerError
@@ -27,7 +28,7 @@ def _loader(kind, ds, rank, world=WORLD, seed=0, workers=1):
 @pytest.fixture(scope="module")
 def epochs(ds):
     """{kind: {rank: [epoch 0 batches, epoch 1 batches, epoch 1 from step 2]}} for both loaders (2 ranks)."""
-    pytest.importorskip("nvidia.dali")
+    need("nvidia.dali")
     out = {}
     for kind in ("torch", "dali"):
         out[kind] = {}

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.optional import need
 from trainer import simclr
 from trainer.checkpoint import load_checkpoint
 from trainer.errors import TrainerError
@@ -154,7 +155,7 @@ def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
 
 
 def test_simclr_recipe_with_dali_gradcache_hu_window_and_knn(ds, tmp_path):
-    pytest.importorskip("nvidia.dali")
+    need("nvidia.dali")
     out = tmp_path / "run"
     args = [a if a != "torch" else "dali" for a in ARGS]
     state = simclr.main(["--data", str(ds), "--out", str(out), *args, "--recipe", "simclr", "--max-steps", "2",
