@@ -1,0 +1,54 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tlxcore.errors import UserError
+from tlxcore.lock import FolderBusy, folder_lock
+
+HOLD = """
+import sys, time
+from tlxcore.lock import folder_lock
+with folder_lock(sys.argv[1], "holder"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _hold(folder):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    p = _hold(tmp_path)
+    try:
+        with pytest.raises(FolderBusy, match=rf"being written by pid {p.pid} on .*\(holder\)"):
+            with folder_lock(tmp_path, "second"):
+                pass
+        assert issubclass(FolderBusy, UserError)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+    p = _hold(tmp_path)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    with folder_lock(tmp_path, "after") as path:
+        assert f"pid {os.getpid()}" in path.read_text()
+
+
+def test_lock_is_released_after_the_block_and_reentrant_in_sequence(tmp_path):
+    for _ in range(2):
+        with folder_lock(tmp_path / "new", "x"):
+            pass
+    t0 = time.monotonic()
+    with folder_lock(tmp_path / "new", "y"):
+        pass
+    assert time.monotonic() - t0 < 1

@@ -1,0 +1,65 @@
+"""One writer per folder: every command that writes a dataset or a run holds an exclusive lock.
+
+    from tlxcore.lock import folder_lock
+    with folder_lock(out, "tlx shard"):       # FolderBusy if another live process holds it
+        ...
+
+The lock is an flock(2) on `<folder>/.tlx.lock`. The kernel releases it when the holder's
+last descriptor closes, which includes the holder dying by kill -9 or a node reboot: a stale
+lock of a dead process is taken over with no file to delete and no pid to guess. The file
+holds the holder's pid, host and command, for the refusal message only; it stays behind
+after a run (an empty lock, not a sign of a live writer). The descriptor is close-on-exec, so
+spawned workers do not inherit it. Network file systems: flock works on NFSv4 and Lustre
+(mounted with flock); on a mount without lock support the lock is taken by nobody, and the
+message says so rather than pretending.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tlxcore.errors import UserError
+
+LOCK_NAME = ".tlx.lock"
+
+
+class FolderBusy(UserError):
+    """Another live process writes into the folder."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "another process"
+    return text or "another process"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold the folder's write lock for the block (the folder is created if missing)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderBusy(f"{folder} is being written by {_holder(path)}; wait for it to finish, "
+                                 f"or stop it, or pick another output folder") from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise FolderBusy(f"cannot lock {folder}: its file system does not support locks "
+                                 f"({os.strerror(exc.errno)}); write to a local or lock-capable file system") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
