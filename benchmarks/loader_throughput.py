@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from trainer.data.augment import AugmentConfig
-from trainer.data.dataset import SampleReader, open_dataset
+from datakit.read import SampleReader, open_dataset
 from trainer.data.loader import make_loader
 
 

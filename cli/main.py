@@ -11,7 +11,6 @@ instead of a traceback.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -30,24 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),
     "demo": ("cli.demo_cmd:demo", "Run the whole pipeline on a small synthetic cohort."),
 }
-
-# Error classes the libraries raise for input a user can fix: module:class.
-USER_ERRORS = (
-    "datakit.errors:DatakitError",
-    "trainer.errors:TrainerError",
-    "analysis.errors:AnalysisError",
-)
-
-
-def _user_error_classes() -> tuple[type, ...]:
-    """Error classes of the packages already imported (importing a package just to
-    test an exception against it would defeat the lazy loading)."""
-    classes = []
-    for target in USER_ERRORS:
-        module, attr = target.split(":")
-        if module in sys.modules:
-            classes.append(getattr(sys.modules[module], attr))
-    return tuple(classes)
 
 
 class UserError(click.ClickException):
@@ -74,7 +55,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
-            if isinstance(exc, _user_error_classes()):
+            # DatakitError, TrainerError, AnalysisError and FolderBusy all derive from it
+            from tlxcore.errors import UserError as LibraryUserError
+
+            if isinstance(exc, LibraryUserError):
                 raise UserError(str(exc)) from exc
             raise
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from trainer import metrics as M
 from trainer.checkpoint import gather_rng_states, load_checkpoint, new_checkpoint, restore_rng_states, save_checkpoint
 from trainer.config import check_at_least, config_dict, opt, parse_config, save_json, tool_version
-from trainer.data.dataset import open_dataset
+from datakit.read import open_dataset
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, is_distributed, print0

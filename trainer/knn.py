@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data.augment import AugmentConfig, normalize
-from trainer.data.dataset import SampleReader, TlxDataset
+from datakit.read import SampleReader, TlxDataset
 from trainer.errors import TrainerError
 
 

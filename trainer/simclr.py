@@ -41,9 +41,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from trainer import checkpoint as ck
 from trainer.config import check_at_least, config_dict, opt, parse_config, tool_version
 from trainer.data.augment import AugmentConfig
-from trainer.data.dataset import open_dataset
+from datakit.read import open_dataset
 from trainer.data.loader import make_loader
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist
+from tlxcore.errors import UserError
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.gradcache import grad_cache_step
 from trainer.knn import knn_probe
@@ -280,7 +281,7 @@ def end_epoch(cfg, env, log, net, dataset, aug, state, epoch, step, lr, wall_s, 
         try:
             row["val_knn_accuracy"] = knn_probe(net.encoder, dataset, aug, env.device, cfg.knn_bank, cfg.knn_queries,
                                                 seed=cfg.seed)
-        except TrainerError as exc:  # a dataset without labels or val split: say so, train on
+        except UserError as exc:  # a dataset without labels or val split: say so, train on
             log.note(f"kNN probe skipped: {exc}")
     log.epoch(row)
     log.note(f"epoch {epoch + 1}{' (partial)' if partial else ''}: loss {row['train_loss']:.4f}"

@@ -289,7 +289,7 @@ def test_shard_resume_with_another_root_or_other_label_rules_is_refused(sharded,
 def test_the_other_streams_readers_read_it(sharded):
     """The contract in practice: trainer's and analysis's readers (which never import datakit)."""
     from analysis.dataset import CTDataset, read_slices
-    from trainer.data.dataset import SampleReader, open_dataset
+    from datakit.read import SampleReader, open_dataset
 
     ds, _ = sharded
     slices = pl.read_parquet(ds / "slices.parquet")

@@ -81,7 +81,7 @@ def test_dali_jpeg_path_matches_the_torch_path(tmp_path):
     import numpy as np
     import torch
 
-    from trainer.data.dataset import open_dataset
+    from datakit.read import open_dataset
     from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
     write_class_folders(tmp_path / "nat", per_class=6)
     convert_class_folder(ClassFolderOptions(root=str(tmp_path / "nat"), out=str(tmp_path / "data"), workers=1))

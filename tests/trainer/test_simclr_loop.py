@@ -18,6 +18,7 @@ from tests.fixtures.datasets import make_ct_dataset
 from tests.fixtures.optional import need
 from trainer import simclr
 from trainer.checkpoint import load_checkpoint
+from datakit.errors import DatakitError
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
 from trainer.optim import LARS
@@ -125,7 +126,7 @@ def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straig
         simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--temperature", "0.2"])
     with pytest.raises(TrainerError, match=r"last.pt exists and --resume none: pick a new --out"):
         simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "none"])
-    with pytest.raises(TrainerError, match=r"is not a tlx dataset: no manifest.json"):
+    with pytest.raises(DatakitError, match=r"is not a tlx dataset: no manifest.json"):
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
     with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
         simclr.main(["--data", str(ds), "--out", str(straight / "x"), *ARGS, "--log-every", "0", "--batch-size", "-8"])

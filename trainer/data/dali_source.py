@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.augment import NO_BLUR_SIGMA, SIGMA, draw_views
-from trainer.data.dataset import SampleTable
+from datakit.read import SampleTable
 from trainer.data.sharding import epoch_plan
 
 

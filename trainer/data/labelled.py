@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
-from trainer.data.dataset import SampleReader, TlxDataset
+from datakit.read import SampleReader, TlxDataset
 from trainer.errors import TrainerError
 
 TARGET_ROLE = {"classification": "label", "multilabel": "labels", "segmentation": "mask"}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from trainer.data.augment import AugmentConfig
-from trainer.data.dataset import SampleReader, TlxDataset, open_dataset
+from datakit.read import SampleReader, TlxDataset, open_dataset
 from trainer.data.sharding import epoch_plan, per_rank_batch, steps_per_epoch
 from trainer.errors import TrainerError
 

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.fixtures.datasets import CLASSES, make_ct_dataset
-from trainer.data.dataset import SampleReader, open_dataset
-from trainer.errors import TrainerError
+from datakit.read import SampleReader, open_dataset
+from datakit.errors import DatakitError
 
 
 @pytest.fixture(scope="module")
@@ -53,34 +53,34 @@ def _edit_manifest(root, **changes):
 
 
 def test_refuses_missing_unknown_version_and_codec(tmp_path):
-    with pytest.raises(TrainerError, match=r"is not a tlx dataset: no manifest.json"):
+    with pytest.raises(DatakitError, match=r"is not a tlx dataset: no manifest.json"):
         open_dataset(tmp_path)
     root = make_ct_dataset(tmp_path / "a", splits={"train": 4})
     _edit_manifest(root, format_version=2)
-    with pytest.raises(TrainerError, match=r"format_version 2 is unknown to this tlx; it reads 1"):
+    with pytest.raises(DatakitError, match=r"format_version 2 is unknown to this tlx; it reads 1"):
         open_dataset(root)
     _edit_manifest(root, format_version=1, members={"hu.lz4": {"role": "image", "codec": "lz4"}})
-    with pytest.raises(TrainerError, match=r"member 'hu.lz4' has codec 'lz4'; known: zstd, raw, ascii-int, png, jpeg"):
+    with pytest.raises(DatakitError, match=r"member 'hu.lz4' has codec 'lz4'; known: zstd, raw, ascii-int, png, jpeg"):
         open_dataset(root)
 
 
 def test_refuses_index_that_disagrees_with_manifest(tmp_path):
     root = make_ct_dataset(tmp_path, splits={"train": 6})
     ds = open_dataset(root)
-    with pytest.raises(TrainerError, match="split 'training' is not one of train, val, test"):
+    with pytest.raises(DatakitError, match="split 'training' is not one of train, val, test"):
         ds.sample_table("training")
-    with pytest.raises(TrainerError, match="no member with role 'mask'; the dataset has roles image, label"):
+    with pytest.raises(DatakitError, match="no member with role 'mask'; the dataset has roles image, label"):
         ds.member("mask")
     idx = root / "shards/train/train-000000.idx"
     lines = idx.read_text().splitlines()
     idx.write_text("\n".join(lines[:2] + [" ".join(lines[2].split()[:4])] + lines[3:]) + "\n")  # a member gone
-    with pytest.raises(TrainerError, match=r"train-000000.idx line 3: sample has no member 'cls' \(the manifest"):
+    with pytest.raises(DatakitError, match=r"train-000000.idx line 3: sample has no member 'cls' \(the manifest"):
         ds.sample_table("train")
     idx.write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(TrainerError, match=r"lists 5 samples \(header 6\), manifest says 6"):
+    with pytest.raises(DatakitError, match=r"lists 5 samples \(header 6\), manifest says 6"):
         ds.sample_table("train")
     idx.unlink()
-    with pytest.raises(TrainerError, match="index .*train-000000.idx' of shard train-000000.tar is missing"):
+    with pytest.raises(DatakitError, match="index .*train-000000.idx' of shard train-000000.tar is missing"):
         ds.sample_table("train")
 
 
@@ -90,5 +90,5 @@ def test_truncated_shard_is_a_clear_error(tmp_path):
     table = ds.sample_table("train")
     tar = root / "shards/train/train-000000.tar"
     tar.write_bytes(tar.read_bytes()[: int(table.offset["hu.zst"][5]) + 10])
-    with pytest.raises(TrainerError, match=r"short read at offset \d+ \(10 of \d+ bytes\); shard truncated\?"):
+    with pytest.raises(DatakitError, match=r"short read at offset \d+ \(10 of \d+ bytes\); shard truncated\?"):
         SampleReader(ds).read(table, 5, "hu.zst")

@@ -1,7 +1,10 @@
-"""Reading a tlx dataset (docs/dataset-format.md) without datakit: manifest, shards, members.
+"""The one reader of the dataset format (docs/dataset-format.md): manifest, shards, members.
 
-    from trainer.data.dataset import open_dataset
-    ds = open_dataset("data/")                  # TrainerError: no manifest, unknown format_version, ...
+The trainers, analysis and `tlx verify` read datasets through this module and nothing else;
+it imports nothing of datakit's writers, only the format.
+
+    from datakit.read import open_dataset, SampleReader
+    ds = open_dataset("data/")                  # DatakitError: no manifest, unknown format_version, ...
     ds.kind, ds.classes                         # "ct-slices", ["head", "thorax", ...]
     ext, spec = ds.member("image")              # "hu.zst", MemberSpec(codec="zstd", dtype="int16", shape=(256, 256))
     table = ds.sample_table("train")            # every sample of the split: shard, offset, size per member
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import TrainerError
+from datakit.errors import DatakitError
 
 FORMAT = "tlx-shards"
 FORMAT_VERSIONS = (1,)
@@ -106,7 +109,7 @@ class TlxDataset:
         self.members: dict[str, MemberSpec] = {}
         for ext, m in manifest["members"].items():
             if m.get("codec") not in CODECS:
-                raise TrainerError(f"{root}: member {ext!r} has codec {m.get('codec')!r}; known: {', '.join(CODECS)}")
+                raise DatakitError(f"{root}: member {ext!r} has codec {m.get('codec')!r}; known: {', '.join(CODECS)}")
             shape = tuple(m["shape"]) if m.get("shape") is not None else None
             self.members[ext] = MemberSpec(ext, m.get("role", ""), m["codec"], m.get("dtype"),
                                            m.get("byteorder", "little"), shape)
@@ -115,7 +118,7 @@ class TlxDataset:
 
     def split_shards(self, split: str) -> list[ShardSpec]:
         if split not in SPLITS:
-            raise TrainerError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+            raise DatakitError(f"split {split!r} is not one of {', '.join(SPLITS)}")
         return [s for s in self.shards if s.split == split]
 
     def num_samples(self, split: str) -> int:
@@ -135,7 +138,7 @@ class TlxDataset:
             if spec.role == role:
                 return ext, spec
         roles = sorted({m.role for m in self.members.values()})
-        raise TrainerError(f"{self.root}: no member with role {role!r}; the dataset has roles {', '.join(roles)}")
+        raise DatakitError(f"{self.root}: no member with role {role!r}; the dataset has roles {', '.join(roles)}")
 
     def sample_table(self, split: str, with_keys: bool = False) -> SampleTable:
         shards = self.split_shards(split)
@@ -159,34 +162,34 @@ def open_dataset(root: str | os.PathLike) -> TlxDataset:
     root = Path(root)
     mpath = root / "manifest.json"
     if not mpath.is_file():
-        raise TrainerError(f"{str(root)!r} is not a tlx dataset: no manifest.json (make one with `tlx shard`)")
+        raise DatakitError(f"{str(root)!r} is not a tlx dataset: no manifest.json (make one with `tlx shard`)")
     try:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:
-        raise TrainerError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise DatakitError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if manifest.get("format") != FORMAT:
-        raise TrainerError(f"{mpath}: format {manifest.get('format')!r} is not {FORMAT!r}")
+        raise DatakitError(f"{mpath}: format {manifest.get('format')!r} is not {FORMAT!r}")
     version = manifest.get("format_version")
     if version not in FORMAT_VERSIONS:
-        raise TrainerError(f"{mpath}: format_version {version!r} is unknown to this tlx; "
+        raise DatakitError(f"{mpath}: format_version {version!r} is unknown to this tlx; "
                            f"it reads {', '.join(map(str, FORMAT_VERSIONS))} (update tlx)")
     for key in ("members", "shards"):
         if key not in manifest:
-            raise TrainerError(f"{mpath}: no {key!r} entry")
+            raise DatakitError(f"{mpath}: no {key!r} entry")
     return TlxDataset(root, manifest)
 
 
 def _parse_index(shard: ShardSpec, exts: list[str], with_keys: bool):
     """Offsets and sizes per member ext from a DALI v1.2 index: `<ext> <offset> <size> <name>` per member."""
     if not shard.index.is_file():
-        raise TrainerError(f"index {str(shard.index)!r} of shard {shard.path.name} is missing")
+        raise DatakitError(f"index {str(shard.index)!r} of shard {shard.path.name} is missing")
     head, _, body = shard.index.read_text().partition("\n")
     head = head.split()
     if len(head) != 2 or head[0] != "v1.2":
-        raise TrainerError(f"{shard.index}: first line {' '.join(head)!r} is not 'v1.2 <count>'")
+        raise DatakitError(f"{shard.index}: first line {' '.join(head)!r} is not 'v1.2 <count>'")
     count, lines = int(head[1]), body.count("\n") + (not body.endswith("\n") and bool(body))
     if count != shard.samples or lines != count:
-        raise TrainerError(f"{shard.index}: lists {lines} samples (header {count}), manifest says {shard.samples}")
+        raise DatakitError(f"{shard.index}: lists {lines} samples (header {count}), manifest says {shard.samples}")
     # Fast path: every line names the same members in the same order (what datakit writes), so the
     # index is a space-separated table that pyarrow parses in C++ (millions of samples per second).
     width = 4 * len(exts)
@@ -217,7 +220,7 @@ def _parse_index(shard: ShardSpec, exts: list[str], with_keys: bool):
         found = {tok[j]: (tok[j + 1], tok[j + 2]) for j in range(0, len(tok) - 3, 4)}
         for e in exts:
             if e not in found:
-                raise TrainerError(f"{shard.index} line {i + 2}: sample has no member {e!r} "
+                raise DatakitError(f"{shard.index} line {i + 2}: sample has no member {e!r} "
                                    f"(the manifest says every sample carries {', '.join(exts)})")
             offsets[e][i], sizes[e][i] = int(found[e][0]), int(found[e][1])
         if with_keys:
@@ -245,7 +248,7 @@ class SampleReader:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise TrainerError(f"{path}: short read at offset {offset} ({len(data)} of {size} bytes); shard truncated?")
+            raise DatakitError(f"{path}: short read at offset {offset} ({len(data)} of {size} bytes); shard truncated?")
         return data
 
     def read(self, table: SampleTable, i: int, ext: str):
@@ -266,7 +269,7 @@ class SampleReader:
             data = self._zstd.decompress(data, max_output_size=spec.nbytes)
         arr = np.frombuffer(data, dtype=spec.numpy_dtype)
         if arr.size * arr.itemsize != spec.nbytes:
-            raise TrainerError(f"member {ext!r}: {len(data)} bytes do not hold shape {spec.shape} of {spec.dtype}")
+            raise DatakitError(f"member {ext!r}: {len(data)} bytes do not hold shape {spec.shape} of {spec.dtype}")
         return arr.reshape(spec.shape)
 
     def close(self) -> None:
