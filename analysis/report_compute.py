@@ -170,17 +170,21 @@ def pretraining_panel(runs: list[Run]) -> PretrainingPanel | None:
     return PretrainingPanel({r.rel: [loss_curve(r)] for r in pretrain if loss_curve(r)[0]})
 
 
+def _curves(inits: dict[str, list[Run]], key: str) -> dict[str, list[Curve]]:
+    """init -> the runs' curves of one metrics.jsonl key (runs that never logged it, and inits left empty, left out)."""
+    curves = {init: [loss_curve(r, key) for r in group_runs] for init, group_runs in inits.items()}
+    curves = {init: [c for c in runs_curves if c[0]] for init, runs_curves in curves.items()}
+    return {init: runs_curves for init, runs_curves in curves.items() if runs_curves}
+
+
 def convergence_panels(runs: list[Run], options: ReportOptions) -> list[ConvergencePanel]:
     panels = []
     for group, inits in by_group([r for r in runs if r.curve and not r.is_pretraining]).items():
         results = {init: [run_convergence(r, options.rule, options.convergence_metric) for r in group_runs]
                    for init, group_runs in inits.items()}
         metric = next((c.metric for conv in results.values() for c in conv if c.metric), None)
-        series = {init: [loss_curve(r) for r in group_runs if loss_curve(r)[0]] for init, group_runs in inits.items()}
-        series = {k: v for k, v in series.items() if v}
-        val = {init: [loss_curve(r, metric) for r in group_runs] for init, group_runs in inits.items()} if metric else {}
-        val = {k: [c for c in v if c[0]] for k, v in val.items()}
-        val = {k: v for k, v in val.items() if v}
+        series = _curves(inits, "train_loss")
+        val = _curves(inits, metric) if metric else {}
         panel = ConvergencePanel(group, metric, results, {}, series, val,
                                  f"figures/convergence_{group.slug()}.png" if series or val else None)
         panel.epochs = {init: describe(epochs, options.ddof) if epochs else None
@@ -259,7 +263,8 @@ def reuse_cells(rows: list[dict], ddof: int) -> tuple[list[ReuseCell], list[Reus
     for group in sorted({g for g, _, _ in cells}):
         values = {}
         for kernel, key in (("linear", "linear_cka"), ("RBF", "rbf_cka")):
-            spread = {(i, l): describe([r[key] for r in cells[(g, i, l)]], ddof) for g, i, l in cells if g == group}
+            spread = {(init, layer): describe([r[key] for r in cells[(g, init, layer)]], ddof)
+                      for g, init, layer in cells if g == group}
             values[kernel] = {cell: (s.mean, s.std) for cell, s in spread.items()}
         panels.append(ReusePanel(group, sorted({i for g, i, _ in cells if g == group}), values))
     return table, panels
