@@ -2,7 +2,7 @@
 
     summary = scan("cohort/", "data/", workers=None, secret=load_secret(None), label_rules=None)
 
-Headers only (datakit.dicom.read_header; pixels are never read), in parallel over
+Headers only (datakit.dicom_header.read_header; pixels are never read), in parallel over
 all cores. Every file found gets a row, so kept + rejected = found: files that are
 not usable CT slices get a reject_code and a reason a person can act on (table in
 docs/datakit-input.md). Candidates get their label, pseudonyms and geometry, and
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header, shown_term,
-                           time_limit)
+from datakit.dicom_header import UNCOMPRESSED, Header, SliceRejected, header_row, read_header, shown_term, time_limit
+from datakit.dicom_pixels import pixel_problem
 from datakit.errors import DatakitError
 from datakit.labels import load_rules, rules_identity
 from datakit.manifest import write_json_atomic

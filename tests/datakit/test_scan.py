@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from datakit.dicom import read_hu
+from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
 from datakit.scan import INDEX, scan
 from datakit.synth import GROUND_TRUTH, synth_cohort
@@ -197,7 +197,7 @@ def test_a_value_that_runs_on_into_names_is_not_quoted_in_a_reason(tmp_path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from datakit.dicom import shown_term
+    from datakit.dicom_header import shown_term
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -248,7 +248,8 @@ def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    import datakit.dicom as dicom
+    import datakit.dicom_header as dicom_header
+    import datakit.dicom_pixels as dicom_pixels
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -271,10 +272,10 @@ def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
     caplog.clear()                                                       # what writing the files logged
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dicom.read_header_pydicom(path)
-        with pytest.raises(dicom.SliceRejected):
-            dicom._read_with_pydicom(path, dicom.header_row(dicom.read_header(path)))
-        dicom.read_header(tmp_path / "charset.dcm")
+        dicom_header.read_header_pydicom(path)
+        with pytest.raises(dicom_header.SliceRejected):
+            dicom_pixels._read_with_pydicom(path, dicom_header.header_row(dicom_header.read_header(path)))
+        dicom_header.read_header(tmp_path / "charset.dcm")
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [s for s in said if "Weiss" in s or "Smith" in s], said
     assert not logging.getLogger("pydicom").disabled           # put back afterwards
