@@ -281,7 +281,7 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         cohort = args.cohort
         if cohort is None:
-            from datakit.synth import synth_cohort
+            from datakit.synth.make_cohort import synth_cohort
 
             cohort = work / "cohort"
             synth_cohort(cohort, patients=args.patients, seed=0, matrix=args.matrix)

@@ -34,6 +34,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.images import list_images, load_uint8, resize_uint8, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
+from tlxcore.progress import Progress, silent
 
 CHUNK = 256  # images per staging job
 
@@ -59,7 +60,7 @@ class ImageFolderOptions:
     seed: int = 0
     samples_per_shard: int = 1000
     workers: int | None = None
-    resume: bool = False
+    resume: str = "auto"          # auto | never (datakit.resume)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str
     return matched, [rel for rel in files if rel not in used]
 
 
-def convert_image_folder(o: ImageFolderOptions) -> dict:
+def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
     check_output(o.out, o.resume)
     root = Path(o.root)
@@ -192,7 +193,8 @@ def convert_image_folder(o: ImageFolderOptions) -> dict:
               "size": o.size, "channels": o.channels, "seed": o.seed, "samples_per_shard": o.samples_per_shard}
     builder = DatasetBuilder(o.out, kind="image-classification" if o.single_label else "multilabel",
                              members=members, classes=classes, config=config,
-                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume)
+                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
+                             progress=progress)
     builder.run(stage_images, jobs, check_workers(o.workers), what="converting images")
     return builder.assemble(rejects=rejects)
 

@@ -42,6 +42,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
+from tlxcore.progress import Progress, silent
 
 DTYPES = ("int16", "float32")
 # Voxels one file may declare (all channels): 4 GiB as float32, 4x LiTS's largest volume (512x512x987).
@@ -100,7 +101,7 @@ class NiftiSegOptions:
     patient_regex: str | None = None
     samples_per_shard: int = 1000
     workers: int | None = None
-    resume: bool = False
+    resume: str = "auto"          # auto | never (datakit.resume)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     return list(dict.fromkeys(layouts))  # options may make several preset layouts identical
 
 
-def convert_nifti_seg(o: NiftiSegOptions) -> dict:
+def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     """Convert a NIfTI segmentation dataset; returns the manifest written."""
     check_output(o.out, o.resume)
     if o.preset is not None and o.preset not in PRESETS:
@@ -234,7 +235,8 @@ def convert_nifti_seg(o: NiftiSegOptions) -> dict:
               "split_by": "patient", "orientation": "RAS canonical, axial slices, radiological display",
               "samples_per_shard": o.samples_per_shard}
     builder = DatasetBuilder(o.out, kind="segmentation", members=members, classes=classes, config=config,
-                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume)
+                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
+                             progress=progress)
     builder.run(stage_case, jobs, check_workers(o.workers), what="converting volumes")
     return builder.assemble()
 

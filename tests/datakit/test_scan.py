@@ -12,7 +12,7 @@ from cli.main import cli
 from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
 from datakit.scan import INDEX, scan
-from datakit.synth import GROUND_TRUTH, synth_cohort
+from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
 
 SECRET = b"test-secret"
 
@@ -178,11 +178,11 @@ def test_cli_scan_prints_a_summary_table(cohort, tmp_path):
 
 
 def test_an_index_never_stands_without_its_scan_record(cohort, tmp_path, monkeypatch):
-    """`tlx shard --resume` reuses an index it finds, and the manifest's config.scan comes from
+    """`tlx shard` (--resume auto) reuses an index it finds, and the manifest's config.scan comes from
     work/scan.json: a scan killed between the two files must leave no index behind."""
     import datakit.scan as scan_module
 
-    def killed(*args):
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(scan_module, "write_json_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
