@@ -107,13 +107,16 @@ def _run_job(stage_fn: Callable, job: Any, job_id: str, staging: Path) -> Staged
 class DatasetBuilder:
     def __init__(self, out: Path | str, *, kind: str, members: dict[str, dict], classes: list[str],
                  config: dict[str, Any], samples_per_shard: int = 1000, seed: int = 0, resume: str = "auto",
-                 shard_sizes: dict[str, list[int]] | None = None, progress: Progress = silent):
+                 shard_sizes: dict[str, list[int]] | None = None, shuffle: bool = True,
+                 progress: Progress = silent):
         """`shard_sizes`: the sizes of a split's shards, in order, instead of `samples_per_shard`
-        each (they must add up to the split's samples); `progress` gets the staging and shard ticks."""
+        each (they must add up to the split's samples); `shuffle=False` writes each split in the
+        order the jobs list its samples (for a caller that ordered them itself) instead of the
+        seeded shuffle; `progress` gets the staging and shard ticks."""
         self.layout = Layout(out)
         self.kind, self.members, self.classes, self.config = kind, members, classes, config
         self.samples_per_shard, self.seed, self.shard_sizes = samples_per_shard, seed, shard_sizes or {}
-        self.progress = progress
+        self.shuffle, self.progress = shuffle, progress
         if samples_per_shard < 1:
             raise DatakitError(f"--samples-per-shard {samples_per_shard} must be >= 1")
         check_output(out, resume)
@@ -123,21 +126,24 @@ class DatasetBuilder:
 
     def run(self, stage_fn: Callable[[Any, Path], Staged], jobs: list[tuple[str, Any]], workers: int,
             what: str = "converting") -> list[Staged]:
-        """Stage every (job_id, job) not staged yet, in a process pool; collect all results.
-        `progress` gets Tick(what, jobs staged, jobs)."""
+        """Stage every (job_id, job) not staged yet, in a process pool; collect all results, in
+        the order of `jobs` (whichever were staged by an earlier run). `progress` gets
+        Tick(what, jobs staged, jobs)."""
+        results: list[Staged | None] = [None] * len(jobs)
         todo = []
-        for job_id, job in jobs:
+        for i, (job_id, job) in enumerate(jobs):
             done = _job_file(self.staging, job_id, job)
             if done.exists():
-                self.staged.append(Staged(**json.loads(done.read_text())))
+                results[i] = Staged(**json.loads(done.read_text()))
             else:
-                todo.append((job_id, job))
+                todo.append(i)
         done = len(jobs) - len(todo)
         self.progress(Tick(what, done, len(jobs)))
-        for staged in _stage_all(stage_fn, todo, self.staging, workers):
-            self.staged.append(staged)
+        for i, staged in zip(todo, _stage_all(stage_fn, [jobs[i] for i in todo], self.staging, workers)):
+            results[i] = staged
             done += 1
             self.progress(Tick(what, done, len(jobs)))
+        self.staged += results
         return self.staged
 
     def assemble(self, rejects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -182,14 +188,16 @@ class DatasetBuilder:
         return manifest
 
     def _write_shards(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Each split's rows sorted by key, shuffled with the seed, cut into shards: the manifest's
-        shard entries and the slices.parquet rows, in shard order."""
+        """Each split's rows sorted by key and shuffled with the seed (unless shuffle=False), cut
+        into shards: the manifest's shard entries and the slices.parquet rows, in shard order."""
         shards_meta, table_rows = [], []
         self.progress(Tick("shards", 0, len(rows), "samples"))
         for split in SPLITS:
-            split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])
-            order = np.random.default_rng([self.seed, SPLITS.index(split)]).permutation(len(split_rows))
-            split_rows = [split_rows[i] for i in order]
+            split_rows = [r for r in rows if r["split"] == split]
+            if self.shuffle:
+                split_rows.sort(key=lambda r: r["key"])
+                order = np.random.default_rng([self.seed, SPLITS.index(split)]).permutation(len(split_rows))
+                split_rows = [split_rows[i] for i in order]
             for n, chunk in enumerate(self._shard_chunks(split, split_rows)):
                 path = self.layout.shard_path(split, n)
                 with ShardWriter(path) as writer:
