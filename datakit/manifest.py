@@ -122,16 +122,14 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict:
-    """manifest.json of a dataset, refusing anything that is not a known tlx format version."""
+    """manifest.json of a finished dataset, read by datakit.read (which refuses a format version
+    it does not know); an unfinished write is named as such."""
+    from datakit.read import open_dataset
+
     layout = Layout(dataset_dir)
     if not layout.root.is_dir():
         raise DatakitError(f"dataset folder not found: {layout.root}")
     if not layout.manifest.exists():
         raise DatakitError(f"{layout.root} holds no manifest.json: not a finished tlx dataset "
                            f"(run `tlx write {layout.root}` to finish an interrupted write)")
-    manifest = read_json(layout.manifest, "manifest.json")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise DatakitError(f"{layout.manifest}: format {manifest.get('format')!r} version "
-                           f"{manifest.get('format_version')!r} is not known; this tlx reads {FORMAT!r} "
-                           f"version {FORMAT_VERSION}")
-    return manifest
+    return open_dataset(layout.root).manifest
