@@ -181,6 +181,12 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
         summary.note = (f"partition {i}/{n} done; {len(pending)} volumes of other partitions are not converted yet; "
                         "the last partition to finish (or `tlx write` without --partition) assembles the dataset")
         return summary
+    return _assemble(layout, staging, config, options, workers, summary, progress)
+
+
+def _assemble(layout: Layout, staging: Staging, config: WriteConfig, options: RunOptions, workers: int,
+              summary: WriteSummary, progress: Progress) -> WriteSummary:
+    """Phase 2, by whichever run takes the assembly lock first (the others say so)."""
     t0 = time.perf_counter()
     with assembly_lock(layout) as mine_to_do:
         if not mine_to_do:

@@ -132,6 +132,17 @@ def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str
     return matched, [rel for rel in files if rel not in used]
 
 
+def _refuse_images_named_twice(matched: dict[str, str]) -> None:
+    """One image named by two CSV rows would be two samples, perhaps of two patients and in two splits."""
+    named_by: dict[str, list[str]] = {}
+    for name, rel in matched.items():
+        named_by.setdefault(rel, []).append(name)
+    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
+    if twice:
+        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
+                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
+
+
 def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
     check_output(o.out, o.resume)
@@ -150,13 +161,7 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
         dup = sorted({n for n in names if names.count(n) > 1})[:3]
         raise DatakitError(f"--labels names these images more than once: {dup}")
     matched, unlabelled = _match_files(root, names)
-    named_by: dict[str, list[str]] = {}
-    for name, rel in matched.items():
-        named_by.setdefault(rel, []).append(name)
-    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
-    if twice:  # one image as two samples, perhaps of two patients and in two splits
-        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
-                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
+    _refuse_images_named_twice(matched)
     rejects = [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
                for n in names if n not in matched]
     rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]
