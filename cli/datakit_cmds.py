@@ -7,6 +7,7 @@ words, means auto).
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import click
@@ -31,7 +32,7 @@ class BareResumeCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         args = list(args)
-        for i, (arg, after) in enumerate(zip(args, args[1:])):
+        for i, (arg, after) in enumerate(itertools.pairwise(args)):
             if arg == "--resume" and after not in ("auto", "never") and os.path.isdir(after):
                 args[i] = "--resume=auto"
         return super().parse_args(ctx, args)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -222,7 +223,7 @@ class DatasetBuilder:
             raise DatakitError(f"shard sizes {sizes} of split {split} must be positive and add up to its "
                                f"{len(rows)} samples")
         starts = np.cumsum([0, *sizes]).tolist()
-        return [rows[a:b] for a, b in zip(starts, starts[1:])]
+        return [rows[a:b] for a, b in itertools.pairwise(starts)]
 
 
 def check_output(out: Path | str, resume: str) -> bool:

@@ -320,7 +320,7 @@ def _read_case(job: CaseJob):
         lab_img, lab = _load_canonical(job.label)
         chans = []
         for path in job.images:
-            img, data = _load_canonical(path)
+            _, data = _load_canonical(path)
             data = np.asarray(data, dtype=np.float32)
             if data.ndim == 4:
                 sel = job.layout.channels or tuple(range(data.shape[3]))

@@ -64,7 +64,7 @@ def both_ways(path):
                                 DeflatedExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless,
                                 RLELossless])
 def test_transfer_syntaxes_give_the_same_hu_as_pydicom(tmp_path, ts, monkeypatch):
-    import datakit.dicom_pixels as dicom_pixels
+    from datakit import dicom_pixels
 
     path = save(make(), tmp_path / "x.dcm", ts)
     expected = pydicom.dcmread(path).pixel_array.astype(np.float32) - 1024
@@ -236,7 +236,7 @@ def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
 def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, monkeypatch):
     """The timeout raised inside a decoder ends the read; the fast path used to swallow it and decode
     the file again through pydicom with no time guard left (a hang on a file that stalls a decoder)."""
-    import datakit.dicom_pixels as dicom_pixels
+    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
 
     def stall(*args, **kwargs):
@@ -254,7 +254,7 @@ def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, m
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm"])
 def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, monkeypatch):
-    import datakit.dicom_pixels as dicom_pixels
+    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file(name)
@@ -273,7 +273,7 @@ def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, 
 def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, private_bytes, pixels):
     """Scan inflates only the first 256 KiB of a deflated dataset when the header ends there; a longer
     header (a big private element) or one without PixelData is walked whole: same values either way."""
-    import datakit.dicom_header as dicom_header
+    from datakit import dicom_header
 
     ds = make()
     if private_bytes:
@@ -292,8 +292,8 @@ def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, p
 def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom(tmp_path, monkeypatch):
     """A few MB of deflated zeros inflate to GB: read_hu refuses such a file before pydicom inflates it
     whole in memory (limit lowered here so the test file stays small)."""
-    import datakit.dicom_header as dicom_header
-    import datakit.dicom_pixels as dicom_pixels
+    from datakit import dicom_header
+    from datakit import dicom_pixels
 
     ds = make()
     ds.add_new(0x7FE10010, "OB", bytes(4 << 20))              # 4 MiB of zeros after PixelData, deflated to ~4 KB
@@ -315,7 +315,7 @@ def test_deflated_bomb_the_header_walker_cannot_follow_is_refused_before_pydicom
     (Limit lowered here so the test file stays small.)"""
     import zlib
 
-    import datakit.dicom_header as dicom_header
+    from datakit import dicom_header
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian

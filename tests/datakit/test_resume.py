@@ -144,7 +144,7 @@ def test_scan_progress_ticks_count_files_and_end_at_their_total(cohort, tmp_path
     assert all(t.total is None for t in ticks[:-1])
     assert [t.done for t in ticks] == sorted(t.done for t in ticks)
     assert ticks[-1] == Tick("scan", summary.files, summary.files, "files")
-    assert summary.files == len(list(p for p in cohort[0].rglob("*") if p.is_file()))
+    assert summary.files == sum(1 for p in cohort[0].rglob("*") if p.is_file())
 
 
 def test_write_progress_ticks_reach_their_totals(sharded, tmp_path):

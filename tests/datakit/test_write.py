@@ -229,13 +229,13 @@ def not_ct(cohort, tmp_path_factory):
 @pytest.mark.parametrize("case, message", [
     ("write-missing", r"dataset folder '.*nowhere' does not exist; run `tlx scan` and `tlx plan` first"),
     ("write-finished", r"already holds a finished dataset \(manifest.json\); choose a new output folder"),
-    ("write-finished-other-options", r"already holds a finished dataset made with other options \(--samples-per-shard, "
-                                     r"--size differ\); choose a new output folder"),
-    ("shard-not-empty", r"output folder '.*' is not empty and --resume is never; choose a new folder, or use --resume "
-                        r"auto to continue the earlier `tlx shard` there"),
+    ("write-finished-other-options", (r"already holds a finished dataset made with other options "
+                                      r"\(--samples-per-shard, --size differ\); choose a new output folder")),
+    ("shard-not-empty", (r"output folder '.*' is not empty and --resume is never; choose a new folder, or use "
+                         r"--resume auto to continue the earlier `tlx shard` there")),
     ("shard-other-root", r"was scanned from '.*', not '.*'; resume with that --dicom-root"),
-    ("shard-foreign", r"output folder '.*' holds 'notes.txt', which no tlx command writes: it is not a tlx dataset "
-                      r"folder; choose a new or empty folder"),
+    ("shard-foreign", (r"output folder '.*' holds 'notes.txt', which no tlx command writes: it is not a tlx "
+                       r"dataset folder; choose a new or empty folder")),
     ("shard-missing-root", r"DICOM root '.*nowhere' does not exist or is not a folder"),
     ("shard-empty-root", r"DICOM root '.*empty' holds no files"),
     ("shard-no-ct", r"no usable CT slices found under '.*'"),
