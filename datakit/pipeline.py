@@ -43,11 +43,14 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     if not root.is_dir():
         raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
     earlier = check_output_folder(layout.root, options.resume, "tlx shard")
+    reuse_index = earlier and layout.index.exists()
+    if reuse_index:
+        check_scan_record(layout, root, label_rules)
+    if earlier:  # before anything is replaced: what write made here must be this run's own
+        check_earlier_write(layout, plan_config.to_dict(), write_config)
 
     scan_summary = None
-    if earlier and layout.index.exists():
-        check_scan_record(layout, root, label_rules)
-    else:
+    if not reuse_index:
         from datakit.pseudonym import load_secret
 
         secret = load_secret(secret_file)
@@ -57,8 +60,6 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     plan_summary = None
     same_plan = (layout.plan_json.exists() and layout.plan.exists()
                  and read_json(layout.plan_json, "work/plan.json").get("config") == plan_config.to_dict())
-    if earlier:  # before the plan is replaced: what write made must be this run's own
-        check_earlier_write(layout, plan_config.to_dict(), write_config)
     if not (earlier and same_plan):
         plan_summary = make_plan(layout.root, plan_config, progress=progress)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from datakit.errors import DatakitError
 from datakit.synth.cohort import plan_patient
 from datakit.synth.write import write_junk, write_patient
+from tlxcore.atomic import write_text_atomic
 from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
 
@@ -72,7 +73,8 @@ def synth_cohort(out: str | os.PathLike, patients: int = 40, seed: int = 0, matr
         "files": sorted(files, key=lambda f: f["path"]),
         "phi": sorted({v for r in results for v in r["phi"]}),
     }
-    (out / GROUND_TRUTH).write_text(json.dumps(truth, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Written last and atomically: its presence means the cohort is complete (`tlx demo` relies on it).
+    write_text_atomic(out / GROUND_TRUTH, json.dumps(truth, indent=1, ensure_ascii=False) + "\n")
     return summarize(truth)
 
 
