@@ -22,7 +22,7 @@ def resume_option(command: str):
     return click.option("--resume", type=click.Choice(["auto", "never"]), default="auto", show_default=True,
                         is_flag=False, flag_value="auto",
                         help=f"auto: continue the folder's own earlier `{command}` (same inputs and options); "
-                             "never: refuse a folder that is not empty.")
+                             "never: refuse a folder holding earlier work. A bare --resume is auto.")
 
 
 class BareResumeCommand(click.Command):
