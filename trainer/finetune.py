@@ -9,11 +9,13 @@
 
 The run directory (docs/run-format.md) is <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>/
 unless --run-dir says otherwise; it gets config.json, subset.parquet, metrics.jsonl,
-checkpoints/{last,best}.pt, and at the end result.json, predictions.parquet and
-first_layers.npz. A run whose result.json exists is complete and is not run again; one
-with checkpoints/last.pt continues from it (kill + rerun = one uninterrupted run).
+steps.jsonl (trainer/runlog.py, as SimCLR runs), checkpoints/{last,best}.pt, and at the
+end result.json, predictions.parquet and first_layers.npz. A run whose result.json exists
+is complete and is not run again; one with checkpoints/last.pt continues from it
+(`--resume auto`; kill + rerun = one uninterrupted run), which is saved at every epoch's
+end and every `--checkpoint-every` steps (trainer/checkpoint.py).
 
-What happens, top to bottom:
+What happens, top to bottom (`run`: build, resume, loop, test, write):
 1. the task's defaults (trainer/tasks.py, the paper's Table ST4) for this fraction,
    overridden by every flag given;
 2. the init: scratch, a torchvision-layout state dict or a tlx SimCLR checkpoint,
