@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from datakit.read import TlxDataset, open_dataset
 from tlxcore.atomic import write_json_atomic
-from tlxcore.progress import Progress, Tick, drawn, silent
+from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
                                 find_resume_point, new_checkpoint, restore_rng_states, resume_flag, save_checkpoint,
@@ -287,14 +287,13 @@ class Data:
 
 
 @dataclass
-class Job:
+class FinetuneJob:
     """A built run: what the loop, the checkpoints, the test and the outputs use."""
     cfg: FinetuneConfig
     env: Dist
     plan: Plan
     out: Path                      # the run folder
     log: RunLog
-    progress: Progress
     data: Data
     model: TaskModel
     ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model itself
@@ -308,7 +307,7 @@ class Job:
 
 
 @dataclass
-class State:
+class FinetuneState:
     """Where a run is; last.pt holds it (as step, epoch, epoch_step, epoch_loss_sum, best, wall_s)."""
     step: int = 0
     epoch: int = 0                 # epochs done
@@ -342,7 +341,7 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | N
         return json.loads((out / "result.json").read_text()) if env.is_main else None
     ckpt, source = find_resume_point(cfg.resume, out, fix="use another --run-dir")
     job = build(cfg, env, plan, dataset, init_state, init_info, log)
-    state = resume(job, ckpt, source) if ckpt is not None else State()
+    state = resume(job, ckpt, source) if ckpt is not None else FinetuneState()
     log.write_config(job.config)
     log.resume_at(epochs_done=state.epoch, step=state.step)   # lines logged after the checkpoint are logged again
     if env.is_main:
@@ -354,7 +353,7 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | N
 
 
 def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
-          init_info: InitInfo, log: RunLog) -> Job:
+          init_info: InitInfo, log: RunLog) -> FinetuneJob:
     """Model, data, optimizer and config.json of a run, before any checkpoint is loaded into them."""
     model, ddp, first_init = build_model(cfg, env, plan, dataset, init_state, init_info)
     data = build_data(cfg, env, plan, dataset)
@@ -369,7 +368,7 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     schedule = Schedule("exp-epoch", base_lr=hp["lr"], epochs=hp["epochs"], steps_per_epoch=steps, decay=hp["decay"])
     weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
     config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
-    return Job(cfg, env, plan, log.dir, log, log.progress, data, model, ddp, optimizer, schedule, weights, steps,
+    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
                cfg.eval_batch_size or per_rank, first_init, config)
 
 
@@ -430,7 +429,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
 
 
-def resume(job: Job, ckpt: dict, source: Path) -> State:
+def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
     """The state of a checkpoint of this run, loaded into the model and optimizer."""
     check_same_run(ckpt["config"], job.config, flags=[f.name for f in fields(FinetuneConfig)], source=source,
                    fix="use another --run-dir, or remove the old run", may_change=FINETUNE_MAY_CHANGE)
@@ -438,23 +437,23 @@ def resume(job: Job, ckpt: dict, source: Path) -> State:
     job.model.head_module().load_state_dict(ckpt[_head_name(job)])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
-    state = State(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"], ckpt["best"],
+    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"], ckpt["best"],
                   started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s counts from the run's start
     job.log.note(f"{job.out}: resuming at epoch {state.epoch + 1}, step {state.step}")
     return state
 
 
-def loop(job: Job, state: State) -> None:
+def loop(job: FinetuneJob, state: FinetuneState) -> None:
     """Epochs from where `state` stands to --epochs (or --max-steps): train, then validate, log and save."""
     epochs, steps = job.plan.hp["epochs"], job.steps
     total = epochs * steps if job.cfg.max_steps is None else min(job.cfg.max_steps, epochs * steps)
-    job.progress(Tick("train", state.step, total, "steps"))
+    job.log.begin(state.step, total)
     while state.epoch < epochs and state.step < total:
         loss_sum, images, started = train_epoch(job, state, total)
         end_epoch(job, state, loss_sum, images, started)
 
 
-def train_epoch(job: Job, state: State, total: int) -> tuple[torch.Tensor, int, float]:
+def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[torch.Tensor, int, float]:
     """The rest of the current epoch, or up to `total` steps: (the epoch's loss sum, on the device: no sync per
     step; the images this rank trained on; when it began)."""
     cfg, env, kind = job.cfg, job.env, job.plan.task.kind
@@ -476,7 +475,8 @@ def train_epoch(job: Job, state: State, total: int) -> tuple[torch.Tensor, int, 
         loss_sum += loss.detach()
         state.step, state.epoch_step, images = state.step + 1, state.epoch_step + 1, images + len(x)
         if state.step % cfg.log_every == 0 or state.step == total:
-            log_step(job, state, total, loss, lr, images * env.world_size / max(time.time() - started, 1e-9))
+            job.log.step(state.step, total, state.epoch + 1, all_reduce_mean(loss.detach(), env.device), lr,
+                         images * env.world_size / max(time.time() - started, 1e-9))
         if checkpoint_due(state.step, cfg.checkpoint_every) and state.epoch_step < job.steps:  # epoch ends save below
             state.loss_sum = float(loss_sum)
             save(job, state)
@@ -485,16 +485,7 @@ def train_epoch(job: Job, state: State, total: int) -> tuple[torch.Tensor, int, 
     return loss_sum, images * env.world_size, started
 
 
-def log_step(job: Job, state: State, total: int, loss: torch.Tensor, lr: float, images_per_s: float) -> None:
-    """A steps.jsonl line and a progress tick."""
-    global_loss = all_reduce_mean(loss.detach(), job.env.device)
-    job.log.step({"step": state.step, "epoch": state.epoch + 1, "loss": global_loss, "lr": lr,
-                  "images_per_s": images_per_s})
-    job.progress(Tick("train", state.step, total, "steps", f"epoch {state.epoch + 1}/{job.plan.hp['epochs']}  "
-                                                           f"loss {global_loss:.4f}  {images_per_s:,.0f} img/s"))
-
-
-def end_epoch(job: Job, state: State, loss_sum: torch.Tensor, images: int, started: float) -> None:
+def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, images: int, started: float) -> None:
     """Validate; keep the best epoch's weights (and best.pt); the epoch's metrics.jsonl line; last.pt.
     `images` were trained on (all ranks) since `started`; images_per_s counts the validation's time too."""
     env, metric = job.env, job.plan.task.metric
@@ -519,7 +510,7 @@ def end_epoch(job: Job, state: State, loss_sum: torch.Tensor, images: int, start
     save(job, state)
 
 
-def save(job: Job, state: State) -> None:
+def save(job: FinetuneJob, state: FinetuneState) -> None:
     """checkpoints/last.pt (every rank calls it)."""
     save_resume_point(job.out / "checkpoints" / "last.pt", job.env.is_main, job.plan.model,
                       job.model.encoder.state_dict(), **_head(job), optimizer=job.optimizer.state_dict(),
@@ -527,16 +518,16 @@ def save(job: Job, state: State) -> None:
                       best=state.best, config=job.config, wall_s=state.wall_s())
 
 
-def _head_name(job: Job) -> str:
+def _head_name(job: FinetuneJob) -> str:
     return "decoder" if job.plan.task.kind == "segmentation" else "head"
 
 
-def _head(job: Job) -> dict:
+def _head(job: FinetuneJob) -> dict:
     """The task's part of a checkpoint: {"head" or "decoder": its state dict}."""
     return {_head_name(job): job.model.head_module().state_dict()}
 
 
-def test(job: Job, state: State) -> tuple[dict, dict]:
+def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
     """(test metrics, predictions.parquet columns) of the best validation epoch's weights."""
     if state.best["epoch"] == 0:
         raise TrainerError(f"{job.out}: validation {job.plan.task.metric} was undefined (NaN) in every epoch, so no "
@@ -546,7 +537,7 @@ def test(job: Job, state: State) -> tuple[dict, dict]:
                     job.data.volumes["test"], job.data.decoder)
 
 
-def write(job: Job, state: State, test_metrics: dict, rows: dict) -> dict:
+def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:
     """predictions.parquet, first_layers.npz, then result.json, whose presence marks the run complete (rank 0)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -3,7 +3,8 @@
     log = RunLog(run_dir, enabled=env.is_main, progress=progress)   # a no-op on ranks other than 0
     log.write_config(config)                          # config.json (atomic; trainer.config.run_config)
     log.resume_at(epochs_done=3, step=940)            # drop lines a crashed run wrote after its checkpoint
-    log.step({"step": 941, "loss": 5.1, "lr": 4.8})   # steps.jsonl: one line per logged step
+    log.begin(step=940, total=3000)                   # the first progress tick (ETA counts from here)
+    log.step(941, 3000, epoch=4, loss=5.1, lr=4.8, images_per_s=1520.0)   # steps.jsonl line + progress tick
     log.epoch({"epoch": 4, "step": 1250, ...})        # metrics.jsonl: one line per epoch (docs/run-format.md)
     log.note("resumed from .../last.pt at step 940")  # a line for the user
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tlxcore.atomic import write_json_atomic, write_text_atomic
-from tlxcore.progress import Progress, silent
+from tlxcore.progress import Progress, Tick, silent
 from trainer.config import opt
 
 
@@ -48,8 +49,19 @@ class RunLog:
     def epoch(self, row: dict[str, Any]) -> None:
         self._append("metrics.jsonl", row)
 
-    def step(self, row: dict[str, Any]) -> None:
-        self._append("steps.jsonl", row)
+    def begin(self, step: int, total: int) -> None:
+        """The first progress tick of a session: the drawer's rate and ETA count from `step` on (a resumed
+        run's earlier steps are not this session's speed)."""
+        if self.enabled:
+            self.progress(Tick("train", step, total, "steps"))
+
+    def step(self, step: int, total: int, epoch: int, loss: float, lr: float, images_per_s: float) -> None:
+        """A steps.jsonl line and a progress tick; `loss` is the step's loss averaged over the ranks."""
+        self._append("steps.jsonl", {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
+                                     "images_per_s": images_per_s})
+        if self.enabled:
+            self.progress(Tick("train", step, total, "steps", f"epoch {epoch}  loss {loss:.4f}  lr {lr:.3g}  "
+                                                             f"{images_per_s:,.0f} img/s"))
 
     def _keep(self, name: str, keep: Callable[[dict], bool]) -> None:
         path = self.dir / name

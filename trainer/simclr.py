@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from datakit.read import TlxDataset, open_dataset
 from tlxcore.errors import UserError
-from tlxcore.progress import Progress, Tick, drawn, silent
+from tlxcore.progress import Progress, drawn, silent
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
                                 find_resume_point, resume_flag, restore_rng_states, save_resume_point)
 from trainer.config import check_at_least, opt, parse_config, run_config
@@ -147,12 +147,11 @@ def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_e
 
 
 @dataclass
-class Job:
+class PretrainJob:
     """A built run: what the loop, end_epoch and the checkpoints use."""
     cfg: SimCLRConfig
     env: Dist
     log: RunLog
-    progress: Progress
     dataset: TlxDataset
     aug: AugmentConfig
     loader: TwoViewLoader
@@ -165,7 +164,7 @@ class Job:
 
 
 @dataclass
-class State:
+class PretrainState:
     """Where a run is; a checkpoint holds it besides the weights, the current epoch's running sums included."""
     step: int = 0
     epoch: int = 0                # epochs done
@@ -175,7 +174,7 @@ class State:
     wall_s: float = 0.0           # seconds since the run started, over restarts
 
 
-def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> Job:
+def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
     log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
     dataset = open_dataset(cfg.data)
     loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
@@ -187,11 +186,11 @@ def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> Job:
     optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     spe = loader.steps_per_epoch
     schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
-    return Job(cfg, env, log, progress, dataset, aug, loader, model, net, optimizer, schedule,
+    return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
                simclr_config(cfg, env, dataset, spe), dataset.split_identity("train"))
 
 
-def resume(job: Job) -> State | None:
+def resume(job: PretrainJob) -> PretrainState | None:
     """The state of the checkpoint --resume names, loaded into the model and optimizer; None: a new run."""
     ckpt, source = find_resume_point(job.cfg.resume, job.cfg.out, fix="pick a new --out")
     if ckpt is None:
@@ -208,12 +207,12 @@ def resume(job: Job) -> State | None:
     job.net.projector.load_state_dict(ckpt["projector"])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
-    state = State(**{f.name: ckpt[f.name] for f in fields(State)})
+    state = PretrainState(**{f.name: ckpt[f.name] for f in fields(PretrainState)})
     job.log.note(f"resumed from {source} at step {state.step}")
     return state
 
 
-def save(job: Job, state: State) -> None:
+def save(job: PretrainJob, state: PretrainState) -> None:
     """checkpoints/last.pt (every rank calls it)."""
     save_resume_point(Path(job.cfg.out) / "checkpoints" / "last.pt", job.env.is_main, job.cfg.model,
                       job.net.encoder.state_dict(), projector=job.net.projector.state_dict(),
@@ -251,7 +250,7 @@ def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent) -> dict:
     """The run, continued from its checkpoint when --resume finds one, up to --max-steps or the last epoch."""
     job = build(cfg, env, progress)
     resumed = resume(job)
-    state = resumed or State()
+    state = resumed or PretrainState()
     job.log.write_config(job.config)
     total = job.schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, job.schedule.total_steps)
     if resumed is not None and state.step < total:  # a finished run keeps its lines (its partial epoch's too)
@@ -264,7 +263,7 @@ def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent) -> dict:
     return asdict(state)
 
 
-def loop(job: Job, state: State, total: int) -> None:
+def loop(job: PretrainJob, state: PretrainState, total: int) -> None:
     """Steps from state.step to `total`. A steps.jsonl line every --log-every steps; at an epoch's end
     (or where the run stops) its metrics.jsonl line; then, and every --checkpoint-every steps, last.pt."""
     cfg, env, spe = job.cfg, job.env, job.loader.steps_per_epoch
@@ -277,7 +276,7 @@ def loop(job: Job, state: State, total: int) -> None:
     # The epoch's loss sum stays on the device (no per-step sync); float64, so it adds like the checkpoint's float.
     loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=env.device)
     job.model.train()
-    job.progress(Tick("train", step, total, "steps"))
+    job.log.begin(step, total)
     while step < total:
         epoch, start = divmod(step, spe)
         t0 = time.perf_counter()
@@ -289,7 +288,8 @@ def loop(job: Job, state: State, total: int) -> None:
             loss_sum += loss.detach()
             state.epoch_steps += 1
             if step % cfg.log_every == 0 or step == total:
-                log_step(job, state, step, total, loss, lr, time.perf_counter() - t0)
+                ips = state.epoch_steps * cfg.batch_size / (state.epoch_time + time.perf_counter() - t0)
+                job.log.step(step, total, epoch + 1, all_reduce_mean(loss.detach(), env.device), lr, ips)
             epoch_done, stopping = step % spe == 0, step >= total
             if epoch_done or stopping or checkpoint_due(step, cfg.checkpoint_every):
                 state.step, state.epoch_time = step, state.epoch_time + time.perf_counter() - t0
@@ -306,17 +306,7 @@ def loop(job: Job, state: State, total: int) -> None:
                 break
 
 
-def log_step(job: Job, state: State, step: int, total: int, loss: torch.Tensor, lr: float, seconds: float) -> None:
-    """A steps.jsonl line and a progress tick; `seconds`: of the epoch since its last checkpoint."""
-    epoch = (step - 1) // job.loader.steps_per_epoch + 1
-    ips = state.epoch_steps * job.cfg.batch_size / (state.epoch_time + seconds)
-    global_loss = all_reduce_mean(loss.detach(), job.env.device)
-    job.log.step({"step": step, "epoch": epoch, "loss": global_loss, "lr": lr, "images_per_s": ips})
-    job.progress(Tick("train", step, total, "steps", f"epoch {epoch}  loss {global_loss:.4f}  lr {lr:.3g}  "
-                                                     f"{ips:,.0f} img/s"))
-
-
-def end_epoch(job: Job, state: State, lr: float, wall_s: float, partial: bool) -> None:
+def end_epoch(job: PretrainJob, state: PretrainState, lr: float, wall_s: float, partial: bool) -> None:
     """The metrics.jsonl line of the epoch that state.step ends (a `partial` one when --max-steps stops inside it)."""
     cfg, env = job.cfg, job.env
     epoch = (state.step - 1) // job.loader.steps_per_epoch + 1

@@ -143,7 +143,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
                                            r"--resume auto, or use another --run-dir$"):
         ft.main([*args, "--run-dir", str(tmp_path / "resumed"), "--resume", "never"])
     # --resume PATH: a new run folder continues from that checkpoint (here: the finished one, so it only tests)
-    ft.main([*args, "--run-dir", str(tmp_path / "copy"), "--resume", str(tmp_path / "resumed" / "checkpoints" / "last.pt")])
+    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    ft.main([*args, "--run-dir", str(tmp_path / "copy"), "--resume", str(last)])
     assert json.loads((tmp_path / "copy" / "result.json").read_text()) == a[1]
 
 

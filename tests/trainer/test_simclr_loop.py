@@ -162,8 +162,9 @@ def test_resume_path_continues_from_that_checkpoint_into_another_folder(ds, stra
     last = tmp_path / "first" / "checkpoints" / "last.pt"
     with pytest.raises(TrainerError, match=rf"^cannot resume from {last}: --lr differ"):
         simclr.main(["--data", str(ds), "--out", str(tmp_path / "second"), *ARGS, "--resume", str(last), "--lr", "0.1"])
-    assert simclr.main(["--data", str(ds), "--out", str(tmp_path / "second"), *ARGS, "--resume", str(last)])["step"] == 12
-    a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
+    state = simclr.main(["--data", str(ds), "--out", str(tmp_path / "second"), *ARGS, "--resume", str(last)])
+    assert state["step"] == 12
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (straight, tmp_path / "second"))
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
     assert [s["step"] for s in _lines(tmp_path / "second" / "steps.jsonl")] == list(range(7, 13))
 
