@@ -38,7 +38,7 @@ import torch.distributed as dist
 from tlxcore.atomic import atomic_write
 from trainer.config import opt
 from trainer.dist import is_distributed
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, stops_deferred
 from trainer.run_identity import COMPLETE_MAY_CHANGE, MAY_CHANGE, changed_keys, flag_names
 
 FORMAT = "tlx-checkpoint"
@@ -79,8 +79,8 @@ def new_checkpoint(model_name: str, encoder_state: dict[str, torch.Tensor], **en
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """Atomic torch.save (call it on rank 0 only)."""
-    with atomic_write(path) as f:
+    """Atomic torch.save (call it on rank 0 only); Ctrl-C and SIGTERM wait until the file is written."""
+    with stops_deferred(), atomic_write(path) as f:
         torch.save(ckpt, f)
 
 

@@ -7,7 +7,9 @@
 import os
 import signal
 import sys
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from tlxcore.errors import UserError
 
@@ -36,6 +38,49 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated()
+
+
+def stop_cause(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `exc`: itself, or what it was raised while handling (an interrupt that lands
+    inside a library's C++ code, e.g. torch.save's zip writer, comes back as that library's RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then stop the run as usual: a checkpoint being written
+    is finished (and the run continues from it) rather than torn off mid-file. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if caught:   # as the handlers in place before would have
+        handler = before[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(caught[0])
+
+
+def leave_stops_to_the_trainer(worker_id: int = 0) -> None:
+    """A torch DataLoader's worker_init_fn: the worker ignores Ctrl-C and SIGTERM, which reach it with its
+    trainer (a terminal's Ctrl-C, torchrun's and SLURM's SIGTERM go to the whole process group). torch's own
+    SIGTERM handler in a worker would kill it first, and the trainer would then die of "DataLoader worker
+    killed by signal" with a traceback instead of stopping in one line; the trainer stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def exit_on_user_error(main: Callable[[], object]) -> None:

@@ -19,7 +19,7 @@ job (the lock file names the job: TORCHELASTIC_RUN_ID, the rendezvous id) is wai
 RESTART_WAIT_S, before the refusal; any other holder is refused at once.
 
 A KeyboardInterrupt (Ctrl-C, or SIGTERM through trainer.errors.exit_on_user_error: torchrun and
-SLURM stop workers with it) leaves the block as a RunInterrupted whose message says how to go on:
+SLURM stop workers with it), or an error raised while handling one, leaves the block as a RunInterrupted whose message says how to go on:
 rerun the same command, which continues from checkpoints/last.pt (--resume auto).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from tlxcore.lock import LOCK_NAME, FolderBusy, folder_lock
 from trainer.dist import Dist, is_distributed
-from trainer.errors import RunInterrupted
+from trainer.errors import RunInterrupted, stop_cause
 
 # Why 120 s: longer than an NFSv4 server's default lease (90 s), after which it drops the locks of a
 # client (node) that stopped answering; shorter than torchrun's and NCCL's collective timeouts (10-30 min),
@@ -103,6 +103,7 @@ class RunGuard:
 
     def __exit__(self, kind, exc, tb) -> bool:
         self._held.close()   # releases the lock
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
-            raise RunInterrupted(self.interrupted(), getattr(exc, "signum", signal.SIGINT)) from None
+        stop = stop_cause(exc)
+        if stop is not None and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(self.interrupted(), getattr(stop, "signum", signal.SIGINT)) from None
         return False

@@ -23,6 +23,7 @@ from datakit.errors import DatakitError
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
 from trainer.optim import LARS
+from tlxcore.lock import FolderBusy
 
 GOLDEN = Path(__file__).with_name("golden_simclr_losses.json")
 # 37 train samples, global batch 8: 4 steps per epoch; 3 epochs = 12 steps.
@@ -114,6 +115,47 @@ def test_rerunning_a_stopped_run_keeps_its_partial_epoch_line(ds, tmp_path):
     assert _lines(out / "metrics.jsonl") == [row]
     simclr.main([*args, "--max-steps", "4"])                             # going on: the epoch's full line replaces it
     assert [(m["epoch"], m["step"], m.get("partial")) for m in _lines(out / "metrics.jsonl")] == [(1, 4, None)]
+
+
+def test_a_restart_without_a_checkpoint_starts_the_logs_afresh(ds, straight, tmp_path, monkeypatch):
+    """A first attempt killed before its first checkpoint left its steps.jsonl lines, and the restart (a new
+    run: nothing to resume) appended its own: steps 1-2 twice (35 lines for 30 steps in the issue)."""
+    out = tmp_path / "run"
+    real_step, calls = LARS.step, []
+
+    def step_or_crash(self, *a, **k):  # dies inside step 3, before the first checkpoint (step 3)
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated node failure")
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(LARS, "step", step_or_crash)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+    monkeypatch.setattr(LARS, "step", real_step)
+    assert [s["step"] for s in _lines(out / "steps.jsonl")] == [1, 2] and not (out / "checkpoints").exists()
+    simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+    assert [s["step"] for s in _lines(out / "steps.jsonl")] == list(range(1, 13))    # each step once
+    assert [s["loss"] for s in _lines(out / "steps.jsonl")] == [s["loss"] for s in _lines(straight / "steps.jsonl")]
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_second_trainer_into_a_run_folder_being_written_is_refused(ds, tmp_path):
+    """Two trainers into one --out: one crashed, the other wrote interleaved logs. The second is now refused
+    in one line naming the first's pid, before it reads or writes anything there."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tlxcore.lock import folder_lock\n"
+                               "with folder_lock(sys.argv[1], 'trainer.simclr'):\n    print('locked', flush=True)\n"
+                               "    time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusy, match=rf"^{out} is being written by pid {holder.pid} on .* \(trainer.simclr\); "
+                                             r"wait for it to finish"):
+            simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+        assert sorted(p.name for p in out.iterdir()) == [".tlx.lock"]     # nothing read or written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS, "--max-steps", "1"])["step"] == 1
 
 
 def test_golden_loss_curve(straight):
