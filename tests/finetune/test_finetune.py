@@ -15,6 +15,7 @@ from trainer.errors import RunInterrupted, TrainerError
 from trainer.models import build_encoder
 from trainer.task_heads import TaskModel, load_init, read_init, sha256_file
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held
 
 TINY = ["--model", "resnet-tiny", "--device", "cpu", "--workers", "0", "--optimizer", "adamw"]
 
@@ -128,20 +129,11 @@ def test_a_complete_run_with_other_options_is_refused_naming_them(radnet_run, ct
 
 
 def test_a_second_run_into_a_run_folder_being_written_is_refused(ct, tmp_path):
-    import subprocess
-    import sys
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tlxcore.lock import folder_lock\n"
-                               "with folder_lock(sys.argv[1], 'trainer.finetune'):\n    print('locked', flush=True)\n"
-                               "    time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held(run, "trainer.finetune") as holder:
         with pytest.raises(FolderBusy, match=rf"^{run} is being written by pid {holder.pid} on .*\(trainer.finetune\)"):
             ft.main(["--task", "radnet", "--data", str(ct), "--run-dir", str(run), "--epochs", "1", *TINY])
         assert sorted(p.name for p in run.iterdir()) == [".tlx.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _comparable(run):

@@ -12,25 +12,12 @@ import torch
 import trainer.run_guard as rg
 from dist_helpers import run_ranks
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held, start_holder
 from tlxcore.lock import FolderBusy, folder_lock
 from trainer.dist import Dist
 from trainer.errors import RunInterrupted, Terminated
 
-HOLD = """
-import sys, time
-from tlxcore.lock import folder_lock
-with folder_lock(sys.argv[1], sys.argv[2]):
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[3]))
-"""
 ONE = Dist(0, 0, 1, torch.device("cpu"), None)
-
-
-def _hold(folder, command="another job", seconds=60.0):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command, str(seconds)], stdout=subprocess.PIPE,
-                         text=True)
-    assert p.stdout.readline().strip() == "locked"
-    return p
 
 
 def _rank_tries_the_lock(folder, report):
@@ -51,12 +38,8 @@ def test_every_rank_is_refused_when_another_job_writes_the_run_folder(tmp_path):
     same line (rank 1 does not wait in a collective for a rank 0 that has gone)."""
     run, report = tmp_path / "run", tmp_path / "report"
     report.mkdir()
-    holder = _hold(run)
-    try:
+    with held(run) as holder:
         run_ranks(_rank_tries_the_lock, str(run), str(report), world=2)
-    finally:
-        holder.kill()
-        holder.wait()
     outcomes = [(report / f"rank{r}").read_text() for r in (0, 1)]
     assert outcomes[0] == outcomes[1]
     assert outcomes[0].startswith(f"refused: {run} is being written by pid {holder.pid} on ")
@@ -71,7 +54,7 @@ def test_a_restarted_rank_0_waits_for_its_own_jobs_earlier_attempt_only(tmp_path
     monkeypatch.setattr(rg, "RESTART_WAIT_S", 30.0)
     monkeypatch.setattr(rg, "POLL_S", 0.1)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
-    holder = _hold(tmp_path, "trainer.simclr, torchrun job job-7", seconds=1.5)
+    holder = start_holder(tmp_path, "trainer.simclr, torchrun job job-7", seconds=1.5)
     t0 = time.monotonic()
     with rg.RunGuard(ONE, "trainer.simclr") as guard:
         guard.hold(tmp_path)
@@ -79,16 +62,12 @@ def test_a_restarted_rank_0_waits_for_its_own_jobs_earlier_attempt_only(tmp_path
         assert (tmp_path / ".tlx.lock").read_text().endswith("(trainer.simclr, torchrun job job-7)\n")
     assert 0.5 < time.monotonic() - t0 < 20
     holder.wait()
-    other = _hold(tmp_path, "trainer.simclr, torchrun job job-8")
-    try:
+    with held(tmp_path, "trainer.simclr, torchrun job job-8"):
         t0 = time.monotonic()
         with pytest.raises(FolderBusy, match=r"being written by pid \d+ on .*\(trainer.simclr, torchrun job job-8\)"):
             with rg.RunGuard(ONE, "trainer.simclr") as guard:
                 guard.hold(tmp_path)
         assert time.monotonic() - t0 < 5
-    finally:
-        other.kill()
-        other.wait()
 
 
 def test_an_interrupt_leaves_as_one_line_saying_how_to_continue(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held
 from tests.fixtures.optional import need
 from trainer import simclr
 from trainer.checkpoint import load_checkpoint
@@ -77,19 +78,24 @@ def test_run_directory_follows_the_run_format(straight):
     assert [p.name for p in (straight / "checkpoints").iterdir()] == ["last.pt"]
 
 
-def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
-    out = tmp_path / "crashed"
+def _crash_at_step(n, monkeypatch, argv):
+    """simclr.main(argv) dying inside optimizer step n (RuntimeError, as a node failure would stop it)."""
     real_step, calls = LARS.step, []
 
-    def step_or_crash(self, *a, **k):  # dies inside step 8, after the checkpoint of step 6 (mid-epoch 2)
+    def step_or_crash(self, *a, **k):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == n:
             raise RuntimeError("simulated node failure")
         return real_step(self, *a, **k)
     monkeypatch.setattr(LARS, "step", step_or_crash)
     with pytest.raises(RuntimeError, match="simulated node failure"):
-        simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+        simclr.main(argv)
     monkeypatch.setattr(LARS, "step", real_step)
+
+
+def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    _crash_at_step(8, monkeypatch, ["--data", str(ds), "--out", str(out), *ARGS])  # after the checkpoint of step 6
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6
     assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS])["step"] == 12   # --resume auto
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(out / "checkpoints" / "last.pt")
@@ -121,17 +127,7 @@ def test_a_restart_without_a_checkpoint_starts_the_logs_afresh(ds, straight, tmp
     """A first attempt killed before its first checkpoint left its steps.jsonl lines, and the restart (a new
     run: nothing to resume) appended its own: steps 1-2 twice (35 lines for 30 steps in the issue)."""
     out = tmp_path / "run"
-    real_step, calls = LARS.step, []
-
-    def step_or_crash(self, *a, **k):  # dies inside step 3, before the first checkpoint (step 3)
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated node failure")
-        return real_step(self, *a, **k)
-    monkeypatch.setattr(LARS, "step", step_or_crash)
-    with pytest.raises(RuntimeError, match="simulated node failure"):
-        simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
-    monkeypatch.setattr(LARS, "step", real_step)
+    _crash_at_step(3, monkeypatch, ["--data", str(ds), "--out", str(out), *ARGS])   # before the first checkpoint
     assert [s["step"] for s in _lines(out / "steps.jsonl")] == [1, 2] and not (out / "checkpoints").exists()
     simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
     assert [s["step"] for s in _lines(out / "steps.jsonl")] == list(range(1, 13))    # each step once
@@ -143,18 +139,11 @@ def test_a_second_trainer_into_a_run_folder_being_written_is_refused(ds, tmp_pat
     """Two trainers into one --out: one crashed, the other wrote interleaved logs. The second is now refused
     in one line naming the first's pid, before it reads or writes anything there."""
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tlxcore.lock import folder_lock\n"
-                               "with folder_lock(sys.argv[1], 'trainer.simclr'):\n    print('locked', flush=True)\n"
-                               "    time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held(out, "trainer.simclr") as holder:
         with pytest.raises(FolderBusy, match=rf"^{out} is being written by pid {holder.pid} on .* \(trainer.simclr\); "
                                              r"wait for it to finish"):
             simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
         assert sorted(p.name for p in out.iterdir()) == [".tlx.lock"]     # nothing read or written
-    finally:
-        holder.kill()
-        holder.wait()
     assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS, "--max-steps", "1"])["step"] == 1
 
 
