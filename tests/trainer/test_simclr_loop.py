@@ -258,9 +258,11 @@ def test_torchrun_two_ranks_restart_after_a_hard_crash(ds, tmp_path):
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.getcwd()])}
     # One restart is all it may take: without trainer.dist's per-attempt store prefix, restarted ranks
     # read the dead attempt's addresses and fail ("connectFullMesh failed ... Connection refused").
+    # --workers 1: rank 0's data-loader worker inherits its run-folder lock and gets torchrun's SIGTERM with it;
+    # the restarted rank 0 must still get the lock (tlxcore.lock: forked children close their copy)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
            str(Path(__file__).with_name("crash_once.py")), "--data", str(ds), "--out", str(out), *ARGS,
-           "--max-steps", "8"]
+           "--max-steps", "8", "--workers", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "crashed").exists()                       # it did crash once
