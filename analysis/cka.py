@@ -6,6 +6,7 @@ for weights) by features (neurons, channels, filters). Rows must correspond.
     >>> linear_cka(X, Y)                  # feature space, O(n p^2): cheap for many examples
     >>> rbf_cka(X, Y, threshold=1.0)      # Gaussian kernel, bandwidth = threshold * median distance
     >>> unbiased_cka(X, Y)                # debiased HSIC (Song et al. 2012), for small n
+    >>> cka_pairs([K1, K2, K3])           # CKA of every pair of Gram matrices, each centred once
     >>> acc = MinibatchCKA()              # Nguyen et al. 2021: unbiased HSIC averaged over minibatches,
     >>> for xb, yb in batches: acc.update(xb, yb)    # memory O(batch^2), never O(n^2)
     >>> acc.value()
@@ -76,6 +77,16 @@ def cka_from_grams(K, L) -> float:
     if denom == 0:
         raise AnalysisError("CKA is undefined for a constant representation (all examples identical)")
     return float(np.vdot(K, L) / denom)
+
+
+def cka_pairs(grams: list) -> np.ndarray:
+    """(k, k) biased CKA of every pair of k Gram matrices of the same examples, each centred once."""
+    centred = [_center(np.asarray(K, np.float64)) for K in grams]
+    norms = np.array([np.linalg.norm(K) for K in centred])
+    if not norms.all():
+        raise AnalysisError("CKA is undefined for a constant representation (all examples identical)")
+    flat = np.stack([K.ravel() / n for K, n in zip(centred, norms)])
+    return flat @ flat.T
 
 
 def rbf_cka(X, Y, threshold: float = 1.0) -> float:

@@ -29,6 +29,7 @@ from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapG
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
 from analysis.runs import GroupKey, Run, find_runs, headline_metric
 from analysis.scale_adjust import SPACES
+from analysis.weights import LAYOUTS
 from tlxcore.runtime import tool_version
 
 SECTIONS = ("runs", "result tables", "pairwise comparisons", "scale-adjusted results", "scale factors",
@@ -44,7 +45,9 @@ class ReportOptions:
     relative_improvement: bool = True          # convergence: min_improvement relative to the best so far
     convergence_metric: str | None = None      # validation metric (None: the task's headline metric)
     rbf_threshold: float = 1.0                 # RBF CKA bandwidth, in units of the median distance
-    uniqueness_splits: int = 10                # random halvings per layer for feature uniqueness
+    weight_layout: str = "study-code"          # weights as (out*kh*kw) x in (the study's) or kernel positions x filters
+    uniqueness_chunks: int = 8                 # the study's uniqueness: contiguous filter chunks compared pairwise
+    redundancy_splits: int = 10                # random halvings per layer for tlx's redundancy
     seed: int = 0
     scale_factors: str | None = None           # scale_factors.json (None: look in the out and runs folders)
     s_lb: float | None = None                  # or give the bounds by hand
@@ -58,8 +61,12 @@ class ReportOptions:
             raise AnalysisError(f"interpolation {self.interpolation!r} is not known; use one of {SPACES}")
         if not 0 < self.alpha < 1:
             raise AnalysisError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.uniqueness_splits < 1:  # (0 gave a mean of no values: NaN uniqueness with numpy warnings)
-            raise AnalysisError(f"uniqueness_splits must be >= 1, got {self.uniqueness_splits}")
+        if self.redundancy_splits < 1:  # (0 gave a mean of no values: NaN with numpy warnings)
+            raise AnalysisError(f"redundancy_splits must be >= 1, got {self.redundancy_splits}")
+        if self.uniqueness_chunks < 2:
+            raise AnalysisError(f"uniqueness_chunks must be >= 2, got {self.uniqueness_chunks}")
+        if self.weight_layout not in LAYOUTS:
+            raise AnalysisError(f"weight_layout {self.weight_layout!r} is not known; use one of {', '.join(LAYOUTS)}")
         if not self.rbf_threshold > 0:  # (checked here once, not as a note for every run's weights)
             raise AnalysisError(f"rbf_threshold must be > 0, got {self.rbf_threshold}")
         self.rule = ConvergenceRule(self.patience, self.min_improvement, self.relative_improvement)

@@ -202,25 +202,33 @@ def convergence_section(rep: Report) -> list[str]:
     return lines
 
 
+LAYOUT_TEXT = {"study-code": "the study's layout: (filter, row, column) positions as examples, input channels as "
+                              "features",
+               "kernel-positions": "kernel positions as examples, filters as features"}
+
+
 def reuse_section(rep: Report) -> list[str]:
     opts = rep.options
     lines = ["## Feature reuse and uniqueness", "",
              f"CKA between each of the first three conv layers before and after fine-tuning (weights from "
-             f"first_layers.npz; kernel positions as examples, filters as features), linear and RBF (bandwidth "
+             f"first_layers.npz; {LAYOUT_TEXT[opts.weight_layout]}), linear and RBF (bandwidth "
              f"{opts.rbf_threshold:g} × median distance), and SVCCA (99% variance; n/a where too few examples). "
-             f"Uniqueness: linear CKA between random halves of a layer's filters ({opts.uniqueness_splits} splits; "
-             f"lower = more unique filters), for the weights before (init) and after (final) fine-tuning.", ""]
+             f"Uniqueness (the study's coefficient): 1 − mean RBF CKA between the {opts.uniqueness_chunks} "
+             f"contiguous chunks of a layer's filters (higher = more unique filters). Redundancy (tlx): linear CKA "
+             f"between random halves of the filters ({opts.redundancy_splits} splits; higher = more redundant). Both "
+             f"for the weights before (init) and after (final) fine-tuning.", ""]
     finetune = [r for r in rep.runs if not r.is_pretraining]
     lines += missing("No first_layers.npz", [r for r in finetune if r.first_layers is None])
     if not any(r.first_layers is not None for r in finetune):
         return lines + ["Not computed: no fine-tuning run has first_layers.npz.", ""]
     lines += [f"- {n}" for n in rep.notes["feature reuse"]]
+    keys = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final", "redundancy_init",
+            "redundancy_final")
     body = [[c.group.label(), c.init, c.layer.replace(".weight", ""), c.n]
-            + [mean_std(c.stats[key], 3) if c.stats[key] else "n/a"
-               for key in ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final")]
+            + [mean_std(c.stats[key], 3) if c.stats[key] else "n/a" for key in keys]
             for c in rep.reuse_cells]
     lines += table(["task", "init", "layer", "n", "linear CKA", "RBF CKA", "SVCCA", "uniqueness init",
-                    "uniqueness final"], body)
+                    "uniqueness final", "redundancy init", "redundancy final"], body)
     for panel in rep.reuse_panels:
         lines += [image(f"feature reuse {panel.group.label()}", panel.figure), ""]
     return lines

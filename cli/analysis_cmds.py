@@ -50,8 +50,13 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--convergence-metric", help="Validation metric for convergence (default: the task's headline metric).")
 @click.option("--rbf-threshold", type=float, default=1.0, show_default=True,
               help="RBF CKA bandwidth in units of the median distance.")
-@click.option("--uniqueness-splits", type=int, default=10, show_default=True,
-              help="Random halvings per layer for feature uniqueness.")
+@click.option("--weight-layout", type=click.Choice(["study-code", "kernel-positions"]), default="study-code",
+              show_default=True, help="Conv weights as a representation: the study's (out*kh*kw) x in, or tlx's "
+                                      "kernel positions x filters.")
+@click.option("--uniqueness-chunks", type=int, default=8, show_default=True,
+              help="Uniqueness (the study's): contiguous filter chunks compared pairwise.")
+@click.option("--redundancy-splits", type=int, default=10, show_default=True,
+              help="Redundancy (tlx): random halvings of a layer's filters.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scale-factors", "scale_factors", type=click.Path(dir_okay=False, path_type=Path),
               help="scale_factors.json from `tlx scale-factors` (default: found in --out or RUNS_DIR).")
@@ -63,7 +68,8 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--interpolation", type=click.Choice(["log", "linear"]), default="log", show_default=True,
               help="Interpolate scale-adjusted results in log or linear dataset size.")
 def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, absolute_improvement,
-            convergence_metric, rbf_threshold, uniqueness_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
+            convergence_metric, rbf_threshold, weight_layout, uniqueness_chunks,
+            redundancy_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
             sizes, interpolation):
     """Turn run directories (and/or a published table) into tables, Welch tests and figures.
 
@@ -83,7 +89,8 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
     options = ReportOptions(
         ddof=int(ddof), alpha=alpha, patience=patience, min_improvement=min_improvement,
         relative_improvement=not absolute_improvement, convergence_metric=convergence_metric,
-        rbf_threshold=rbf_threshold, uniqueness_splits=uniqueness_splits, seed=seed,
+        rbf_threshold=rbf_threshold, weight_layout=weight_layout, uniqueness_chunks=uniqueness_chunks,
+        redundancy_splits=redundancy_splits, seed=seed,
         scale_factors=str(scale_factors) if scale_factors else None, s_lb=s_lb, s_ub=s_ub,
         scale_pair=_parse_pair(scale_pair), sizes=_parse_sizes(sizes), interpolation=interpolation)
     report = build_report(runs_dir, out_dir, summary, options)

@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("computed") / "report"
-    return compute_report(runs, out, options=ReportOptions(uniqueness_splits=1))
+    return compute_report(runs, out, options=ReportOptions(redundancy_splits=1))
 
 
 def snapshot(rep: Report) -> tuple:
