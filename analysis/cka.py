@@ -55,19 +55,24 @@ def gram_rbf(X, threshold: float = 1.0) -> np.ndarray:
     if not threshold > 0:
         raise AnalysisError(f"RBF threshold must be > 0, got {threshold}")
     X = np.asarray(X, dtype=np.float64)
-    dots = X @ X.T
-    sq = np.diag(dots)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * dots, 0.0)
+    sq = np.einsum("ij,ij->i", X, X)
+    d2 = X @ X.T          # becomes the squared distances, then the kernel, in place (n^2 memory once)
+    d2 *= -2.0
+    d2 += sq[:, None]
+    d2 += sq[None, :]
+    np.maximum(d2, 0.0, out=d2)
     median = np.median(d2)
     if median == 0:
         raise AnalysisError("RBF CKA is undefined when most examples are identical (median distance 0)")
-    return np.exp(-d2 / (2 * threshold**2 * median))
+    d2 *= -1.0 / (2 * threshold**2 * median)
+    return np.exp(d2, out=d2)
 
 
 def _center(K: np.ndarray) -> np.ndarray:
-    """H K H with H = I - 11^T/n."""
+    """H K H with H = I - 11^T/n (a new array)."""
     K = K - K.mean(0, keepdims=True)
-    return K - K.mean(1, keepdims=True)
+    K -= K.mean(1, keepdims=True)
+    return K
 
 
 def cka_from_grams(K, L) -> float:

@@ -23,8 +23,9 @@ from analysis.overlap import align, load_correctness, prediction_overlap, predic
 from analysis.results import Comparison, ResultRow, by_table
 from analysis.runs import GroupKey, Run, slug
 from analysis.scale_adjust import adjusted_rows, pretraining_sizes
-from analysis.scale_factors import RESULT_NAME, ScaleFactor, load_results
+from analysis.scale_factors import RESULT_NAME, ScaleFactor, load_results, pairs_path
 from analysis.scale_factors import from_values as scale_factors_from_values
+from analysis.slice_utility import SliceUtilityPanel, slice_utility
 from analysis.stats import Summary, describe
 from analysis.weights import LAYERS, feature_reuse, load_first_layers, redundancy, uniqueness
 
@@ -96,6 +97,21 @@ def scale_adjustment(rows: list[ResultRow], runs: list[Run], out_dir: Path, runs
     if not out and not skipped:
         notes.append(f"no task has results for both {small!r} and {large!r}")
     return scale, out
+
+
+def slice_utility_panel(options: ReportOptions, out_dir: Path, runs_dir, notes: list[str]) -> SliceUtilityPanel | None:
+    """Fig. SF4 from the slice pairs the scale_factors.json in use names (`tlx scale-factors --dump-pairs`)."""
+    path = find_scale_factors(options, out_dir, runs_dir)
+    pairs = pairs_path(path) if path is not None else None
+    if pairs is None:
+        notes.append("no slice pairs: run `tlx scale-factors DATA --out REPORT --dump-pairs` for utility against "
+                     "slice distance (Fig. SF4)")
+        return None
+    try:
+        return slice_utility(pairs)
+    except AnalysisError as exc:
+        notes.append(str(exc))
+        return None
 
 
 # ---------------------------------------------------------------- pairwise comparisons

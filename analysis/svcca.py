@@ -2,6 +2,7 @@
 
     >>> r = svcca(X, Y, keep=0.99)      # X: (n, p1), Y: (n, p2), rows are the same examples
     >>> r.mean, r.dims                  # mean canonical correlation, directions kept in X and Y
+    >>> cca(X, Y).mean()                # plain CCA: every direction X and Y span (mean CCA)
 
 Each representation is centred and reduced to the fewest singular directions that
 explain `keep` of its variance; the canonical correlations are then the singular
@@ -50,3 +51,19 @@ def svcca(X, Y, keep: float = 0.99) -> SVCCA:
     Qx, Qy = _top_directions(X, keep), _top_directions(Y, keep)
     rho = np.clip(np.linalg.svd(Qx.T @ Qy, compute_uv=False), 0.0, 1.0)
     return SVCCA(float(rho.mean()), rho, (Qx.shape[1], Qy.shape[1]), X.shape[0])
+
+
+def _span(X: np.ndarray, tol: float) -> np.ndarray:
+    """Orthonormal basis (n, k) of the centred columns' span; directions below tol * the largest are dropped
+    (a channel that is constant on the probe, e.g. a dead ReLU, spans nothing)."""
+    U, s, _ = np.linalg.svd(X - X.mean(0), full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        raise AnalysisError("CCA is undefined for a constant representation (all examples identical)")
+    return U[:, s > tol * s[0]]
+
+
+def cca(X, Y, tol: float = 1e-10) -> np.ndarray:
+    """Canonical correlations of X and Y (all min(rank X, rank Y) of them, largest first), after centring."""
+    X, Y = _pair(X, Y)
+    Qx, Qy = _span(X, tol), _span(Y, tol)
+    return np.clip(np.linalg.svd(Qx.T @ Qy, compute_uv=False), 0.0, 1.0)

@@ -151,7 +151,15 @@ def _print_report(report) -> None:
 @click.option("--bound", type=click.Choice(["both", "lb", "ub"]), default="both", show_default=True)
 @click.option("--compressor", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
               help="S_LB compressor: gzip as in the paper; zstd is faster and sees across slices.")
-@click.option("--level", type=int, help="Compression level (default: gzip 6, zstd 3).")
+@click.option("--level", type=int, help="Compression level (default: gzip 9 as the study's Python gzip, zstd 3).")
+@click.option("--estimator", type=click.Choice(["study-code", "paper-text"]), default="study-code", show_default=True,
+              help="S_UB as the study's code computed it (smoothed histograms, one MI range per volume, r not "
+                   "clipped, volumes over 300 slices skipped) or as its text describes it.")
+@click.option("--max-slices", type=click.IntRange(min=0),
+              help="S_UB skips volumes with more slices (default: 300 for study-code, none for paper-text; 0: none).")
+@click.option("--dump-pairs", is_flag=True,
+              help="Also write scale_factors_pairs.parquet: (volume, i, j, distance, utility) of every slice pair, "
+                   "for the utility-against-distance plot (Fig. SF4).")
 @click.option("--bins", type=int, default=64, show_default=True, help="Histogram bins per axis for the MI.")
 @click.option("--hu-range", type=(float, float), help="Fixed binning range LO HI (default: each slice's min..max).")
 @click.option("--volumes", type=int, help="Quick estimate: a random sample of this many volumes, with a 95% CI.")
@@ -164,8 +172,8 @@ def _print_report(report) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--method", type=click.Choice(["bincount", "onehot", "torch", "torch-float"]),
               help="How joint histograms are counted (default: bincount on CPU, torch on GPU).")
-def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_range, volumes, baseline_slices, seed,
-                  workers, device, method):
+def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator, max_slices, dump_pairs, bins, hu_range,
+                  volumes, baseline_slices, seed, workers, device, method):
     """Estimate a dataset's scale factors S_LB (compressibility) and S_UB (mutual information).
 
     S says how many CT slices are worth one independent image (paper supplement S4).
@@ -185,7 +193,8 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_r
     from tlxcore.progress import drawn
 
     cfg = ScaleFactorConfig(split=split, lower=bound in ("both", "lb"), upper=bound in ("both", "ub"),
-                            compressor=compressor, level=level, bins=bins, value_range=hu_range, volumes=volumes,
+                            compressor=compressor, level=level, estimator=estimator, max_slices=max_slices,
+                            dump_pairs=dump_pairs, bins=bins, value_range=hu_range, volumes=volumes,
                             baseline_slices=baseline_slices, seed=seed, workers=workers, device=device, method=method)
     with drawn() as progress:
         result = estimate_scale_factors(data_dir, cfg, progress=progress)
@@ -203,6 +212,12 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_r
         if key in result:
             entry = result[key]
             ci = f" (95% CI {entry['ci95'][0]:.4g} – {entry['ci95'][1]:.4g})" if entry["ci95"] else ""
-            console.print(f"{key.upper()} = {entry['value']:.4g}{ci}")
+            if entry["value"] is None:
+                console.print(f"[red]{key.upper()}: no volume to compute it on ({entry.get('volumes_skipped', 0)} "
+                              f"skipped over {entry.get('max_slices')} slices)[/red]")
+                continue
+            skipped = entry.get("volumes_skipped")
+            note = f"; {skipped} volume(s) over {entry['max_slices']} slices skipped" if skipped else ""
+            console.print(f"{key.upper()} = {entry['value']:.4g}{ci}{note}")
     console.print(f"{result['volumes_ok']} volumes, {result['slices_processed']} slices, "
                   f"{result['mi_evaluations']:,} MI evaluations in {result['seconds']:.1f} s -> {path}")

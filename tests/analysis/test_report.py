@@ -153,10 +153,10 @@ def study_layout(W):
 
 
 def reference_linear_cka(W0, W1):
+    """Sample-space CKA <HKH, HLH> / (|HKH| |HLH|) with K = XX^T; HKH = X_c X_c^T (columns centred)."""
     X, Y = study_layout(W0), study_layout(W1)
-    n = len(X)
-    H = np.eye(n) - 1.0 / n
-    K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
+    X, Y = X - X.mean(0), Y - Y.mean(0)
+    K, L = X @ X.T, Y @ Y.T
     return np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L))
 
 
