@@ -119,3 +119,17 @@ def test_svcca_is_degenerate_once_the_directions_fill_the_centred_space():
     assert forced.degenerate
     free = svcca(rng.normal(size=(11, 5)), rng.normal(size=(11, 5)))  # 5 + 5 = 10 dimensions of 10: no forced 1
     assert free.correlations.max() < 1 - 1e-6 and not free.degenerate
+
+
+def test_cca_of_single_columns_is_the_absolute_correlation_and_dead_channels_span_nothing():
+    from analysis.svcca import cca
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(500, 1))
+    y = -0.5 * x + rng.normal(size=(500, 1))
+    assert cca(x, y)[0] == pytest.approx(abs(np.corrcoef(x[:, 0], y[:, 0])[0, 1]), abs=1e-12)
+    X = rng.normal(size=(500, 4))
+    dead = np.c_[X, np.zeros(500)]          # a ReLU channel that never fires on the probe
+    Y = X @ rng.normal(size=(4, 4)) + 0.1 * rng.normal(size=(500, 4))
+    assert cca(dead, Y) == pytest.approx(cca(X, Y), abs=1e-12) and len(cca(dead, Y)) == 4
+    assert cca(X, X @ rng.normal(size=(4, 4))) == pytest.approx(np.ones(4), abs=1e-9)

@@ -132,3 +132,30 @@ def test_dump_pairs_writes_every_ordered_pair_with_its_distance_and_utility(tmp_
     # a run without --dump-pairs removes an older dump instead of leaving it to be read as its own
     write_results(estimate_scale_factors(mixed, ScaleFactorConfig(lower=False)), tmp_path)
     assert not (tmp_path / "scale_factors_pairs.parquet").exists()
+
+
+def test_the_report_plots_utility_against_distance_from_the_pairs_file(tmp_path):
+    from analysis.report import ReportOptions, build_report
+    from tests.analysis.synthetic import write_run
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "scale_factors.json").write_text(
+        '{"format": "tlx-scale-factors", "version": 1, "pairs_file": "scale_factors_pairs.parquet", '
+        '"s_lb": {"value": 1.2, "ci95": null, "compressor": "gzip", "level": 9}, '
+        '"s_ub": {"value": 3.0, "ci95": null, "estimator": "study-code", "volumes_skipped": 2, "max_slices": 300}}')
+    pl.DataFrame({"volume": ["v", "v", "w"], "i": [0, 1, 5], "j": [1, 0, 7], "distance": [1, 1, 2],
+                  "utility": [0.2, 0.4, 0.9]}).write_parquet(out / "scale_factors_pairs.parquet")
+    write_run(tmp_path / "runs", "radnet", "scratch", 0, metrics={"accuracy": 0.5})
+    report = build_report(tmp_path / "runs", out, options=ReportOptions(redundancy_splits=1))
+    rows = pl.read_csv(out / "slice_utility.csv").to_dicts()
+    assert [(r["distance"], r["pairs"]) for r in rows] == [(1, 2), (2, 1)]
+    assert rows[0]["mean"] == pytest.approx(0.3) and rows[0]["median"] == pytest.approx(0.3)
+    assert rows[0]["q10"] == pytest.approx(0.22) and rows[1]["q90"] == pytest.approx(0.9)
+    text = report.index.read_text()
+    assert "3 ordered pairs of 2 volume(s)" in text and (out / report.slice_utility.figure).is_file()
+    assert "| S_UB | 3 | — | estimator study-code, 2 volume(s) over 300 slices skipped |" in text
+    assert "| S_LB | 1.2 | — | gzip level 9 |" in text
+    (out / "scale_factors_pairs.parquet").unlink()
+    report = build_report(tmp_path / "runs", out, options=ReportOptions(redundancy_splits=1))
+    assert report.slice_utility is None and "cannot be read as Parquet" in report.notes["slice utility"][0]
