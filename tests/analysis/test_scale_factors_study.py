@@ -87,7 +87,8 @@ def mixed(tmp_path_factory):
     volumes = {"a": rng.integers(-1000, 1000, (3, 16, 16)), "b": rng.integers(-1000, 1000, (3, 16, 16)),
                "long": np.repeat(rng.integers(-1000, 1000, (1, 16, 16)), 5, 0),
                "c": rng.integers(-1000, 1000, (4, 16, 16))}
-    return write_ct_dataset(tmp_path_factory.mktemp("study") / "data", {k: v.astype(np.int16) for k, v in volumes.items()})
+    return write_ct_dataset(tmp_path_factory.mktemp("study") / "data",
+                            {k: v.astype(np.int16) for k, v in volumes.items()})
 
 
 def test_volumes_over_the_slice_limit_are_skipped_for_s_ub_only(mixed):
