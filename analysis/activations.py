@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.cka import linear_cka
 from analysis.errors import AnalysisError
-from analysis.svcca import cca, svcca
+from analysis.svcca import covariance_similarities
 
 FORMAT, VERSION = "tlx-features", 1
 MEASURES = ("mean_cca", "svcca", "cka")
@@ -75,8 +74,10 @@ def load_features(path: Path | str) -> Features:
 
 
 def similarity(X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
-    """mean CCA, SVCCA and linear CKA of two (points, channels) activations of the same points."""
-    return {"mean_cca": float(cca(X, Y).mean()), "svcca": svcca(X, Y).mean, "cka": linear_cka(X, Y)}
+    """mean CCA, SVCCA and linear CKA of two (points, channels) activations of the same points, from their
+    covariances (analysis.svcca.covariance_similarities: one pass over the points for all three)."""
+    values = covariance_similarities(X, Y)
+    return {m: values[m] for m in MEASURES}
 
 
 def compare(a: Features, model_a: str, b: Features, model_b: str) -> list[dict]:

@@ -237,7 +237,7 @@ def reuse_section(rep: Report) -> list[str]:
     lines += missing("No first_layers.npz", [r for r in finetune if r.first_layers is None])
     if not any(r.first_layers is not None for r in finetune):
         return lines + ["Not computed: no fine-tuning run has first_layers.npz.", ""]
-    lines += [f"- {n}" for n in rep.notes["feature reuse"]]
+    lines += [f"- {n}" for n in rep.notes["feature reuse"]] + ([""] if rep.notes["feature reuse"] else [])
     keys = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final", "redundancy_init",
             "redundancy_final")
     body = [[c.group.label(), c.init, c.layer.replace(".weight", ""), c.n]
@@ -259,14 +259,15 @@ def activation_section(rep: Report) -> list[str]:
              "(matched by seed rank); the random encoders of two seeds (the floor). Mean ± std over pairs.", ""]
     finetune = [r for r in rep.runs if not r.is_pretraining]
     lines += missing("No features.npz", [r for r in finetune if r.features is None])
-    lines += [f"- {n}" for n in rep.notes["activation similarity"]]
+    notes = rep.notes["activation similarity"]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     if not rep.activation_panels:
-        return lines + ["", "Not computed: no pair of models to compare.", ""]
+        return lines + ["Not computed: no pair of models to compare.", ""]
     for panel in rep.activation_panels:
         label = panel.group.label()
         body = [[c.comparison, c.label, c.layer, c.n] + [mean_std(c.stats[m], 3) for m in ("mean_cca", "svcca", "cka")]
                 for c in panel.cells]
-        lines += ["", f"### {label}", ""]
+        lines += [f"### {label}", ""]
         lines += table(["comparison", "models", "layer", "pairs", "mean CCA", "SVCCA", "linear CKA"], body)
         lines += [image(f"activation similarity {label}", panel.figure), ""]
     return lines
@@ -325,14 +326,14 @@ def pixel_map_section(rep: Report) -> list[str]:
     segmentation = [r for r in rep.runs if not r.is_pretraining and r.metrics is not None
                     and r.config.get("kind") == "segmentation"]
     lines += missing("Segmentation runs without masks.npz", [r for r in segmentation if r.masks is None])
-    lines += [f"- {n}" for n in rep.notes["pixel maps"]]
+    lines += [f"- {n}" for n in rep.notes["pixel maps"]] + ([""] if rep.notes["pixel maps"] else [])
     if not rep.pixel_maps:
-        return lines + ["", "Not computed: no task has masks.npz from two or more inits.", ""]
+        return lines + ["Not computed: no task has masks.npz from two or more inits.", ""]
     for panel in rep.pixel_maps:
         label = panel.group.label()
         body = [[name, f"{o * 100:.3f}", f"{e * 100:.3f}", fmt(o / e, 3) if e > 0 else "n/a"]
                 for name, o, e in panel.cells]
-        lines += ["", f"### {label}", "",
+        lines += [f"### {label}", "",
                   f"{', '.join(panel.names)}: {panel.model_sets} model set(s), {panel.units:,} compared pixels each.",
                   ""]
         lines += table(["right only under", "observed %", "expected %", "observed / expected"], body)

@@ -142,11 +142,11 @@ def _collect(encoders, data, ids, plan, shapes, device, batch_size, progress) ->
             for (layer, r), (flat, ch) in plan.items():
                 _, h, w = shapes[layer]
                 lo, hi = np.searchsorted(flat, [start * h * w, stop * h * w])
-                img, rest = np.divmod(flat[lo:hi], h * w)
+                img, rest = np.divmod(flat[lo:hi] - start * h * w, h * w)
                 y, xx = np.divmod(rest, w)
-                act = stages[layer][torch.as_tensor(img - start, device=device)][:, torch.as_tensor(ch, device=device)]
-                rows = act[torch.arange(len(img), device=device), :, torch.as_tensor(y, device=device),
-                           torch.as_tensor(xx, device=device)]
+                index = [torch.as_tensor(a, device=device)[:, None] for a in (img, y, xx)]
+                # one gather of (points, channels): no copy of whole maps
+                rows = stages[layer][index[0], torch.as_tensor(ch, device=device)[None, :], index[1], index[2]]
                 out[f"{m}/{layer}/{r}"][lo:hi] = rows.float().cpu().numpy()
         progress(Tick("features", done, len(batches), "batches"))
     return out
