@@ -130,15 +130,18 @@ def test_the_two_forms_agree_while_the_lr_is_constant_and_an_unknown_form_is_ref
 
 
 def test_the_recipes_apply_the_lr_inside_the_momentum_and_a_run_from_before_resumes_only_as_it_was():
-    from trainer.config import config_dict, parse_config
-    from trainer.simclr import SimCLRConfig, check_resumable, resolve
+    from trainer.checkpoint import check_same_run
+    from trainer.config import parse_config
+    from trainer.simclr import SimCLRConfig, resolve, saved_config
 
     for recipe in ("paper", "simclr"):
         cfg = resolve(parse_config(SimCLRConfig, ["--data", "d", "--out", "o", "--recipe", recipe]))
         assert cfg.lars_form == "study-code"
-    cfg = resolve(parse_config(SimCLRConfig, ["--data", "d", "--out", "o"]))
-    before = {k: v for k, v in config_dict(cfg).items() if k != "lars_form"}   # a checkpoint of tlx before the flag
-    with pytest.raises(TrainerError, match="cannot resume: --lars-form differ"):
-        check_resumable(cfg, {"config": before}, {})
-    old = resolve(parse_config(SimCLRConfig, ["--data", "d", "--out", "o", "--lars-form", "lr-outside"]))
-    check_resumable(old, {"config": before}, {})   # resumed with the form it ran with: fine
+    before = saved_config({"config": {"lr": 4.8}})    # a checkpoint of tlx before the flag: no lars_form
+    assert before == {"lars_form": "lr-outside", "lr": 4.8}
+    with pytest.raises(TrainerError, match="--lars-form differ from the checkpoint's run"):
+        check_same_run(before, {"lars_form": "study-code", "lr": 4.8}, flags=["lars_form", "lr"], source="x",
+                       fix="a new --out")
+    check_same_run(before, {"lars_form": "lr-outside", "lr": 4.8}, flags=["lars_form", "lr"], source="x",
+                   fix="a new --out")   # resumed with the form it ran with: fine
+    assert saved_config({"config": {"lars_form": "study-code"}})["lars_form"] == "study-code"
