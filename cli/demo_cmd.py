@@ -64,7 +64,7 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
                  *small],
                 run_dir / "result.json"))
     # a small probe: 64 test images, 4,000 positions, 2 draws (the defaults are sized for ResNet-50 at 256 px)
-    steps.append(Step("save the fine-tuned runs' activations on the test split (CCA/CKA)",
+    steps.append(Step("save the fine-tuned runs' activations on a probe set",
                       tlx + ["features", *map(str, run_dirs), "--probe", str(data), "--images", "64", "--points",
                              "4000", "--repeats", "2", "--device", "cpu"], run_dirs[-1] / "features.npz"))
     report = out / "report"
