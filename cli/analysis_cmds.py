@@ -74,9 +74,11 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
     """Turn run directories (and/or a published table) into tables, Welch tests and figures.
 
     Reads every config.json below RUNS_DIR (docs/run-format.md) and writes OUT/index.md
-    with result tables, pairwise comparisons, scale-adjusted results, scale factors,
-    convergence, feature reuse and prediction overlap, each figure a PNG and each
-    table a CSV beside it. A section that lacks its inputs says what is missing.
+    with result tables, pairwise comparisons, scale-adjusted results, scale factors and
+    slice utility against distance, convergence, feature reuse and uniqueness, activation
+    similarity (runs with features.npz from `tlx features`), prediction overlap and pixel
+    maps (runs with masks.npz from --save-masks), each figure a PNG and each table a CSV
+    beside it. A section that lacks its inputs says what is missing.
 
     \b
     Example:
