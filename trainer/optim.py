@@ -57,11 +57,11 @@ def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling with momentum; groups flagged `lars_exclude` skip decay and trust ratio.
 
-    `form` says where the learning rate enters (module docstring); callers name it, the recipes
-    pick `study-code`."""
+    `form` says where the learning rate enters (module docstring): `study-code` (the default, the
+    study's and TF-SimCLR's) or `lr-outside`; both trainers pass their --lars-form."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 0.0, form: str = "lr-outside"):
+                 trust_coefficient: float = 0.001, eps: float = 0.0, form: str = "study-code"):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if form not in LARS_FORMS:
