@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from cli.datakit_cmds import WORKERS
+
 
 @click.command(epilog="""\b
 Example:
@@ -12,8 +14,9 @@ Example:
 @click.argument("dataset_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--deny-list", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="UTF-8 file of names and ids (one per line, # comments) that must appear nowhere.")
+@WORKERS
 @click.pass_context
-def audit(ctx, dataset_dir, deny_list):
+def audit(ctx, dataset_dir, deny_list, workers):
     """Search every shareable file of a dataset for PHI; exit 1 listing where, 0 if none.
 
     Reads slices.parquet and volumes.parquet (every string, against what its column holds),
@@ -29,7 +32,7 @@ def audit(ctx, dataset_dir, deny_list):
     from tlxcore.progress import drawn
 
     with drawn() as progress:
-        report = audit_dataset(dataset_dir, deny_list=deny_list, progress=progress)
+        report = audit_dataset(dataset_dir, deny_list=deny_list, workers=workers, progress=progress)
     console = Console(highlight=False)
     out = lambda text: console.print(text, markup=False)   # noqa: E731 - file names are not rich markup
     not_read = "; ".join(f"{name}: {why}" for name, why in sorted(report.skipped.items()))

@@ -4,7 +4,7 @@
     report.clean                 # True: nothing found
     report.findings              # [Finding(file, where, check)]: the first MAX_LISTED of each (file, check)
     report.counts                # (file, check) -> how many
-    report.checked, report.skipped    # files audited; files not audited, with why
+    report.checked, report.skipped    # files audited (as findings name them); files not audited, with why
 
 What is read (datakit.audit_files, one function per kind of file; audit_rules, what a string
 is checked for):
@@ -32,13 +32,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakit.audit_rules import TextChecker, load_deny_list
+import numpy as np
+import pyarrow as pa
+
+from datakit.audit_rules import TextChecker, as_strings, load_deny_list
 from tlxcore.atomic import is_partial
 from tlxcore.progress import Progress, Tick, silent
+from tlxcore.runtime import default_workers
 
 OPERATOR_SIDE = {"work": "operator-side intermediates (source paths); never shared",
                  "rejects.parquet": "the operator's report of rejected files (source paths); never shared"}
 MAX_LISTED = 20          # findings kept per (file, check); the rest are counted
+FLUSH_STRINGS = 1 << 20  # strings checked at once
+MIN_POOL_TARS = 64       # fewer tars are read here: starting worker processes would cost more
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,35 @@ class AuditContext:
         self.classes = list(manifest.get("classes") or [])
         self.exts = sorted(manifest.get("members") or {})
         self.names: dict[str, str] = {}   # relative path -> how findings name the file (audit_files.audit_paths)
+        self._pending: dict = {}
+        self._pending_strings = 0
 
     def check(self, file: str, values, expect=None, where=lambda i: f"value {i}") -> None:
-        """Check strings (a list or a pyarrow array) and add a finding per problem, located by `where(i)`."""
+        """Check strings (a list or a pyarrow array): a finding per problem, located by `where(i)`.
+
+        Strings wait in a buffer per `expect` and are checked FLUSH_STRINGS at a time (and at
+        `flush`): each pyarrow regex call compiles its pattern, which costs more than matching
+        the few hundred member names of a shard. `where` must not depend on later state."""
+        values = as_strings(values)
+        if not len(values):
+            return
         self.report.strings += len(values)
-        for i, check in self.checker.check(values, expect):
-            self.report.add(file, where(i), check)
+        self._pending.setdefault(expect, []).append((values, file, where))
+        self._pending_strings += len(values)
+        if self._pending_strings >= FLUSH_STRINGS:
+            self.flush()
+
+    def flush(self) -> None:
+        for expect, parts in self._pending.items():
+            arrays = [a for a, _, _ in parts]
+            if any(pa.types.is_large_string(a.type) for a in arrays):
+                arrays = [a.cast(pa.large_string()) for a in arrays]
+            starts = np.cumsum([0] + [len(a) for a in arrays])
+            for i, check in self.checker.check(pa.concat_arrays(arrays), expect):
+                part = int(np.searchsorted(starts, i, side="right")) - 1
+                _, file, where = parts[part]
+                self.report.add(file, where(i - int(starts[part])), check)
+        self._pending, self._pending_strings = {}, 0
 
 
 def _files(root: Path, report: AuditReport) -> list[tuple[str, Path]]:
@@ -109,11 +138,14 @@ def _files(root: Path, report: AuditReport) -> list[tuple[str, Path]]:
 
 
 def audit_dataset(dataset_dir: str | os.PathLike, deny_list: str | os.PathLike | None = None,
-                  progress: Progress = silent) -> AuditReport:
+                  workers: int | None = None, progress: Progress = silent) -> AuditReport:
     """Audit a finished dataset (see the module docstring). DatakitError (one line) for a folder that
-    is not one, or a deny list that cannot be used. `progress` gets Tick("audit", files done, files)."""
+    is not one, or a deny list that cannot be used. The tars' headers are read by `workers` processes
+    (default: the cores this process may use; one for fewer than MIN_POOL_TARS tars). `progress` gets
+    Tick("audit", files done, files)."""
     from datakit import audit_files as af
     from datakit.manifest import read_manifest
+    from datakit.write_pool import run_tasks
 
     root = Path(dataset_dir)
     deny = load_deny_list(deny_list) if deny_list is not None else None
@@ -123,19 +155,42 @@ def audit_dataset(dataset_dir: str | os.PathLike, deny_list: str | os.PathLike |
     files = _files(root, report)
     af.audit_paths(ctx, [rel for rel, _ in files])
     progress(Tick("audit", 0, len(files), "files"))
-    for done, (rel, path) in enumerate(files, 1):
+    tars = [(rel, path) for rel, path in files if _is_tar(rel, path)]
+    workers = 1 if len(tars) < MIN_POOL_TARS else max(1, workers or default_workers())
+    done = 0
+    for rel, headers in run_tasks(_read_tar, tars, workers):
+        af.audit_tar(ctx, rel, headers)
+        report.checked.append(ctx.names[rel])
+        done += 1
+        progress(Tick("audit", done, len(files), "files"))
+    for rel, path in files:
+        if _is_tar(rel, path):
+            continue
         if is_partial(path):
             report.add(ctx.names[rel], "file", "a temporary file of an unfinished write (delete it before sharing)")
         elif rel == "manifest.json":
             af.audit_manifest(ctx, rel, path)
         elif rel in af.TABLES:
             af.audit_parquet(ctx, rel, path)
-        elif rel.startswith("shards/") and rel.endswith(".tar"):
-            af.audit_tar(ctx, rel, path)
         elif rel.startswith("shards/") and rel.endswith(".idx"):
             af.audit_idx(ctx, rel, path)
         else:
             af.audit_text(ctx, rel, path)
-        report.checked.append(rel)
+        report.checked.append(ctx.names[rel])
+        done += 1
         progress(Tick("audit", done, len(files), "files"))
+    ctx.flush()
+    report.checked.sort()
+    report.findings.sort(key=lambda f: (f.file, f.check))   # the pool returns tars in completion order
     return report
+
+
+def _is_tar(rel: str, path: Path) -> bool:
+    return rel.startswith("shards/") and rel.endswith(".tar") and not is_partial(path)
+
+
+def _read_tar(task: tuple[str, Path]):
+    from datakit.audit_files import read_tar_headers
+
+    rel, path = task
+    return rel, read_tar_headers(str(path))

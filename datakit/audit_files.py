@@ -1,7 +1,8 @@
 """One audit per kind of file of a dataset; datakit.audit walks the files and keeps the report.
 
-    names = audit_paths(ctx, rels)              # every path checked; how findings name each file
-    audit_parquet(ctx, "slices.parquet", path)  # audit_manifest, audit_tar, audit_idx, audit_text alike
+    audit_paths(ctx, rels)                      # every path checked; ctx.names: how findings name each file
+    audit_parquet(ctx, "slices.parquet", path)  # audit_manifest, audit_idx, audit_text alike
+    audit_tar(ctx, rel, read_tar_headers(str(path)))   # the reading part runs on a process pool
 
 What each column and manifest field of a ct-slices dataset must hold comes from
 docs/dataset-format.md (keep them in step); other kinds (tlx convert of public datasets,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,11 +102,13 @@ def audit_parquet(ctx: AuditContext, rel: str, path: Path) -> None:
         for i, f in enumerate(schema):
             col = batch.column(i)
             if _is_text(f.type):
-                ctx.check(name, col, expects.get(f.name), where=lambda r, i=i: f"{label[i]}, row {offset + r}")
+                ctx.check(name, col, expects.get(f.name),
+                          where=lambda r, i=i, offset=offset: f"{label[i]}, row {offset + r}")
             elif _is_list_of_text(f.type):
                 parents = pc.list_parent_indices(col).to_numpy()
                 ctx.check(name, pc.list_flatten(col), expects.get(f.name),
-                          where=lambda r, i=i, parents=parents: f"{label[i]}, row {offset + int(parents[r])}")
+                          where=lambda r, i=i, offset=offset, parents=parents:
+                          f"{label[i]}, row {offset + int(parents[r])}")
         offset += batch.num_rows
 
 
@@ -170,36 +174,58 @@ def _member_body(ctx: AuditContext) -> str:
     return member_name(CT_KEY_BODY if ctx.kind == "ct-slices" else KEY_BODY, ctx.exts)
 
 
-def audit_tar(ctx: AuditContext, rel: str, path: Path) -> None:
-    """Every member's name, and its header as the format writes it: a regular file, no owner names,
-    uid/gid 0, mtime 0, no link name, no pax records (any of them could carry names or dates)."""
-    name, names, texts = ctx.names[rel], [], []
+@dataclass
+class TarHeaders:
+    """What audit reads of a tar: member names, header fields that differ from what the format writes
+    (where, check), the text those fields hold (where, text), and whether the tar broke off."""
+    names: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    unreadable: bool = False
+
+
+def read_tar_headers(path: str) -> TarHeaders:
+    """Every member's header, as the format writes it: a regular file, no owner names, uid/gid 0,
+    mtime 0, no link name, no pax records (any of them could carry names or dates). Picklable, for a
+    process pool: tarfile reads ~30 us per header, 12 minutes for the 24M members of 12M samples."""
+    out = TarHeaders()
     try:
         with tarfile.open(path, "r:") as tar:
             for i, m in enumerate(tar):
-                names.append(m.name)
-                _header(ctx, name, i, m, texts)
+                out.names.append(m.name)
+                _header(i, m, out)
     except (tarfile.TarError, OSError):
-        ctx.report.add(name, "file", "not a readable tar (the members before the damage were checked)")
-    ctx.check(name, names, Expect("a member name (<key>.<member of the manifest>)", f"^{_member_body(ctx)}$"),
-              where=lambda i: f"member {i} name")
-    ctx.check(name, [t for _, t in texts], None, where=lambda i: texts[i][0])
+        out.unreadable = True
+    return out
 
 
-def _header(ctx: AuditContext, name: str, i: int, m: tarfile.TarInfo, texts: list) -> None:
+def _header(i: int, m: tarfile.TarInfo, out: TarHeaders) -> None:
     if not m.isreg():
-        ctx.report.add(name, f"member {i}", "not a regular file")
-    for field in ("uname", "gname", "linkname"):
-        if getattr(m, field):
-            ctx.report.add(name, f"member {i} {field}", f"{field} is not empty (the format writes none)")
-            texts.append((f"member {i} {field}", getattr(m, field)))
+        out.problems.append((f"member {i}", "not a regular file"))
+    for name in ("uname", "gname", "linkname"):
+        if getattr(m, name):
+            out.problems.append((f"member {i} {name}", f"{name} is not empty (the format writes none)"))
+            out.texts.append((f"member {i} {name}", getattr(m, name)))
     if m.uid or m.gid:
-        ctx.report.add(name, f"member {i}", "uid or gid is not 0 (the format writes 0)")
+        out.problems.append((f"member {i}", "uid or gid is not 0 (the format writes 0)"))
     if m.mtime:
-        ctx.report.add(name, f"member {i}", "mtime is not 0 (the format writes 0; a real time dates the file)")
+        out.problems.append((f"member {i}", "mtime is not 0 (the format writes 0; a real time dates the file)"))
     for n, (k, v) in enumerate(m.pax_headers.items()):
-        ctx.report.add(name, f"member {i} pax record {n}", "a pax header record (the format writes none)")
-        texts.append((f"member {i} pax record {n}", f"{k}={v}"))
+        out.problems.append((f"member {i} pax record {n}", "a pax header record (the format writes none)"))
+        out.texts.append((f"member {i} pax record {n}", f"{k}={v}"))
+
+
+def audit_tar(ctx: AuditContext, rel: str, headers: TarHeaders) -> None:
+    """Findings of one tar from its headers (read_tar_headers): names against the manifest's members."""
+    name = ctx.names[rel]
+    if headers.unreadable:
+        ctx.report.add(name, "file", "not a readable tar (the members before the damage were checked)")
+    for where, check in headers.problems:
+        ctx.report.add(name, where, check)
+    ctx.check(name, headers.names, Expect("a member name (<key>.<member of the manifest>)", f"^{_member_body(ctx)}$"),
+              where=lambda i: f"member {i} name")
+    texts = headers.texts
+    ctx.check(name, [t for _, t in texts], None, where=lambda i: texts[i][0])
 
 
 def audit_idx(ctx: AuditContext, rel: str, path: Path) -> None:

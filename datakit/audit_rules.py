@@ -157,7 +157,8 @@ def load_deny_list(path: str | os.PathLike) -> DenyList:
 
 # ---------------------------------------------------------------- checking arrays of strings
 
-def _strings(values) -> pa.Array:
+def as_strings(values) -> pa.Array:
+    """`values` (a list of str, or a pyarrow string, large string or dictionary array) as one string array."""
     arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -179,7 +180,7 @@ class TextChecker:
     def check(self, values, expect: Expect | None = None) -> list[tuple[int, str]]:
         """`values`: a pyarrow string array (dictionary and chunked ones too) or a list of str; nulls
         are never findings. `expect` None: free text (dates, UIDs and the deny list only)."""
-        arr = _strings(values)
+        arr = as_strings(values)
         found: list[tuple[int, str]] = []
         if expect is not None:
             ok = (pc.is_in(arr, value_set=pa.array(expect.values, arr.type)) if expect.values is not None
