@@ -34,17 +34,22 @@ from datakit.errors import DatakitError
 
 @dataclass(frozen=True)
 class Expect:
-    """What a value must be: a full-match RE2 `pattern`, or one of `values`. `name` says it in a finding."""
+    """What a value must be: a full-match RE2 `pattern`, one of `values`, or at most `max_len`
+    characters none of which matches `forbidden` (a character class: RE2 is slow at counted
+    repetitions of Unicode classes). `name` says it in a finding."""
     name: str
     pattern: str | None = None
     values: tuple[str, ...] | None = None
+    forbidden: str | None = None
+    max_len: int | None = None
 
 
 PSEUDONYM = Expect("a pseudonym (16 hex digits)", r"^[0-9a-f]{16}$")
 FINGERPRINT = Expect("a secret fingerprint (16 hex digits)", r"^[0-9a-f]{16}$")
 HEX32 = Expect("a hash (32 hex digits)", r"^[0-9a-f]{32}$")
 HEX64 = Expect("a sha256 (64 hex digits)", r"^[0-9a-f]{64}$")
-CODE = Expect("a code (at most 64 letters, digits, spaces or _.,+/:()-)", r"^[\p{L}\p{N} _.,+/:()-]{0,64}$")
+CODE = Expect("a code (at most 64 letters, digits, spaces or _.,+/:()-)", forbidden=r"[^\p{L}\p{N} _.,+/:()-]",
+              max_len=64)
 SPLIT = Expect("a split name (train, val, test)", values=("train", "val", "test"))
 SHARD_TAR = Expect("a shard path (shards/<split>/<split>-NNNNNN.tar)",
                    r"^shards/(train/train|val/val|test/test)-[0-9]{6}\.tar$")
@@ -171,6 +176,15 @@ def _where(mask) -> np.ndarray:
     return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
 
 
+def _unexpected(arr: pa.Array, expect: Expect) -> pa.Array:
+    """True where a (non-null) value is not what `expect` says."""
+    if expect.values is not None:
+        return pc.invert(pc.is_in(arr, value_set=pa.array(expect.values, arr.type)))
+    if expect.pattern is not None:
+        return pc.invert(pc.match_substring_regex(arr, expect.pattern))
+    return pc.or_(pc.greater(pc.utf8_length(arr), expect.max_len), pc.match_substring_regex(arr, expect.forbidden))
+
+
 class TextChecker:
     """Checks arrays of strings; returns (index, check) pairs, never the strings."""
 
@@ -183,9 +197,7 @@ class TextChecker:
         arr = as_strings(values)
         found: list[tuple[int, str]] = []
         if expect is not None:
-            ok = (pc.is_in(arr, value_set=pa.array(expect.values, arr.type)) if expect.values is not None
-                  else pc.match_substring_regex(arr, expect.pattern))
-            found += [(int(i), f"not {expect.name}") for i in _where(pc.and_(pc.invert(ok), pc.is_valid(arr)))]
+            found += [(int(i), f"not {expect.name}") for i in _where(pc.and_(_unexpected(arr, expect), pc.is_valid(arr)))]
         for i in _where(pc.match_substring_regex(arr, _DICOM_PREFILTER)):
             found += [(int(i), c) for c in dicom_like(arr[int(i)].as_py())]
         if self.deny is not None:

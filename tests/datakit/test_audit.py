@@ -246,3 +246,15 @@ def test_deny_list_entries_match_their_usual_spellings(tmp_path):
     assert hits == {"MUELLER_HANS": "deny-list line 1", "mueller hans": "deny-list line 1",
                     "Muller^Hans": "deny-list line 1", "MüllerHans": "deny-list line 1",
                     "room 42": "deny-list line 2", "Ann Smith": "deny-list line 3"}
+
+
+def test_tars_as_tlx_writes_them_are_walked_fast_and_read_as_tarfile_reads_them(sharded):
+    from datakit.audit_files import TarHeaders, _header, _ustar_headers
+
+    for path in sorted((sharded[0] / "shards").rglob("*.tar")):
+        slow = TarHeaders()
+        with tarfile.open(path) as tar:
+            for i, m in enumerate(tar):
+                slow.names.append(m.name)
+                _header(i, m, slow)
+        assert _ustar_headers(path.read_bytes()) == slow and len(slow.names) > 0 and slow.problems == []
