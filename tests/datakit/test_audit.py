@@ -258,3 +258,34 @@ def test_tars_as_tlx_writes_them_are_walked_fast_and_read_as_tarfile_reads_them(
                 slow.names.append(m.name)
                 _header(i, m, slow)
         assert _ustar_headers(path.read_bytes()) == slow and len(slow.names) > 0 and slow.problems == []
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """kind -> a tiny `tlx convert` dataset of that kind (public datasets keep their source's ids)."""
+    from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder
+    from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
+    from datakit.convert.nifti_seg import NiftiSegOptions, convert_nifti_seg
+    from tests.fixtures.task_datasets import write_chestxray, write_class_folders, write_lits_cases
+
+    tmp = tmp_path_factory.mktemp("audit-kinds")
+    convert_nifti_seg(NiftiSegOptions(images=str(write_lits_cases(tmp / "lits", n_cases=5)), out=str(tmp / "seg"),
+                                      preset="lits", size=16, workers=1, samples_per_shard=7, val=1, test=1))
+    root, csv_path = write_chestxray(tmp / "cxr", n_patients=10, size=24)
+    convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv_path), out=str(tmp / "multi"), size=16,
+                                            val=0.2, test=0.2, workers=1, samples_per_shard=6))
+    convert_class_folder(ClassFolderOptions(root=str(write_class_folders(tmp / "nat", per_class=5, size=16)),
+                                            out=str(tmp / "cls"), val=0.2, test=0.2, workers=1, samples_per_shard=5))
+    return {"segmentation": tmp / "seg", "multilabel": tmp / "multi", "image-classification": tmp / "cls"}
+
+
+@pytest.mark.parametrize("kind", ["segmentation", "multilabel", "image-classification"])
+def test_converted_datasets_pass_and_a_planted_date_is_found(kind, converted, tmp_path):
+    report = audit_dataset(converted[kind], workers=1)
+    assert report.clean and report.kind == kind and "slices.parquet" in report.checked
+    ds = tmp_path / kind
+    shutil.copytree(converted[kind], ds)
+    _set_cell(ds / "slices.parquet", "split", 1, f"train {BIRTH_DATE}")
+    report = audit_dataset(ds, workers=1)
+    assert set(report.counts) == {("slices.parquet", "a DICOM-looking date"),
+                                  ("slices.parquet", "not a split name (train, val, test)")}
