@@ -34,7 +34,7 @@ def audit(ctx, dataset_dir, deny_list, workers):
     with drawn() as progress:
         report = audit_dataset(dataset_dir, deny_list=deny_list, workers=workers, progress=progress)
     console = Console(highlight=False)
-    out = lambda text: console.print(text, markup=False)   # noqa: E731 - file names are not rich markup
+    out = lambda text: console.print(text, markup=False)
     not_read = "; ".join(f"{name}: {why}" for name, why in sorted(report.skipped.items()))
     if report.clean:
         out(f"audit passed: {len(report.checked)} files of {report.dataset} ({report.kind}), {report.strings} "

@@ -30,7 +30,12 @@ def new(file):
     """
     from rich.console import Console
 
-    from datakit.secret import default_secret_path, fingerprint, load_secret, new_secret_file
+    from datakit.secret import (
+        default_secret_path,
+        fingerprint,
+        load_secret,
+        new_secret_file,
+    )
 
     path = new_secret_file(file if file is not None else default_secret_path())
     console = Console(highlight=False)

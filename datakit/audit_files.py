@@ -24,9 +24,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datakit.audit import AuditContext
+from datakit.audit_rules import (
+    CODE,
+    CT_KEY_BODY,
+    FINGERPRINT,
+    HEX32,
+    HEX64,
+    KEY_BODY,
+    PSEUDONYM,
+    SHARD_IDX,
+    SHARD_TAR,
+    SPLIT,
+    Expect,
+    as_strings,
+    member_name,
+    one_of,
+)
 from datakit.shards import ustar_header
-from datakit.audit_rules import (CODE, CT_KEY_BODY, FINGERPRINT, HEX32, HEX64, KEY_BODY, PSEUDONYM, SHARD_IDX,
-                                 SHARD_TAR, SPLIT, Expect, as_strings, member_name, one_of)
 
 TABLES = ("slices.parquet", "volumes.parquet")
 PER_ROW = frozenset({"key", "pixel_hash"})      # columns with a value per row: no distinct values to check

@@ -20,7 +20,7 @@ flagged too. Absent or empty tags do not flag a slice.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 BURNED_IN_TAGS = {"BurnedInAnnotation": "annotation", "RecognizableVisualFeatures": "visual-features"}
 # Words of ImageType values (split at spaces, `_` and `-`) that typically mark an image with burned-in

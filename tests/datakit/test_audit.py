@@ -266,7 +266,11 @@ def converted(tmp_path_factory):
     from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder
     from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
     from datakit.convert.nifti_seg import NiftiSegOptions, convert_nifti_seg
-    from tests.fixtures.task_datasets import write_chestxray, write_class_folders, write_lits_cases
+    from tests.fixtures.task_datasets import (
+        write_chestxray,
+        write_class_folders,
+        write_lits_cases,
+    )
 
     tmp = tmp_path_factory.mktemp("audit-kinds")
     convert_nifti_seg(NiftiSegOptions(images=str(write_lits_cases(tmp / "lits", n_cases=5)), out=str(tmp / "seg"),

@@ -11,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from datakit.burned_in import BURNED_IN_REASONS, FLAGS, SUSPECT_IMAGE_TYPE_WORDS, burned_in_flag
+from datakit.burned_in import (
+    BURNED_IN_REASONS,
+    FLAGS,
+    SUSPECT_IMAGE_TYPE_WORDS,
+    burned_in_flag,
+)
 from datakit.dicom_header import read_header, read_header_pydicom
 from tests.datakit.write_helpers import SECRET
 
