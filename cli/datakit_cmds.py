@@ -183,8 +183,8 @@ Example:
 @_apply(WRITE_OPTIONS)
 @resume_option("tlx shard")
 def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, fractions, seed, exclude_classes,
-          subset_size, subset_margin, allow_burned_in, size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor, workers,
-          resume, keep_staging):
+          subset_size, subset_margin, allow_burned_in, size, codec, zstd_level, min_coverage, samples_per_shard,
+          hu_floor, workers, resume, keep_staging):
     """DICOM tree -> dataset: tlx scan, tlx plan and tlx write in one go (resumable)."""
     from datakit.pipeline import shard as run_shard
     from datakit.write_config import RunOptions
