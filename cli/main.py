@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "write": ("cli.datakit_cmds:write", "Stage 3: decode, convert and write shards (resumable, partitionable)."),
     "verify": ("cli.datakit_cmds:verify", "Check every shard's bytes and every count of a dataset."),
     "info": ("cli.datakit_cmds:info", "Summarise a dataset: slices/volumes/patients per split and label."),
+    "audit": ("cli.audit_cmd:audit", "Search a dataset's shareable files for PHI before sharing it."),
+    "secret": ("cli.secret_cmd:secret", "Make a strong pseudonym key, or check which datasets it made."),
     "convert": ("cli.convert_cmds:convert", "Convert NIfTI segmentations or image folders to shards."),
     "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
     "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),

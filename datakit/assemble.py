@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datakit.burned_in import plan_burned_in_warnings
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
 from datakit.plan import REJECT_SCHEMA
@@ -307,6 +308,6 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
         **({"subset": subset} if (subset := subset_report(kept, plan_json.get("subset_targets"))) else {}),
         # What was written, not what was planned: write's filters can empty a small split further.
-        "warnings": split_warnings(plan_json["config"]["fractions"], splits),
+        "warnings": split_warnings(plan_json["config"]["fractions"], splits) + plan_burned_in_warnings(plan_json),
         "shards": shard_list,
     }

@@ -7,7 +7,7 @@
 Why a hand-written header walker: scan reads millions of headers, and pydicom's
 element generator builds an object per element of the whole header (a GE or
 Siemens header has hundreds, mostly private) before anything is converted. Here
-the header bytes are walked with struct, only the ~27 values in HEADER_TAGS are
+the header bytes are walked with struct, only the ~29 values in HEADER_TAGS are
 decoded, and the position of the PixelData value falls out for free, so write
 can later read uncompressed pixels with one seek and np.frombuffer. Anything the
 walker cannot follow is handed to pydicom (`read_header_pydicom`), which then
@@ -71,6 +71,8 @@ HEADER_TAGS: dict[int, tuple[str, str]] = {
     0x00280100: ("BitsAllocated", "US"),
     0x00280101: ("BitsStored", "US"),
     0x00280103: ("PixelRepresentation", "US"),
+    0x00280301: ("BurnedInAnnotation", "CS"),             # datakit.burned_in
+    0x00280302: ("RecognizableVisualFeatures", "CS"),
     0x00281052: ("RescaleIntercept", "DS"),
     0x00281053: ("RescaleSlope", "DS"),
 }

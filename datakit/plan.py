@@ -8,7 +8,8 @@
                           work/plan.json             the config, the classes, the counts, the subset targets
 
 The steps, in the order they run (one small function each):
-  1. candidates    rows scan accepted; rows without a UID or a label are rejected
+  1. candidates    rows scan accepted; rows without a UID or a label are rejected, and rows
+                   whose pixels may show text or a face (datakit.burned_in) unless allowed
   2. sop dedup     one file per SOPInstanceUID (copies of a file); the smallest path is kept
   3. volumes       a volume is a series; a series holding several patients is rejected whole;
                    its label is the label of most of its slices (ties: class order)
@@ -45,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datakit.burned_in import ALLOW_HINT, BURNED_IN_REASONS, burned_in_warning
 from datakit.errors import DatakitError
 from datakit.manifest import SPLITS, Layout, read_json
 from datakit.plan_splits import fill_empty_splits, split_warnings
@@ -59,7 +61,7 @@ PAPER_CLASSES = ("head", "thorax", "abdomen", "extremities", "pelvis", "spine", 
 SPLIT_BY = ("patient", "volume")
 ID_COLUMNS = ("patient", "series", "sop")
 # Index columns the decisions read (paths and reasons are read later, for rejected rows only).
-DECISION_COLUMNS = ("reject_code", *ID_COLUMNS, "slice_pos", "instance_number", "label")
+DECISION_COLUMNS = ("reject_code", *ID_COLUMNS, "slice_pos", "instance_number", "label", "burned_in")
 DETAIL_COLUMNS = ("path", "reject_code", "reject_reason", "series", "label_rule", "label_keyword", "label_field")
 
 # `path` and `duplicate_of` are source paths (relative to the DICOM root), for the operator only.
@@ -89,6 +91,9 @@ class PlanConfig:
     # Phase 1 converts this much more than a subset needs, since the coverage and pixel-duplicate
     # filters of write drop slices; write then cuts each split and class to its exact target.
     subset_margin: float = 0.25
+    # Keep slices whose header says (or whose ImageType suggests) that the pixels show text or a face
+    # (datakit.burned_in); rejected as `burned-in` by default. Recorded in plan.json and the manifest.
+    allow_burned_in: bool = False
 
     def check(self) -> None:
         if self.min_slices < 1:
@@ -155,7 +160,7 @@ def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
         **{c: pl.col(c).str.to_integer(base=16, dtype=pl.UInt64, strict=False) for c in ID_COLUMNS},
         **{f"{c}_len": pl.col(c).str.len_bytes() for c in ID_COLUMNS},
         slice_pos=pl.col("slice_pos").cast(pl.Float64), instance_number=pl.col("instance_number").cast(pl.Int64),
-        label=pl.col("label").cast(pl.Categorical),
+        label=pl.col("label").cast(pl.Categorical), burned_in=pl.col("burned_in").cast(pl.Categorical),
     ).collect(engine="streaming")
     if parsed.is_empty():
         raise DatakitError(f"{path} lists no files: the scanned folder was empty")
@@ -224,6 +229,17 @@ def candidates(index: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
                 "no rule of the label rules file matched; add a keyword or a default class to the rules file"),
     ]
     return cand.filter(~missing_uid & pl.col("label").is_not_null()), rejects
+
+
+def reject_burned_in(cand: pl.DataFrame, allow: bool) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """Step 1b: candidates whose pixels may show text or a face (scan's `burned_in` flag) are
+    rejected as `burned-in`, unless `allow` (--allow-burned-in) keeps them."""
+    flagged = pl.col("burned_in").is_not_null()
+    if allow:
+        return cand, []
+    reason = pl.format("{}; {}", pl.col("burned_in").cast(pl.String).replace_strict(
+        BURNED_IN_REASONS, default="scan flagged its pixels as likely to show text or a face"), pl.lit(ALLOW_HINT))
+    return cand.filter(~flagged), [_reject(cand.filter(flagged), "burned-in", reason)]
 
 
 def sop_copies(cand: pl.DataFrame) -> np.ndarray:
@@ -425,11 +441,14 @@ class Plan:
     rejects: pl.DataFrame         # plan rejects: row, series, code, reason
     classes: list[str]
     targets: dict | None
+    burned_in_planned: int = 0    # planned slices flagged by datakit.burned_in (only with allow_burned_in)
 
 
 def decide(index_path: Path, config: PlanConfig) -> Plan:
     index, ids = read_index(index_path)
     cand, rejects = candidates(index)
+    cand, burned = reject_burned_in(cand, config.allow_burned_in)
+    rejects += burned
     classes = class_list(cand["label"].unique().drop_nulls().cast(pl.String).to_list())
     unknown = sorted(set(config.exclude_classes) - set(classes))
     if unknown:
@@ -478,7 +497,9 @@ def decide(index_path: Path, config: PlanConfig) -> Plan:
     perm = np.random.default_rng([config.seed, 0x5EED]).permutation(len(slices))
     slices = slices.with_columns(order=pl.Series(perm, dtype=pl.Int64))
     rejects = pl.concat([r.cast({"row": pl.UInt32}) for r in rejects]).sort("row")
-    return Plan(len(index), slices, vols, rejects, classes, targets)
+    flagged = cand.filter(pl.col("burned_in").is_not_null())["row"]
+    burned_in_planned = int(slices["row"].is_in(flagged.implode()).sum())
+    return Plan(len(index), slices, vols, rejects, classes, targets, burned_in_planned)
 
 
 def _with_splits(vols: pl.DataFrame, config: PlanConfig, classes: list[str]) -> pl.DataFrame:
@@ -606,7 +627,8 @@ class PlanSummary:
     subset_targets: dict | None
     volumes_seen: int
     volumes_planned: int
-    warnings: list[str]                        # splits that are empty or have too few patients
+    warnings: list[str]                        # splits that are empty or have too few patients; burned-in kept
+    burned_in_planned: int = 0                 # planned slices flagged as likely to show text or a face
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -626,15 +648,19 @@ def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series, config: 
     return PlanSummary(found=plan.rows, planned=len(plan.slices), rejected_by_code=rejected, by_split=by_split,
                        by_split_label=by_split_label, classes=plan.classes, subset_targets=plan.targets,
                        volumes_seen=len(volumes), volumes_planned=len(planned),
-                       warnings=split_warnings(config.fractions, by_split))
+                       warnings=split_warnings(config.fractions, by_split)
+                       + ([burned_in_warning(plan.burned_in_planned)] if config.allow_burned_in else []),
+                       burned_in_planned=plan.burned_in_planned)
 
 
 def scan_inputs(layout: Layout) -> dict:
     """What of scan's inputs a dataset may name (passed on to its manifest): the label rules'
-    file name and sha256, never the DICOM root. None when the index was not made by `tlx scan`."""
+    file name and sha256 and the secret's fingerprint (datakit.secret), never the DICOM root or
+    the secret. None when the index was not made by `tlx scan`."""
     if not layout.scan_record.exists():
-        return {"label_rules": None}
-    return {"label_rules": read_json(layout.scan_record, "work/scan.json").get("label_rules")}
+        return {"label_rules": None, "secret_fingerprint": None}
+    record = read_json(layout.scan_record, "work/scan.json")
+    return {"label_rules": record.get("label_rules"), "secret_fingerprint": record.get("secret_fingerprint")}
 
 
 def make_plan(dataset_dir, config: PlanConfig = PlanConfig(), resume: str = "auto",

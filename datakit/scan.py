@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from datakit.burned_in import burned_in_flag
 from datakit.dicom_header import UNCOMPRESSED, Header, SliceRejected, header_row, read_header, shown_term, time_limit
 from datakit.dicom_pixels import pixel_problem
 from datakit.errors import DatakitError
@@ -34,6 +35,7 @@ from datakit.labels import load_rules, rules_identity
 from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
 from datakit.resume import check_output_folder
+from datakit.secret import check_fingerprint, check_strength, fingerprint
 from datakit.walk import walk_files
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
@@ -74,6 +76,7 @@ def _schema():
         ("instance_number", i32),
         ("label", s), ("label_rule", s), ("label_keyword", s), ("label_field", s),
         ("pixel_offset", i64), ("pixel_length", i64),
+        ("burned_in", s),                # datakit.burned_in: why the pixels may show text or a face, or null
     ])
 
 
@@ -201,6 +204,7 @@ class _FileScanner:
             if normal is not None and ipp and len(ipp) == 3:
                 row["slice_pos"] = sum(p * n for p, n in zip(ipp, normal))
         row["instance_number"] = v.get("InstanceNumber")
+        row["burned_in"] = burned_in_flag(v)
         match = self.label(v)
         row["label"], row["label_rule"], row["label_keyword"], row["label_field"] = \
             match.label, match.rule, match.keyword, match.field
@@ -309,9 +313,10 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
+    secret = check_strength(secret, "the secret given to scan")
     layout = Layout(out_dir)
     if check_output_folder(layout.root, resume, "tlx scan"):
-        check_scan_record(layout, root, rules_path)
+        check_scan_record(layout, root, rules_path, secret)
     found = walk_files(root)
     first = next(found, None)
     if first is None:
@@ -320,8 +325,9 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
     # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
     # pixels from it without being told again. The rules are named by file name and hash only.
     # Written before the index gets its name: `tlx shard` reuses an index it finds, and the
-    # manifest's config.scan comes from this record.
-    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path)}
+    # manifest's config.scan comes from this record. The secret only by its fingerprint (datakit.secret).
+    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path),
+              "secret_fingerprint": fingerprint(secret)}
     with atomic_write(layout.index) as f:
         tally = _write_index(f, _batches(itertools.chain([first], found), root, secret, rules_path, workers),
                              progress)
@@ -371,11 +377,12 @@ def _write_index(f, batches: Iterator, progress: Progress) -> _Tally:
     return tally
 
 
-def check_scan_record(layout: Layout, root: Path, label_rules) -> None:
-    """The folder's index must come from this root and these rules (work/scan.json records both):
-    resuming with another --dicom-root made write read another folder's files at the same relative
-    paths (PACS exports share layouts) under the index's pseudonyms; other --label-rules were
-    ignored without a word."""
+def check_scan_record(layout: Layout, root: Path, label_rules, secret: bytes) -> None:
+    """The folder's index must come from this root, these rules and this secret (work/scan.json
+    records all three, the secret by its fingerprint): resuming with another --dicom-root made
+    write read another folder's files at the same relative paths (PACS exports share layouts)
+    under the index's pseudonyms; other --label-rules were ignored without a word; another secret
+    gives the same patients other pseudonyms than the datasets it is meant to join."""
     if not layout.scan_record.exists():
         return
     record = read_json(layout.scan_record, "work/scan.json")
@@ -389,6 +396,8 @@ def check_scan_record(layout: Layout, root: Path, label_rules) -> None:
         raise DatakitError(f"{layout.index} was labelled with the rules {used['name']} (sha256 {used['sha256'][:12]}), "
                            f"not {asked['name']} (sha256 {asked['sha256'][:12]}); resume with those rules, or "
                            f"delete {layout.index} to scan again with the new ones")
+    check_fingerprint(record.get("secret_fingerprint"), secret, str(layout.index),
+                      fix="use that secret, or a new output folder")
 
 
 def write_index(rows: list[dict], path: Path) -> None:

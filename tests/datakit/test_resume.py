@@ -103,18 +103,18 @@ def test_never_wants_an_empty_folder_and_auto_rescans_only_its_own_scan(cohort, 
     (out / "manifest.json.partial-4242").write_bytes(b"{")     # a killed writer's: not foreign, but not empty
     with pytest.raises(DatakitError, match=r"is not empty and --resume is never; choose a new folder, or use "
                                            r"--resume auto to continue the earlier `tlx scan` there"):
-        scan(root, out, workers=1, secret=b"s", resume="never")
+        scan(root, out, workers=1, secret=SECRET.encode(), resume="never")
     (out / "manifest.json.partial-4242").unlink()
-    scan(root, out, workers=1, secret=b"s", resume="never")
+    scan(root, out, workers=1, secret=SECRET.encode(), resume="never")
     index = (out / "work" / "index.parquet").read_bytes()
-    scan(root, out, workers=1, secret=b"s")                    # auto: its own scan of this root, made again
+    scan(root, out, workers=1, secret=SECRET.encode())                    # auto: its own scan of this root, made again
     assert (out / "work" / "index.parquet").read_bytes() == index
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(root / truth["files"][0]["path"], other / "one.dcm")
     with pytest.raises(DatakitError, match=r"index.parquet was scanned from '.*cohort', not '.*other'; resume with "
                                            r"that --dicom-root"):
-        scan(other, out, workers=1, secret=b"s")
+        scan(other, out, workers=1, secret=SECRET.encode())
     assert (out / "work" / "index.parquet").read_bytes() == index
 
 
@@ -138,7 +138,7 @@ def test_scan_progress_ticks_count_files_and_end_at_their_total(cohort, tmp_path
     """While the walk streams its total is unknown; the last tick has it. --workers defaults to the
     cores this process may use (tlxcore.runtime.default_workers)."""
     ticks = []
-    summary = scan(cohort[0], tmp_path, secret=b"s", progress=ticks.append)
+    summary = scan(cohort[0], tmp_path, secret=SECRET.encode(), progress=ticks.append)
     assert summary.workers == default_workers()
     assert ticks and {t.stage for t in ticks} == {"scan"} and {t.unit for t in ticks} == {"files"}
     assert all(t.total is None for t in ticks[:-1])
