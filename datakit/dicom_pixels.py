@@ -31,6 +31,7 @@ import numpy as np
 from datakit.dicom_header import (DEFLATED_LE, EXPLICIT_BE, ITEM_TAG, MAX_PIXEL_BYTES, PIXEL_DATA, SEQ_END_TAG,
                                   UNCOMPRESSED, SliceRejected, check_inflated_size, header_row, one_line,
                                   pydicom_quiet, read_header, shown_term, time_limit)
+from datakit.walk import os_reason
 
 # Compressed transfer syntaxes, decoded by pydicom's decoders
 JPEG_FAMILY = frozenset({
@@ -106,6 +107,10 @@ def pixel_problem(row) -> tuple[str, str] | None:
         return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"
     if _value(row, "pixel_representation") not in (None, 0, 1):
         return "unsupported-pixels", f"PixelRepresentation={_value(row, 'pixel_representation')}; allowed: 0, 1"
+    invalid = _value(row, "invalid_rescale")
+    if invalid:
+        return "bad-rescale", (f"{invalid[0]} is present but not a finite number; HU cannot be computed (the "
+                               "identity applies only when the tag is absent)")
     slope = _value(row, "rescale_slope")
     if slope is not None and slope == 0:
         return "bad-rescale", "RescaleSlope is 0: every pixel would have the same HU"
@@ -123,7 +128,7 @@ def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
         try:
             size = os.stat(path).st_size
         except OSError as exc:
-            raise SliceRejected("unreadable", f"cannot open the file ({exc.strerror})") from exc
+            raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
         if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
             row = header_row(read_header(path, size))
         if (problem := pixel_problem(row)) is not None:

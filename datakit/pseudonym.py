@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from datakit.errors import DatakitError
+from datakit.walk import os_reason
 
 SECRET_ENV = "TLX_SECRET"
 PSEUDONYM_HEX = 16
@@ -37,7 +38,7 @@ def load_secret(secret_file: str | os.PathLike | None = None) -> bytes:
         try:
             secret = path.read_bytes().strip()
         except OSError as exc:
-            raise DatakitError(f"cannot read secret file {str(path)!r} ({exc.strerror}); {_FIX}") from exc
+            raise DatakitError(f"cannot read secret file {str(path)!r} ({os_reason(exc)}); {_FIX}") from exc
         if not secret:
             raise DatakitError(f"secret file {str(path)!r} is empty; {_FIX}")
         return secret

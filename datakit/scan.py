@@ -34,7 +34,7 @@ from datakit.labels import load_rules, rules_identity
 from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
 from datakit.resume import check_output_folder
-from datakit.walk import walk_files
+from datakit.walk import os_reason, walk_files
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
@@ -48,6 +48,11 @@ CHUNK = 128                      # files per task: big enough to amortise IPC, s
 ROW_GROUP = 65536                # rows per Parquet row group
 NOT_DICOM = frozenset({"not-dicom", "unreadable", "not-a-file"})   # reject codes of files that are not DICOM
 MIN_AXIAL_COS = 0.8              # |slice normal . z| for axial: gantry tilts up to ~35 degrees stay axial
+# Geometry a CT slice can have (geometry_problem): smaller images, larger fields of view or thicker
+# slices are corrupt headers, and would be resized into the dataset as if they were anatomy.
+MIN_SIDE = 16                    # pixels per side (CT matrices are 256-1024; tests use 32)
+MAX_FOV_MM = 1000.0              # rows x spacing: no CT bore is wider than ~90 cm
+MAX_THICKNESS_MM = 100.0
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 CT_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2",       # CT Image Storage
@@ -116,6 +121,8 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
         return "derived", "a derived dose or screen-save image (ImageType), not a CT slice"
     if (problem := pixel_problem(header_row(h))) is not None:
         return problem
+    if (problem := geometry_problem(h)) is not None:
+        return problem
     iop = v.get("ImageOrientationPatient")
     if iop is not None:
         normal = _normal(iop)
@@ -129,6 +136,39 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
             return "truncated", f"the file ends inside its pixel data ({size} bytes, pixel data needs " \
                                 f"{h.pixel_offset + need})"
     return None
+
+
+def geometry_problem(h: Header) -> tuple[str, str] | None:
+    """('bad-geometry', reason) for a slice whose size, spacing, thickness or orientation cannot be
+    a CT slice's, else None. A present value that is not finite numbers ("NaN", "abc") is bad, not
+    absent: read as absent it would skip the checks it feeds (a NaN orientation skipped not-axial)."""
+    v = h.values
+    broken = [k for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness")
+              if k in h.invalid]
+    if broken:
+        return "bad-geometry", f"{broken[0]} is present but not finite numbers"
+    rows, cols = v["Rows"], v["Columns"]
+    if min(rows, cols) < MIN_SIDE:
+        return "bad-geometry", f"the image is {rows}x{cols} pixels; a CT slice has at least {MIN_SIDE} per side"
+    ipp = v.get("ImagePositionPatient")
+    if ipp is not None and len(ipp) != 3:
+        return "bad-geometry", f"ImagePositionPatient has {len(ipp)} values, not 3"
+    spacing = v.get("PixelSpacing")
+    if spacing is not None:
+        if len(spacing) != 2 or min(spacing) <= 0:
+            return "bad-geometry", f"PixelSpacing is {_numbers_text(spacing)}; it must be two positive numbers (mm)"
+        fov = max(rows * spacing[0], cols * spacing[1])
+        if fov > MAX_FOV_MM:
+            return "bad-geometry", (f"PixelSpacing {_numbers_text(spacing)} mm gives a field of view of {fov:.0f} mm, "
+                                    f"more than {MAX_FOV_MM:.0f} mm")
+    thickness = v.get("SliceThickness")
+    if thickness is not None and not 0 < thickness <= MAX_THICKNESS_MM:
+        return "bad-geometry", f"SliceThickness is {thickness:g} mm, outside (0, {MAX_THICKNESS_MM:g}] mm"
+    return None
+
+
+def _numbers_text(values) -> str:
+    return "\\".join(f"{x:g}" for x in values)
 
 
 def _normal(iop) -> tuple[float, float, float] | None:
@@ -165,7 +205,7 @@ class _FileScanner:
             row["reject_code"], row["reject_reason"] = exc.code, exc.reason
             return row
         except OSError as exc:
-            row["reject_code"], row["reject_reason"] = "unreadable", f"cannot read the file ({exc.strerror})"
+            row["reject_code"], row["reject_reason"] = "unreadable", f"cannot read the file ({os_reason(exc)})"
             return row
         self._fill(row, h)
         problem = classify(h, size)

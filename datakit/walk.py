@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def os_reason(exc: OSError) -> str:
+    """What went wrong, for a reject reason: the system's words ("Permission denied"), else the
+    exception's own text; never "None" (an OSError raised by a library often has no strerror)."""
+    text = exc.strerror or str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200] if text.splitlines() else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class Found:
     path: str                    # relative to the root, POSIX separators
@@ -37,7 +44,7 @@ def walk_files(root: str | os.PathLike) -> Iterator[Found]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Found(rel or ".", 0, ("unreadable", f"cannot list the folder ({exc.strerror})"))
+            yield Found(rel or ".", 0, ("unreadable", f"cannot list the folder ({os_reason(exc)})"))
             continue
         subfolders = []
         for e in entries:
@@ -45,7 +52,7 @@ def walk_files(root: str | os.PathLike) -> Iterator[Found]:
             try:
                 st = e.stat()                       # follows symlinks
             except OSError as exc:
-                yield Found(path, 0, ("unreadable", f"cannot stat ({exc.strerror}; a dangling link?)"))
+                yield Found(path, 0, ("unreadable", f"cannot stat ({os_reason(exc)}; a dangling link?)"))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in seen:

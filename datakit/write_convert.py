@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from datakit.dicom_header import SliceRejected
 from datakit.dicom_pixels import read_hu
-from datakit.hu_slice import apply_hu_floor, body_coverage, resize_area, to_int16
+from datakit.hu_slice import apply_hu_floor, body_coverage, implausible_hu, resize_area, to_int16
 from datakit.write_config import CODECS
 from datakit.write_staging import Staging
 
@@ -82,6 +82,8 @@ def convert_slice(path: Path, row: dict, size: tuple[int, int], encoder: Encoder
                   hu_floor: int | None = None) -> tuple[float, str, bytes]:
     """coverage, pixel hash, payload of one slice; raises SliceRejected."""
     hu = apply_hu_floor(read_hu(path, row), hu_floor)
+    if (why := implausible_hu(hu)) is not None:
+        raise SliceRejected("implausible-hu", why)
     coverage = body_coverage(hu)
     stored = to_int16(resize_area(hu, size)).astype("<i2", copy=False).tobytes()
     return coverage, pixel_hash(stored), encoder.encode(stored)
