@@ -508,8 +508,11 @@ def _from_pydicom(keyword: str, value):
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    """The exception on one line for a reject reason: its type and message, lines joined with "; "
+    (pydicom lists each plugin's failure on a line of its own after a line ending in ':')."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = text.replace(":;", ":")
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- per-file time guard

@@ -21,10 +21,12 @@ done to the HU image afterwards (floor, coverage, resize) is datakit.hu_slice.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import struct
+import sys
 
 import numpy as np
 
@@ -58,6 +60,28 @@ def decoder_failure(exc: BaseException) -> bool:
     if isinstance(exc, SliceRejected):
         return exc.code != "timeout"
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+@contextlib.contextmanager
+def decoder_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while a compressed frame is decoded. The decoders'
+    native code writes to it on corrupt data (pylibjpeg-rle's Rust panic message, with a stack
+    trace when RUST_BACKTRACE is set), which reads like a crash on the terminal although the file
+    only becomes a reject with the decoder's message in its reason. Costs a few microseconds."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):    # no fd 2 (a daemon): nothing to silence
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _value(row, key):
@@ -200,7 +224,8 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
             _check_codestream_size(data, ts, rows, cols)
         options = {name: _value(row, col) for name, col in _DECODE_OPTIONS.items() if _value(row, col) is not None}
         options.update(number_of_frames=1, pixel_keyword="PixelData")
-        arr = _decode_buffer(get_decoder(ts), data, ts, options)
+        with decoder_stderr_silenced():
+            arr = _decode_buffer(get_decoder(ts), data, ts, options)
         if arr.shape == (rows, cols):
             return arr
     except BaseException as exc:  # a broken file: the slow path reads it as pydicom sees it and names the reject
@@ -274,7 +299,8 @@ def _read_with_pydicom(path, row) -> np.ndarray:
         raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {shown_term(ts, 64)} is not supported; "
                                                            "supported: see docs/datakit-input.md")
     try:
-        arr = _decode(ds, ts)
+        with decoder_stderr_silenced():
+            arr = _decode(ds, ts)
     except BaseException as exc:  # decoders raise anything on corrupt data; it becomes a reject
         if not decoder_failure(exc):
             raise
