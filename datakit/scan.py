@@ -34,7 +34,7 @@ from datakit.labels import load_rules, rules_identity
 from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
 from datakit.resume import check_output_folder
-from datakit.walk import os_reason, walk_files
+from datakit.walk import os_reason, storable, walk_files
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
@@ -68,7 +68,7 @@ def _schema():
 
     s, i32, i64, f32, f64 = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64()
     return pa.schema([
-        ("path", s), ("size", i64), ("reject_code", s), ("reject_reason", s),
+        ("path", s), ("path_bytes", pa.binary()), ("size", i64), ("reject_code", s), ("reject_reason", s),
         ("patient", s), ("study", s), ("series", s), ("sop", s),
         ("modality", s), ("sop_class_uid", s), ("image_type", s), ("transfer_syntax", s),
         ("rows", i32), ("columns", i32), ("bits_allocated", i32), ("bits_stored", i32),
@@ -255,6 +255,8 @@ class _FileScanner:
         rows = [self.row(f.path, f.size) if f.problem is None else
                 {"path": f.path, "size": f.size, "reject_code": f.problem[0], "reject_reason": f.problem[1]}
                 for f in items]
+        for row in rows:
+            row["path"], row["path_bytes"] = storable(row["path"])
         return _to_batch(rows)
 
 

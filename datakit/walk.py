@@ -8,6 +8,11 @@ FIFOs, devices: opening a FIFO would block forever) and entries that cannot be
 stat'ed (dangling links, permission errors) are reported with a problem instead
 of being skipped, so scan can account for everything it found. Order is sorted by
 path within each folder, so the walk is deterministic.
+
+Names that are not UTF-8 (a Latin-1 `Pat\xe9` folder from a CD export) come from the walk as
+Python's surrogate-escaped strings, which Parquet cannot store: `storable` gives the index a
+readable `path` ("Pat\\xe9/IM1") and the exact bytes (`path_bytes`), and `source_path` turns an
+index row back into the name on disk.
 """
 from __future__ import annotations
 
@@ -23,6 +28,23 @@ def os_reason(exc: OSError) -> str:
     exception's own text; never "None" (an OSError raised by a library often has no strerror)."""
     text = exc.strerror or str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200] if text.splitlines() else type(exc).__name__
+
+
+def storable(rel: str) -> tuple[str, bytes | None]:
+    """(path, path_bytes) of a walked path for the index: the path itself and None when it is
+    UTF-8; else its bytes shown with \\xNN escapes, and the exact bytes (lossless)."""
+    try:
+        rel.encode("utf-8")
+        return rel, None
+    except UnicodeEncodeError:
+        raw = os.fsencode(rel)
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def source_path(row) -> str:
+    """The name on disk (relative to the DICOM root) of an index row: its `path_bytes` when set."""
+    raw = row.get("path_bytes")
+    return os.fsdecode(raw) if raw else row["path"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from datakit.dicom_header import SliceRejected
 from datakit.dicom_pixels import read_hu
 from datakit.hu_slice import apply_hu_floor, body_coverage, implausible_hu, resize_area, to_int16
+from datakit.walk import source_path
 from datakit.write_config import CODECS
 from datakit.write_staging import STAGED_SCHEMA, Staging
 
@@ -100,7 +101,7 @@ def convert_copies(task: VolumeTask, r: dict, encoder: Encoder) -> dict:
     failures = []
     for candidate in [r, *(r.get("copies") or [])]:
         try:
-            coverage, digest, payload = convert_slice(root / candidate["path"], candidate, task.size, encoder,
+            coverage, digest, payload = convert_slice(root / source_path(candidate), candidate, task.size, encoder,
                                                       task.hu_floor)
         except SliceRejected as exc:
             failures.append({"row": candidate["row"], "code": exc.code, "reason": exc.reason})
