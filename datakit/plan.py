@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from datakit.errors import DatakitError
 from datakit.manifest import SPLITS, Layout, read_json
 from datakit.plan_splits import fill_empty_splits, split_warnings
-from datakit.resume import check_resume_mode, differing_options, refuse_foreign
+from datakit.resume import check_resume_mode, differing_options, output_lock, refuse_foreign
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
 
@@ -146,10 +146,14 @@ class Ids:
         return self.names[column][np.asarray(codes, dtype=np.int64)].tolist()
 
 
-def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
-    """The narrow index: row, rejected, patient/series/sop as uint64, slice_pos, instance_number, label."""
+def require_index(path: Path) -> None:
     if not path.exists():
         raise DatakitError(f"{path} not found: run `tlx scan --dicom-root DIR --out {path.parent.parent}` first")
+
+
+def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
+    """The narrow index: row, rejected, patient/series/sop, slice_pos, instance_number, label, matrix."""
+    require_index(path)
     names = _index_metadata(path).schema.to_arrow_schema().names
     missing = [c for c in (*DECISION_COLUMNS, *DETAIL_COLUMNS) if c not in names]
     if missing:
@@ -689,6 +693,13 @@ def make_plan(dataset_dir, config: PlanConfig = PlanConfig(), resume: str = "aut
     check_resume_mode(resume)
     layout = Layout(dataset_dir)
     refuse_foreign(layout.root)
+    require_index(layout.index)              # before the lock, which would create a missing folder
+    with output_lock(layout.root, "tlx plan"):
+        return _make_plan(layout, config, resume, progress)
+
+
+def _make_plan(layout: Layout, config: PlanConfig, resume: str, progress: Progress) -> PlanSummary:
+    """make_plan() once the folder is locked."""
     _check_earlier_plan(layout, config, resume)
     fingerprint = index_fingerprint(layout.index) if layout.index.exists() else None
     progress(Tick("plan", 0, 3, "steps"))

@@ -33,7 +33,7 @@ from datakit.errors import DatakitError
 from datakit.labels import load_rules, rules_identity
 from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
-from datakit.resume import check_output_folder
+from datakit.resume import check_output_folder, check_resume_mode, output_lock, refuse_foreign
 from datakit.walk import os_reason, storable, walk_files
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
@@ -273,6 +273,9 @@ _WORKER: _FileScanner | None = None
 
 def _init_worker(root: str, secret: bytes, rules_path: str | None) -> None:
     global _WORKER
+    from datakit.write_pool import die_with_parent
+
+    die_with_parent()
     _WORKER = _FileScanner(root, secret, rules_path)
 
 
@@ -297,12 +300,17 @@ def _ordered_map(pool, fn, items: Iterator, window: int) -> Iterator:
     """pool.map in input order with at most `window` tasks in flight, so a walk of millions of files
     is never held in memory at once (Executor.map submits everything up front)."""
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    except BaseException:        # Ctrl-C, an error: the queued tasks go, the pool ends after the running ones
+        for f in pending:
+            f.cancel()
+        raise
 
 
 class _Tally:
@@ -352,8 +360,17 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
     layout = Layout(out_dir)
-    if check_output_folder(layout.root, resume, "tlx scan"):
-        check_scan_record(layout, root, rules_path)
+    check_resume_mode(resume)
+    refuse_foreign(layout.root)                  # before the lock leaves its file in someone's folder
+    with output_lock(layout.root, "tlx scan"):
+        if check_output_folder(layout.root, resume, "tlx scan"):
+            check_scan_record(layout, root, rules_path)
+        return _scan(root, layout, workers, secret, rules_path, progress, t0)
+
+
+def _scan(root: Path, layout: Layout, workers: int | None, secret: bytes, rules_path: str | None,
+          progress: Progress, t0: float) -> ScanSummary:
+    """scan() once its output folder is locked and checked."""
     found = walk_files(root)
     first = next(found, None)
     if first is None:
@@ -389,7 +406,13 @@ def _batches(found: Iterator, root: Path, secret: bytes, rules_path: str | None,
         scanner = _FileScanner(str(root), secret, rules_path)
         yield from (scanner.batch(c) for c in chunks)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)) as pool:
+    import multiprocessing
+
+    # spawn, not fork: a forked worker inherits every descriptor of the parent (the index's temporary
+    # file, the folder lock) and, after a kill -9 of the parent, waited on its pipes for good.
+    # Workers die with the parent (write_pool.die_with_parent).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(str(root), secret, rules_path)) as pool:
         yield from _ordered_map(pool, _scan_chunk, chunks, window=4 * workers)
 
 

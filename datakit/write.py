@@ -24,7 +24,7 @@ import fcntl
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from datakit.errors import DatakitError
 from datakit.manifest import Layout, read_json
 from datakit.plan import sample_key_expr
-from datakit.resume import check_resume_mode, differing_options, refuse_foreign
+from datakit.resume import check_resume_mode, differing_options, output_lock, refuse_foreign
 from datakit.write_config import RunOptions, WriteConfig
 from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
 from datakit.write_pool import run_tasks
@@ -160,6 +160,28 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
     config.check()
     check_resume_mode(options.resume)
     layout = Layout(dataset_dir)
+    _check_plan(layout)
+    with write_lock(layout, options.partition):
+        return _write(layout, config, options, progress)
+
+
+@contextmanager
+def write_lock(layout: Layout, partition: tuple[int, int]):
+    """The folder's lock (datakit.resume.output_lock): exclusive for a write of the whole plan; the
+    partitions of one write run side by side, so each holds it shared (which still refuses a
+    whole-plan write, plan and scan), plus an exclusive lock of its own partition (two runs of
+    one partition at once, e.g. a requeued array task while its first run lives, would delete each
+    other's temporary files)."""
+    i, n = partition
+    command = "tlx write" + (f" --partition {i}/{n}" if n > 1 else "")
+    with output_lock(layout.root, command, shared=n > 1), ExitStack() as partition_lock:
+        if n > 1:
+            partition_lock.enter_context(output_lock(layout.work / "partitions" / f"{i}-of-{n}", command))
+        yield
+
+
+def _write(layout: Layout, config: WriteConfig, options: RunOptions, progress: Progress) -> WriteSummary:
+    """write_dataset() once the folder is locked."""
     plan_json = _check_plan(layout)
     refuse_foreign(layout.root)
     summary = WriteSummary(dataset=str(layout.root), partition=options.partition)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     safe_key, stage_reject)
+                                     locked_output, safe_key, stage_reject)
 from datakit.convert.images import list_images
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
@@ -69,6 +69,7 @@ def _class_images(root: Path, classes: list[str]) -> list[tuple[str, str]]:
     return [(c, f"{c}/{rel}") for c in classes if (root / c).is_dir() for rel in list_images(root / c)]
 
 
+@locked_output("tlx convert class-folder")
 def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> dict:
     """Convert a class-per-folder image tree; returns the manifest written."""
     check_output(o.out, o.resume)

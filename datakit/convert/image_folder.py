@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     safe_key, stage_reject)
+                                     locked_output, safe_key, stage_reject)
 from datakit.convert.images import list_images, load_uint8, resize_uint8, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
@@ -143,6 +143,7 @@ def _refuse_images_named_twice(matched: dict[str, str]) -> None:
                            f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
 
 
+@locked_output("tlx convert image-folder")
 def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
     check_output(o.out, o.resume)

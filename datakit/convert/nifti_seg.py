@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, safe_key,
-                                    stage_reject)
+from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, locked_output,
+                                     safe_key, stage_reject)
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
@@ -174,6 +174,7 @@ def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     return list(dict.fromkeys(layouts))  # options may make several preset layouts identical
 
 
+@locked_output("tlx convert nifti-seg")
 def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     """Convert a NIfTI segmentation dataset; returns the manifest written."""
     check_output(o.out, o.resume)
