@@ -49,6 +49,7 @@ ENCAPSULATED = JPEG_FAMILY | J2K_FAMILY | {RLE_LOSSLESS}
 
 MAX_SIDE = 8192                      # rows, columns: checked before anything is allocated
 PIXEL_TIMEOUT_S = 30.0               # one read_hu call; see dicom_header.time_limit
+MIN_BITS_STORED = 8                  # CT Image storage: 12-16; old 8-bit exports still pass
 
 
 def decoder_failure(exc: BaseException) -> bool:
@@ -129,6 +130,8 @@ def pixel_problem(row) -> tuple[str, str] | None:
     stored = _value(row, "bits_stored") or bits
     if not 1 <= stored <= bits:
         return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"
+    if stored < MIN_BITS_STORED:    # 1 bit of a 12-bit CT value makes a binary image that passes every other check
+        return "unsupported-pixels", f"BitsStored={stored}; a CT slice stores at least {MIN_BITS_STORED} bits (12-16)"
     if _value(row, "pixel_representation") not in (None, 0, 1):
         return "unsupported-pixels", f"PixelRepresentation={_value(row, 'pixel_representation')}; allowed: 0, 1"
     invalid = _value(row, "invalid_rescale")

@@ -53,6 +53,7 @@ MIN_AXIAL_COS = 0.8              # |slice normal . z| for axial: gantry tilts up
 MIN_SIDE = 16                    # pixels per side (CT matrices are 256-1024; tests use 32)
 MAX_FOV_MM = 1000.0              # rows x spacing: no CT bore is wider than ~90 cm
 MAX_THICKNESS_MM = 100.0
+MAX_POSITION_MM = 10000.0        # ImagePositionPatient: tables move ~2 m; 10 m is no patient's position
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 CT_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2",       # CT Image Storage
@@ -153,6 +154,9 @@ def geometry_problem(h: Header) -> tuple[str, str] | None:
     ipp = v.get("ImagePositionPatient")
     if ipp is not None and len(ipp) != 3:
         return "bad-geometry", f"ImagePositionPatient has {len(ipp)} values, not 3"
+    if ipp is not None and max(abs(x) for x in ipp) > MAX_POSITION_MM:
+        return "bad-geometry", (f"ImagePositionPatient {_numbers_text(ipp)} lies more than {MAX_POSITION_MM / 1000:g} m "
+                                "from the scanner's origin")
     spacing = v.get("PixelSpacing")
     if spacing is not None:
         if len(spacing) != 2 or min(spacing) <= 0:

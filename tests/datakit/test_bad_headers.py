@@ -151,3 +151,13 @@ def test_reasons_never_say_none_for_an_error_without_strerror(tmp_path, monkeypa
     assert (row["reject_code"], row["reject_reason"]) == ("unreadable", "cannot read the file (the device went away)")
     assert os_reason(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
     assert os_reason(OSError()) == "OSError"
+
+
+def test_absurd_position_and_one_bit_pixels_are_rejected(tmp_path):
+    """Both were kept by the fuzz run: a slice 1 km away sorted to its volume's end, and 1 of 12 bits
+    made a binary image that passed every other check."""
+    code, reason = scan_code(save(make(ImagePositionPatient=[1e6, 1e6, 1e6]), tmp_path / "a.dcm"))
+    assert (code, reason) == ("bad-geometry", "ImagePositionPatient 1e+06\\1e+06\\1e+06 lies more than 10 m from "
+                                              "the scanner's origin")
+    code, reason = scan_code(save(make(BitsStored=1, HighBit=0), tmp_path / "b.dcm"))
+    assert (code, reason) == ("unsupported-pixels", "BitsStored=1; a CT slice stores at least 8 bits (12-16)")
