@@ -51,11 +51,17 @@ def _flip(data: bytearray, rng, lo: int = 0, hi: int | None = None, n: int | Non
     return f"{n} bits in {lo}..{hi}"
 
 
+def _element(data: bytearray, tags: dict, rng) -> tuple[str, int] | None:
+    """A random one of `tags` and where its element starts, or None if the file lacks it."""
+    name = str(rng.choice(sorted(tags)))
+    at = data.find(tags[name])
+    return (name, at) if at >= 0 else None
+
+
 def _set_ds(data: bytearray, rng) -> str | None:
-    name = str(rng.choice(sorted(DS_TAGS)))
-    at = data.find(DS_TAGS[name])
-    if at < 0:
+    if (found := _element(data, DS_TAGS, rng)) is None:
         return None
+    name, at = found
     length = struct.unpack_from("<H", data, at + 6)[0]
     value = str(rng.choice(BAD_DS))
     if name in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"):
@@ -66,10 +72,9 @@ def _set_ds(data: bytearray, rng) -> str | None:
 
 
 def _set_us(data: bytearray, rng) -> str | None:
-    name = str(rng.choice(sorted(US_TAGS)))
-    at = data.find(US_TAGS[name])
-    if at < 0:
+    if (found := _element(data, US_TAGS, rng)) is None:
         return None
+    name, at = found
     value = {"Rows": int(rng.choice([1, 2, 65535])), "PixelRepresentation": int(data[at + 8] ^ 1),
              "BitsStored": int(rng.choice([0, 1, 17, 40]))}[name]
     struct.pack_into("<H", data, at + 8, value)
@@ -161,7 +166,8 @@ def run_cli(args: list[str], timeout: float) -> dict:
         out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
                       for x in (exc.stdout, exc.stderr))
     return {"rc": rc, "seconds": round(time.monotonic() - t0, 1), "hung": hung,
-            "tracebacks": out.count("Traceback (most recent call last)"), "panics": len(re.findall(r"panicked at", out)),
+            "tracebacks": out.count("Traceback (most recent call last)"),
+            "panics": len(re.findall(r"panicked at", out)),
             "output_tail": out[-2000:]}
 
 

@@ -299,7 +299,8 @@ def _rejects(layout: Layout, slices: pl.DataFrame, failures: pl.DataFrame, paths
     if len(replaced) or len(failures):
         moved = replaced.join(paths.rename({"path": "planned"}), on="row").select("planned", read="path")
         gone = pl.concat([failures["path"], moved["read"]])
-        plan_rejects = (plan_rejects.filter(~((pl.col("code") == "duplicate-sop") & pl.col("path").is_in(gone.implode())))
+        needed = (pl.col("code") == "duplicate-sop") & pl.col("path").is_in(gone.implode())
+        plan_rejects = (plan_rejects.filter(~needed)
                         .join(moved, left_on="duplicate_of", right_on="planned", how="left", maintain_order="left")
                         .with_columns(duplicate_of=pl.when(pl.col("code") == "duplicate-sop")
                                       .then(pl.coalesce("read", "duplicate_of")).otherwise("duplicate_of"))

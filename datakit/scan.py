@@ -155,8 +155,8 @@ def geometry_problem(h: Header) -> tuple[str, str] | None:
     if ipp is not None and len(ipp) != 3:
         return "bad-geometry", f"ImagePositionPatient has {len(ipp)} values, not 3"
     if ipp is not None and max(abs(x) for x in ipp) > MAX_POSITION_MM:
-        return "bad-geometry", (f"ImagePositionPatient {_numbers_text(ipp)} lies more than {MAX_POSITION_MM / 1000:g} m "
-                                "from the scanner's origin")
+        return "bad-geometry", (f"ImagePositionPatient {_numbers_text(ipp)} lies more than "
+                                f"{MAX_POSITION_MM / 1000:g} m from the scanner's origin")
     spacing = v.get("PixelSpacing")
     if spacing is not None:
         if len(spacing) != 2 or min(spacing) <= 0:
