@@ -39,7 +39,8 @@ _AGAIN = "run the same command again to continue where it stopped (--resume auto
 INTERRUPTED: dict[str, str] = {
     "shard": _AGAIN, "write": _AGAIN, "convert": _AGAIN,
     "scan": "nothing was replaced (the index is written whole or not at all); run the same command again to scan",
-    "plan": "nothing was replaced (a plan is written whole or not at all); run the same command again to plan",
+    "plan": "the plan is incomplete (work/plan.json, written last, marks a complete one); run the same command "
+            "again to plan",
 }
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
