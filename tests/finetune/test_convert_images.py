@@ -268,7 +268,6 @@ def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(
 
 def _without_hanging(fn, fifos, seconds=60):
     """Run fn in a thread; if it blocks (a reader stuck on a FIFO), unblock it and fail."""
-    import os
     import threading
 
     out = {}
