@@ -24,7 +24,9 @@ nearest neighbour for masks). Label values are mapped to class indices by the la
 map; a value not in the map rejects the case (nothing is silently merged).
 
 Splits are by patient: `patient_regex` extracts the patient from the case id (default:
-each case is its own patient, true of LiTS and BraTS). Members per sample: `img.zst`
+each case is its own patient, true of LiTS and BraTS), dealt after staging among the
+patients with a slice (`deal_splits`), so a rejected case never empties a split. Files are
+found by nifti_files (`.nii` and `.nii.gz` alike; every file no case uses is a reject). Members per sample: `img.zst`
 (zstd, int16 or float32, [H, W] or [C, H, W]) and `mask.zst` (zstd, uint8 [H, W]);
 slices.parquet columns are listed in docs/finetune.md.
 """
