@@ -87,7 +87,12 @@ class Staging:
             return pa.ipc.open_file(source).read_all()
 
     def read_meta(self, volume: str) -> pa.Table:
-        return self._open(volume).select(META_COLUMNS)
+        table = self._open(volume)
+        for name in META_COLUMNS:   # staged before source_row / failures existed: no copy was tried
+            if name not in table.column_names:
+                table = table.append_column(STAGED_SCHEMA.field(name), pa.nulls(table.num_rows,
+                                                                                STAGED_SCHEMA.field(name).type))
+        return table.select(META_COLUMNS)
 
     def read_payloads(self, volume: str) -> pa.ChunkedArray:
         """The payload column, memory-mapped (pages are read only for the slices used)."""

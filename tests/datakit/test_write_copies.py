@@ -106,3 +106,24 @@ def test_fallbacks_are_byte_identical_across_workers(tmp_path, monkeypatch):
           write_config=WriteConfig(size=(16, 16), min_coverage=0.0), options=RunOptions(workers=2))
     for name in ("manifest.json", "rejects.parquet", "slices.parquet", "shards/train/train-000000.tar"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_volume_staged_before_fallbacks_existed_still_reads(tmp_path):
+    """A write begun by the previous version and resumed by this one: its staged files lack source_row
+    and failures (no copy was tried), which read as nulls instead of failing the assembly."""
+    import pyarrow as pa
+
+    from datakit.manifest import Layout
+    from datakit.write_staging import STAGED_SCHEMA, Staging
+
+    staging = Staging(Layout(tmp_path))
+    old = pa.schema([f for f in STAGED_SCHEMA if f.name not in ("source_row", "failures")])
+    path = staging.volume_path("ab12")
+    path.parent.mkdir(parents=True)
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, old) as writer:
+        writer.write_table(pa.table({"row": [7], "slice_index": [0], "key": ["ab12-00000"], "code": [None],
+                                     "reason": [None], "coverage": [0.5], "pixel_hash": ["h"], "payload": [b"x"]},
+                                    schema=old))
+    meta = staging.read_meta("ab12").to_pylist()
+    assert meta == [{"row": 7, "slice_index": 0, "key": "ab12-00000", "code": None, "reason": None, "coverage": 0.5,
+                     "pixel_hash": "h", "source_row": None, "failures": None}]
