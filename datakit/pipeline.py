@@ -20,7 +20,7 @@ from pathlib import Path
 from datakit.errors import DatakitError
 from datakit.manifest import Layout, read_json
 from datakit.plan import PlanConfig, PlanSummary, make_plan
-from datakit.resume import check_output_folder
+from datakit.resume import check_output_folder, check_resume_mode, output_lock, refuse_foreign
 from datakit.write import WriteSummary, check_earlier_write, write_dataset
 from datakit.write_config import RunOptions, WriteConfig
 from tlxcore.progress import Progress, silent
@@ -37,14 +37,23 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
           write_config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions(),
           progress: Progress = silent) -> ShardSummary:
     """Run the three stages (see the module docstring); `progress` gets each stage's ticks."""
-    from datakit.scan import check_scan_record, scan
-    from datakit.secret import check_dataset_secret, load_secret
-
     plan_config.check()
     write_config.check()
     root, layout = Path(dicom_root), Layout(out)
     if not root.is_dir():
         raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
+    check_resume_mode(options.resume)
+    refuse_foreign(layout.root)                    # before the lock leaves its file in someone's folder
+    with output_lock(layout.root, "tlx shard"):   # scan, plan and write take it again (reentrant)
+        return _shard(root, layout, secret_file, label_rules, plan_config, write_config, options, progress)
+
+
+def _shard(root: Path, layout: Layout, secret_file, label_rules, plan_config: PlanConfig, write_config: WriteConfig,
+           options: RunOptions, progress: Progress) -> ShardSummary:
+    """shard() once the output folder is locked."""
+    from datakit.scan import check_scan_record, scan
+    from datakit.secret import check_dataset_secret, load_secret
+
     earlier = check_output_folder(layout.root, options.resume, "tlx shard")
     secret = load_secret(secret_file)        # also on resume: the earlier work must be this secret's
     reuse_index = earlier and layout.index.exists()

@@ -32,6 +32,7 @@ import secrets
 from pathlib import Path
 
 from datakit.errors import DatakitError
+from datakit.walk import os_reason
 
 SECRET_ENV = "TLX_SECRET"
 MIN_KEY_BYTES = 16
@@ -87,7 +88,7 @@ def load_secret(secret_file: str | os.PathLike | None = None) -> Secret:
         try:
             secret = path.read_bytes().strip()
         except OSError as exc:
-            raise DatakitError(f"cannot read secret file {str(path)!r} ({exc.strerror}); {_FIX}") from exc
+            raise DatakitError(f"cannot read secret file {str(path)!r} ({os_reason(exc)}); {_FIX}") from exc
         if not secret:
             raise DatakitError(f"secret file {str(path)!r} is empty; {_FIX}")
         return check_strength(secret, f"secret file {str(path)!r}")
