@@ -29,7 +29,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -120,10 +120,11 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], *, flags: Iterabl
 
 
 def check_complete_run(run_dir: str | os.PathLike, now: dict[str, Any], *, flags: Iterable[str], fix: str,
-                       may_change: Iterable[str] = ()) -> None:
+                       may_change: Iterable[str] = (), older: Callable[[dict], dict] | None = None) -> None:
     """A run folder whose result.json exists holds the result of its config.json's options: TrainerError
     naming every key that differs from `now` (as check_same_run, but --max-steps counts: COMPLETE_MAY_CHANGE),
-    or when config.json cannot tell. `fix` ends the refusal ("use another --run-dir")."""
+    or when config.json cannot tell. `fix` ends the refusal ("use another --run-dir"); `older` fills in what a
+    config.json from before a flag meant (the trainer's saved_config)."""
     path = Path(run_dir) / "config.json"
     try:
         saved = json.loads(path.read_text())
@@ -131,6 +132,7 @@ def check_complete_run(run_dir: str | os.PathLike, now: dict[str, Any], *, flags
         raise TrainerError(f"{run_dir} holds a result.json but no readable config.json ({unreadable(exc)}), so "
                            f"which options made it is unknown; {fix}") from None
     saved = {**saved["args"], **saved} if isinstance(saved.get("args"), dict) else saved   # the older finetune shape
+    saved = older(saved) if older is not None else saved
     changed = changed_keys(saved, now, COMPLETE_MAY_CHANGE | set(may_change))
     if changed:
         raise TrainerError(f"{run_dir} holds a complete run made with other options: {flag_names(changed, flags)} "

@@ -26,8 +26,9 @@ MAY_CHANGE = frozenset({"out", "run_dir", "device", "workers", "max_steps", "res
                         "log_every", "world_size", "tool_version", "flags_set"})
 # A complete run's result is that of the steps it ran: --max-steps is part of what it computed.
 COMPLETE_MAY_CHANGE = MAY_CHANGE - {"max_steps"}
-# trainer.finetune's own: the val/test batch changes how many samples a forward pass holds, not the result.
-FINETUNE_MAY_CHANGE = frozenset({"eval_batch_size"})
+# trainer.finetune's own: the val/test batch changes how many samples a forward pass holds, not the result;
+# --save-masks only adds masks.npz.
+FINETUNE_MAY_CHANGE = frozenset({"eval_batch_size", "save_masks"})
 
 
 def changed_keys(saved: dict[str, Any], now: dict[str, Any], skip: Iterable[str]) -> list[str]:
