@@ -12,7 +12,8 @@ unless --run-dir says otherwise; it gets config.json, subset.parquet, metrics.js
 steps.jsonl (trainer/runlog.py, as SimCLR runs), checkpoints/{last,best}.pt, and at the
 end result.json, predictions.parquet, first_layers.npz and, for segmentation with
 --save-masks, masks.npz (every test slice's predicted and true classes). A run whose result.json exists
-is complete and is not run again; one with checkpoints/last.pt continues from it
+is complete and is not run again (with other options than its config.json's it is refused, naming
+them: trainer/run_identity.py); one with checkpoints/last.pt continues from it
 (`--resume auto`; kill + rerun = one uninterrupted run), which is saved at every epoch's
 end and every `--checkpoint-every` steps (trainer/checkpoint.py).
 
