@@ -127,7 +127,8 @@ def run_steps(args: argparse.Namespace, steps: list[str], out: Path, work: Path)
     return report
 
 
-def run_step(cmd: list[str], result: Path, budget: float, log: Path, name: str, env: dict | None = None) -> dict:
+def run_step(cmd: list[str], result: Path, budget: float, log: Path, name: str, env: dict | None = None,
+             grace: float = STOP_GRACE_S) -> dict:
     """Run one step's process (`cmd`, which writes `result` as it goes) for at most `budget` s (+ grace);
     its output goes to `log`. Returns the step's record with status ok | failed | timeout | crashed.
     The dry run passes OMP_NUM_THREADS=1 in `env`: on a shared 2-core machine two threads per process
@@ -140,7 +141,7 @@ def run_step(cmd: list[str], result: Path, budget: float, log: Path, name: str, 
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            rc = proc.wait(timeout=budget + STOP_GRACE_S)
+            rc = proc.wait(timeout=budget + grace)
             timed_out = False
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the step and whatever it started (loader workers, ranks)
@@ -148,7 +149,7 @@ def run_step(cmd: list[str], result: Path, budget: float, log: Path, name: str, 
     seconds = round(time.monotonic() - t0, 1)
     record = json.loads(result.read_text()) if result.exists() else {"figures": [], "errors": [], "details": {}}
     if timed_out:
-        status, note = "timeout", f"stopped after {budget:.0f} s + {STOP_GRACE_S} s; figures so far kept"
+        status, note = "timeout", f"stopped after {budget:.0f} s + {grace:g} s; figures so far kept"
     elif not result.exists() or (rc != 0 and not record["errors"]):
         status, note = "crashed", f"exit code {rc} (see gpu_check.log)"
     else:
@@ -175,7 +176,7 @@ def run_child(args: argparse.Namespace) -> int:
 def _git_head() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+                             check=False, cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -194,11 +195,11 @@ def _value(v) -> str:
 def markdown(report: dict) -> str:
     """The step table and the figure table (figures not measured read 'open', with the reason)."""
     env = {f["name"]: f["value"] for f in report["steps"].get("environment", {}).get("figures", [])}
-    lines = [f"# tlx GPU check: {report['mode']}", "",
-             f"Machine: {env.get('GPU') or 'no GPU'}, {env.get('cores (this process may use)', '?')} cores, torch "
-             f"{env.get('torch', '?')}, CUDA {env.get('CUDA (torch built with)') or '-'}, DALI "
-             f"{env.get('nvidia.dali', '?')}. Date {report['date']}, tlx commit {report['commit']}, "
-             f"{report.get('seconds', 0):.0f} s of a {report['budget_s']:.0f} s budget.", ""]
+    machine = (f"Machine: {env.get('GPU') or 'no GPU'}, {env.get('cores (this process may use)', '?')} cores, "
+               f"torch {env.get('torch', '?')}, CUDA {env.get('CUDA (torch built with)') or '-'}, "
+               f"DALI {env.get('nvidia.dali', '?')}. Date {report['date']}, tlx commit {report['commit']}, "
+               f"{report.get('seconds', 0):.0f} s of a {report['budget_s']:.0f} s budget.")
+    lines = [f"# tlx GPU check: {report['mode']}", "", machine, ""]
     if report["mode"] != "GPU":
         lines += ["A dry run checks that every step runs; its figures are of a CPU at toy sizes, not results.", ""]
     lines += ["| step | status | seconds | budget | note |", "|---|---|---|---|---|"]

@@ -95,8 +95,8 @@ def _keep_volumes(cohort: Path, n: int) -> None:
 
 def _loader_args(kind: str, data: Path, sz: Sizes) -> argparse.Namespace:
     """benchmarks.loader_throughput's arguments, with the batches the dataset's train split holds checked."""
-    from trainer.data.loader import make_loader
     from trainer.data.augment import AugmentConfig
+    from trainer.data.loader import make_loader
 
     loader = make_loader("torch", data, "train", global_batch=sz.loader_batch, rank=0, world_size=1, seed=0,
                          aug=AugmentConfig(image_size=sz.image), workers=0, device=torch.device("cpu"))

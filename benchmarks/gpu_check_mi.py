@@ -22,7 +22,12 @@ METHODS = {"torch": "int8 torch._int_mm", "torch-float": "float32 products"}
 
 
 def scale_factors(rec: Record, sz: Sizes, work: Path) -> None:
-    from benchmarks.scale_factors import RADNET_SLICES, RADNET_VOLUMES, TARGET_GPU_S, ct_like_volume
+    from benchmarks.scale_factors import (
+        RADNET_SLICES,
+        RADNET_VOLUMES,
+        TARGET_GPU_S,
+        ct_like_volume,
+    )
 
     rng = np.random.default_rng(0)
     volumes = [ct_like_volume(rng, sz.mi_slices, sz.mi_size) for _ in range(sz.mi_volumes + 1)]

@@ -15,8 +15,16 @@ import time
 
 import torch
 
-from benchmarks.gpu_check_core import (NEEDS_CUDA, Record, Sizes, cores, peak_memory, simclr_rate, sync,
-                                       synthetic_batches)
+from benchmarks.gpu_check_core import (
+    NEEDS_CUDA,
+    Record,
+    Sizes,
+    cores,
+    peak_memory,
+    simclr_rate,
+    sync,
+    synthetic_batches,
+)
 
 # The packages the wheels bring (scripts/gpu_wheels.txt): their versions say the install worked.
 CARRIED = ("nvidia.dali", "pydicom", "zstandard", "webdataset", "polars", "nibabel", "pylibjpeg", "jpeg_ls")
@@ -33,7 +41,7 @@ def _version(module: str) -> str:
 def _driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+                             capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

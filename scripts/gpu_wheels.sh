@@ -22,7 +22,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
-PART_BYTES=$(( ${TLX_PART_MIB:-56} * 1024 * 1024 ))
+PART_BYTES=${TLX_PART_BYTES:-$(( 56 * 1024 * 1024 ))}   # the tests set smaller parts
+LIST=${TLX_WHEEL_LIST:-scripts/gpu_wheels.txt}
 ROOM=$(( PART_BYTES - 65536 ))   # what a part holds besides its MANIFEST
 STAGE=${TLX_WHEEL_STAGE:-/tmp/tlx-wheels}
 
@@ -41,7 +42,7 @@ download() {
   all="$dir/all"
   # shellcheck disable=SC2046
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --abi cp312 --abi abi3 --abi none $(platforms) -d "$all" -r scripts/gpu_wheels.txt
+      --abi cp312 --abi abi3 --abi none $(platforms) -d "$all" -r "$LIST"
   local manifest="$dir/MANIFEST"
   : >"$manifest"
   while read -r size f; do  # record each wheel's sha256; cut the ones over the part size into chunks
@@ -73,7 +74,7 @@ download() {
     cp "$manifest" "$dir/part-$i/MANIFEST"
   done
   rmdir "$all"
-  echo "wheels: $(grep -c '^wheel ' "$manifest"), parts: ${#sizes[@]} (each under $((PART_BYTES / 1048576)) MiB, its MANIFEST included)"
+  echo "wheels: $(grep -c '^wheel ' "$manifest"), parts: ${#sizes[@]} (each at most $PART_BYTES bytes, its MANIFEST included)"
   for i in $(seq 1 ${#sizes[@]}); do
     printf '  %s/part-%s  %.1f MiB  %s\n' "$dir" "$i" "$(du -sb "$dir/part-$i" | awk '{print $1 / 1048576}')" \
         "$(ls "$dir/part-$i" | grep -v MANIFEST | tr '\n' ' ')"
