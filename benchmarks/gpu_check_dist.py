@@ -16,6 +16,7 @@ plain DDP with BN in eval mode there.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -191,6 +192,8 @@ def identical_runs(rec: Record, sz: Sizes, device: torch.device, work: Path) -> 
     from trainer.data.loader import make_loader
     from trainer.simclr import main as pretrain
 
+    for folder in ("identical", "identical-runs"):  # a reused --work folder holds the last run's
+        shutil.rmtree(work / folder, ignore_errors=True)
     data = synthetic(work / "identical", sz.run_samples, 256, "zstd")
     kind = "dali" if device.type == "cuda" else "torch"
     batches = []

@@ -27,7 +27,7 @@ LIST=${TLX_WHEEL_LIST:-scripts/gpu_wheels.txt}
 ROOM=$(( PART_BYTES - 65536 ))   # what a part holds besides its MANIFEST
 STAGE=${TLX_WHEEL_STAGE:-/tmp/tlx-wheels}
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 platforms() {  # every manylinux tag a CPython 3.12 x86-64 machine with glibc 2.39 accepts (pip matches N exactly)
   local n
