@@ -30,24 +30,25 @@ def real_data(rec: Record, sz: Sizes, work: Path) -> None:
              for kind in loaders}
     for kind, rate in rates.items():
         if rate is not None:
-            rec.figure(f"{kind} loader", round(rate, 1), "samples/s",
+            rec.figure(f"{kind} loader", rate, "samples/s",
                        f"two views of {sz.image} px per sample, batch {sz.loader_batch}, {sz.workers} workers"
                        + (f", {sz.dali_threads} DALI threads, DALI on {device.type}" if kind == "dali" else ""))
     base = rec.run("synthetic input", simclr_rate, sz, synthetic_batches(sz.loader_batch, sz.image, device),
                    sz.loader_batch, False, device, units=("img/s",))
     if base is not None:
-        rec.figure(f"synthetic input, batch {sz.loader_batch}", round(base["img_per_s"], 1), "img/s",
+        rec.figure(f"synthetic input, batch {sz.loader_batch}", base["img_per_s"], "img/s",
                    "the ceiling at the loaders' batch, eager, measured in this step")
         if rates.get("dali") is not None:
-            rec.figure("DALI loader / model", round(rates["dali"] / base["img_per_s"], 2), "x",
+            rec.figure("DALI loader / model", rates["dali"] / base["img_per_s"], "x",
                        "two-view samples/s delivered over img/s consumed (target >= 3)")
     for kind in loaders:
         r = rec.run(f"training with {kind} loader", _train_rate, kind, data, sz, device, units=("img/s", "%"))
         if r is None:
             continue
-        rec.figure(f"training with {kind} loader", round(r["img_per_s"], 1), "img/s", f"batch {sz.loader_batch}, eager")
-        rec.figure(f"training with {kind} loader", None if base is None else round(100 * r["img_per_s"] / base["img_per_s"], 1),
-                   "%", "of synthetic input at the same batch (target >= 95 with DALI)" if base else
+        rec.figure(f"training with {kind} loader", r["img_per_s"], "img/s", f"batch {sz.loader_batch}, eager")
+        share = None if base is None else 100 * r["img_per_s"] / base["img_per_s"]
+        rec.figure(f"training with {kind} loader", share, "%",
+                   "of synthetic input at the same batch (target >= 95 with DALI)" if base else
                    "no synthetic figure to compare with")
 
 
@@ -65,7 +66,7 @@ def make_dataset(rec: Record, sz: Sizes, work: Path) -> Path:
     t0 = time.perf_counter()
     made = synth_cohort(cohort, patients=sz.patients, seed=0, matrix=sz.matrix, workers=n)
     t1 = time.perf_counter()
-    rec.figure(f"tlx synth, {n} workers", round(made["files"] / (t1 - t0), 1), "files/s",
+    rec.figure(f"tlx synth, {n} workers", made["files"] / (t1 - t0), "files/s",
                f"{made['files']} files, {sz.patients} patients at {sz.matrix}x{sz.matrix}, {t1 - t0:.1f} s")
     if sz.keep_volumes is not None:
         _keep_volumes(cohort, sz.keep_volumes)
@@ -75,7 +76,7 @@ def make_dataset(rec: Record, sz: Sizes, work: Path) -> Path:
                     write_config=WriteConfig(size=(sz.shard_size, sz.shard_size)), options=RunOptions(workers=n))
     seconds = time.perf_counter() - t0
     slices = summary.write.slices_converted
-    rec.figure(f"tlx shard, {n} workers", round(slices / seconds, 1), "slices/s",
+    rec.figure(f"tlx shard, {n} workers", slices / seconds, "slices/s",
                f"scan + plan + write, {slices} slices converted in {seconds:.1f} s "
                f"({slices / seconds / n:.1f} per core), {sz.shard_size}x{sz.shard_size} zstd-3")
     return data

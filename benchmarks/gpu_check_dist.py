@@ -64,7 +64,7 @@ def nccl_group(rec: Record, device: torch.device) -> None:
         finally:
             dist.destroy_process_group()
     if device.type == "cuda":
-        rec.figure("NCCL 1-process group", round(latency, 1), "us", "all_reduce of one float, sum checked on 4 MiB")
+        rec.figure("NCCL 1-process group", latency, "us", "all_reduce of one float, sum checked on 4 MiB")
     else:
         rec.figure("NCCL 1-process group", None, "us", f"{NEEDS_CUDA}; gloo twin ran: {latency:.0f} us")
 
@@ -144,8 +144,11 @@ def ddp_syncbn(rec: Record, sz: Sizes, device: torch.device, work: Path) -> None
     rec.figure("DDP + SyncBatchNorm, 2 ranks vs 1 process", diff, "max rel diff",
                f"{verdict} tolerance {GRAD_RTOL:g}; {what}; {sz.dist_model}, {sz.dist_image} px, "
                f"{sz.dist_batch} per rank, gloo ranks sharing one device")
-    if device.type != "cuda":
-        rec.figure("SyncBatchNorm on CUDA", None, "max rel diff", NEEDS_CUDA)
+    if device.type != "cuda":  # the conversion itself runs anywhere; SyncBN's forward needs CUDA
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        layers = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+        rec.figure("SyncBatchNorm on CUDA", None, "max rel diff",
+                   f"{NEEDS_CUDA}; build_model converts {layers} BatchNorm layers on CUDA")
 
 
 def grad_cache(rec: Record, sz: Sizes, device: torch.device) -> None:

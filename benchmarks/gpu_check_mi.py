@@ -40,15 +40,15 @@ def scale_factors(rec: Record, sz: Sizes, work: Path) -> None:
             continue
         binning = ub["binning_s_per_volume"]
         hours = ub["mi_s_per_volume"] * scale / 3600
-        rec.figure(f"MI {what}", round(ub["mi_evaluations_per_s"]), "MI evaluations/s",
+        rec.figure(f"MI {what}", ub["mi_evaluations_per_s"], "MI evaluations/s",
                    f"{sz.mi_volumes} volume(s) of {sz.mi_slices} x {sz.mi_size}x{sz.mi_size}, 64 bins, on "
                    f"{sz.device}, {ub['mi_s_per_volume']:.3f} s per volume")
         note = (f"projected: MI alone, one GPU ({'within' if hours * 3600 <= TARGET_GPU_S else 'over'} the 1 h target)"
                 if on_gpu else NEEDS_CUDA)
-        rec.figure(f"RadNet-12M S_UB, {what}", round(hours, 2) if on_gpu else None, "h", note)
+        rec.figure(f"RadNet-12M S_UB, {what}", hours if on_gpu else None, "h", note)
     if binning is not None:
         n = cores()
-        rec.figure("binning (quantize, CPU)", round(binning, 3), "s/volume",
+        rec.figure("binning (quantize, CPU)", binning, "s/volume",
                    f"one core; RadNet-12M: {binning * scale / 3600:.1f} h on one core, "
                    f"{binning * scale / 3600 / n:.2f} h over {n} cores (projected)")
 

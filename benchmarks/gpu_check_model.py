@@ -56,7 +56,7 @@ def environment(rec: Record, sz: Sizes, work) -> None:
     if cuda:
         props = torch.cuda.get_device_properties(0)
         rec.figure("GPU", props.name, "")
-        rec.figure("GPU memory", round(props.total_memory / 2 ** 30, 1), "GiB")
+        rec.figure("GPU memory", props.total_memory / 2 ** 30, "GiB")
         rec.figure("multiprocessors", props.multi_processor_count, "")
         rec.figure("driver", _driver(), "")
     else:
@@ -97,10 +97,10 @@ def _ceiling_figures(rec: Record, mode: str, batch: int, r: dict) -> None:
         rec.figure(name, None, "img/s", "out of GPU memory at this batch")
         rec.figure(name, None, "GiB", "out of GPU memory at this batch")
         return
-    rec.figure(name, round(r["img_per_s"], 1), "img/s", f"{2 * r['img_per_s']:.0f} views/s")
-    rec.figure(name, None if r["peak_gib"] is None else round(r["peak_gib"], 2), "GiB",
+    rec.figure(name, r["img_per_s"], "img/s", f"{2 * r['img_per_s']:.0f} views/s")
+    rec.figure(name, r["peak_gib"], "GiB",
                "peak allocated" if r["peak_gib"] is not None else NEEDS_CUDA)
-    rec.detail(f"{name} warm-up s", round(r["warmup_s"], 1))
+    rec.detail(f"{name} warm-up s", r["warmup_s"])
 
 
 def finetune(rec: Record, sz: Sizes, work) -> None:
@@ -110,10 +110,10 @@ def finetune(rec: Record, sz: Sizes, work) -> None:
         if r is None:
             continue
         what = "U-Net decoder" if kind == "segmentation" else "linear head"
-        rec.figure(f"{kind} batch {batch}", round(r["img_per_s"], 1), "img/s",
+        rec.figure(f"{kind} batch {batch}", r["img_per_s"], "img/s",
                    f"{sz.model} + {what}, {sz.image} px, AdamW, "
                    + ("bf16 + channels_last" if device.type == "cuda" else "float32 (CPU)"))
-        rec.figure(f"{kind} batch {batch}", None if r["peak_gib"] is None else round(r["peak_gib"], 2), "GiB",
+        rec.figure(f"{kind} batch {batch}", r["peak_gib"], "GiB",
                    "peak allocated" if r["peak_gib"] is not None else NEEDS_CUDA)
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -100,6 +101,8 @@ def test_dry_run_leaves_every_gpu_figure_open_and_says_why(dry_run):
     for key in gpu_only:
         assert figures[key]["value"] is None and figures[key]["note"].startswith(NEEDS_CUDA), key
     assert not [k for k, f in figures.items() if NO_BUDGET in f["note"]]
+    sync_bn = figures[("distributed", "SyncBatchNorm on CUDA", "max rel diff")]["note"]
+    assert int(re.search(r"build_model converts (\d+) BatchNorm layers on CUDA", sync_bn).group(1)) > 0
 
 
 def test_dry_run_writes_the_tables_and_the_log(dry_run):
@@ -124,8 +127,9 @@ def _alive(pid: int) -> bool:
 def test_a_step_past_its_budget_is_stopped_with_its_children_and_keeps_its_figures(tmp_path):
     result, pidfile = tmp_path / "step.json", tmp_path / "child.pid"
     figure = {"name": "first", "value": 1.5, "unit": "img/s", "note": ""}
+    record = {"figures": [figure], "errors": [], "details": {}}
     code = (f"import json, subprocess, sys, time\n"
-            f"open({str(result)!r}, 'w').write(json.dumps({{'figures': [{figure!r}], 'errors': [], 'details': {{}}}}))\n"
+            f"open({str(result)!r}, 'w').write(json.dumps({record!r}))\n"
             f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
             f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
             f"time.sleep(120)\n")
