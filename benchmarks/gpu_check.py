@@ -78,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not steps:
         raise UserError(f"--steps {args.steps!r}: {', '.join(unknown) or 'none given'} not among "
                         f"{', '.join(STEPS)}")
+    if args.budget <= 0:
+        raise UserError(f"--budget {args.budget:g}: give the run's seconds, more than 0 (default {RUN_BUDGET_S})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} is a file; give a folder (made if absent)")
     if not args.dry_run:
         import torch
 
         if not torch.cuda.is_available():
             raise UserError("no CUDA GPU is visible: run the check on the GPU machine, or add --dry-run")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tlx-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def run_steps(args: argparse.Namespace, steps: list[str], out: Path, work: Path)
     start = time.monotonic()
     report = {"mode": "dry-run (CPU, tiny sizes)" if args.dry_run else "GPU",
               "date": datetime.date.today().isoformat(), "commit": args.commit or _git_head(),
-              "budget_s": args.budget, "steps": {}, "sizes": {k: v for k, v in vars(sz).items()}}
+              "budget_s": args.budget, "steps": {}, "sizes": dict(vars(sz))}
     log = out / "gpu_check.log"
     log.write_text("")
     for name in steps:

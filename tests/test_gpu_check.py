@@ -196,6 +196,14 @@ def test_without_a_gpu_the_full_check_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_bad_budget_or_out_is_refused(tmp_path):
+    with pytest.raises(UserError, match="--budget -1: give the run's seconds, more than 0"):
+        main(["--dry-run", "--budget", "-1", "--out", str(tmp_path)])
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is a file; give a folder"):
+        main(["--dry-run", "--out", str(tmp_path / "f")])
+
+
 def test_an_unknown_step_is_refused_with_the_known_ones(tmp_path):
     with pytest.raises(UserError, match="--steps 'ceiling,speed': speed not among environment, ceiling, real_data"):
         main(["--dry-run", "--steps", "ceiling,speed", "--out", str(tmp_path)])
