@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_check import STEPS, main, markdown, run_step
+from benchmarks.gpu_check import RUN_BUDGET_S, STEPS, main, markdown, run_step
 from benchmarks.gpu_check_core import NEEDS_CUDA, NO_BUDGET, Record, sizes
 from benchmarks.gpu_check_dist import GRAD_RTOL
 from tests.fixtures.optional import need
@@ -122,6 +122,13 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_the_full_run_fits_in_8_minutes():
+    full = sizes(dry_run=False)
+    assert set(full.budgets) == set(DRY.budgets) == set(STEPS)
+    assert sum(full.budgets.values()) <= RUN_BUDGET_S < 8 * 60
+    assert (full.device, full.model, full.image, full.batches) == ("cuda", "resnet50", 256, (128, 256, 512))
 
 
 def test_a_step_past_its_budget_is_stopped_with_its_children_and_keeps_its_figures(tmp_path):
