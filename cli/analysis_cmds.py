@@ -50,6 +50,9 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--convergence-metric", help="Validation metric for convergence (default: the task's headline metric).")
 @click.option("--rbf-threshold", type=float, default=1.0, show_default=True,
               help="RBF CKA bandwidth in units of the median distance.")
+@click.option("--rbf-bandwidth", type=click.Choice(["study-code", "kornblith"]), default="study-code",
+              show_default=True, help="Which median: of the nonzero squared distances, torch's lower median (the "
+                                      "study's CKA code), or of all of them (Kornblith's code).")
 @click.option("--weight-layout", type=click.Choice(["study-code", "kernel-positions"]), default="study-code",
               show_default=True, help="Conv weights as a representation: the study's (out*kh*kw) x in, or tlx's "
                                       "kernel positions x filters.")
@@ -68,7 +71,7 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--interpolation", type=click.Choice(["log", "linear"]), default="log", show_default=True,
               help="Interpolate scale-adjusted results in log or linear dataset size.")
 def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, absolute_improvement,
-            convergence_metric, rbf_threshold, weight_layout, uniqueness_chunks,
+            convergence_metric, rbf_threshold, rbf_bandwidth, weight_layout, uniqueness_chunks,
             redundancy_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
             sizes, interpolation):
     """Turn run directories (and/or a published table) into tables, Welch tests and figures.
@@ -91,7 +94,8 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
     options = ReportOptions(
         ddof=int(ddof), alpha=alpha, patience=patience, min_improvement=min_improvement,
         relative_improvement=not absolute_improvement, convergence_metric=convergence_metric,
-        rbf_threshold=rbf_threshold, weight_layout=weight_layout, uniqueness_chunks=uniqueness_chunks,
+        rbf_threshold=rbf_threshold, rbf_bandwidth=rbf_bandwidth, weight_layout=weight_layout,
+        uniqueness_chunks=uniqueness_chunks,
         redundancy_splits=redundancy_splits, seed=seed,
         scale_factors=str(scale_factors) if scale_factors else None, s_lb=s_lb, s_ub=s_ub,
         scale_pair=_parse_pair(scale_pair), sizes=_parse_sizes(sizes), interpolation=interpolation)
