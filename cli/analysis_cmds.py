@@ -158,9 +158,15 @@ def _print_report(report) -> None:
 @click.option("--compressor", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
               help="S_LB compressor: gzip as in the paper; zstd is faster and sees across slices.")
 @click.option("--level", type=int, help="Compression level (default: gzip 9 as the study's Python gzip, zstd 3).")
+@click.option("--lb-estimator", type=click.Choice(["study-code", "per-volume"]), default="study-code",
+              show_default=True,
+              help="S_LB as the study's code computed it (random slices drawn with replacement from the whole split; "
+                   "total random bytes over total volume bytes) or tlx's per-volume form (random slices of other "
+                   "volumes; weighed by slices).")
 @click.option("--estimator", type=click.Choice(["study-code", "paper-text"]), default="study-code", show_default=True,
-              help="S_UB as the study's code computed it (smoothed histograms, one MI range per volume, r not "
-                   "clipped, volumes over 300 slices skipped) or as its text describes it.")
+              help="S_UB as the study's code computed it (smoothed histograms; MI_max of the first slice, MI_min of "
+                   "the first 101 against a random baseline volume's slices; r not clipped; volumes over 300 slices "
+                   "skipped, those with effective slices outside (0, n) dropped) or as its text describes it.")
 @click.option("--max-slices", type=click.IntRange(min=0),
               help="S_UB skips volumes with more slices (default: 300 for study-code, none for paper-text; 0: none).")
 @click.option("--dump-pairs", is_flag=True,
@@ -170,7 +176,7 @@ def _print_report(report) -> None:
 @click.option("--hu-range", type=(float, float), help="Fixed binning range LO HI (default: each slice's min..max).")
 @click.option("--volumes", type=int, help="Quick estimate: a random sample of this many volumes, with a 95% CI.")
 @click.option("--baseline-slices", type=int,
-              help="Slices of the random other volume for the MI baseline (default: all of them).")
+              help="paper-text: slices of the random other volume for the MI baseline (default: all of them).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=default_workers, show_default="the cores this process may use",
               help="Processes (CPU) or reader threads (GPU).")
@@ -178,8 +184,8 @@ def _print_report(report) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--method", type=click.Choice(["bincount", "onehot", "torch", "torch-float"]),
               help="How joint histograms are counted (default: bincount on CPU, torch on GPU).")
-def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator, max_slices, dump_pairs, bins, hu_range,
-                  volumes, baseline_slices, seed, workers, device, method):
+def scale_factors(data_dir, out_dir, split, bound, compressor, level, lb_estimator, estimator, max_slices, dump_pairs,
+                  bins, hu_range, volumes, baseline_slices, seed, workers, device, method):
     """Estimate a dataset's scale factors S_LB (compressibility) and S_UB (mutual information).
 
     S says how many CT slices are worth one independent image (paper supplement S4).
@@ -199,7 +205,8 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator,
     from tlxcore.progress import drawn
 
     cfg = ScaleFactorConfig(split=split, lower=bound in ("both", "lb"), upper=bound in ("both", "ub"),
-                            compressor=compressor, level=level, estimator=estimator, max_slices=max_slices,
+                            compressor=compressor, level=level, lb_estimator=lb_estimator, estimator=estimator,
+                            max_slices=max_slices,
                             dump_pairs=dump_pairs, bins=bins, value_range=hu_range, volumes=volumes,
                             baseline_slices=baseline_slices, seed=seed, workers=workers, device=device, method=method)
     with drawn() as progress:
@@ -220,10 +227,13 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator,
             ci = f" (95% CI {entry['ci95'][0]:.4g} – {entry['ci95'][1]:.4g})" if entry["ci95"] else ""
             if entry["value"] is None:
                 console.print(f"[red]{key.upper()}: no volume to compute it on ({entry.get('volumes_skipped', 0)} "
-                              f"skipped over {entry.get('max_slices')} slices)[/red]")
+                              f"skipped over {entry.get('max_slices')} slices, {entry.get('volumes_dropped', 0)} "
+                              f"dropped)[/red]")
                 continue
-            skipped = entry.get("volumes_skipped")
+            skipped, dropped = entry.get("volumes_skipped"), entry.get("volumes_dropped")
             note = f"; {skipped} volume(s) over {entry['max_slices']} slices skipped" if skipped else ""
+            note += (f"; {dropped} volume(s) dropped as the study's code dropped them (ub_dropped in the volumes "
+                     f"CSV)") if dropped else ""
             console.print(f"{key.upper()} = {entry['value']:.4g}{ci}{note}")
     console.print(f"{result['volumes_ok']} volumes, {result['slices_processed']} slices, "
                   f"{result['mi_evaluations']:,} MI evaluations in {result['seconds']:.1f} s -> {path}")
