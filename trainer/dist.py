@@ -9,6 +9,8 @@
 Launched by `torchrun`, the environment holds RANK, WORLD_SIZE and LOCAL_RANK (and the
 rendezvous address); launched by plain `python`, none of them is set and this is a
 single process (rank 0 of 1) with no process group. GPUs talk NCCL, CPUs talk gloo.
+A rank that cannot meet its peers within $TLX_DIST_TIMEOUT seconds (default 300) raises
+TrainerError saying which rank waited for what (trainer/dist_join.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer.dist_join import join_process_group, join_timeout_s
 from trainer.errors import TrainerError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -55,13 +58,9 @@ def init_dist(device: str = "auto") -> Dist:
     backend = None
     if world_size > 1:
         backend = "nccl" if device == "cuda" else "gloo"
-        # torchrun keeps its key-value store across `--max-restarts` restarts, so a restarted rank can
-        # read the dead attempt's connection addresses and fail with "Connection refused" (seen with
-        # gloo, torch 2.13). Keys under a per-attempt prefix keep every attempt to itself.
-        store, _, _ = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend, store=dist.PrefixStore(f"tlx-attempt-{attempt}", store),
-                                rank=rank, world_size=world_size)
+        # One token per torchrun round, agreed through the store, and a deadline for meeting the
+        # peers: see trainer/dist_join.py for why and how.
+        join_process_group(backend, dev, rank, world_size, join_timeout_s())
     return Dist(rank, local_rank, world_size, dev, backend)
 
 

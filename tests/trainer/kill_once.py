@@ -1,0 +1,58 @@
+"""torchrun entry for the multi-node restart tests: run a trainer module, SIGKILL ranks in a planned order.
+
+    TLX_TEST_KILLS=1,0 TLX_TEST_KILL_AT=3 TLX_TEST_KILL_DIR=/tmp/k torchrun ... kill_once.py trainer.simclr --data ...
+
+TLX_TEST_KILLS lists the ranks that die, one per torchrun round: the first round loses rank 1, the
+round after it rank 0, the next one runs to the end. The victim dies at the start of its
+TLX_TEST_KILL_AT-th optimizer step since its process started (before the update), by SIGKILL from
+itself: no cleanup, no exception, like a node that loses power, at a step that does not depend on
+timing. It first writes TLX_TEST_KILL_DIR/kill-<i> (which the test reads, and which tells the
+later rounds that kill i happened).
+
+The other ranks of that round reach the same step and then stay busy for TLX_TEST_SURVIVOR_SLEEP
+seconds (default 5), like a rank 0 writing a large checkpoint: their agent then restarts them for
+the membership change before they notice the death themselves. That is the case where only the
+victim's agent counts a restart (issue 17's hang); without the pause the survivors usually fail on
+the closed connection first, their agent counts too, and the counts happen to match.
+"""
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+STARTED = time.time()
+_steps = [0]
+
+
+def _this_rounds_kill(kills: list[str], folder: Path) -> int | None:
+    """Index of the kill planned for this process's round: the first not yet done, or done while it ran."""
+    for i in range(len(kills)):
+        marker = folder / f"kill-{i}"
+        if not marker.exists() or marker.stat().st_mtime >= STARTED:
+            return i
+    return None
+
+
+def _maybe_die(optimizer, args, kwargs):
+    _steps[0] += 1
+    if _steps[0] != int(os.environ["TLX_TEST_KILL_AT"]):
+        return
+    kills, folder = os.environ["TLX_TEST_KILLS"].split(","), Path(os.environ["TLX_TEST_KILL_DIR"])
+    i = _this_rounds_kill(kills, folder)
+    if i is None:
+        return
+    marker = folder / f"kill-{i}"
+    if kills[i] == os.environ["RANK"] and not marker.exists():
+        marker.write_text(f"rank {kills[i]} killed at its step {_steps[0]}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(float(os.environ.get("TLX_TEST_SURVIVOR_SLEEP", "5")))
+
+
+if __name__ == "__main__":
+    register_optimizer_step_pre_hook(_maybe_die)  # every optimizer: LARS in simclr, AdamW/SGD in finetune
+    module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
