@@ -83,6 +83,39 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def gather_floats(value: float) -> list[float]:
+    """Every rank's `value`, in rank order (a collective: every rank calls it); [value] in one process."""
+    if not is_distributed():
+        return [float(value)]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, float(value))
+    return out
+
+
+def rank_share(per_rank: list[float] | None, fallback: float, env: Dist) -> float:
+    """This rank's entry of what gather_floats saved in a checkpoint (e.g. its running loss sum).
+
+    Resumed on another number of ranks, every rank carries the saved ranks' mean, so that the mean
+    over ranks at the end of the epoch is still right. `fallback` (a checkpoint written before the
+    per-rank list existed held rank 0's value only) is used when there is no list.
+    """
+    if not per_rank:
+        return fallback
+    return per_rank[env.rank] if len(per_rank) == env.world_size else sum(per_rank) / len(per_rank)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics); a no-op in one process.
+
+    DDP copies rank 0's buffers at the start of every training forward, not after the last one, so
+    without this each rank would evaluate its share with statistics of its own, and not the model
+    that rank 0 saves (best.pt, last.pt), which is also what a resumed run starts from.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = None) -> float:
     """The mean of a scalar over all ranks (the scalar itself in a single process)."""
     if device is None and is_distributed() and dist.get_backend() == "nccl":

@@ -34,7 +34,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -73,26 +76,27 @@ class _Join:
     rank: int
     world_size: int
     timeout_s: float
-    deadline: float
+    start: float        # time.monotonic() when the join began
 
     @property
     def where(self) -> str:
         return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
 
     def left(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.001)
+        return max(self.start + self.timeout_s - time.monotonic(), 0.001)
 
     def late(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return time.monotonic() >= self.start + self.timeout_s
 
     def waited(self, what: str, hint: str) -> TrainerError:
-        return TrainerError(f"rank {self.rank} of {self.world_size} waited {self.timeout_s:g} s for {what} "
-                            f"(store {self.where}, {TIMEOUT_ENV}={self.timeout_s:g}); {hint}")
+        # the time actually waited: the store client's connection retries can overrun the deadline by ~1 s
+        return TrainerError(f"rank {self.rank} of {self.world_size} waited {time.monotonic() - self.start:.0f} s "
+                            f"for {what} (store {self.where}, {TIMEOUT_ENV}={self.timeout_s:g}); {hint}")
 
 
 def join_process_group(backend: str, device: torch.device, rank: int, world_size: int, timeout_s: float) -> None:
     """Start the default process group of this round; TrainerError if the peers do not all show up in time."""
-    j = _Join(rank, world_size, timeout_s, time.monotonic() + timeout_s)
+    j = _Join(rank, world_size, timeout_s, time.monotonic())
     store = _open_store(j)
     token = _agree_on_token(store, j)
     # The process group's own timeout is set a little past the deadline so that the poll in
@@ -108,16 +112,42 @@ def join_process_group(backend: str, device: torch.device, rank: int, world_size
 def _open_store(j: _Join) -> dist.Store:
     """torchrun's store client (or, launched without an agent, rank 0's own store), within the deadline."""
     try:
-        store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=j.left())))
+        with _cpp_logs_muted():
+            store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=j.left())))
     except ValueError as exc:  # a variable of the env:// launch is missing
         raise TrainerError(f"rank {j.rank} of {j.world_size}: {exc} (launch with torchrun, which sets RANK, "
                            "WORLD_SIZE, MASTER_ADDR and MASTER_PORT)") from None
     except (RuntimeError, TimeoutError) as exc:  # DistStoreError, DistNetworkError: not reachable in time
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        what = ("the other ranks to connect to the store it hosts" if j.rank == 0 and not _agent_store()
-                else "the process group's store to answer")
-        raise j.waited(what, f"is MASTER_ADDR:MASTER_PORT right and the rank-0 node up? ({reason})") from None
+        if j.rank == 0 and not _agent_store():
+            raise j.waited("the other ranks to connect to the store it hosts",
+                           f"did every rank start, with this MASTER_ADDR and MASTER_PORT? ({_first_line(exc)})") from None
+        raise j.waited("the process group's store to answer",
+                       f"are MASTER_ADDR and MASTER_PORT right, and is the rank-0 node up? ({_first_line(exc)})") from None
     return store
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _cpp_logs_muted():
+    """Send file descriptor 2 to a scratch file for the duration. While a rank waits for the store,
+    torch's C++ side logs every retry and timeout to stderr, each with a 30-line stack trace; the
+    TrainerError raised after the wait says what happened in one line, so that output is dropped.
+    (TORCH_CPP_LOG_LEVEL would do it, but it is read once, when torch is imported.)"""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _agent_store() -> bool:
@@ -131,7 +161,8 @@ def _agree_on_token(store: dist.Store, j: _Join) -> str:
     nonce = uuid.uuid4().hex
     store.append(f"{KEYS}/hellos", f"{j.rank}:{nonce},")
     try:
-        store.wait([f"{KEYS}/welcome/{nonce}"], timedelta(seconds=j.left()))
+        with _cpp_logs_muted():
+            store.wait([f"{KEYS}/welcome/{nonce}"], timedelta(seconds=j.left()))
     except (RuntimeError, TimeoutError):
         raise j.waited("rank 0 to open the process group",
                        "rank 0 did not start, died, or waits elsewhere; see its log") from None
@@ -177,9 +208,8 @@ def _first_collective(device: torch.device, j: _Join) -> None:
     try:
         work.wait()
     except (RuntimeError, TimeoutError) as exc:   # a peer died in between: gloo's connection closed
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainerError(f"rank {j.rank} of {j.world_size}: a peer left during the first collective "
-                           f"(store {j.where}): {reason}") from None
+                           f"(store {j.where}): {_first_line(exc)}") from None
     if int(ones.item()) != j.world_size:
         raise TrainerError(f"rank {j.rank} of {j.world_size}: the first collective counted {int(ones.item())} "
                            f"ranks, not {j.world_size}")

@@ -46,7 +46,8 @@ from trainer.config import check_at_least, config_dict, opt, parse_config, save_
 from datakit.read import open_dataset
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, is_distributed, print0
+from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, gather_floats, init_dist,
+                          is_distributed, print0, rank_share)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
@@ -349,7 +350,8 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         model.encoder.load_state_dict(ckpt["encoder"])
         model.head_module().load_state_dict(ckpt["decoder" if task.kind == "segmentation" else "head"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, epoch_step, loss_sum = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"]
+        step, epoch, epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
+        loss_sum = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # each rank its own
         best = ckpt["best"]
         wall_before = ckpt.get("wall_s", 0.0)   # metrics' wall_s counts from the run's start, not this process's
         restore_rng_states(ckpt["rng"], env.rank)
@@ -362,10 +364,11 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         pq.write_table(subset_table, out / "subset.parquet")
 
     def save_last(done_epoch: int, at_step: int, sums: float) -> None:
-        rngs = gather_rng_states()
+        rngs, all_sums = gather_rng_states(), gather_floats(sums)  # collectives; the ranks' loss sums differ
         if env.is_main:
             save_checkpoint(_checkpoint(model, plan, optimizer=optimizer.state_dict(), step=step, epoch=done_epoch,
-                                        epoch_step=at_step, epoch_loss_sum=sums, best=best, rng=rngs, config=config,
+                                        epoch_step=at_step, epoch_loss_sum=sums, epoch_loss_sums=all_sums, best=best,
+                                        rng=rngs, config=config,
                                         wall_s=time.time() - start),
                             last)
 
@@ -393,6 +396,7 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
             if step >= max_steps:
                 break
         train_loss = all_reduce_mean(float(loss_acc) / max(epoch_step, 1), env.device)
+        broadcast_buffers(model)   # every rank evaluates, and keeps as best, the model rank 0 saves
         val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"], decoder)
         epoch += 1
         score = val_metrics[task.metric]

@@ -43,7 +43,7 @@ from trainer.config import check_at_least, config_dict, opt, parse_config, tool_
 from trainer.data.augment import AugmentConfig
 from datakit.read import open_dataset
 from trainer.data.loader import make_loader
-from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist
+from trainer.dist import Dist, all_reduce_mean, close_dist, gather_floats, init_dist, rank_share
 from tlxcore.errors import UserError
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.gradcache import grad_cache_step
@@ -165,11 +165,12 @@ def check_resumable(cfg: SimCLRConfig, ckpt: dict, train_data: dict) -> None:
 
 
 def save(path: Path, net: SimCLRModel, optimizer, state: dict, cfg: SimCLRConfig, env: Dist, train_data: dict) -> None:
-    rng = ck.gather_rng_states()  # a collective: every rank calls it
+    rng = ck.gather_rng_states()  # collectives: every rank calls them
+    loss_sums = gather_floats(state["epoch_loss_sum"])  # the ranks' partial-epoch loss sums differ
     if env.is_main:
         ck.save_checkpoint(ck.new_checkpoint(cfg.model, net.encoder.state_dict(), projector=net.projector.state_dict(),
                                              optimizer=optimizer.state_dict(), rng=rng, config=config_dict(cfg),
-                                             train_data=train_data, **state), path)
+                                             train_data=train_data, epoch_loss_sums=loss_sums, **state), path)
 
 
 def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
@@ -218,6 +219,7 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         ck.restore_rng_states(ckpt["rng"], env.rank)
         state.update({k: ckpt[k] for k in state})
+        state["epoch_loss_sum"] = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # each rank its own
         log.note(f"resumed from {cfg.resume if cfg.resume != 'auto' else run / 'checkpoints/last.pt'} at step {state['step']}")
     log.write_config(run_config(cfg, env, dataset, spe))
     total = schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, schedule.total_steps)

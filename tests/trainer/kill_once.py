@@ -10,11 +10,17 @@ timing. It first writes TLX_TEST_KILL_DIR/kill-<i> (which the test reads, and wh
 later rounds that kill i happened).
 
 The other ranks of that round reach the same step and then stay busy for TLX_TEST_SURVIVOR_SLEEP
-seconds (default 5), like a rank 0 writing a large checkpoint: their agent then restarts them for
-the membership change before they notice the death themselves. That is the case where only the
-victim's agent counts a restart (issue 17's hang); without the pause the survivors usually fail on
-the closed connection first, their agent counts too, and the counts happen to match.
+seconds (default 30), like a rank 0 writing a large checkpoint: their agent restarts them for the
+membership change (SIGTERM) before they notice the death themselves. That is the case where only
+the victim's agent counts a restart (issue 17's hang); without the pause the survivors often fail
+on the closed connection first, their agent counts too, and the counts happen to match.
+
+Every process appends to TLX_TEST_KILL_DIR/processes.jsonl when it starts (rank, the restart count
+its agent gave it) and when it exits normally (the optimizer steps it ran), so a test can tell
+which round resumed where and which agent counted which restart.
 """
+import atexit
+import json
 import os
 import runpy
 import signal
@@ -41,7 +47,8 @@ def _maybe_die(optimizer, args, kwargs):
     _steps[0] += 1
     if _steps[0] != int(os.environ["TLX_TEST_KILL_AT"]):
         return
-    kills, folder = os.environ["TLX_TEST_KILLS"].split(","), Path(os.environ["TLX_TEST_KILL_DIR"])
+    kills = [r for r in os.environ["TLX_TEST_KILLS"].split(",") if r]   # empty: an uninterrupted run
+    folder = Path(os.environ["TLX_TEST_KILL_DIR"])
     i = _this_rounds_kill(kills, folder)
     if i is None:
         return
@@ -49,10 +56,18 @@ def _maybe_die(optimizer, args, kwargs):
     if kills[i] == os.environ["RANK"] and not marker.exists():
         marker.write_text(f"rank {kills[i]} killed at its step {_steps[0]}\n")
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(float(os.environ.get("TLX_TEST_SURVIVOR_SLEEP", "5")))
+    time.sleep(float(os.environ.get("TLX_TEST_SURVIVOR_SLEEP", "30")))
+
+
+def _record(event: str, **fields) -> None:
+    row = {"event": event, "rank": int(os.environ["RANK"]), "pid": os.getpid(), **fields}
+    with open(Path(os.environ["TLX_TEST_KILL_DIR"]) / "processes.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")   # one short write in append mode: lines of two processes do not mix
 
 
 if __name__ == "__main__":
+    _record("start", restart_count=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
+    atexit.register(lambda: _record("exit", steps=_steps[0]))
     register_optimizer_step_pre_hook(_maybe_die)  # every optimizer: LARS in simclr, AdamW/SGD in finetune
     module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

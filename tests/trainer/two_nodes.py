@@ -3,8 +3,10 @@
     result = run_two_nodes(["trainer.simclr", "--data", ds, "--out", out, ...], tmp_path / "logs")
     assert result.ok, result.tail()
 
-Each agent runs in its own session with its output in a file; past `timeout_s` both process groups
-(agents and workers) are killed, so a hang fails the test instead of the suite.
+Each agent runs in its own session with its output in a file; past `timeout_s` the agents and
+all their descendants are killed (torchrun starts each worker in a session of its own, so killing
+the agent's process group alone would leave the workers behind), and a hang fails the test
+instead of the suite.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def run_two_nodes(argv: list[str], logs: Path, *, env: dict[str, str] | None = N
         codes = [_wait(p, start + timeout_s) for p in procs]
     finally:
         for p in procs:             # on a timeout, and whatever else went wrong: nothing outlives the test
-            _kill_group(p)
+            _kill_tree(p)
     return TwoNodes(codes, paths, time.monotonic() - start)
 
 
@@ -77,9 +79,31 @@ def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
         return None
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)   # the agent's session: the agent and its workers
-    except ProcessLookupError:
-        pass
+def _kill_tree(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:     # exited: torchrun stops its workers before it exits
+        return
+    doomed = _descendants(proc.pid)  # before the agent dies: then its workers lose their parent
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below `root`, from /proc (ppid links)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:             # exited while we looked
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
