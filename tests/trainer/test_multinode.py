@@ -24,7 +24,7 @@ from torch.distributed.constants import default_pg_timeout
 from dist_helpers import free_port
 from tests.fixtures.datasets import make_ct_dataset
 from trainer.checkpoint import load_checkpoint
-from trainer.dist import init_dist
+from trainer.dist import Dist, init_dist, rank_share
 from trainer.dist_join import DEFAULT_TIMEOUT_S, _agree_on_token, _Join, join_process_group, join_timeout_s
 from trainer.errors import TrainerError
 from two_nodes import checkpoint_every, run_two_nodes
@@ -99,6 +99,14 @@ def test_two_nodes_survive_sigkill_of_either_rank_bit_for_bit(ds, tmp_path, modu
     # only round 3 exits normally, after the 2 steps from the checkpoint of step 4 (no step lost or repeated)
     assert sorted((p["rank"], p["steps"]) for p in processes if p["event"] == "exit") == [(0, 2), (1, 2)]
     _assert_same_run(module, tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_rank_resumes_its_own_loss_sum_or_on_another_world_size_the_mean():
+    two = [Dist(r, r, 2, torch.device("cpu"), "gloo") for r in range(2)]
+    assert [rank_share([1.5, 2.5], 9.0, env) for env in two] == [1.5, 2.5]
+    three = [Dist(r, r, 3, torch.device("cpu"), "gloo") for r in range(3)]
+    assert [rank_share([1.5, 2.5], 9.0, env) for env in three] == [2.0, 2.0, 2.0]   # the epoch mean stays right
+    assert rank_share(None, 9.0, two[1]) == 9.0     # a checkpoint without the list: what it holds (rank 0's)
 
 
 # --- the round token ----------------------------------------------------------------------------------
