@@ -99,10 +99,13 @@ def join_process_group(backend: str, device: torch.device, rank: int, world_size
     j = _Join(rank, world_size, timeout_s, time.monotonic())
     store = _open_store(j)
     token = _agree_on_token(store, j)
-    # The process group's own timeout is set a little past the deadline so that the poll in
-    # _first_collective, not NCCL's watchdog (which aborts the process), reports a missing rank.
+    # The process group's own timeout ends with the deadline on gloo: a gloo operation still
+    # waiting when the process exits would hold the exit until it times out. NCCL gets 30 s more,
+    # so that the poll in _first_collective, not NCCL's watchdog (which aborts the process),
+    # reports the missing rank; the watchdog then ends the process.
+    margin = 30 if backend == "nccl" else 0
     dist.init_process_group(backend, store=dist.PrefixStore(f"{KEYS}/{token}", store), rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=j.left() + 30))
+                            world_size=world_size, timeout=timedelta(seconds=j.left() + margin))
     _first_collective(device, j)
     normal = default_pg_nccl_timeout if backend == "nccl" and default_pg_nccl_timeout else default_pg_timeout
     dist.distributed_c10d._set_pg_timeout(normal)  # torch's own setter; there is no public one in 2.13
@@ -207,7 +210,9 @@ def _first_collective(device: torch.device, j: _Join) -> None:
         time.sleep(POLL_S)
     try:
         work.wait()
-    except (RuntimeError, TimeoutError) as exc:   # a peer died in between: gloo's connection closed
+    except (RuntimeError, TimeoutError) as exc:   # gloo's own timeout, or a peer died: connection closed
+        if j.late():
+            raise j.waited("the other ranks in the first collective", "a peer died or hangs after joining") from None
         raise TrainerError(f"rank {j.rank} of {j.world_size}: a peer left during the first collective "
                            f"(store {j.where}): {_first_line(exc)}") from None
     if int(ones.item()) != j.world_size:

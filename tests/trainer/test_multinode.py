@@ -248,3 +248,39 @@ def test_the_entry_point_prints_one_line_and_exits_with_code_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith("Error: rank 1 of 2 waited ") and "TLX_DIST_TIMEOUT=1)" in proc.stderr
+
+
+_STALLS_AFTER_JOINING = """
+import sys, time
+import trainer.dist_join as dj
+from trainer.dist import init_dist
+from trainer.errors import exit_on_user_error
+if sys.argv[1] == "1":      # joins the process group, then never reaches the first collective
+    dj._first_collective = lambda device, j: time.sleep(30)
+start = time.monotonic()
+try:
+    exit_on_user_error(lambda: init_dist("cpu"))
+finally:
+    print(time.monotonic() - start, time.time(), flush=True)   # seconds waited; when it gave up
+"""
+
+
+def test_a_peer_that_hangs_after_joining_is_reported_by_the_first_collective(tmp_path):
+    port = free_port()
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "TLX_DIST_TIMEOUT": "3", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _STALLS_AFTER_JOINING, str(r)], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        out, err = procs[0].communicate(timeout=90)
+        exited = time.time()
+        assert procs[0].returncode == 2, err[-2000:]
+        assert err.strip() == ("Error: rank 0 of 2 waited 3 s for the other ranks in the first collective (store "
+                               f"127.0.0.1:{port}, TLX_DIST_TIMEOUT=3); a peer died or hangs after joining")
+        waited, gave_up = map(float, out.split())
+        assert 3 <= waited < 5
+        assert exited - gave_up < 2         # the process ends then, not when gloo gives up on the peer
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
