@@ -219,7 +219,7 @@ def train(cfg: SimCLRConfig, env: Dist) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         ck.restore_rng_states(ckpt["rng"], env.rank)
         state.update({k: ckpt[k] for k in state})
-        state["epoch_loss_sum"] = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # each rank its own
+        state["epoch_loss_sum"] = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # rank's own
         log.note(f"resumed from {cfg.resume if cfg.resume != 'auto' else run / 'checkpoints/last.pt'} at step {state['step']}")
     log.write_config(run_config(cfg, env, dataset, spe))
     total = schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, schedule.total_steps)
