@@ -121,11 +121,12 @@ def _open_store(j: _Join) -> dist.Store:
         raise TrainerError(f"rank {j.rank} of {j.world_size}: {exc} (launch with torchrun, which sets RANK, "
                            "WORLD_SIZE, MASTER_ADDR and MASTER_PORT)") from None
     except (RuntimeError, TimeoutError) as exc:  # DistStoreError, DistNetworkError: not reachable in time
+        why = _first_line(exc)
         if j.rank == 0 and not _agent_store():
             raise j.waited("the other ranks to connect to the store it hosts",
-                           f"did every rank start, with this MASTER_ADDR and MASTER_PORT? ({_first_line(exc)})") from None
+                           f"did every rank start, with this MASTER_ADDR and MASTER_PORT? ({why})") from None
         raise j.waited("the process group's store to answer",
-                       f"are MASTER_ADDR and MASTER_PORT right, and is the rank-0 node up? ({_first_line(exc)})") from None
+                       f"are MASTER_ADDR and MASTER_PORT right, and is the rank-0 node up? ({why})") from None
     return store
 
 
