@@ -2,6 +2,5 @@
 from tlxcore.errors import UserError
 
 
-
 class AnalysisError(UserError):
     """Bad input for an analysis (the message says what and how to fix it)."""

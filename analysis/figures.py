@@ -13,14 +13,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
+from tlxcore.atomic import atomic_write  # noqa: E402
+
 DPI = 110
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as f:  # a reader never sees half a PNG
+            fig.savefig(f, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

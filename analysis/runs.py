@@ -6,6 +6,12 @@
 
 Nothing here raises for one bad run in a big tree: a run that cannot be used is
 left out and its reason goes into `problems`, which every report prints.
+
+Both shapes of config.json that trainers have written are read: the flat one (every
+flag at the top level beside the run-contract keys) and the older finetune one that
+nests its flags under `args` (lifted to the top level; a top-level key wins, as
+`init` there is the init's name and under `args` its checkpoint path). The step
+counter of metrics.jsonl rows is `step`; older finetune runs wrote `steps`, read as `step`.
 """
 from __future__ import annotations
 
@@ -93,6 +99,22 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def flat_config(config: dict) -> dict:
+    """config.json in the one flat shape: an `args` object (older finetune runs) lifted to the top level,
+    the keys already at the top level winning."""
+    args = config.get("args")
+    if not isinstance(args, dict):
+        return config
+    return {**args, **{k: v for k, v in config.items() if k != "args"}}
+
+
+def curve_row(row: dict) -> dict:
+    """A metrics.jsonl row with its step counter named `step` (older finetune runs wrote `steps`)."""
+    if "steps" in row and "step" not in row:
+        row = {("step" if k == "steps" else k): v for k, v in row.items()}
+    return row
+
+
 def _read_curve(path: Path) -> list[dict]:
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -106,7 +128,7 @@ def _read_curve(path: Path) -> list[dict]:
             raise ValueError(f"metrics.jsonl line {n} has no 'epoch'")
         if not isinstance(row["epoch"], int) or isinstance(row["epoch"], bool):
             raise ValueError(f"metrics.jsonl line {n}: epoch {row['epoch']!r} is not an integer")
-        rows.append(row)
+        rows.append(curve_row(row))
     return sorted(rows, key=lambda r: r["epoch"])
 
 
@@ -122,7 +144,7 @@ def _check_config(config: dict) -> str | None:
 def load_run(path: Path, root: Path) -> Run:
     """One run directory; raises ValueError with the reason if it cannot be used."""
     try:
-        config = _read_json(path / "config.json")
+        config = flat_config(_read_json(path / "config.json"))
     except (json.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"config.json is not a JSON object ({exc})") from None
     if (reason := _check_config(config)) is not None:

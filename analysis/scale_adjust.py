@@ -20,8 +20,8 @@ in [0, 1]: S * N_small beyond N_large would be extrapolation and is refused.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from analysis.errors import AnalysisError
 from analysis.stats import Summary

@@ -20,6 +20,8 @@ position, so results do not depend on the number of workers.
 
     >>> result = estimate_scale_factors("data/", ScaleFactorConfig(volumes=200, workers=8))
     >>> result["s_ub"]["value"], result["s_ub"]["ci95"]
+    >>> with tlxcore.progress.drawn() as progress:                  # what the CLI does: a bar or log lines
+    ...     estimate_scale_factors("data/", cfg, progress=progress)  # Tick("scale factors", done, total, "volumes")
 """
 from __future__ import annotations
 
@@ -38,12 +40,14 @@ import numpy as np
 from analysis.dataset import CTDataset, ImageMember, SliceRefs, read_slices
 from analysis.errors import AnalysisError
 from analysis.mi import PairwiseMI, quantize
-from analysis.progress import progress
+from tlxcore.atomic import atomic_write, write_json_atomic
+from tlxcore.progress import Progress, Tick, silent
 
 RESULT_FORMAT = "tlx-scale-factors"
 RESULT_VERSION = 1
 COMPRESSORS = {"gzip": 6, "zstd": 3}  # name -> default level (gzip's command-line default; zstd's)
 DEVICES = ("cpu", "cuda", "auto")
+STAGE = "scale factors"  # the progress stage: ticks count volumes
 Z95 = 1.959963984540054
 
 
@@ -129,13 +133,6 @@ def upper_bound_codes(codes: np.ndarray, other_codes: np.ndarray, engine: Pairwi
     baseline = engine.between(codes, other_codes).mean(1)
     eff, _ = effective_slices(mi, np.diag(mi).copy(), baseline)
     return eff, len(codes) / eff
-
-
-def upper_bound_volume(volume: np.ndarray, other: np.ndarray, engine: PairwiseMI,
-                       value_range=None) -> tuple[float, float]:
-    """(effective slices, S_UB_v) of `volume` (slices already in the order they are added)."""
-    return upper_bound_codes(quantize(volume, engine.bins, value_range), quantize(other, engine.bins, value_range),
-                             engine)
 
 
 # ---------------------------------------------------------------- planning: what each volume reads
@@ -285,31 +282,35 @@ def _try_engine(engine: PairwiseMI) -> None:
                             f"{exc}){hint}") from None
 
 
-def _run(ds: CTDataset, cfg: ScaleFactorConfig, positions: list[int], make) -> list[VolumeResult]:
-    device = _resolve_device(cfg.device)
-    tasks = (make(v) for v in positions)
+def _run(ds: CTDataset, cfg: ScaleFactorConfig, positions: list[int], make,
+         progress: Progress = silent) -> list[VolumeResult]:
+    """Every chosen volume's result, in position order; one tick per finished volume."""
     results: list[VolumeResult] = []
-    with progress(len(positions), "scale factors: volumes") as advance:
-        if device == "cuda":
-            # Reader threads decode and compress (both release the GIL); the GPU counts histograms.
-            engine = PairwiseMI(cfg.bins, cfg.method or "torch", "cuda")
-            if cfg.upper:
-                _try_engine(engine)
-            with ThreadPoolExecutor(cfg.workers) as pool:
-                for prepared in _bounded_map(pool, lambda t: _prepare(t, cfg, ds.member), tasks, 2 * cfg.workers):
-                    results.append(_finish(prepared, cfg, engine))
-                    advance(1)
-        elif cfg.workers == 1:
-            for task in tasks:
-                results.append(_cpu_worker(task, cfg, ds.member))
-                advance(1)
-        else:
-            with ProcessPoolExecutor(cfg.workers) as pool:
-                fn = _WorkerCall(cfg, ds.member)
-                for result in _bounded_map(pool, fn, tasks, 4 * cfg.workers):
-                    results.append(result)
-                    advance(1)
+    failed = 0
+    progress(Tick(STAGE, 0, len(positions), "volumes"))
+    for result in _results(ds, cfg, (make(v) for v in positions)):
+        results.append(result)
+        failed += result.error is not None
+        progress(Tick(STAGE, len(results), len(positions), "volumes", f"{failed} failed" if failed else ""))
     return sorted(results, key=lambda r: r.position)
+
+
+def _results(ds: CTDataset, cfg: ScaleFactorConfig, tasks: Iterator[VolumeTask]) -> Iterator[VolumeResult]:
+    """The tasks' results as they finish, on the GPU, in this process or in a process pool."""
+    if _resolve_device(cfg.device) == "cuda":
+        # Reader threads decode and compress (both release the GIL); the GPU counts histograms.
+        engine = PairwiseMI(cfg.bins, cfg.method or "torch", "cuda")
+        if cfg.upper:
+            _try_engine(engine)
+        with ThreadPoolExecutor(cfg.workers) as pool:
+            for prepared in _bounded_map(pool, lambda t: _prepare(t, cfg, ds.member), tasks, 2 * cfg.workers):
+                yield _finish(prepared, cfg, engine)
+    elif cfg.workers == 1:
+        for task in tasks:
+            yield _cpu_worker(task, cfg, ds.member)
+    else:
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            yield from _bounded_map(pool, _WorkerCall(cfg, ds.member), tasks, 4 * cfg.workers)
 
 
 @dataclass
@@ -348,13 +349,15 @@ def aggregate(slices: np.ndarray, effective: np.ndarray, population: int) -> dic
             "volumes": k}
 
 
-def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None = None) -> dict:
-    """S_LB and S_UB of a tlx dataset, as a JSON-ready dict (see `write_results`)."""
+def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None = None,
+                           progress: Progress = silent) -> dict:
+    """S_LB and S_UB of a tlx dataset, as a JSON-ready dict (see `write_results`); `progress` gets a Tick
+    (stage "scale factors", unit volumes) at the start and after each volume."""
     cfg = cfg or ScaleFactorConfig()
     started = time.perf_counter()
     ds = CTDataset(data_dir, cfg.split)
     positions, make = plan_tasks(ds, cfg)
-    results = _run(ds, cfg, positions, make)
+    results = _run(ds, cfg, positions, make, progress)
     ok = [r for r in results if r.error is None]
     failed = [{"volume": r.volume, "slices": r.slices, "error": r.error} for r in results if r.error is not None]
     slices = np.array([r.slices for r in ok])
@@ -396,14 +399,12 @@ def write_results(result: dict, out_dir: Path | str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {k: v for k, v in result.items() if k != "per_volume"}
     path = out_dir / RESULT_NAME
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(summary, path)
     if result.get("per_volume"):
         # every row decides the column types: a volume failing after the first 100 (polars' default look-ahead)
         # must not be refused for its error string
-        pl.DataFrame(result["per_volume"], infer_schema_length=None).drop("position").write_csv(
-            out_dir / "scale_factors_volumes.csv")
+        with atomic_write(out_dir / "scale_factors_volumes.csv") as f:
+            pl.DataFrame(result["per_volume"], infer_schema_length=None).drop("position").write_csv(f)
     return path
 
 

@@ -21,7 +21,6 @@ writes JSON (--json, default benchmarks/out/scale_factors.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from analysis.mi import PairwiseMI, quantize
 from analysis.scale_factors import _resolve_device, lower_bound_volume, upper_bound_codes
+from tlxcore.atomic import write_json_atomic
 
 RADNET_VOLUMES = 90_663
 RADNET_SLICES = 12_034_617
@@ -126,18 +126,23 @@ def main(argv=None) -> dict:
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-    print(f"S_UB on {device} ({method}), {args.volumes} volume(s) of {args.slices} x {args.size}x{args.size}:")
+    print_table(result, args.volumes)
+    write_json_atomic(result, args.json)
+    return result
+
+
+def print_table(result: dict, volumes: int) -> None:
+    ub, lb = result["upper_bound"], result["lower_bound_s_per_volume"]
+    print(f"S_UB on {result['device']} ({result['method']}), {volumes} volume(s) of {result['slices']} x "
+          f"{result['size']}x{result['size']}:")
     print(f"  binning        {ub['binning_s_per_volume']:.3f} s/volume")
     print(f"  MI             {ub['mi_s_per_volume']:.3f} s/volume, {ub['mi_evaluations_per_s']:,.0f} MI evaluations/s "
-          f"({per_volume_pairs:,.0f} per volume)")
+          f"({result['mi_evaluations_per_volume']:,.0f} per volume)")
     print(f"  total          {ub['volumes_per_s']:.4f} volumes/s")
-    print(f"  one-hot numpy  {onehot_rate:,.0f} MI evaluations/s (for comparison)")
+    print(f"  one-hot numpy  {result['onehot_numpy_mi_evaluations_per_s']:,.0f} MI evaluations/s (for comparison)")
     print(f"S_LB: gzip {lb['gzip']:.2f} s/volume, zstd {lb['zstd']:.2f} s/volume")
     print(f"projection to RadNet-12M ({RADNET_VOLUMES:,} volumes x {RADNET_SLICES / RADNET_VOLUMES:.1f} slices), "
-          f"one process: {projected_s / 3600:,.1f} h for S_UB")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+          f"one process: {result['projection_radnet12m']['upper_bound_hours_one_process']:,.1f} h for S_UB")
 
 
 if __name__ == "__main__":

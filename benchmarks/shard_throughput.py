@@ -57,7 +57,7 @@ def ceiling(files: list[Path]) -> None:
 def ceiling_same_plugins(files: list[Path], syntaxes: list[str]) -> None:
     import pydicom
 
-    from datakit.dicom import preferred_plugin
+    from datakit.dicom_pixels import preferred_plugin
 
     for p, ts in zip(files, syntaxes):
         ds = pydicom.dcmread(p)
@@ -174,7 +174,7 @@ def decode_by_syntax(cohort: Path, work: Path, repeats: int = 3) -> dict:
     import polars as pl
     import pydicom
 
-    from datakit.dicom import read_hu
+    from datakit.dicom_pixels import read_hu
 
     ds = work / "tlx-breakdown" / "work"
     rows = (pl.read_parquet(ds / "index.parquet").with_row_index("row")
@@ -281,7 +281,7 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         cohort = args.cohort
         if cohort is None:
-            from datakit.synth import synth_cohort
+            from datakit.synth.make_cohort import synth_cohort
 
             cohort = work / "cohort"
             synth_cohort(cohort, patients=args.patients, seed=0, matrix=args.matrix)

@@ -5,10 +5,11 @@ stays instant.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
+
+from tlxcore.runtime import default_workers, quiet
 
 
 def _parse_sizes(values: tuple[str, ...]) -> dict[str, int]:
@@ -86,7 +87,7 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
         scale_factors=str(scale_factors) if scale_factors else None, s_lb=s_lb, s_ub=s_ub,
         scale_pair=_parse_pair(scale_pair), sizes=_parse_sizes(sizes), interpolation=interpolation)
     report = build_report(runs_dir, out_dir, summary, options)
-    if os.environ.get("TLX_QUIET", "") in ("", "0"):
+    if not quiet():
         _print_report(report)
 
 
@@ -150,7 +151,7 @@ def _print_report(report) -> None:
 @click.option("--baseline-slices", type=int,
               help="Slices of the random other volume for the MI baseline (default: all of them).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="all cores",
+@click.option("--workers", type=int, default=default_workers, show_default="the cores this process may use",
               help="Processes (CPU) or reader threads (GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: the GPU when torch sees one.")
@@ -174,11 +175,13 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_r
 
     from analysis.errors import AnalysisError
     from analysis.scale_factors import ScaleFactorConfig, estimate_scale_factors, write_results
+    from tlxcore.progress import drawn
 
     cfg = ScaleFactorConfig(split=split, lower=bound in ("both", "lb"), upper=bound in ("both", "ub"),
                             compressor=compressor, level=level, bins=bins, value_range=hu_range, volumes=volumes,
                             baseline_slices=baseline_slices, seed=seed, workers=workers, device=device, method=method)
-    result = estimate_scale_factors(data_dir, cfg)
+    with drawn() as progress:
+        result = estimate_scale_factors(data_dir, cfg, progress=progress)
     path = write_results(result, out_dir)
     console = Console(stderr=False)
     failed = result["volumes_failed"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from cli.datakit_cmds import WORKERS, resume_option
+
 _SPLIT_HELP = "a fraction of the patients (< 1) or a number of patients (>= 1)"
 
 
@@ -19,8 +21,8 @@ def _common(f):
     for option in reversed([
         click.option("--seed", default=0, show_default=True, help="seed of the split and of the shard shuffle"),
         click.option("--samples-per-shard", default=1000, show_default=True),
-        click.option("--workers", type=int, default=None, help="worker processes [default: all cores]"),
-        click.option("--resume", is_flag=True, help="finish an interrupted conversion into the same --out"),
+        WORKERS,
+        resume_option("tlx convert"),
     ]):
         f = option(f)
     return f
@@ -80,13 +82,15 @@ def nifti_seg(images, labels, out, preset, image_pattern, label_pattern, modalit
       tlx convert nifti-seg --images imagesTr/ --labels labelsTr/ --out kidney/ --classes background,kidney,tumor
     """
     from datakit.convert.nifti_seg import NiftiSegOptions, convert_nifti_seg
+    from tlxcore.progress import drawn
 
-    manifest = convert_nifti_seg(NiftiSegOptions(
-        images=images, labels=labels, out=out, preset=preset, image_pattern=image_pattern,
-        label_pattern=label_pattern, modalities=_csv(modalities), channels=_csv(channels, int, "--channels"),
-        label_map=label_map, classes=_csv(classes), size=size, dtype=dtype, drop_empty=drop_empty, val=val, test=test,
-        seed=seed,
-        patient_regex=patient_regex, samples_per_shard=samples_per_shard, workers=workers, resume=resume))
+    with drawn() as progress:
+        manifest = convert_nifti_seg(NiftiSegOptions(
+            images=images, labels=labels, out=out, preset=preset, image_pattern=image_pattern,
+            label_pattern=label_pattern, modalities=_csv(modalities), channels=_csv(channels, int, "--channels"),
+            label_map=label_map, classes=_csv(classes), size=size, dtype=dtype, drop_empty=drop_empty, val=val,
+            test=test, seed=seed, patient_regex=patient_regex, samples_per_shard=samples_per_shard, workers=workers,
+            resume=resume), progress)
     _summary(manifest, out)
 
 
@@ -119,13 +123,15 @@ def image_folder(root, labels, out, image_col, label_col, label_sep, label_cols,
           --test-list test_list.txt --out cxr/
     """
     from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
+    from tlxcore.progress import drawn
 
-    manifest = convert_image_folder(ImageFolderOptions(
-        root=root, labels=labels, out=out, image_col=image_col, label_col=None if label_cols else label_col,
-        label_sep=label_sep, label_cols=_csv(label_cols), none_label=none_label,
-        patient_col=None if patient_col.lower() == "none" else patient_col, classes=_csv(classes),
-        single_label=single_label, test_list=test_list, val=val, test=test, size=size, channels=int(channels),
-        seed=seed, samples_per_shard=samples_per_shard, workers=workers, resume=resume))
+    with drawn() as progress:
+        manifest = convert_image_folder(ImageFolderOptions(
+            root=root, labels=labels, out=out, image_col=image_col, label_col=None if label_cols else label_col,
+            label_sep=label_sep, label_cols=_csv(label_cols), none_label=none_label,
+            patient_col=None if patient_col.lower() == "none" else patient_col, classes=_csv(classes),
+            single_label=single_label, test_list=test_list, val=val, test=test, size=size, channels=int(channels),
+            seed=seed, samples_per_shard=samples_per_shard, workers=workers, resume=resume), progress)
     _summary(manifest, out)
 
 
@@ -149,10 +155,12 @@ def class_folder(root, out, eval_root, classes, val, test, size, quality, seed, 
       tlx convert class-folder --root imagenet/train --classes "$(cat in100.txt)" --out in100/
     """
     from datakit.convert.class_folder import ClassFolderOptions, convert_class_folder
+    from tlxcore.progress import drawn
 
     if classes and "\n" in classes:
         classes = classes.replace("\n", ",")
-    manifest = convert_class_folder(ClassFolderOptions(
-        root=root, out=out, eval_root=eval_root, classes=_csv(classes), val=val, test=test, size=size,
-        quality=quality, seed=seed, samples_per_shard=samples_per_shard, workers=workers, resume=resume))
+    with drawn() as progress:
+        manifest = convert_class_folder(ClassFolderOptions(
+            root=root, out=out, eval_root=eval_root, classes=_csv(classes), val=val, test=test, size=size,
+            quality=quality, seed=seed, samples_per_shard=samples_per_shard, workers=workers, resume=resume), progress)
     _summary(manifest, out)

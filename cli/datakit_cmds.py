@@ -1,10 +1,41 @@
 """`tlx plan`, `tlx write`, `tlx shard`, `tlx verify`, `tlx info` (library: datakit.plan, datakit.write,
-datakit.pipeline, datakit.verify, datakit.info). Parsing and printing only."""
+datakit.pipeline, datakit.verify, datakit.info). Parsing, drawing progress and printing only.
+
+The options every datakit command shares are defined here once: `--workers` (WORKERS) and
+`--resume auto|never` (resume_option; a bare `--resume`, the spelling before there were two
+words, means auto).
+"""
 from __future__ import annotations
+
+import itertools
+import os
 
 import click
 
 DATASET = click.argument("dataset_dir", type=click.Path(file_okay=False, path_type=str))
+WORKERS = click.option("--workers", type=click.IntRange(min=1), default=None,
+                       help="Processes [default: the cores this process may use].")
+
+
+def resume_option(command: str):
+    """`--resume auto|never` (docs/datakit.md, "Resume"); a bare `--resume` is auto."""
+    return click.option("--resume", type=click.Choice(["auto", "never"]), default="auto", show_default=True,
+                        is_flag=False, flag_value="auto",
+                        help=f"auto: continue the folder's own earlier `{command}` (same inputs and options); "
+                             "never: refuse a folder holding earlier work. A bare --resume is auto.")
+
+
+class BareResumeCommand(click.Command):
+    """Reads a bare `--resume` followed by the dataset folder (`tlx write --resume data/`) as
+    `--resume auto data/`: click would take the folder for the option's value. Only an existing
+    folder is read so; any other word stays the value, and a wrong one is refused as before."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, (arg, after) in enumerate(itertools.pairwise(args)):
+            if arg == "--resume" and after not in ("auto", "never") and os.path.isdir(after):
+                args[i] = "--resume=auto"
+        return super().parse_args(ctx, args)
 
 
 def _fractions(ctx, param, value: str) -> tuple[float, float, float]:
@@ -43,8 +74,7 @@ WRITE_OPTIONS = [
     click.option("--hu-floor", default="-1024", show_default=True, metavar="HU|none",
                  help="HU below this (scanner padding outside the reconstruction circle) become this value "
                       "before resizing; 'none' keeps raw values."),
-    click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores)."),
-    click.option("--resume", is_flag=True, help="Finish an interrupted run in a non-empty output folder."),
+    WORKERS,
     click.option("--keep-staging", is_flag=True, help="Keep work/staging (converted volumes) after writing."),
 ]
 
@@ -71,7 +101,7 @@ def _write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_f
                        samples_per_shard=samples_per_shard, hu_floor=parse_hu_floor(hu_floor))
 
 
-@click.command(epilog="""\b
+@click.command(cls=BareResumeCommand, epilog="""\b
 Example:
   tlx plan data/                                    # after `tlx scan --dicom-root DIR --out data/`
   tlx plan data/ --min-slices 30 --fractions 0.8,0.1,0.1 --seed 0
@@ -80,26 +110,32 @@ Example:
 """)
 @DATASET
 @_apply(PLAN_OPTIONS)
-def plan(dataset_dir, **kw):
+@resume_option("tlx plan")
+def plan(dataset_dir, resume, **kw):
     """Stage 2: dedup, volumes, splits, subset and global order, on metadata only.
 
     Reads DATASET_DIR/work/index.parquet; writes work/plan.parquet, plan_volumes.parquet,
-    plan_rejects.parquet and plan.json.
+    plan_rejects.parquet and plan.json. With --resume auto an earlier plan is made again
+    (the same options give the same plan); never refuses a folder that holds a plan.
     """
     from datakit.plan import make_plan
+    from tlxcore.progress import drawn
 
-    print_plan(make_plan(dataset_dir, _plan_config(**kw)))
+    with drawn() as progress:
+        summary = make_plan(dataset_dir, _plan_config(**kw), resume=resume, progress=progress)
+    print_plan(summary)
 
 
-@click.command(epilog="""\b
+@click.command(cls=BareResumeCommand, epilog="""\b
 Example:
-  tlx write data/                                   # after tlx scan + tlx plan; all cores
-  tlx write data/ --resume                          # finish a run that was killed
-  tlx write data/ --partition $SLURM_ARRAY_TASK_ID/16 --resume   # one of 16 array jobs (i from 0; --resume
-                                                    # lets a requeued task go on); the last to finish assembles
+  tlx write data/                                   # after tlx scan + tlx plan; all cores; rerun it to
+                                                    # finish a run that was killed (--resume auto)
+  tlx write data/ --partition $SLURM_ARRAY_TASK_ID/16   # one of 16 array jobs (i from 0; a requeued task
+                                                    # goes on where it stopped); the last to finish assembles
 """)
 @DATASET
 @_apply(WRITE_OPTIONS)
+@resume_option("tlx write")
 @click.option("--partition", default="0/1", show_default=True, metavar="i/N",
               help="Convert only partition i of N (0-based); any run that finds all done assembles.")
 @click.option("--dicom-root", default=None, type=click.Path(file_okay=False, path_type=str),
@@ -113,11 +149,13 @@ def write(dataset_dir, size, codec, zstd_level, min_coverage, samples_per_shard,
     """
     from datakit.write import write_dataset
     from datakit.write_config import RunOptions, parse_partition
+    from tlxcore.progress import drawn
 
     options = RunOptions(workers=workers, partition=parse_partition(partition), resume=resume,
                          keep_staging=keep_staging, dicom_root=dicom_root)
-    summary = write_dataset(dataset_dir, _write_config(size, codec, zstd_level, min_coverage, samples_per_shard,
-                                                       hu_floor), options)
+    config = _write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor)
+    with drawn() as progress:
+        summary = write_dataset(dataset_dir, config, options, progress)
     print_write(summary)
 
 
@@ -126,30 +164,34 @@ Example:
   export TLX_SECRET=$(openssl rand -hex 32)         # key for patient pseudonyms; keep it
   tlx shard --dicom-root cohort/ --out data/
   tlx shard --dicom-root /pacs/export --out data/ --size 256 --min-slices 30 --workers 16
-  tlx shard --dicom-root /pacs/export --out data/ --resume        # after a crash or kill
+  tlx shard --dicom-root /pacs/export --out data/                 # again after a crash or kill: continues
 """)
 @click.option("--dicom-root", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder of DICOM files: any depth, any file names.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="New dataset folder (or an interrupted one, with --resume).")
+              help="New dataset folder (or an earlier `tlx shard`'s, which --resume auto continues).")
 @click.option("--secret-file", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="File holding the pseudonym secret (default: env TLX_SECRET).")
 @click.option("--label-rules", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Label rules TOML replacing the shipped datakit/label_rules.toml.")
 @_apply(PLAN_OPTIONS)
 @_apply(WRITE_OPTIONS)
+@resume_option("tlx shard")
 def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, fractions, seed, exclude_classes,
           subset_size, subset_margin, size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor, workers,
           resume, keep_staging):
     """DICOM tree -> dataset: tlx scan, tlx plan and tlx write in one go (resumable)."""
     from datakit.pipeline import shard as run_shard
     from datakit.write_config import RunOptions
+    from tlxcore.progress import drawn
 
-    summary = run_shard(
-        dicom_root, out_dir, secret_file=secret_file, label_rules=label_rules,
-        plan_config=_plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size, subset_margin),
-        write_config=_write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor),
-        options=RunOptions(workers=workers, resume=resume, keep_staging=keep_staging))
+    with drawn() as progress:
+        summary = run_shard(
+            dicom_root, out_dir, secret_file=secret_file, label_rules=label_rules,
+            plan_config=_plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size,
+                                     subset_margin),
+            write_config=_write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor),
+            options=RunOptions(workers=workers, resume=resume, keep_staging=keep_staging), progress=progress)
     if summary.scan is not None:
         from cli.scan_cmd import print_scan_summary
 
@@ -165,7 +207,7 @@ Example:
   tlx verify data/ --decode          # also decode every slice and check its pixel hash
 """)
 @DATASET
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@WORKERS
 @click.option("--decode", is_flag=True, help="Also decode every payload and check shape and pixel hash.")
 @click.pass_context
 def verify(ctx, dataset_dir, workers, decode):
@@ -180,8 +222,10 @@ def verify(ctx, dataset_dir, workers, decode):
     from rich.console import Console
 
     from datakit.verify import verify_dataset
+    from tlxcore.progress import drawn
 
-    report = verify_dataset(dataset_dir, workers=workers, decode=decode)
+    with drawn() as progress:
+        report = verify_dataset(dataset_dir, workers=workers, decode=decode, progress=progress)
     console = Console()
     if report.ok:
         console.print(f"OK: {report.shards} shards, {report.samples} samples ({report.kind}); "
@@ -201,7 +245,6 @@ Example:
 def info(dataset_dir):
     """Slices, volumes and patients per split and label, rejects by code, shard diversity."""
     from rich.console import Console
-    from rich.table import Table
 
     from datakit.info import dataset_info
 

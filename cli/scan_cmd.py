@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from cli.datakit_cmds import WORKERS, BareResumeCommand, resume_option
 
-@click.command(epilog="""\b
+
+@click.command(cls=BareResumeCommand, epilog="""\b
 Example:
   export TLX_SECRET=$(openssl rand -hex 32)      # key for patient pseudonyms; keep it
   tlx scan --dicom-root /pacs/export --out data/
@@ -14,23 +16,28 @@ Example:
               help="Folder to walk: any depth, any file names.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Dataset folder; the index goes to OUT/work/index.parquet.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@WORKERS
 @click.option("--secret-file", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="File holding the pseudonym secret (default: env TLX_SECRET).")
 @click.option("--label-rules", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Label rules TOML replacing the shipped datakit/label_rules.toml.")
-def scan(dicom_root, out_dir, workers, secret_file, label_rules):
+@resume_option("tlx scan")
+def scan(dicom_root, out_dir, workers, secret_file, label_rules, resume):
     """Stage 1: read every file's DICOM header (never its pixels) into work/index.parquet.
 
     Every file found gets a row: usable CT slices with label, pseudonyms and geometry;
     everything else with a reject code and reason. work/scan.json records the DICOM root
-    (for tlx write) and the label rules' name and sha256 (for the manifest).
+    (for tlx write) and the label rules' name and sha256 (for the manifest). With --resume
+    auto a folder holding an earlier scan of the same root and rules is scanned again.
     """
     from datakit.pseudonym import load_secret
     from datakit.scan import scan as run_scan
+    from tlxcore.progress import drawn
 
-    summary = run_scan(dicom_root, out_dir, workers=workers, secret=load_secret(secret_file),
-                       label_rules=label_rules)
+    secret = load_secret(secret_file)
+    with drawn() as progress:
+        summary = run_scan(dicom_root, out_dir, workers=workers, secret=secret, label_rules=label_rules,
+                           resume=resume, progress=progress)
     print_scan_summary(summary)
 
 

@@ -1,7 +1,9 @@
-"""`tlx synth`: a synthetic CT cohort as real DICOM files (library: datakit.synth)."""
+"""`tlx synth`: a synthetic CT cohort as real DICOM files (library: datakit.synth.make_cohort)."""
 from __future__ import annotations
 
 import click
+
+from cli.datakit_cmds import WORKERS
 
 
 @click.command(epilog="""\b
@@ -15,7 +17,7 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical files.")
 @click.option("--matrix", type=click.IntRange(32, 1024), default=512, show_default=True,
               help="Slice size in pixels (smaller is faster; 64 for quick tests).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@WORKERS
 def synth(out, patients, seed, matrix, workers):
     """Generate a synthetic CT cohort: phantoms in HU written as real DICOM files.
 
@@ -27,9 +29,11 @@ def synth(out, patients, seed, matrix, workers):
     """
     from rich.console import Console
 
-    from datakit.synth import synth_cohort
+    from datakit.synth.make_cohort import synth_cohort
+    from tlxcore.progress import drawn
 
-    summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers)
+    with drawn() as progress:
+        summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers, progress=progress)
     Console().print(f"wrote {summary['files']} files ({summary['series']} series, {summary['patients']} patients) "
                     f"to {out}; ground truth in {out}/cohort.json")
     Console().print(", ".join(f"{k}: {v}" for k, v in summary["by_kind"].items()))

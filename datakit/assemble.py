@@ -1,6 +1,6 @@
 """Phase 2 of write: staged volumes -> shards, slices/volumes/rejects.parquet, manifest.json.
 
-    result = assemble(layout, config, workers=4)
+    manifest = assemble(layout, config, workers=4, tool_version="0.1.0", progress=progress)
 
 Runs once every planned volume is staged (write.py holds an exclusive lock around it).
 Every decision is a function of the plan and the staged files only, never of how many
@@ -8,10 +8,11 @@ partitions or interrupted runs made them, so the output is byte-identical howeve
 conversion was split or killed.
 
   1. gather    the staged metadata of every planned volume (no payloads)
-  2. decide    per slice, in this order: unreadable (the reader's code), low coverage,
-               pixel-identical to another slice (kept: the copy with the smallest
-               (volume, slice index), so a re-sent series collapses onto one volume and
-               no pixel hash ever reaches two splits), then the exact cut of a subset
+  2. decide    per slice, in this order: unreadable (the reader's code), low coverage
+               (mark_low_coverage), pixel-identical to another slice (dedup_pixels; kept:
+               the copy with the smallest (volume, slice index), so a re-sent series
+               collapses onto one volume and no pixel hash ever reaches two splits), then
+               the exact cut of a subset
   3. place     kept slices per split in the plan's global shuffle order, fixed
                `samples_per_shard` per shard
   4. shards    written in parallel; a shard already under its final name was finished
@@ -21,7 +22,6 @@ conversion was split or killed.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
-from datakit.manifest import (FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json, tmp_name,
-                              write_json_atomic)
+from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
 from datakit.plan import REJECT_SCHEMA
 from datakit.plan_splits import split_warnings
-from datakit.shards import TMP_SUFFIX, ShardWriter, index_path_for, sha256_file
+from datakit.shards import ShardWriter, index_path_for, sha256_file
 from datakit.write_config import WriteConfig
 from datakit.write_convert import MEMBER_EXT
-from datakit.write_pool import progress, run_tasks
+from datakit.write_pool import run_tasks
 from datakit.write_staging import Staging
+from tlxcore.atomic import atomic_write, is_partial, write_json_atomic
+from tlxcore.progress import Progress, Tick, silent
 
 SLICE_SCHEMA = pa.schema([
     ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("label", pa.string()),
@@ -78,16 +79,32 @@ def gather(staging: Staging, volumes: list[str], workers: int) -> pl.DataFrame:
 
 def decide(slices: pl.DataFrame, config: WriteConfig, targets: dict | None) -> pl.DataFrame:
     """Add `code` and `reason` (null = kept) to every planned slice (columns: row, volume,
-    slice_index, split, label, subset_rank, code, reason, coverage, pixel_hash, path)."""
-    unreadable = pl.col("code").is_not_null()
-    low = ~unreadable & (pl.col("coverage") < config.min_coverage)
-    slices = slices.with_columns(
+    slice_index, split, label, subset_rank, code, reason, coverage, pixel_hash, path), in the
+    order of the module docstring: unreadable (already coded), low coverage, pixel duplicates,
+    the subset's cut."""
+    slices = mark_low_coverage(slices, config.min_coverage)
+    slices = dedup_pixels(slices)
+    if targets:
+        slices = _cut_subset(slices, targets)
+    return slices
+
+
+def mark_low_coverage(slices: pl.DataFrame, min_coverage: float) -> pl.DataFrame:
+    """Readable slices whose body covers less than `min_coverage` of the image: code low-coverage."""
+    low = pl.col("code").is_null() & (pl.col("coverage") < min_coverage)
+    return slices.with_columns(
         code=pl.when(low).then(pl.lit("low-coverage")).otherwise(pl.col("code")),
         reason=pl.when(low).then(pl.format("the body covers {}% of the slice, less than --min-coverage {}%",
                                            (pl.col("coverage") * 100).round(1),
-                                           pl.lit(round(config.min_coverage * 100, 1))))
+                                           pl.lit(round(min_coverage * 100, 1))))
         .otherwise(pl.col("reason")))
-    # Pixel-identical slices: the first by (volume, slice_index) stays.
+
+
+def dedup_pixels(slices: pl.DataFrame) -> pl.DataFrame:
+    """Pixel-identical slices still kept: the first by (volume, slice_index) stays, the others get
+    code duplicate-pixels and `duplicate_of` (the kept slice's source path). A re-sent series (same
+    pixels, new UIDs) thus collapses onto one volume, and no pixel hash reaches two splits. (The
+    plan's `dedup_sop` removed copies of one file before; this one needs the pixels.)"""
     alive = slices.filter(pl.col("code").is_null()).sort("pixel_hash", "volume", "slice_index")
     first = alive.select("pixel_hash", kept_path="path", kept_volume="volume", kept_slice="slice_index").unique(
         "pixel_hash", keep="first", maintain_order=True)
@@ -95,12 +112,9 @@ def decide(slices: pl.DataFrame, config: WriteConfig, targets: dict | None) -> p
             .select("row", duplicate_of="kept_path",
                     dup_reason=pl.format("pixel-identical to slice {} of volume {}, which is kept (the file named in "
                                          "duplicate_of)", "kept_slice", "kept_volume")))
-    slices = slices.join(dups, on="row", how="left").with_columns(
+    return slices.join(dups, on="row", how="left").with_columns(
         code=pl.when(pl.col("dup_reason").is_not_null()).then(pl.lit("duplicate-pixels")).otherwise(pl.col("code")),
         reason=pl.coalesce("dup_reason", "reason")).drop("dup_reason")
-    if targets:
-        slices = _cut_subset(slices, targets)
-    return slices
 
 
 def _cut_subset(slices: pl.DataFrame, targets: dict) -> pl.DataFrame:
@@ -169,26 +183,27 @@ def write_shard(task: ShardTask) -> dict:
 def _tidy_shards(layout: Layout, keep: set[str]) -> None:
     """Remove temporary files of killed runs (shards, and the tables and manifest beside them, which
     only assembly writes) and shards that are not part of this dataset."""
-    for p in layout.root.glob(f"*{TMP_SUFFIX}*"):
-        if p.is_file():
+    for p in layout.root.iterdir():
+        if is_partial(p) and p.is_file():
             p.unlink()
     if not layout.shards.exists():
         return
     for p in layout.shards.glob("*/*"):
         rel = str(p.relative_to(layout.root))
         stem = str(Path(rel).with_suffix(".tar"))
-        if TMP_SUFFIX in p.name or stem not in keep:
+        if is_partial(p) or stem not in keep:
             p.unlink()
 
 
 def _write_parquet(path: Path, frame: pl.DataFrame, schema: pa.Schema) -> None:
-    tmp = tmp_name(path)
-    pq.write_table(frame.select(schema.names).to_arrow().cast(schema), tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        pq.write_table(frame.select(schema.names).to_arrow().cast(schema), f)
 
 
-def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: str) -> dict:
-    """Phase 2 (see the module docstring). Returns the manifest."""
+def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: str,
+             progress: Progress = silent) -> dict:
+    """Phase 2 (see the module docstring). Returns the manifest. `progress` gets
+    Tick("shards", slices written, slices kept) as shards are finished."""
     plan_json = read_json(layout.plan_json, "work/plan.json")
     classes = plan_json["classes"]
     plan = pl.read_parquet(layout.plan).with_columns(pl.col("volume", "split").cast(pl.String))
@@ -199,7 +214,7 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
     missing = [v for v in volumes if not staging.is_staged(v)]
     if missing:
         raise DatakitError(f"{len(missing)} planned volumes are not converted yet (e.g. {missing[0]}); "
-                           "run the missing partitions or `tlx write --resume`")
+                           "run the missing partitions or `tlx write` without --partition")
     meta = gather(staging, volumes, workers)
     index = (pl.scan_parquet(layout.index).select(INDEX_DETAILS).with_row_index("row")
              .filter(pl.col("row").is_in(pl.Series(plan["row"].cast(pl.UInt32)).implode()))
@@ -223,11 +238,12 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
              for (shard,), g in kept.select("shard", "key", "volume", "pos", "label_index")
              .group_by("shard", maintain_order=True)]
     _tidy_shards(layout, {t.path for t in tasks})
-    infos = {}
-    with progress("shards", len(kept), "slices") as advance:
-        for info in run_tasks(write_shard, tasks, workers):
-            infos[info["path"]] = info
-            advance(info["samples"])
+    infos, written = {}, 0
+    progress(Tick("shards", 0, len(kept), "slices"))
+    for info in run_tasks(write_shard, tasks, workers):
+        infos[info["path"]] = info
+        written += info["samples"]
+        progress(Tick("shards", written, len(kept), "slices"))
     shard_list = [{"split": t.path.split("/")[1], **infos[t.path]} for t in tasks]
 
     rejects = _rejects(layout, slices)
@@ -240,7 +256,7 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
     if found != len(kept) + len(rejects):
         raise AssertionError(f"assembly lost files: {found} found != {len(kept)} kept + {len(rejects)} rejected")
     manifest = _manifest(plan_json, config, tool_version, classes, kept, shard_list, rejects, found)
-    write_json_atomic(layout.manifest, manifest)
+    write_json_atomic(manifest, layout.manifest, sort_keys=True)
     return manifest
 
 

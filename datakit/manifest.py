@@ -4,9 +4,10 @@
     layout.index, layout.plan, layout.staging, layout.manifest, layout.shard_path("train", 3)
     manifest = read_manifest(dataset_dir)      # refuses a format version it does not know
 
-docs/dataset-format.md is the reader's description of the same thing; keep them in step.
-Every file here is written to a temporary name and renamed, so a kill at any moment
-leaves either the old file or the new one under the final name, never half of one.
+docs/dataset-format.md is the reader's description of the same thing (datakit.read its one
+reader); keep them in step. Every file of a dataset is written through tlxcore.atomic (a
+temporary name, then a rename), so a kill at any moment leaves either the old file or the
+new one under the final name, never half of one.
 """
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.errors import DatakitError
+from tlxcore.atomic import is_partial
 
 FORMAT = "tlx-shards"
 FORMAT_VERSION = 1
 KIND = "ct-slices"
 SPLITS = ("train", "val", "test")
+# What a dataset folder holds at its top level, whichever command wrote it (tlx scan, plan, write,
+# shard, convert). Besides these only temporary files of a killed writer and hidden files (the
+# folder lock, .DS_Store) may be there; anything else means the folder is not a tlx dataset.
+TOP_LEVEL = frozenset({"manifest.json", "slices.parquet", "volumes.parquet", "rejects.parquet", "shards", "work"})
 
 
 @dataclass(frozen=True)
@@ -94,43 +100,16 @@ class Layout:
     def assemble_lock(self) -> Path:
         return self.work / "assemble.lock"
 
+    def foreign_entries(self) -> list[str]:
+        """Names at the top level of the folder that no tlx command writes (sorted; [] if absent)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.name not in TOP_LEVEL and not p.name.startswith(".") and not is_partial(p))
+
     def final_outputs(self) -> list[Path]:
         """What `tlx write` produces (present = the folder is not fresh for a write)."""
         return [p for p in (self.manifest, self.slices, self.volumes, self.rejects, self.shards) if p.exists()]
-
-
-def tool_version() -> str:
-    """The installed tlx version, as manifests record it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tlx")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def tmp_name(path: Path) -> Path:
-    """A temporary name beside `path`, unique to this process (two processes never share one)."""
-    return path.with_name(f"{path.name}.partial-{os.getpid()}")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def dumps(obj) -> str:
-    """The one JSON spelling used for every file we write (sorted keys: byte-reproducible)."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_bytes_atomic(path, dumps(obj).encode())
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -143,16 +122,14 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict:
-    """manifest.json of a dataset, refusing anything that is not a known tlx format version."""
+    """manifest.json of a finished dataset, read by datakit.read (which refuses a format version
+    it does not know); an unfinished write is named as such."""
+    from datakit.read import open_dataset
+
     layout = Layout(dataset_dir)
     if not layout.root.is_dir():
         raise DatakitError(f"dataset folder not found: {layout.root}")
     if not layout.manifest.exists():
         raise DatakitError(f"{layout.root} holds no manifest.json: not a finished tlx dataset "
-                           f"(run `tlx write {layout.root} --resume` to finish an interrupted write)")
-    manifest = read_json(layout.manifest, "manifest.json")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise DatakitError(f"{layout.manifest}: format {manifest.get('format')!r} version "
-                           f"{manifest.get('format_version')!r} is not known; this tlx reads {FORMAT!r} "
-                           f"version {FORMAT_VERSION}")
-    return manifest
+                           f"(run `tlx write {layout.root}` to finish an interrupted write)")
+    return open_dataset(layout.root).manifest

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,8 +46,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
-from datakit.manifest import SPLITS, Layout, read_json, tmp_name, write_json_atomic
+from datakit.manifest import SPLITS, Layout, read_json
 from datakit.plan_splits import fill_empty_splits, split_warnings
+from datakit.resume import check_resume_mode, differing_options, refuse_foreign
+from tlxcore.atomic import atomic_write, write_json_atomic
+from tlxcore.progress import Progress, Tick, silent
 
 PLAN_VERSION = 1
 # The paper's seven anatomical classes, in the order that defines label indices. Labels a
@@ -491,9 +493,8 @@ def _with_splits(vols: pl.DataFrame, config: PlanConfig, classes: list[str]) -> 
 
 
 def _write_parquet(path: Path, table: pa.Table, **options) -> None:
-    tmp = tmp_name(path)
-    pq.write_table(table, tmp, **options)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        pq.write_table(table, f, **options)
 
 
 def write_rejects(layout: Layout, plan: Plan) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -508,8 +509,7 @@ def write_rejects(layout: Layout, plan: Plan) -> tuple[pl.DataFrame, pl.DataFram
     scan = (pl.scan_parquet(layout.index).select(DETAIL_COLUMNS).with_row_index("row")
             .filter(pl.col("reject_code").is_not_null() | pl.col("row").is_in(wanted)))
     label_details, scan_series = [], []
-    tmp = tmp_name(layout.plan_rejects)
-    with pq.ParquetWriter(tmp, REJECT_SCHEMA) as out:
+    with atomic_write(layout.plan_rejects) as f, pq.ParquetWriter(f, REJECT_SCHEMA) as out:
         for batch in scan.collect_batches(chunk_size=1 << 20):
             at_scan = batch.filter(pl.col("reject_code").is_not_null())
             scan_series.append(at_scan.select("series", "reject_code"))
@@ -522,7 +522,6 @@ def write_rejects(layout: Layout, plan: Plan) -> tuple[pl.DataFrame, pl.DataFram
             out.write_table(both.sort("row").drop("row").to_arrow().cast(REJECT_SCHEMA))
             label_details.append(batch.join(label_rows, on="row", how="semi")
                                  .select("row", "label_rule", "label_keyword", "label_field"))
-    os.replace(tmp, layout.plan_rejects)
     return pl.concat(label_details), pl.concat(scan_series)
 
 
@@ -554,14 +553,10 @@ def write_plan(layout: Layout, plan: Plan, config: PlanConfig) -> pl.DataFrame:
     return volumes
 
 
-def sample_key(volume: str, slice_index: int) -> str:
-    """The sample key of a slice: pseudonymous volume id and slice index (no dots: both
-    webdataset and DALI cut keys at the first dot)."""
-    return f"{volume}-{slice_index:05d}"
-
-
 def sample_key_expr(volume: str = "volume", slice_index: str = "slice_index") -> pl.Expr:
-    """sample_key as a polars expression over two columns."""
+    """The sample key of every slice, over two columns: `<volume>-<slice index, 5 digits>`, the
+    pseudonymous volume id and the slice's index (no dots: both webdataset and DALI cut keys at the
+    first dot)."""
     return pl.format("{}-{}", pl.col(volume).cast(pl.String), pl.col(slice_index).cast(pl.String).str.zfill(5))
 
 
@@ -642,22 +637,51 @@ def scan_inputs(layout: Layout) -> dict:
     return {"label_rules": read_json(layout.scan_record, "work/scan.json").get("label_rules")}
 
 
-def make_plan(dataset_dir, config: PlanConfig = PlanConfig()) -> PlanSummary:
-    """Run the plan stage on `dataset_dir/work/index.parquet` (see the module docstring)."""
+def make_plan(dataset_dir, config: PlanConfig = PlanConfig(), resume: str = "auto",
+              progress: Progress = silent) -> PlanSummary:
+    """Run the plan stage on `dataset_dir/work/index.parquet` (see the module docstring).
+
+    `resume` (datakit.resume): `auto` plans again over an earlier plan (planning is deterministic:
+    the same options give the same files), except under output of `tlx write` made from a plan of
+    other options, which re-planning would orphan; `never` refuses a folder that holds a plan.
+    `progress` gets Tick("plan", steps done, 3): decided, written, summarised."""
     config.check()
+    check_resume_mode(resume)
     layout = Layout(dataset_dir)
+    refuse_foreign(layout.root)
+    _check_earlier_plan(layout, config, resume)
     fingerprint = index_fingerprint(layout.index) if layout.index.exists() else None
+    progress(Tick("plan", 0, 3, "steps"))
     plan = decide(layout.index, config)
+    progress(Tick("plan", 1, 3, "steps"))
     # plan.json marks a complete plan (write trusts it and hashes it): it goes first, so a plan killed
     # while its parquet files are replaced never pairs the new files with the old plan.json.
     layout.plan_json.unlink(missing_ok=True)
     volumes = write_plan(layout, plan, config)
+    progress(Tick("plan", 2, 3, "steps"))
     scan_codes = pl.read_parquet(layout.plan_rejects, columns=["stage", "code"]).filter(
         pl.col("stage") == "scan")["code"]
     summary = summarise(plan, volumes, scan_codes, config)
     if summary.found != summary.planned + sum(summary.rejected_by_code.values()):  # the invariant, checked
         raise AssertionError(f"plan lost files: {summary.found} found != {summary.planned} planned + "
                              f"{sum(summary.rejected_by_code.values())} rejected")
-    write_json_atomic(layout.plan_json, {"plan_version": PLAN_VERSION, "config": config.to_dict(),
-                                         "index": fingerprint, "scan": scan_inputs(layout), **summary.to_dict()})
+    write_json_atomic({"plan_version": PLAN_VERSION, "config": config.to_dict(), "index": fingerprint,
+                       "scan": scan_inputs(layout), **summary.to_dict()}, layout.plan_json, sort_keys=True)
+    progress(Tick("plan", 3, 3, "steps"))
     return summary
+
+
+def _check_earlier_plan(layout: Layout, config: PlanConfig, resume: str) -> None:
+    """What --resume allows of a plan already in the folder (see make_plan)."""
+    if not layout.plan_json.exists():
+        return
+    if resume == "never":
+        raise DatakitError(f"{layout.root} already holds a plan (work/plan.json) and --resume is never; use "
+                           "--resume auto to plan again, or a new folder (with a copy of work/index.parquet and "
+                           "work/scan.json)")
+    differ = differing_options(read_json(layout.plan_json, "work/plan.json").get("config") or {}, config.to_dict())
+    written = layout.final_outputs() + ([layout.staging] if layout.staging.exists() else [])
+    if written and differ:
+        raise DatakitError(f"{layout.root} holds output of `tlx write` ({written[0].name}) made from a plan of other "
+                           f"options ({', '.join(differ)} differ): planning again would orphan it; use a new folder "
+                           "(with a copy of work/index.parquet and work/scan.json)")

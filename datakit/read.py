@@ -11,6 +11,7 @@ it imports nothing of datakit's writers, only the format.
     reader = SampleReader(ds)                   # picklable; opens files lazily (safe in worker processes)
     hu = reader.read(table, i, ext)             # np.ndarray int16 (256, 256): sample i's pixels, decoded
     label = reader.read(table, i, "cls")        # int
+    value = decode_member(spec, data)           # one member's bytes, decoded (what `tlx verify --decode` uses)
 
 The table is built from the `.idx` files beside the shards (DALI's index: the data
 offset and size of every member), so a sample is read with one positioned read of
@@ -100,19 +101,45 @@ class SampleTable:
                    {e: mm(f"offset.{e}.npy") for e in meta["exts"]}, {e: mm(f"size.{e}.npy") for e in meta["exts"]})
 
 
+def member_specs(members: dict[str, dict], where: str | os.PathLike) -> dict[str, MemberSpec]:
+    """The manifest's `members` object as MemberSpecs; DatakitError naming `where` for an unknown codec."""
+    specs = {}
+    for ext, m in members.items():
+        if m.get("codec") not in CODECS:
+            raise DatakitError(f"{where}: member {ext!r} has codec {m.get('codec')!r}; known: {', '.join(CODECS)}")
+        shape = tuple(m["shape"]) if m.get("shape") is not None else None
+        specs[ext] = MemberSpec(ext, m.get("role", ""), m["codec"], m.get("dtype"), m.get("byteorder", "little"),
+                                shape)
+    return specs
+
+
+def decode_member(spec: MemberSpec, data: bytes, zstd=None):
+    """One member's value: an int for ascii-int, an array of the spec's dtype and shape for
+    zstd/raw, an image array for png/jpeg. `zstd`: a zstandard.ZstdDecompressor to reuse.
+    Raises DatakitError when the bytes do not hold the declared shape (codec errors propagate)."""
+    if spec.codec == "ascii-int":
+        return int(data)
+    if spec.codec in ("png", "jpeg"):
+        from PIL import Image
+        return np.asarray(Image.open(io.BytesIO(data)))
+    if spec.codec == "zstd":
+        if zstd is None:
+            import zstandard
+            zstd = zstandard.ZstdDecompressor()
+        data = zstd.decompress(data, max_output_size=spec.nbytes)
+    arr = np.frombuffer(data, dtype=spec.numpy_dtype)
+    if arr.size * arr.itemsize != spec.nbytes:
+        raise DatakitError(f"member {spec.ext!r}: {len(data)} bytes do not hold shape {spec.shape} of {spec.dtype}")
+    return arr.reshape(spec.shape)
+
+
 class TlxDataset:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = root
         self.manifest = manifest
         self.kind: str = manifest.get("kind", "")
         self.classes: list[str] = list(manifest.get("classes", []))
-        self.members: dict[str, MemberSpec] = {}
-        for ext, m in manifest["members"].items():
-            if m.get("codec") not in CODECS:
-                raise DatakitError(f"{root}: member {ext!r} has codec {m.get('codec')!r}; known: {', '.join(CODECS)}")
-            shape = tuple(m["shape"]) if m.get("shape") is not None else None
-            self.members[ext] = MemberSpec(ext, m.get("role", ""), m["codec"], m.get("dtype"),
-                                           m.get("byteorder", "little"), shape)
+        self.members: dict[str, MemberSpec] = member_specs(manifest["members"], root)
         self.shards = [ShardSpec(s["split"], root / s["path"], root / s["index"], int(s["samples"]),
                                  int(s.get("bytes", 0)), s.get("sha256", "")) for s in manifest["shards"]]
 
@@ -257,20 +284,10 @@ class SampleReader:
 
     def decode(self, ext: str, data: bytes):
         spec = self.members[ext]
-        if spec.codec == "ascii-int":
-            return int(data)
-        if spec.codec in ("png", "jpeg"):
-            from PIL import Image
-            return np.asarray(Image.open(io.BytesIO(data)))
-        if spec.codec == "zstd":
-            if self._zstd is None:
-                import zstandard
-                self._zstd = zstandard.ZstdDecompressor()
-            data = self._zstd.decompress(data, max_output_size=spec.nbytes)
-        arr = np.frombuffer(data, dtype=spec.numpy_dtype)
-        if arr.size * arr.itemsize != spec.nbytes:
-            raise DatakitError(f"member {ext!r}: {len(data)} bytes do not hold shape {spec.shape} of {spec.dtype}")
-        return arr.reshape(spec.shape)
+        if spec.codec == "zstd" and self._zstd is None:
+            import zstandard
+            self._zstd = zstandard.ZstdDecompressor()
+        return decode_member(spec, data, self._zstd)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -1,8 +1,8 @@
 """Stage 1, scan: a DICOM tree -> DATASET_DIR/work/index.parquet, one row per file found.
 
-    summary = scan("cohort/", "data/", workers=None, secret=load_secret(None), label_rules=None)
+    summary = scan("cohort/", "data/", secret=load_secret(None), progress=progress)
 
-Headers only (datakit.dicom.read_header; pixels are never read), in parallel over
+Headers only (datakit.dicom_header.read_header; pixels are never read), in parallel over
 all cores. Every file found gets a row, so kept + rejected = found: files that are
 not usable CT slices get a reject_code and a reason a person can act on (table in
 docs/datakit-input.md). Candidates get their label, pseudonyms and geometry, and
@@ -17,7 +17,6 @@ cut short.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -26,19 +25,24 @@ from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from datakit.dicom import (UNCOMPRESSED, Header, SliceRejected, header_row, pixel_problem, read_header, shown_term,
-                           time_limit)
+from datakit.dicom_header import UNCOMPRESSED, Header, SliceRejected, header_row, read_header, shown_term, time_limit
+from datakit.dicom_pixels import pixel_problem
 from datakit.errors import DatakitError
 from datakit.labels import load_rules, rules_identity
-from datakit.manifest import write_json_atomic
+from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
+from datakit.resume import check_output_folder
 from datakit.walk import walk_files
-from datakit.write_pool import default_workers, quiet
+from tlxcore.atomic import atomic_write, write_json_atomic
+from tlxcore.progress import Progress, Tick, silent
+from tlxcore.runtime import default_workers
 
-INDEX = Path("work") / "index.parquet"
-SCAN_RECORD = Path("work") / "scan.json"    # what the index was made from: DICOM root, label rules
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+INDEX = Path("work") / "index.parquet"     # Layout.index; Layout.scan_record (work/scan.json) records its inputs
 HEADER_TIMEOUT_S = 10.0
 CHUNK = 128                      # files per task: big enough to amortise IPC, small enough for a live progress bar
 ROW_GROUP = 65536                # rows per Parquet row group
@@ -285,16 +289,18 @@ class _Tally:
 
 
 def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int | None = None,
-         secret: bytes, label_rules: str | os.PathLike | None = None) -> ScanSummary:
+         secret: bytes, label_rules: str | os.PathLike | None = None, resume: str = "auto",
+         progress: Progress = silent) -> ScanSummary:
     """Scan `dicom_root`, write `out_dir`/work/index.parquet, return counts. Raises DatakitError on bad input.
 
     Rows are in walk order (deterministic: names sorted within each folder). Files stream
     from the walk through the workers into the Parquet writer, so memory stays flat
-    however many files there are.
+    however many files there are. `resume` (datakit.resume): `auto` scans again into a
+    folder that holds an earlier scan of the same root with the same rules (a scan is one
+    pass; there is nothing to continue), `never` wants an empty folder. `progress` gets a
+    Tick("scan", files, None) per batch (the walk's total is unknown until it ends) and a last
+    one with total = files.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     t0 = time.perf_counter()
     root = Path(dicom_root)
     if not root.exists():
@@ -303,51 +309,86 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
-    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path)}
+    layout = Layout(out_dir)
+    if check_output_folder(layout.root, resume, "tlx scan"):
+        check_scan_record(layout, root, rules_path)
     found = walk_files(root)
     first = next(found, None)
     if first is None:
         raise DatakitError(f"DICOM root {str(root)!r} holds no files")
-    chunks = _chunks(itertools.chain([first], found), CHUNK)
     workers = max(1, workers or default_workers())
-    index_path = Path(out_dir) / INDEX
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index_path.with_name(index_path.name + ".partial")
+    # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
+    # pixels from it without being told again. The rules are named by file name and hash only.
+    # Written before the index gets its name: `tlx shard` reuses an index it finds, and the
+    # manifest's config.scan comes from this record.
+    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path)}
+    with atomic_write(layout.index) as f:
+        tally = _write_index(f, _batches(itertools.chain([first], found), root, secret, rules_path, workers),
+                             progress)
+        write_json_atomic(record, layout.scan_record, sort_keys=True)
+    summary = ScanSummary(
+        root=str(root), index_path=layout.index, files=tally.files, dicom=tally.dicom, candidates=tally.candidates,
+        patients=len(tally.patients), series=len(tally.series), seconds=time.perf_counter() - t0, workers=workers,
+        by_code=dict(tally.by_code.most_common()), by_label=dict(tally.by_label.most_common()))
+    if summary.dicom == 0:
+        raise DatakitError(f"no DICOM files found under {str(root)!r} ({summary.files} files, none DICOM); "
+                           f"index written to {layout.index}")
+    if summary.candidates == 0:
+        top = ", ".join(f"{c} {n}" for c, n in Counter(summary.by_code).most_common(3))
+        raise DatakitError(f"no usable CT slices found under {str(root)!r} ({summary.dicom} DICOM files: {top}); "
+                           f"index written to {layout.index}")
+    return summary
+
+
+def _batches(found: Iterator, root: Path, secret: bytes, rules_path: str | None, workers: int) -> Iterator:
+    """Index rows of every file found, as Arrow batches in walk order (a process pool unless workers == 1)."""
+    chunks = _chunks(found, CHUNK)
+    if workers == 1:
+        scanner = _FileScanner(str(root), secret, rules_path)
+        yield from (scanner.batch(c) for c in chunks)
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)) as pool:
+        yield from _ordered_map(pool, _scan_chunk, chunks, window=4 * workers)
+
+
+def _write_index(f, batches: Iterator, progress: Progress) -> _Tally:
+    """Stream the batches into index.parquet (open as `f`) in row groups of ROW_GROUP rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     tally, pending = _Tally(), []
-    with pq.ParquetWriter(tmp, _schema()) as writer, contextlib.ExitStack() as stack:
-        if workers == 1:
-            scanner = _FileScanner(str(root), secret, rules_path)
-            batches = (scanner.batch(c) for c in chunks)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(
-                workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)))
-            batches = _ordered_map(pool, _scan_chunk, chunks, window=4 * workers)
-        for batch in _progress(batches, "scan"):
+    with pq.ParquetWriter(f, _schema()) as writer:
+        for batch in batches:
             tally.add(batch)
+            progress(Tick("scan", tally.files, None, "files"))
             pending.append(batch)
             if sum(b.num_rows for b in pending) >= ROW_GROUP:
                 writer.write_table(pa.Table.from_batches(pending))
                 pending = []
         if pending:
             writer.write_table(pa.Table.from_batches(pending))
-    # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
-    # pixels from it without being told again. The rules are named by file name and hash only.
-    # Written before the index gets its name: `tlx shard --resume` reuses an index it finds, and
-    # the manifest's config.scan comes from this record.
-    write_json_atomic(Path(out_dir) / SCAN_RECORD, record)
-    os.replace(tmp, index_path)
-    summary = ScanSummary(
-        root=str(root), index_path=index_path, files=tally.files, dicom=tally.dicom, candidates=tally.candidates,
-        patients=len(tally.patients), series=len(tally.series), seconds=time.perf_counter() - t0, workers=workers,
-        by_code=dict(tally.by_code.most_common()), by_label=dict(tally.by_label.most_common()))
-    if summary.dicom == 0:
-        raise DatakitError(f"no DICOM files found under {str(root)!r} ({summary.files} files, none DICOM); "
-                           f"index written to {index_path}")
-    if summary.candidates == 0:
-        top = ", ".join(f"{c} {n}" for c, n in Counter(summary.by_code).most_common(3))
-        raise DatakitError(f"no usable CT slices found under {str(root)!r} ({summary.dicom} DICOM files: {top}); "
-                           f"index written to {index_path}")
-    return summary
+    progress(Tick("scan", tally.files, tally.files, "files"))
+    return tally
+
+
+def check_scan_record(layout: Layout, root: Path, label_rules) -> None:
+    """The folder's index must come from this root and these rules (work/scan.json records both):
+    resuming with another --dicom-root made write read another folder's files at the same relative
+    paths (PACS exports share layouts) under the index's pseudonyms; other --label-rules were
+    ignored without a word."""
+    if not layout.scan_record.exists():
+        return
+    record = read_json(layout.scan_record, "work/scan.json")
+    scanned = record.get("dicom_root")
+    if scanned and Path(scanned).resolve() != root.resolve():
+        raise DatakitError(f"{layout.index} was scanned from {scanned!r}, not {str(root)!r}; resume with that "
+                           f"--dicom-root (if the files moved: `tlx write {layout.root} --dicom-root DIR`), "
+                           f"or use a new output folder")
+    used, asked = record.get("label_rules"), rules_identity(label_rules)
+    if used and used != asked:
+        raise DatakitError(f"{layout.index} was labelled with the rules {used['name']} (sha256 {used['sha256'][:12]}), "
+                           f"not {asked['name']} (sha256 {asked['sha256'][:12]}); resume with those rules, or "
+                           f"delete {layout.index} to scan again with the new ones")
 
 
 def write_index(rows: list[dict], path: Path) -> None:
@@ -355,22 +396,5 @@ def write_index(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(pa.Table.from_batches([_to_batch(rows)]), tmp)
-    os.replace(tmp, path)
-
-
-def _progress(batches, what: str):
-    """Yield the batches with a rich progress line counting files (silent when TLX_QUIET=1)."""
-    if quiet():
-        yield from batches
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn(what), TextColumn("{task.completed} files"),
-                  TimeElapsedColumn()) as bar:
-        task = bar.add_task(what, total=None)
-        for batch in batches:
-            yield batch
-            bar.advance(task, batch.num_rows)
+    with atomic_write(path) as f:
+        pq.write_table(pa.Table.from_batches([_to_batch(rows)]), f)

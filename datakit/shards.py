@@ -14,18 +14,19 @@ What the format needs (DESIGN.md, "known traps"):
 - headers are built here, not by tarfile (whose per-member overhead was ~4% of a
   whole `tlx shard` run): the bytes are those tarfile writes for such members
   (tested), and they no longer depend on the Python version's tarfile;
-- the tar is written under a temporary name and renamed when complete, so no
-  half-written shard is ever visible under its final name.
+- the tar (and its .idx) is written through tlxcore.atomic: under a temporary name,
+  renamed when complete, so no half-written shard is ever visible under its final name.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-TMP_SUFFIX = ".partial"  # + "-<pid>": two processes never write through the same temporary file
+from tlxcore.atomic import atomic_write, write_text_atomic
+
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _EXT = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _BLOCK = 512                  # tar block
@@ -71,8 +72,8 @@ class _HashingFile:
         return self.pos
 
 
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_SUFFIX}-{os.getpid()}")
+class ShardAborted(Exception):
+    """What ShardWriter.abort hands its atomic_write, so that the temporary file goes."""
 
 
 def index_path_for(tar_path: Path | str) -> Path:
@@ -84,10 +85,8 @@ class ShardWriter:
         self.path = Path(path)
         if self.path.suffix != ".tar":
             raise ValueError(f"shard path must end in .tar, got {self.path.name!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _tmp_for(self.path)
-        self._raw = open(self._tmp, "wb")
-        self._file = _HashingFile(self._raw)
+        self._open = ExitStack()           # the tar's atomic_write, left open until close() or abort()
+        self._file = _HashingFile(self._open.enter_context(atomic_write(self.path)))
         self._index_lines: list[str] = []
         self._keys: set[str] = set()
         self.info: ShardInfo | None = None
@@ -122,21 +121,17 @@ class ShardWriter:
             return self.info
         end = self._file.pos + 2 * _BLOCK
         self._file.write(bytes(2 * _BLOCK + (-end) % _RECORD))
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
         index_path = index_path_for(self.path)
-        index_tmp = _tmp_for(index_path)
-        index_tmp.write_text(f"v1.2 {len(self._index_lines)}\n" + "".join(l + "\n" for l in self._index_lines))
-        os.replace(index_tmp, index_path)
-        os.replace(self._tmp, self.path)
+        # The index first: a tar under its final name always has its index beside it.
+        lines = [f"v1.2 {len(self._index_lines)}", *self._index_lines]
+        write_text_atomic(index_path, "".join(line + "\n" for line in lines))
+        self._open.close()                 # fsync, rename to the final name
         self.info = ShardInfo(self.path, index_path, len(self._index_lines), self._file.pos, self._file.sha.hexdigest())
         return self.info
 
     def abort(self) -> None:
-        """Drop a shard that will not be finished (the temporary file is removed)."""
-        self._raw.close()
-        self._tmp.unlink(missing_ok=True)
+        """Drop a shard that will not be finished (atomic_write removes the temporary file)."""
+        self._open.__exit__(ShardAborted, ShardAborted(self.path.name), None)
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, Layout, read_json
+from datakit.read import CODECS, member_specs
 from datakit.verify_shards import ShardCheck, check_shard
 from datakit.verify_tables import KINDS, Kind, check_counts, check_keys, check_leaks, read_tables
-from datakit.write_pool import default_workers, progress, run_tasks
+from datakit.write_pool import run_tasks
+from tlxcore.progress import Progress, Tick, silent
+from tlxcore.runtime import default_workers
 
-CODECS = ("zstd", "raw", "ascii-int", "jpeg", "png")
 ARRAY_CODECS = ("zstd", "raw")
 
 
@@ -87,7 +89,9 @@ def check_format(manifest: dict, p: list) -> Kind | None:
     return None if len(p) > before else kind
 
 
-def verify_dataset(dataset_dir, workers: int | None = None, decode: bool = False) -> VerifyReport:
+def verify_dataset(dataset_dir, workers: int | None = None, decode: bool = False,
+                   progress: Progress = silent) -> VerifyReport:
+    """Check the dataset (see the module docstring); `progress` gets Tick("verify", shards read, shards)."""
     layout = Layout(dataset_dir)
     if not layout.root.is_dir():
         raise DatakitError(f"dataset folder {str(layout.root)!r} does not exist")
@@ -110,12 +114,12 @@ def verify_dataset(dataset_dir, workers: int | None = None, decode: bool = False
 
     # Shards, read in parallel.
     results = {}
-    tasks = [ShardCheck(str(layout.root), e, members, len(classes), decode, kind.name == "ct-slices")
-             for e in shards]
-    with progress("verify", len(shards), "shards") as advance:
-        for r in run_tasks(check_shard, tasks, workers or default_workers()):
-            results[r["path"]] = r
-            advance(1)
+    specs = member_specs(members, layout.manifest)
+    tasks = [ShardCheck(str(layout.root), e, specs, len(classes), decode, kind.name == "ct-slices") for e in shards]
+    progress(Tick("verify", 0, len(shards), "shards"))
+    for r in run_tasks(check_shard, tasks, workers or default_workers()):
+        results[r["path"]] = r
+        progress(Tick("verify", len(results), len(shards), "shards"))
     report.shards, report.samples = len(shards), sum(len(r["keys"]) for r in results.values())
     for e in shards:
         p.extend(results[e["path"]]["problems"])

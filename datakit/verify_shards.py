@@ -9,7 +9,8 @@ sample's member set against the manifest's, the `.idx` against the tar member by
 and the values verify compares with slices.parquet afterwards: `cls` (ascii-int class
 indices), multi-hot `labels`, and with decode=True the pixel hash of an int16 image
 (ct-slices) and the per-class pixel counts of a mask. With decode=True every member is
-also decoded to its declared dtype and shape (jpeg/png: decoded by PIL).
+also decoded to its declared dtype and shape, by the dataset reader's own decoder
+(datakit.read.decode_member), so verify checks what the trainers will read.
 """
 from __future__ import annotations
 
@@ -21,47 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from datakit.read import MemberSpec, decode_member
+
 
 @dataclass(frozen=True)
 class ShardCheck:
     root: str                # dataset folder
     entry: dict              # the manifest's shard entry: path, index, samples, bytes, sha256
-    members: dict            # the manifest's members: ext -> spec
+    members: dict[str, MemberSpec]   # the manifest's members (datakit.read.member_specs)
     n_classes: int
     decode: bool
     pixel_hash: bool         # ct-slices: hash the decoded image as write did
-
-
-def array_dtype(spec: dict) -> np.dtype:
-    """numpy dtype of a zstd/raw member (dtype + byteorder of the manifest)."""
-    order = {"little": "<", "big": ">"}.get(spec.get("byteorder", "little"), "<")
-    return np.dtype(spec["dtype"]).newbyteorder(order)
-
-
-def decode_member(spec: dict, data: bytes):
-    """The member's value: an array for zstd/raw/jpeg/png, an int for ascii-int. Raises on bad data."""
-    codec = spec["codec"]
-    if codec == "ascii-int":
-        if not data.isdigit():
-            raise ValueError(f"{data[:20]!r} is not a decimal integer")
-        return int(data)
-    if codec in ("jpeg", "png"):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im)
-    if codec == "zstd":
-        import zstandard
-
-        data = zstandard.ZstdDecompressor().decompress(data)
-    elif codec != "raw":
-        raise ValueError(f"codec {codec!r} is unknown")
-    dtype = array_dtype(spec)
-    shape = tuple(spec["shape"])
-    if len(data) != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"{len(data)} bytes, {list(shape)} {spec['dtype']} needs {int(np.prod(shape)) * dtype.itemsize}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _samples(infos) -> list[tuple[str, dict]]:
@@ -96,7 +67,7 @@ def check_shard(task: ShardCheck) -> dict:
         p.append(f"{entry['path']}: not a readable tar ({exc})")
         return out
     samples = _samples(infos)
-    role = {ext: spec.get("role") for ext, spec in members.items()}
+    role = {ext: spec.role for ext, spec in members.items()}
     for key, found in samples:
         out["keys"].append(key)
         if set(found) != set(members):
@@ -117,10 +88,10 @@ def check_shard(task: ShardCheck) -> dict:
 
 
 def _label(out, p, entry, key, spec, data, n_classes) -> None:
-    try:
+    if data.isdigit():  # stricter than int(), which also takes " 3" or "+3"
         value = decode_member(spec, data)
-    except ValueError as exc:
-        p.append(f"{entry['path']}: sample {key} has a bad label ({exc})")
+    else:
+        p.append(f"{entry['path']}: sample {key} has a bad label ({data[:20]!r} is not a decimal integer)")
         value = -1
     if value != -1 and not 0 <= value < n_classes:
         p.append(f"{entry['path']}: sample {key} has class index {value}, not one of the {n_classes} classes")
@@ -133,7 +104,7 @@ def _multi_hot(out, p, entry, key, spec, data, n_classes) -> None:
         if hot.shape != (n_classes,) or not np.isin(hot, (0, 1)).all():
             raise ValueError(f"not {n_classes} values of 0 or 1")
         out["labels"].append(np.flatnonzero(hot).tolist())
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt labels are a finding, reported with their cause
         p.append(f"{entry['path']}: sample {key} has bad labels ({exc})")
         out["labels"].append(None)
 
@@ -144,11 +115,11 @@ def _pixels(out, p, entry, key, ext, spec, data, task: ShardCheck) -> None:
     except Exception as exc:  # noqa: BLE001 - a corrupt payload is a finding, reported with its cause
         p.append(f"{entry['path']}: sample {key}: {ext} does not decode ({exc})")
         arr = None
-    if spec["role"] == "image" and task.pixel_hash:
+    if spec.role == "image" and task.pixel_hash:
         from datakit.write_convert import pixel_hash
 
         out["hashes"].append(None if arr is None else pixel_hash(arr.astype("<i2", copy=False).tobytes()))
-    elif spec["role"] == "mask":
+    elif spec.role == "mask":
         counts = None
         if arr is not None:
             if arr.size and int(arr.max()) >= task.n_classes:

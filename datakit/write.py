@@ -1,19 +1,22 @@
 """Stage 3, write: plan -> shards + Parquet metadata + manifest, in two phases.
 
     summary = write_dataset("data/", WriteConfig(size=(256, 256), codec="zstd"),
-                            RunOptions(workers=8, partition=(0, 4), resume=False))
+                            RunOptions(workers=8, partition=(0, 4), resume="auto"), progress=progress)
 
 Phase 1, convert (write_convert): the volumes of this run's partition, each read,
 converted and staged atomically under work/staging/ by a pool of worker processes.
 Phase 2, assemble (assemble): once every planned volume is staged, whichever run gets
 there first takes an exclusive lock and writes the dataset.
 
-Resuming: every file is written to a temporary name and renamed when complete, so after
-a kill -9 at any moment a rerun with --resume finds complete staged volumes, complete
-shards and complete tables, redoes only what was missing, and produces the same bytes as
-an uninterrupted run. Partitions: `--partition i/N` converts the volumes whose partition
-unit is i modulo N; the staged files do not depend on the partitioning, so N partitions
-and one assembly give exactly the dataset one run gives.
+Resuming (`--resume auto`, the default; datakit.resume): every file is written through
+tlxcore.atomic (a temporary name, renamed when complete), so after a kill -9 at any moment a
+rerun finds complete staged volumes, complete shards and complete tables, redoes only what
+was missing, and produces the same bytes as an uninterrupted run. Earlier work made with
+other options is refused (check_earlier_write); `--resume never` refuses any.
+
+Partitions: `--partition i/N` converts the volumes whose partition unit is i modulo N;
+the staged files do not depend on the partitioning, so N partitions and one assembly give
+exactly the dataset one run gives.
 """
 from __future__ import annotations
 
@@ -30,12 +33,16 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from datakit.errors import DatakitError
-from datakit.manifest import Layout, read_json, tool_version
+from datakit.manifest import Layout, read_json
 from datakit.plan import sample_key_expr
+from datakit.resume import check_resume_mode, differing_options, refuse_foreign
 from datakit.write_config import RunOptions, WriteConfig
 from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
-from datakit.write_pool import default_workers, progress, run_tasks
+from datakit.write_pool import run_tasks
 from datakit.write_staging import Staging, identity_of
+from tlxcore.atomic import PARTIAL
+from tlxcore.progress import Progress, Tick, silent
+from tlxcore.runtime import default_workers, tool_version
 
 # Index columns phase 1 does not need (read_hu gets the rest; keeping the list negative means a
 # column scan adds for the reader reaches it without a change here).
@@ -125,17 +132,23 @@ def assembly_lock(layout: Layout):
         os.close(fd)
 
 
-def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions()) -> WriteSummary:
-    """Run write (see the module docstring); raises DatakitError on input a user can fix."""
+def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions(),
+                  progress: Progress = silent) -> WriteSummary:
+    """Run write (see the module docstring); raises DatakitError on input a user can fix.
+    `progress` gets Tick("convert", slices staged, slices of this partition) in phase 1 and
+    Tick("shards", slices written, slices kept) in phase 2."""
     config.check()
+    check_resume_mode(options.resume)
     layout = Layout(dataset_dir)
     plan_json = _check_plan(layout)
+    refuse_foreign(layout.root)
     summary = WriteSummary(dataset=str(layout.root), partition=options.partition)
     staging = Staging(layout)
     if layout.manifest.exists():
-        if not options.resume:
+        if options.resume == "never":
             raise DatakitError(f"{layout.root} already holds a finished dataset (manifest.json); "
                                "choose a new output folder")
+        check_earlier_write(layout, plan_json["config"], config)
         return _already_complete(layout, staging, options, summary)
 
     i, n = options.partition
@@ -145,18 +158,10 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
         raise DatakitError(f"the plan of {layout.root} holds no slices to write (see work/plan_rejects.parquet)")
     share = plan.filter(pl.col("partition_unit") % n == i)
     all_volumes = plan["volume"].unique().to_list()
-    mine = share["volume"].unique().to_list()
-    staged_mine = staging.staged(mine)
-    everything_staged = len(staging.staged(all_volumes)) == len(all_volumes)
-    if not options.resume:
-        finals = layout.final_outputs()
-        if finals:
-            raise DatakitError(f"{layout.root} already holds output of an earlier write "
-                               f"({', '.join(p.name for p in finals)}); pass --resume to finish it, "
-                               "or choose a new output folder")
-        if staged_mine and not everything_staged:
-            raise DatakitError(f"{staging.dir} already holds {len(staged_mine)} converted volumes of this run's "
-                               f"share; pass --resume to continue, or delete {staging.dir} to start over")
+    staged_mine = staging.staged(share["volume"].unique().to_list())
+    if options.resume == "never":
+        _refuse_earlier_write(layout, staging, staged_mine, everything_staged=staging.staged(all_volumes) ==
+                              set(all_volumes))
     if staging.claim(identity_of(plan_json, config.to_dict())):
         # A new staging folder. Either another run assembled the dataset and removed its staging
         # since the check above (the manifest is written before that), or the shards and tables
@@ -168,26 +173,20 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
     workers = options.workers or default_workers()
 
     t0 = time.perf_counter()
-    todo = share.filter(~pl.col("volume").is_in(list(staged_mine)))
-    if len(todo):
-        root = dicom_root(layout, options.dicom_root)
-        _remove_partials(staging, todo["volume"].unique().to_list())
-        tasks = _phase1_tasks(layout, todo, root, config)
-        with progress("convert", len(todo), "slices") as advance:
-            for result in run_tasks(convert_in_worker, tasks, workers, initializer=init_worker,
-                                    initargs=(str(layout.root),), inline_fn=lambda t: convert_volume(t, staging)):
-                summary.volumes_converted += 1
-                summary.slices_converted += result.converted
-                summary.slices_unreadable += result.slices - result.converted
-                advance(result.slices)
+    _convert_share(layout, staging, share, staged_mine, config, options, workers, summary, progress)
     summary.seconds["convert"] = time.perf_counter() - t0
-
     pending = [v for v in all_volumes if not staging.is_staged(v)]
     summary.volumes_pending = len(pending)
     if pending:
         summary.note = (f"partition {i}/{n} done; {len(pending)} volumes of other partitions are not converted yet; "
-                        "the last partition to finish (or `tlx write --resume`) assembles the dataset")
+                        "the last partition to finish (or `tlx write` without --partition) assembles the dataset")
         return summary
+    return _assemble(layout, staging, config, options, workers, summary, progress)
+
+
+def _assemble(layout: Layout, staging: Staging, config: WriteConfig, options: RunOptions, workers: int,
+              summary: WriteSummary, progress: Progress) -> WriteSummary:
+    """Phase 2, by whichever run takes the assembly lock first (the others say so)."""
     t0 = time.perf_counter()
     with assembly_lock(layout) as mine_to_do:
         if not mine_to_do:
@@ -196,7 +195,7 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
         if not layout.manifest.exists():  # another run may have finished while we converted
             from datakit.assemble import assemble
 
-            summary.manifest = assemble(layout, config, workers, tool_version())
+            summary.manifest = assemble(layout, config, workers, tool_version(), progress)
             summary.assembled = True
         else:
             summary.manifest = read_json(layout.manifest, "manifest.json")
@@ -205,11 +204,68 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
     return summary
 
 
+def _refuse_earlier_write(layout: Layout, staging: Staging, staged_mine: set, everything_staged: bool) -> None:
+    """--resume never: a folder holding output of an earlier write is refused (staged volumes of other
+    partitions alone are not: partitions of one write run side by side)."""
+    finals = layout.final_outputs()
+    if finals:
+        raise DatakitError(f"{layout.root} already holds output of an earlier write "
+                           f"({', '.join(p.name for p in finals)}) and --resume is never; use --resume auto to "
+                           "finish it, or choose a new output folder")
+    if staged_mine and not everything_staged:
+        raise DatakitError(f"{staging.dir} already holds {len(staged_mine)} converted volumes of this run's "
+                           f"share and --resume is never; use --resume auto to continue, or delete {staging.dir} "
+                           "to start over")
+
+
+def _convert_share(layout: Layout, staging: Staging, share: pl.DataFrame, staged_mine: set, config: WriteConfig,
+                   options: RunOptions, workers: int, summary: WriteSummary, progress: Progress) -> None:
+    """Phase 1: convert and stage the volumes of this partition that are not staged yet."""
+    todo = share.filter(~pl.col("volume").is_in(list(staged_mine)))
+    if not len(todo):
+        return
+    root = dicom_root(layout, options.dicom_root)
+    _remove_partials(staging, todo["volume"].unique().to_list())
+    done = len(share) - len(todo)
+    progress(Tick("convert", done, len(share), "slices"))
+    for result in run_tasks(convert_in_worker, _phase1_tasks(layout, todo, root, config), workers,
+                            initializer=init_worker, initargs=(str(layout.root),),
+                            inline_fn=lambda t: convert_volume(t, staging)):
+        summary.volumes_converted += 1
+        summary.slices_converted += result.converted
+        summary.slices_unreadable += result.slices - result.converted
+        done += result.slices
+        progress(Tick("convert", done, len(share), "slices"))
+
+
+def check_earlier_write(layout: Layout, plan_config: dict, config: WriteConfig) -> None:
+    """--resume auto continues only a write of these options: a finished dataset, or a staging begun
+    with other write options or from a plan of other options, is refused (naming the options)."""
+    if layout.manifest.exists():
+        made = read_json(layout.manifest, "manifest.json").get("config") or {}
+        differ = differing_options(made.get("plan") or {}, plan_config) + differing_options(made.get("write") or {},
+                                                                              config.to_dict())
+        if differ:
+            raise DatakitError(f"{layout.root} already holds a finished dataset made with other options "
+                               f"({', '.join(differ)} differ); choose a new output folder")
+        return
+    staging = Staging(layout)
+    if not staging.identity_path.exists():
+        return
+    differ = differing_options(read_json(staging.identity_path, "work/staging/identity.json").get("write") or {},
+                        config.to_dict())
+    if layout.plan_json.exists():
+        differ += differing_options(read_json(layout.plan_json, "work/plan.json").get("config") or {}, plan_config)
+    if differ:
+        raise DatakitError(f"{staging.dir} holds a write begun with other options ({', '.join(differ)} differ); "
+                           f"rerun with those options, or delete {staging.dir} to start the write over")
+
+
 def _remove_partials(staging: Staging, volumes: list[str]) -> None:
     """Temporary files a killed run left for volumes this run converts (other partitions' files
     are left alone: they may be in progress on another machine)."""
     for v in volumes:
-        for p in staging.volume_path(v).parent.glob(f"{v}.arrow.partial-*"):
+        for p in staging.volume_path(v).parent.glob(f"{v}.arrow{PARTIAL}*"):
             p.unlink(missing_ok=True)
 
 

@@ -48,9 +48,9 @@ class WriteConfig:
 class RunOptions:
     """How one `tlx write` process runs; never changes the output, so not in the manifest."""
 
-    workers: int | None = None           # None: all cores
+    workers: int | None = None           # None: tlxcore.runtime.default_workers()
     partition: tuple[int, int] = (0, 1)  # (i, N): this run converts volumes with partition_unit % N == i
-    resume: bool = False
+    resume: str = "auto"                 # auto | never (datakit.resume)
     keep_staging: bool = False
     dicom_root: str | None = None        # None: where scan recorded it
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from datakit.dicom import SliceRejected, read_hu
-from datakit.pixels import apply_hu_floor, body_coverage, resize_area, to_int16
+from datakit.dicom_header import SliceRejected
+from datakit.dicom_pixels import read_hu
+from datakit.hu_slice import apply_hu_floor, body_coverage, resize_area, to_int16
 from datakit.write_config import CODECS
 from datakit.write_staging import Staging
 

@@ -1,4 +1,4 @@
-"""Running write's tasks: inline (--workers 1) or on a process pool, with a progress bar.
+"""Running write's and verify's tasks: inline (--workers 1) or on a process pool.
 
     for result in run_tasks(fn, tasks, workers=4, initializer=init, initargs=(...,)):
         ...                       # results in completion order, at most 4 x workers tasks in flight
@@ -11,19 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
-
-
-def quiet() -> bool:
-    return os.environ.get("TLX_QUIET", "") not in ("", "0")
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def run_tasks(fn: Callable, tasks: Iterable, workers: int, initializer: Callable | None = None,
@@ -56,21 +44,6 @@ def run_tasks(fn: Callable, tasks: Iterable, workers: int, initializer: Callable
             for f in pending:
                 f.cancel()
             raise
-
-
-@contextmanager
-def progress(description: str, total: int, unit: str):
-    """`with progress("convert", n, "slices") as advance: advance(k)`; silent when TLX_QUIET=1."""
-    if quiet() or total == 0:
-        yield lambda n=1: None
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn(f"{description:<9}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
 
 
 def die_with_parent() -> None:

@@ -16,13 +16,13 @@ or run made them, which is what makes N partitions + assembly equal one run.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 
 from datakit.errors import DatakitError
-from datakit.manifest import Layout, dumps, read_json, tmp_name, write_json_atomic
+from datakit.manifest import Layout, read_json
+from tlxcore.atomic import atomic_write, json_text, write_json_atomic
 
 STAGED_SCHEMA = pa.schema([
     ("row", pa.int64()), ("slice_index", pa.int32()), ("key", pa.string()),
@@ -52,7 +52,7 @@ class Staging:
                     f"rerun with the same options, or delete {self.dir} to start the write over")
             return False
         self.volumes_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.identity_path, identity)
+        write_json_atomic(identity, self.identity_path, sort_keys=True)
         # Two partitions may claim at once: whoever wins the rename, both must agree.
         if read_json(self.identity_path, "work/staging/identity.json") != identity:
             raise DatakitError(f"another write with other options claimed {self.dir} at the same time")
@@ -74,14 +74,8 @@ class Staging:
     def write_volume(self, volume: str, table: pa.Table) -> int:
         """Write one volume's staged file atomically; returns its size in bytes."""
         path = self.volume_path(volume)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(path)
-        with open(tmp, "wb") as f:
-            with pa.ipc.new_file(f, STAGED_SCHEMA) as writer:
-                writer.write_table(table.cast(STAGED_SCHEMA))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path) as f, pa.ipc.new_file(f, STAGED_SCHEMA) as writer:
+            writer.write_table(table.cast(STAGED_SCHEMA))
         return path.stat().st_size
 
     def _open(self, volume: str) -> pa.Table:
@@ -100,4 +94,5 @@ def identity_of(plan_json: dict, write_config: dict) -> dict:
     """What staged files depend on: the plan (as plan.json says it) and the conversion options."""
     import hashlib
 
-    return {"plan_sha256": hashlib.sha256(dumps(plan_json).encode()).hexdigest(), "write": write_config}
+    return {"plan_sha256": hashlib.sha256(json_text(plan_json, sort_keys=True).encode()).hexdigest(),
+            "write": write_config}

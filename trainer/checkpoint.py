@@ -1,34 +1,77 @@
-"""Checkpoints in the run format (docs/run-format.md): written atomically, loaded with checks.
+"""Checkpoints in the run format (docs/run-format.md), and the one resume vocabulary of both trainers.
 
-    from trainer.checkpoint import new_checkpoint, save_checkpoint, load_checkpoint, rng_state, set_rng_state
-    ckpt = new_checkpoint("resnet50", encoder.state_dict(), projector=..., optimizer=opt.state_dict(),
-                          step=1200, epoch=3, rng=gather_rng_states(), config=cfg_dict)
-    if env.is_main:
-        save_checkpoint(ckpt, run / "checkpoints" / "last.pt")
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")     # TrainerError if not a tlx checkpoint
+    from trainer.checkpoint import (check_same_run, checkpoint_due, find_resume_point, load_checkpoint,
+                                    resumed_loss_sum, save_resume_point)
+    ckpt, source = find_resume_point(cfg.resume, run_dir, fix="pick a new --out")   # --resume auto|never|PATH
+    if ckpt is not None:
+        check_same_run(ckpt["config"], config, flags=field_names, source=source, fix="a new --out")
+        loss_sum = resumed_loss_sum(ckpt, env)         # this rank's running loss sum of the epoch
+    if epoch_done or checkpoint_due(step, cfg.checkpoint_every):
+        save_resume_point(run_dir / "checkpoints" / "last.pt", env.is_main, "resnet50", encoder.state_dict(),
+                          epoch_loss_sum=loss_sum, optimizer=opt.state_dict(), step=step, epoch=epoch,
+                          config=config)                    # every rank calls it
+    ckpt = load_checkpoint(path)                       # TrainerError if not a tlx checkpoint
 
 A checkpoint is a plain dict saved with `torch.save`; `encoder` is a state dict with
 torchvision's parameter names and no `fc`, so it loads into torchvision's ResNet with
-`strict=False` reporting only `fc.*` missing. `save_checkpoint` writes a temporary file
-beside the target, fsyncs it and renames it over the target: a job killed mid-write
-leaves the previous checkpoint intact, never a truncated one.
+`strict=False` reporting only `fc.*` missing. `save_checkpoint` writes through
+tlxcore.atomic: a job killed mid-write leaves the previous checkpoint intact, never a truncated one.
+
+The vocabulary (docs/trainer.md, docs/finetune.md): `--resume auto` continues from
+<run>/checkpoints/last.pt when it exists, `never` refuses a run folder that holds one,
+a PATH continues from that checkpoint. `--checkpoint-every N` also saves last.pt every
+N optimizer steps (0: only at epoch ends and when the run stops), default 250 (see
+CHECKPOINT_EVERY). Both trainers take the two flags from `resume_flag` and
+`checkpoint_every_flag` below, so they mean the same thing in both.
 """
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.dist import is_distributed
+from tlxcore.atomic import atomic_write
+from trainer.config import opt
+from trainer.dist import Dist, gather_floats, is_distributed, rank_share
 from trainer.errors import TrainerError
 
 FORMAT = "tlx-checkpoint"
 VERSION = 1
+
+# Why 250 steps: a crash then loses at most 250 steps (1M images of the paper recipe's batch of 4096, a
+# twelfth of an epoch of RadNet-12M), while a checkpoint costs one collective and one file write by rank 0
+# (ResNet-50, projector and LARS momenta: 225-260 MB, measured with torch.save; every epoch end writes one
+# anyway). Epochs shorter than 250 steps (most fine-tuning runs) checkpoint at their ends only, as with 0.
+CHECKPOINT_EVERY = 250
+RESUME_CHOICES = ("auto", "never")  # or a checkpoint path
+# Spellings of earlier versions: refused with one line naming the new one (trainer.config.parse_config).
+OLD_SPELLINGS = {"--ckpt-every": "--checkpoint-every", "--resume none": "--resume never"}
+# config.json keys that may differ between a run and its resumption in both trainers: where and how it
+# runs, how often it saves and logs, not what it computes. Each trainer adds its own (check_same_run).
+MAY_CHANGE = frozenset({"out", "run_dir", "device", "workers", "max_steps", "resume", "checkpoint_every",
+                        "log_every", "world_size", "tool_version"})
+
+
+def resume_flag() -> Any:
+    """The `--resume` field of a trainer's config dataclass."""
+    return opt("auto", "auto: continue from the run folder's checkpoints/last.pt when present; never: refuse "
+                       "a run folder that holds one; or a checkpoint file to continue from")
+
+
+def checkpoint_every_flag() -> Any:
+    """The `--checkpoint-every` field of a trainer's config dataclass."""
+    return opt(CHECKPOINT_EVERY, "also save checkpoints/last.pt every N optimizer steps (0: only at epoch ends "
+                                 "and when the run stops)")
+
+
+def checkpoint_due(step: int, every: int) -> bool:
+    """True at the steps `--checkpoint-every` asks for (besides epoch ends, which always save)."""
+    return every > 0 and step % every == 0
 
 
 def new_checkpoint(model_name: str, encoder_state: dict[str, torch.Tensor], **entries: Any) -> dict[str, Any]:
@@ -39,14 +82,54 @@ def new_checkpoint(model_name: str, encoder_state: dict[str, torch.Tensor], **en
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     """Atomic torch.save (call it on rank 0 only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def save_resume_point(path: str | os.PathLike, is_main: bool, model_name: str,
+                      encoder_state: dict[str, torch.Tensor], *, epoch_loss_sum: float, **entries: Any) -> None:
+    """A checkpoint a run can continue from: the trainer's entries plus every rank's RNG states and
+    every rank's running loss sum of the current epoch (`epoch_loss_sums`; the ranks' sums differ,
+    and `epoch_loss_sum`, rank 0's, stays for readers of older checkpoints). Every rank calls it
+    (the gathers are collectives); rank 0 writes the file. resumed_loss_sum reads the sum back."""
+    rng, loss_sums = gather_rng_states(), gather_floats(epoch_loss_sum)
+    if is_main:
+        save_checkpoint(new_checkpoint(model_name, encoder_state, rng=rng, epoch_loss_sum=epoch_loss_sum,
+                                       epoch_loss_sums=loss_sums, **entries), path)
+
+
+def resumed_loss_sum(ckpt: dict[str, Any], env: Dist) -> float:
+    """This rank's running loss sum of the epoch a checkpoint stopped in (trainer.dist.rank_share:
+    the ranks' mean on another number of ranks; rank 0's from a checkpoint older than the per-rank list)."""
+    return rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)
+
+
+def find_resume_point(resume: str, run_dir: str | os.PathLike, fix: str) -> tuple[dict[str, Any] | None, Path | None]:
+    """(checkpoint, its path) that `--resume` continues from, or (None, None) to start afresh.
+    `fix` ends the refusal of `never` ("pick a new --out")."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if resume == "never":
+        if last.exists():
+            raise TrainerError(f"{last} holds a started run and --resume is never: continue it with --resume auto, "
+                               f"or {fix}")
+        return None, None
+    path = last if resume == "auto" else Path(resume)
+    if resume == "auto" and not last.exists():
+        return None, None
+    return load_checkpoint(path), path
+
+
+def check_same_run(saved: dict[str, Any], now: dict[str, Any], *, flags: Iterable[str], source: os.PathLike | str,
+                   fix: str, may_change: Iterable[str] = ()) -> None:
+    """Resume only the run that wrote the checkpoint: TrainerError naming every config.json key (as
+    its flag where it is one) whose value differs, except MAY_CHANGE and `may_change`. A key the
+    saved config lacks (a checkpoint older than the key) is not compared."""
+    skip, flags = MAY_CHANGE | set(may_change), set(flags)
+    changed = [k for k in now if k in saved and k not in skip and saved[k] != now[k]]
+    if changed:
+        names = ", ".join(f"--{k.replace('_', '-')}" if k in flags else k for k in changed)
+        raise TrainerError(f"cannot resume from {source}: {names} differ from the checkpoint's run; "
+                           f"use the same values, or {fix}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

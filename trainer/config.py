@@ -1,7 +1,7 @@
 """Configuration as a dataclass: every field becomes a command-line flag, the result is saved as JSON.
 
     from dataclasses import dataclass
-    from trainer.config import opt, parse_config, config_dict, save_json
+    from trainer.config import opt, parse_config, run_config
 
     @dataclass
     class Config:
@@ -12,23 +12,28 @@
         lr: float | None = opt(None, "peak learning rate (default: the recipe's rule)")
         compile: bool = opt(False, "torch.compile the model")
 
-    cfg = parse_config(Config, ["--data", "d/", "--window", "-1000", "1000"])
-    save_json(config_dict(cfg), "run/config.json")
+    cfg = parse_config(Config, ["--data", "d/", "--window", "-1000", "1000"],
+                       old_spellings={"--bs": "--batch-size"})     # `--bs 8`: one line naming --batch-size
+    config = run_config(cfg, task="simclr", init="scratch", setting="pretrain", fraction=1.0, seed=0,
+                        world_size=1, resolved={"lr": 4.8}, derived={"steps_per_epoch": 9})
 
 Field `batch_size` is flag `--batch-size`; a `bool` gets `--compile/--no-compile`; a
 `tuple[float, float]` takes two values; `X | None` accepts the word `none` too. The
 help text shows each default. No globals, no exec: the dataclass is the whole config.
+`run_config` is the one shape of config.json (docs/run-format.md): flat, the run
+contract's keys, then every flag with the value the run used, then what the trainer derived.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
+import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
+
+from tlxcore.runtime import tool_version
 
 T = TypeVar("T")
 
@@ -103,10 +108,28 @@ def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None,
-                 epilog: str | None = None) -> T:
-    """Parse `argv` (sys.argv[1:] when None) into an instance of dataclass `cls`."""
+                 epilog: str | None = None, old_spellings: dict[str, str] | None = None) -> T:
+    """Parse `argv` (sys.argv[1:] when None) into an instance of dataclass `cls`. `old_spellings`
+    maps a flag ("--ckpt-every") or a flag and value ("--resume none") of an earlier version to
+    its new spelling: given, it is refused with one line naming the new one."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_old_spellings(argv, old_spellings or {})
     parser = build_parser(cls, description, epilog)
     return from_namespace(cls, parser.parse_args(argv))
+
+
+def refuse_old_spellings(argv: list[str], old_spellings: dict[str, str]) -> None:
+    """TrainerError for the first old spelling in `argv` (`--flag`, `--flag value`, `--flag=value`)."""
+    from trainer.errors import TrainerError
+
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        for old, new in old_spellings.items():
+            old_flag, _, old_value = old.partition(" ")
+            if flag == old_flag and (not old_value or value == old_value):
+                raise TrainerError(f"{old} was renamed: use {new} (same meaning)")
 
 
 def check_at_least(cfg: Any, minimums: dict[str, int | float]) -> None:
@@ -124,25 +147,18 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def load_config(cls: type[T], data: dict[str, Any]) -> T:
-    """The dataclass back from its saved dict (unknown keys, such as run metadata, are ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
-
-
-def tool_version() -> str:
-    """The installed tlx version, for config.json."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("tlx")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def save_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def run_config(cfg: Any, *, task: str, init: str, setting: str, fraction: float, seed: int, world_size: int,
+               resolved: dict[str, Any] | None = None, derived: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json of a run, one flat shape for every trainer: the run contract's keys (the
+    keyword arguments, and tool_version), then every flag of `cfg`, where a flag left to a
+    default the run resolved holds the value used (`resolved`), then the trainer's `derived`
+    keys. A contract key wins over a flag of its name (finetune's `--init` is a file, `init`
+    the init's name; the file is the derived `init_checkpoint`)."""
+    head = dict(task=task, init=init, setting=setting, fraction=fraction, seed=seed, world_size=world_size,
+                tool_version=tool_version())
+    flags = {k: v for k, v in config_dict(cfg).items() if k not in head}
+    unknown = sorted(set(resolved or {}) - flags.keys())
+    clash = sorted(set(derived or {}) & (head.keys() | flags.keys()))
+    if unknown or clash:  # a programming error, not a user's
+        raise ValueError(f"run_config: resolved keys {unknown} are not flags; derived keys {clash} are")
+    return json.loads(json.dumps({**head, **flags, **(resolved or {}), **(derived or {})}))  # tuples -> lists

@@ -1,9 +1,8 @@
 """Distributed setup: read what torchrun put in the environment, start the process group.
 
-    from trainer.dist import init_dist, close_dist, print0
+    from trainer.dist import init_dist, close_dist, loader_workers
     env = init_dist("auto")        # Dist(rank, local_rank, world_size, device, backend)
-    print0("only rank 0 prints this")
-    ...
+    ...                            # env.is_main: rank 0, the one that writes and draws
     close_dist(env)
 
 Launched by `torchrun`, the environment holds RANK, WORLD_SIZE and LOCAL_RANK (and the
@@ -20,10 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tlxcore.runtime import default_workers
+from trainer.config import opt
 from trainer.dist_join import join_process_group, join_timeout_s
 from trainer.errors import TrainerError
 
 DEVICES = ("auto", "cuda", "cpu")
+# More loader processes per rank than this buy little (benchmarks/RESULTS.md: one or two cores decode the
+# 1,500 zstd slices/s a GPU takes) and each holds its prefetched batches in memory.
+MAX_LOADER_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+def loader_workers() -> int:
+    """The default of the trainers' --workers: the cores this rank may use, that is the cores of the
+    process's affinity mask (tlxcore.runtime.default_workers: a SLURM task's share, or the machine)
+    divided among the ranks torchrun started on this node (LOCAL_WORLD_SIZE), at least 1 and at
+    most MAX_LOADER_WORKERS."""
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(MAX_LOADER_WORKERS, default_workers() // ranks_here))
 
 
-def print0(*args, **kwargs) -> None:
-    """print on rank 0 only (every rank would otherwise repeat each line)."""
-    if rank() == 0:
-        print(*args, **kwargs, flush=True)
+def workers_flag():
+    """The `--workers` field of a trainer's config dataclass (None until resolved by loader_workers)."""
+    return opt(None, "data loading processes per rank, 0: in the training process [default: the cores this "
+                     f"rank may use (its affinity mask over the ranks on its node), at most {MAX_LOADER_WORKERS}]")
 
 
 def gather_floats(value: float) -> list[float]:

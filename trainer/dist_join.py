@@ -207,6 +207,7 @@ def _first_collective(device: torch.device, j: _Join) -> None:
     work = dist.all_reduce(ones, async_op=True)
     while not work.is_completed():
         if j.late():
+            _leave_gloo_group()
             raise j.waited("the other ranks in the first collective", "a peer died or hangs after joining")
         time.sleep(POLL_S)
     try:
@@ -219,3 +220,12 @@ def _first_collective(device: torch.device, j: _Join) -> None:
     if int(ones.item()) != j.world_size:
         raise TrainerError(f"rank {j.rank} of {j.world_size}: the first collective counted {int(ones.item())} "
                            f"ranks, not {j.world_size}")
+
+
+def _leave_gloo_group() -> None:
+    """Destroy a gloo process group whose first collective is still pending, before the error ends the
+    process: left to the interpreter's exit, its worker thread was still running about half the time
+    and the exit aborted ("terminate called without an active exception", code -6, not 2). An NCCL
+    group is left to NCCL's watchdog (module docstring)."""
+    if dist.get_backend() == "gloo":
+        dist.destroy_process_group()

@@ -9,11 +9,13 @@
 
 The run directory (docs/run-format.md) is <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>/
 unless --run-dir says otherwise; it gets config.json, subset.parquet, metrics.jsonl,
-checkpoints/{last,best}.pt, and at the end result.json, predictions.parquet and
-first_layers.npz. A run whose result.json exists is complete and is not run again; one
-with checkpoints/last.pt continues from it (kill + rerun = one uninterrupted run).
+steps.jsonl (trainer/runlog.py, as SimCLR runs), checkpoints/{last,best}.pt, and at the
+end result.json, predictions.parquet and first_layers.npz. A run whose result.json exists
+is complete and is not run again; one with checkpoints/last.pt continues from it
+(`--resume auto`; kill + rerun = one uninterrupted run), which is saved at every epoch's
+end and every `--checkpoint-every` steps (trainer/checkpoint.py).
 
-What happens, top to bottom:
+What happens, top to bottom (`run`: build, resume, loop, test, write):
 1. the task's defaults (trainer/tasks.py, the paper's Table ST4) for this fraction,
    overridden by every flag given;
 2. the init: scratch, a torchvision-layout state dict or a tlx SimCLR checkpoint,
@@ -33,33 +35,39 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from datakit.read import TlxDataset, open_dataset
+from tlxcore.atomic import write_json_atomic
+from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
-from trainer.checkpoint import gather_rng_states, load_checkpoint, new_checkpoint, restore_rng_states, save_checkpoint
-from trainer.config import check_at_least, config_dict, opt, parse_config, save_json, tool_version
-from datakit.read import open_dataset
+from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
+                                find_resume_point, new_checkpoint, restore_rng_states, resume_flag,
+                                resumed_loss_sum, save_checkpoint, save_resume_point)
+from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, gather_floats, init_dist,
-                          is_distributed, print0, rank_share)
+from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, init_dist, is_distributed,
+                          loader_workers, workers_flag)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
-from trainer.runlog import RunLog
-from trainer.task_heads import TaskModel, load_init, read_init, task_loss
+from trainer.runlog import RunLog, log_every_flag
+from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task, get_task, parse_class_weights,
                            resolve_class_weights, run_dir)
 
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
-# Flags that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("max_steps", "workers", "device", "checkpoint_every", "resume", "eval_batch_size", "out", "run_dir")
+# config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
+# (they do not change the result); any other difference is refused.
+FINETUNE_MAY_CHANGE = {"eval_batch_size"}
 
 
 @dataclass
@@ -94,11 +102,11 @@ class FinetuneConfig:
     window: tuple[float, float] | None = opt(None, "HU window for --normalize hu [default: the init "
                                                    "checkpoint's, else -1024 3072]")
     allow_partial_init: bool = opt(False, "load an init that lacks keys or has extra ones (listed in config.json)")
-    resume: str = opt("auto", "auto: continue from checkpoints/last.pt when present; never: refuse a started run",
-                      choices=("auto", "never"))
-    checkpoint_every: int = opt(0, "also save checkpoints/last.pt every N steps (0: at the end of each epoch only)")
+    resume: str = resume_flag()
+    checkpoint_every: int = checkpoint_every_flag()
+    log_every: int = log_every_flag()
     eval_batch_size: int | None = opt(None, "per-rank batch size for val/test [default: the per-rank training batch]")
-    workers: int = opt(4, "data loading processes per rank (0: in the main process)")
+    workers: int | None = workers_flag()
     loader: str = opt("auto", "JPEG datasets: dali (nvJPEG on the GPU; DALI's CPU mode with --device cpu), "
                               "torch (PIL in the workers); auto: dali on a GPU when installed",
                       choices=("auto", "torch", "dali"))
@@ -109,10 +117,11 @@ class FinetuneConfig:
 def main(argv: list[str] | None = None) -> dict | None:
     """Parse flags and run; returns result.json's content (on rank 0; None elsewhere)."""
     cfg = parse_config(FinetuneConfig, argv, description=__doc__.split("\n\n")[0],
-                       epilog=__doc__.split("\n\n", 1)[1])
+                       epilog=__doc__.split("\n\n", 1)[1], old_spellings=OLD_SPELLINGS)
     env = init_dist(cfg.device)
     try:
-        return run(cfg, env)
+        with drawn(enabled=env.is_main) as progress:
+            return run(cfg, env, progress)
     finally:
         close_dist(env)
 
@@ -264,41 +273,126 @@ def _json_safe(metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run.
+# The run: build, resume, loop, test, write.
 
-def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
+@dataclass
+class Data:
+    """What a run reads: the training subset of the train split, val and test whole."""
+    train: LabelledSplit
+    val: LabelledSplit
+    test: LabelledSplit
+    subset: np.ndarray             # sample ids of the training subset (a nested, stratified fraction)
+    subset_table: Any              # subset.parquet (pyarrow table)
+    volumes: dict                  # "val"/"test" -> each sample's volume (segmentation scores per volume), else None
+    decoder: DaliJpegDecoder | None    # JPEG datasets on DALI; None: PIL in the loader workers
+
+
+@dataclass
+class FinetuneJob:
+    """A built run: what the loop, the checkpoints, the test and the outputs use."""
+    cfg: FinetuneConfig
+    env: Dist
+    plan: Plan
+    out: Path                      # the run folder
+    log: RunLog
+    data: Data
+    model: TaskModel
+    ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model itself
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    weights: torch.Tensor          # the loss's class weights
+    steps: int                     # optimizer steps per epoch
+    eval_batch: int                # per-rank batch of val and test
+    first_init: dict               # the first layers as initialised (first_layers.npz)
+    config: dict                   # config.json
+
+
+@dataclass
+class FinetuneState:
+    """Where a run is; last.pt holds it (as step, epoch, epoch_step, epoch_loss_sum, best, wall_s)."""
+    step: int = 0
+    epoch: int = 0                 # epochs done
+    epoch_step: int = 0            # steps done in the current epoch
+    loss_sum: float = 0.0          # the current epoch's training loss on this rank, summed over its steps
+    best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "state": None})
+    started: float = field(default_factory=time.time)   # time.time() when the run would have started
+
+    def wall_s(self) -> float:
+        """Seconds since the run started, across restarts (metrics' wall_s)."""
+        return time.time() - self.started
+
+
+def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | None:
+    """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere."""
     check_at_least(cfg, {"epochs": 1, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
-                         "eval_batch_size": 1, "workers": 0})
+                         "log_every": 1, "eval_batch_size": 1, "workers": 0})
+    cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
     task = get_task(cfg.task, cfg.tasks_file)
     dataset = open_dataset(cfg.data)
     if dataset.kind not in task.data_kinds:
         raise TrainerError(f"--task {task.name} trains on datasets of kind {', '.join(task.data_kinds)}; "
                            f"{cfg.data} is of kind {dataset.kind!r}")
-    state, init_info = read_init(cfg.init)
+    init_state, init_info = read_init(cfg.init)
     plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
                                                          cfg.fraction, cfg.seed)
+    log = RunLog(out, enabled=env.is_main, progress=progress)
     if (out / "result.json").exists():
-        print0(f"{out}: complete (result.json present); not run again")
+        log.note(f"{out}: complete (result.json present); not run again")
         return json.loads((out / "result.json").read_text()) if env.is_main else None
-    last = out / "checkpoints" / "last.pt"
-    if last.exists() and cfg.resume == "never":
-        raise TrainerError(f"{out} holds a started run (checkpoints/last.pt); use --resume auto or another --run-dir")
+    ckpt, source = find_resume_point(cfg.resume, out, fix="use another --run-dir")
+    job = build(cfg, env, plan, dataset, init_state, init_info, log)
+    state = resume(job, ckpt, source) if ckpt is not None else FinetuneState()
+    log.write_config(job.config)
+    log.resume_at(epochs_done=state.epoch, step=state.step)   # lines logged after the checkpoint are logged again
+    if env.is_main:
+        import pyarrow.parquet as pq
+        pq.write_table(job.data.subset_table, out / "subset.parquet")
+    loop(job, state)
+    test_metrics, rows = test(job, state)
+    return write(job, state, test_metrics, rows) if env.is_main else None
 
-    # Model: encoder with its init, a new head; the first layers as initialised, for CKA.
+
+def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
+          init_info: InitInfo, log: RunLog) -> FinetuneJob:
+    """Model, data, optimizer and config.json of a run, before any checkpoint is loaded into them."""
+    model, ddp, first_init = build_model(cfg, env, plan, dataset, init_state, init_info)
+    data = build_data(cfg, env, plan, dataset)
+    hp = plan.hp
+    per_rank = per_rank_batch(hp["batch_size"], env.world_size)
+    steps = steps_per_epoch(data.subset, hp["batch_size"])
+    params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
+    if hp["optimizer"] == "lars":
+        optimizer = LARS(params, lr=hp["lr"], momentum=cfg.momentum)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=hp["lr"])
+    schedule = Schedule("exp-epoch", base_lr=hp["lr"], epochs=hp["epochs"], steps_per_epoch=steps, decay=hp["decay"])
+    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
+    config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
+    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
+               cfg.eval_batch_size or per_rank, first_init, config)
+
+
+def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
+                init_info: InitInfo) -> tuple[TaskModel, torch.nn.Module, dict]:
+    """(the model: encoder with its init and a new head; what the loop calls; the first layers as initialised)."""
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(plan.model)
-    load_init(encoder, state, init_info, cfg.allow_partial_init)
+    load_init(encoder, init_state, init_info, cfg.allow_partial_init)
     first_init = {f"init/{k}": v.detach().cpu().numpy().copy() for k, v in encoder.state_dict().items() if k in FIRST_LAYERS}
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
-    model = TaskModel(encoder, task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
+    model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
                       decoder_channels=decoder_channels).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda"
                                                     else None) if is_distributed() else model
+    return model, ddp, first_init
 
-    # Data: the nested, stratified subset of the train split; val and test whole.
+
+def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) -> Data:
+    """The nested, stratified subset of the train split; val and test whole."""
+    task = plan.task
     images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed)
     train = LabelledSplit(dataset, "train", task.kind, images, train=True)
     val = LabelledSplit(dataset, "val", task.kind, images)
@@ -307,130 +401,158 @@ def run(cfg: FinetuneConfig, env: Dist) -> dict | None:
         if len(split) == 0:
             raise TrainerError(f"{cfg.data} has no {name} samples; fine-tuning needs train, val and test splits")
     subset, subset_table = training_subset(train, task, dataset.classes, cfg.fraction, cfg.seed)
-    hp = plan.hp
-    per_rank = per_rank_batch(hp["batch_size"], env.world_size)
-    steps = steps_per_epoch(subset, hp["batch_size"])
-    eval_batch = cfg.eval_batch_size or per_rank
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
-    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, eval_batch))
+    per_rank = per_rank_batch(plan.hp["batch_size"], env.world_size)
+    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank))
+    return Data(train, val, test, subset, subset_table, volumes, decoder)
 
-    params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
-    if hp["optimizer"] == "lars":
-        optimizer = LARS(params, lr=hp["lr"], momentum=cfg.momentum)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=hp["lr"])
-    schedule = Schedule("exp-epoch", base_lr=hp["lr"], epochs=hp["epochs"], steps_per_epoch=steps, decay=hp["decay"])
-    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
 
-    config = {
-        "task": task.name, "init": plan.init_name, "setting": cfg.setting, "fraction": cfg.fraction,
-        "seed": cfg.seed, "world_size": env.world_size, "tool_version": tool_version(), "data": cfg.data,
-        "data_kind": dataset.kind, "data_train_samples": len(train), "subset_samples": len(subset),
+def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_info: InitInfo,
+                    data: Data, steps: int) -> dict:
+    """config.json (trainer.config.run_config's shape): the flags hold the values the run resolved (the task's
+    hyperparameters, the init's model and normalisation); `init` is the init's name, its file `init_checkpoint`."""
+    task, linear = plan.task, cfg.setting == "linear"
+    head = "decoder" if task.kind == "segmentation" else "head"
+    resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp,
+                "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
+                "window": list(plan.window)}
+    derived = {
+        "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
         "init_dropped": init_info.dropped, "init_missing": init_info.missing,
         "init_unexpected": init_info.unexpected, "init_mismatched": init_info.mismatched,
-        "model": plan.model, "kind": task.kind, "metric": task.metric, "classes": dataset.classes,
-        **hp, "steps_per_epoch": steps, "class_weights": plan.class_weights, "augment": plan.augment,
-        "image_size": plan.image_size, "normalize": plan.normalize, "window": list(plan.window),
-        "regions": {k: list(v) for k, v in plan.regions.items()},
-        "encoder_frozen": cfg.setting == "linear",
-        "trains": ("decoder" if task.kind == "segmentation" else "head") if cfg.setting == "linear"
-        else "encoder and " + ("decoder" if task.kind == "segmentation" else "head"),
-        "encoder_bn": "eval (statistics frozen)" if cfg.setting == "linear" else "train",
-        "args": config_dict(cfg),
-    }
+        "kind": task.kind, "metric": task.metric, "classes": dataset.classes, "steps_per_epoch": steps,
+        "regions": {k: list(v) for k, v in plan.regions.items()}, "encoder_frozen": linear,
+        "trains": head if linear else f"encoder and {head}",
+        "encoder_bn": "eval (statistics frozen)" if linear else "train"}
+    return run_config(cfg, task=task.name, init=plan.init_name, setting=cfg.setting, fraction=cfg.fraction,
+                      seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
 
-    # Resume: the saved state replaces what was just built.
-    step, epoch, epoch_step, loss_sum, wall_before = 0, 0, 0, 0.0, 0.0
-    best = {"metric": -math.inf, "epoch": 0, "state": None}
-    if last.exists():
-        ckpt = load_checkpoint(last, map_location="cpu")
-        _check_same_run(ckpt["config"], config, last)
-        model.encoder.load_state_dict(ckpt["encoder"])
-        model.head_module().load_state_dict(ckpt["decoder" if task.kind == "segmentation" else "head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
-        loss_sum = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # each rank its own
-        best = ckpt["best"]
-        wall_before = ckpt.get("wall_s", 0.0)   # metrics' wall_s counts from the run's start, not this process's
-        restore_rng_states(ckpt["rng"], env.rank)
-        print0(f"{out}: resuming at epoch {epoch + 1}, step {step}")
-    log = RunLog(out, enabled=env.is_main)
-    log.write_config(config)
-    log.resume_at(epochs_done=epoch, step=step)   # lines logged after the checkpoint are logged again
-    if env.is_main:
-        import pyarrow.parquet as pq
-        pq.write_table(subset_table, out / "subset.parquet")
 
-    def save_last(done_epoch: int, at_step: int, sums: float) -> None:
-        rngs, all_sums = gather_rng_states(), gather_floats(sums)  # collectives; the ranks' loss sums differ
+def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
+    """The state of a checkpoint of this run, loaded into the model and optimizer."""
+    check_same_run(ckpt["config"], job.config, flags=[f.name for f in fields(FinetuneConfig)], source=source,
+                   fix="use another --run-dir, or remove the old run", may_change=FINETUNE_MAY_CHANGE)
+    job.model.encoder.load_state_dict(ckpt["encoder"])
+    job.model.head_module().load_state_dict(ckpt[_head_name(job)])
+    job.optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng_states(ckpt["rng"], job.env.rank)
+    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], resumed_loss_sum(ckpt, job.env),
+                          ckpt["best"], started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s: from the run's start
+    job.log.note(f"{job.out}: resuming at epoch {state.epoch + 1}, step {state.step}")
+    return state
+
+
+def loop(job: FinetuneJob, state: FinetuneState) -> None:
+    """Epochs from where `state` stands to --epochs (or --max-steps): train, then validate, log and save."""
+    epochs, steps = job.plan.hp["epochs"], job.steps
+    total = epochs * steps if job.cfg.max_steps is None else min(job.cfg.max_steps, epochs * steps)
+    job.log.begin(state.step, total)
+    while state.epoch < epochs and state.step < total:
+        loss_sum, images, started = train_epoch(job, state, total)
+        end_epoch(job, state, loss_sum, images, started)
+
+
+def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[torch.Tensor, int, float]:
+    """The rest of the current epoch, or up to `total` steps: (the epoch's loss sum, on the device: no sync per
+    step; the images this rank trained on; when it began)."""
+    cfg, env, kind = job.cfg, job.env, job.plan.task.kind
+    job.ddp.train()
+    order = epoch_plan(job.data.subset, job.plan.hp["batch_size"], seed=cfg.seed, epoch=state.epoch, rank=env.rank,
+                       world_size=env.world_size).reshape(job.steps, -1)
+    started, images = time.time(), 0
+    loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=env.device)
+    for x, y, _ in batches(job.data.train, order[state.epoch_step:], state.epoch, cfg.workers,
+                           pin_memory=env.device.type == "cuda", jpeg_decoder=job.data.decoder):
+        lr = job.schedule(state.step)
+        set_lr(job.optimizer, lr)
+        x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
+        with _autocast(env):
+            loss = task_loss(kind, job.ddp(x), y, job.weights)
+        job.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        job.optimizer.step()
+        loss_sum += loss.detach()
+        state.step, state.epoch_step, images = state.step + 1, state.epoch_step + 1, images + len(x)
+        if state.step % cfg.log_every == 0 or state.step == total:
+            job.log.step(state.step, total, state.epoch + 1, all_reduce_mean(loss.detach(), env.device), lr,
+                         images * env.world_size / max(time.time() - started, 1e-9))
+        if checkpoint_due(state.step, cfg.checkpoint_every) and state.epoch_step < job.steps:  # epoch ends save below
+            state.loss_sum = float(loss_sum)
+            save(job, state)
+        if state.step >= total:
+            break
+    return loss_sum, images * env.world_size, started
+
+
+def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, images: int, started: float) -> None:
+    """Validate; keep the best epoch's weights (and best.pt); the epoch's metrics.jsonl line; last.pt.
+    `images` were trained on (all ranks) since `started`; images_per_s counts the validation's time too."""
+    env, metric = job.env, job.plan.task.metric
+    train_loss = all_reduce_mean(float(loss_sum) / max(state.epoch_step, 1), env.device)
+    broadcast_buffers(job.model)   # every rank evaluates, and keeps as best, the model rank 0 saves
+    val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.eval_batch, job.cfg.workers,
+                              job.data.volumes["val"], job.data.decoder)
+    state.epoch += 1
+    score = val_metrics[metric]
+    if not math.isnan(score) and score > state.best["metric"]:
+        state.best = {"metric": score, "epoch": state.epoch, "state": copy.deepcopy(job.model.state_dict())}
         if env.is_main:
-            save_checkpoint(_checkpoint(model, plan, optimizer=optimizer.state_dict(), step=step, epoch=done_epoch,
-                                        epoch_step=at_step, epoch_loss_sum=sums, epoch_loss_sums=all_sums, best=best,
-                                        rng=rngs, config=config,
-                                        wall_s=time.time() - start),
-                            last)
+            save_checkpoint(new_checkpoint(job.plan.model, job.model.encoder.state_dict(), **_head(job),
+                                           epoch=state.epoch, metric=score, config=job.config),
+                            job.out / "checkpoints" / "best.pt")
+    line = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
+            **{f"val_{k}": v for k, v in _json_safe(val_metrics).items()}, "lr": job.schedule(state.step - 1),
+            "images_per_s": images / max(time.time() - started, 1e-9), "wall_s": state.wall_s()}
+    job.log.epoch(line)
+    job.log.note(f"epoch {state.epoch}/{job.plan.hp['epochs']}  loss {train_loss:.4f}  val {metric} {score:.4f}  "
+                 f"lr {line['lr']:.3g}  {line['images_per_s']:.0f} img/s")
+    state.epoch_step, state.loss_sum = 0, 0.0
+    save(job, state)
 
-    start = time.time() - wall_before
-    max_steps = cfg.max_steps or math.inf
-    while epoch < hp["epochs"] and step < max_steps:
-        ddp.train()
-        order = epoch_plan(subset, hp["batch_size"], seed=cfg.seed, epoch=epoch, rank=env.rank,
-                           world_size=env.world_size).reshape(steps, per_rank)
-        t_epoch, n_images = time.time(), 0
-        loss_acc = torch.tensor(loss_sum, dtype=torch.float64, device=env.device)  # summed on the device: no sync per step
-        for x, y, _ in batches(train, order[epoch_step:], epoch, cfg.workers, pin_memory=env.device.type == "cuda",
-                               jpeg_decoder=decoder):
-            set_lr(optimizer, schedule(step))
-            x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
-            with _autocast(env):
-                loss = task_loss(task.kind, ddp(x), y, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_acc += loss.detach()
-            step, epoch_step, n_images = step + 1, epoch_step + 1, n_images + len(x)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and epoch_step < steps:
-                save_last(epoch, epoch_step, float(loss_acc))
-            if step >= max_steps:
-                break
-        train_loss = all_reduce_mean(float(loss_acc) / max(epoch_step, 1), env.device)
-        broadcast_buffers(model)   # every rank evaluates, and keeps as best, the model rank 0 saves
-        val_metrics, _ = evaluate(model, val, plan, env, eval_batch, cfg.workers, volumes["val"], decoder)
-        epoch += 1
-        score = val_metrics[task.metric]
-        if not math.isnan(score) and score > best["metric"]:
-            best = {"metric": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            if env.is_main:
-                save_checkpoint(_checkpoint(model, plan, epoch=epoch, metric=score, config=config),
-                                out / "checkpoints" / "best.pt")
-        line = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in _json_safe(val_metrics).items()},
-                "lr": schedule(step - 1), "images_per_s": n_images * env.world_size / max(time.time() - t_epoch, 1e-9),
-                "wall_s": time.time() - start, "steps": step}
-        log.epoch(line)
-        print0(f"epoch {epoch}/{hp['epochs']}  loss {train_loss:.4f}  val {task.metric} {score:.4f}  "
-               f"lr {line['lr']:.3g}  {line['images_per_s']:.0f} img/s")
-        epoch_step, loss_sum = 0, 0.0
-        save_last(epoch, 0, 0.0)
 
-    # Test with the best validation epoch's weights.
-    if best["epoch"] == 0:
-        raise TrainerError(f"{out}: validation {task.metric} was undefined (NaN) in every epoch, so no best "
-                           f"checkpoint exists; check the val split's labels")
-    model.load_state_dict(best["state"])
-    test_metrics, rows = evaluate(model, test, plan, env, eval_batch, cfg.workers, volumes["test"], decoder)
-    if not env.is_main:
-        return None
+def save(job: FinetuneJob, state: FinetuneState) -> None:
+    """checkpoints/last.pt (every rank calls it)."""
+    save_resume_point(job.out / "checkpoints" / "last.pt", job.env.is_main, job.plan.model,
+                      job.model.encoder.state_dict(), **_head(job), optimizer=job.optimizer.state_dict(),
+                      step=state.step, epoch=state.epoch, epoch_step=state.epoch_step, epoch_loss_sum=state.loss_sum,
+                      best=state.best, config=job.config, wall_s=state.wall_s())
+
+
+def _head_name(job: FinetuneJob) -> str:
+    return "decoder" if job.plan.task.kind == "segmentation" else "head"
+
+
+def _head(job: FinetuneJob) -> dict:
+    """The task's part of a checkpoint: {"head" or "decoder": its state dict}."""
+    return {_head_name(job): job.model.head_module().state_dict()}
+
+
+def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
+    """(test metrics, predictions.parquet columns) of the best validation epoch's weights."""
+    if state.best["epoch"] == 0:
+        raise TrainerError(f"{job.out}: validation {job.plan.task.metric} was undefined (NaN) in every epoch, so no "
+                           f"best checkpoint exists; check the val split's labels")
+    job.model.load_state_dict(state.best["state"])
+    return evaluate(job.model, job.data.test, job.plan, job.env, job.eval_batch, job.cfg.workers,
+                    job.data.volumes["test"], job.data.decoder)
+
+
+def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:
+    """predictions.parquet, first_layers.npz, then result.json, whose presence marks the run complete (rank 0)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    pq.write_table(pa.table(rows), out / "predictions.parquet")
-    final = {f"final/{k}": v.detach().cpu().numpy() for k, v in model.encoder.state_dict().items() if k in FIRST_LAYERS}
-    np.savez(out / "first_layers.npz", **first_init, **final)
-    result = {"metrics": _json_safe(test_metrics), "metric": task.metric, "best_epoch": best["epoch"],
-              "best_val": best["metric"], "epochs": epoch, "steps": step}
-    save_json(result, out / "result.json")   # last: its presence marks the run complete
-    print0(f"{out}: test {task.metric} {test_metrics[task.metric]:.4f} (best val epoch {best['epoch']})")
+
+    pq.write_table(pa.table(rows), job.out / "predictions.parquet")
+    final = {f"final/{k}": v.detach().cpu().numpy() for k, v in job.model.encoder.state_dict().items()
+             if k in FIRST_LAYERS}
+    np.savez(job.out / "first_layers.npz", **job.first_init, **final)
+    metric = job.plan.task.metric
+    result = {"metrics": _json_safe(test_metrics), "metric": metric, "best_epoch": state.best["epoch"],
+              "best_val": state.best["metric"], "epochs": state.epoch, "steps": state.step}
+    write_json_atomic(result, job.out / "result.json")
+    job.log.note(f"{job.out}: test {metric} {test_metrics[metric]:.4f} (best val epoch {state.best['epoch']})")
     return result
 
 
@@ -445,24 +567,6 @@ def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int,
         import importlib.util
         loader = "dali" if env.device.type == "cuda" and importlib.util.find_spec("nvidia.dali") else "torch"
     return DaliJpegDecoder(image_size, max_batch, env.device) if loader == "dali" else None
-
-
-def _checkpoint(model: TaskModel, plan: Plan, **entries) -> dict:
-    part = "decoder" if plan.task.kind == "segmentation" else "head"
-    return new_checkpoint(plan.model, model.encoder.state_dict(), **{part: model.head_module().state_dict()}, **entries)
-
-
-def _check_same_run(saved: dict, now: dict, path: Path) -> None:
-    """A checkpoint resumes only the run that wrote it (volatile flags such as --max-steps may differ)."""
-    # the number of ranks may change (each global batch holds the same samples however it is split)
-    a = {k: v for k, v in saved.items() if k not in ("args", "tool_version", "world_size")}
-    b = {k: v for k, v in now.items() if k not in ("args", "tool_version", "world_size")}
-    a_args = {k: v for k, v in saved["args"].items() if k not in VOLATILE}
-    b_args = {k: v for k, v in now["args"].items() if k not in VOLATILE}
-    diff = sorted({k for k in a | b if a.get(k) != b.get(k)} | {k for k in a_args | b_args if a_args.get(k) != b_args.get(k)})
-    if diff:
-        raise TrainerError(f"{path} belongs to a run with other settings ({', '.join(diff)} differ); "
-                           f"use another --run-dir, or remove the old run")
 
 
 if __name__ == "__main__":

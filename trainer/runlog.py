@@ -1,53 +1,45 @@
-"""What a training run writes besides checkpoints: config.json, metrics.jsonl, steps.jsonl, a progress line.
+"""What a training run writes besides checkpoints: config.json, metrics.jsonl, steps.jsonl, notes.
 
-    log = RunLog(run_dir, enabled=env.is_main)       # every method is a no-op on ranks other than 0
-    log.write_config(config)                          # config.json (atomic)
+    log = RunLog(run_dir, enabled=env.is_main, progress=progress)   # a no-op on ranks other than 0
+    log.write_config(config)                          # config.json (atomic; trainer.config.run_config)
     log.resume_at(epochs_done=3, step=940)            # drop lines a crashed run wrote after its checkpoint
-    log.step({"step": 941, "loss": 5.1, "lr": 4.8})   # steps.jsonl: one line per logged step
-    log.epoch({"epoch": 4, "train_loss": 5.0, ...})   # metrics.jsonl: one line per epoch (docs/run-format.md)
-    with log.progress(total_steps, done=940) as bar:
-        bar.update(step, "loss 5.10  lr 4.80  1520 img/s")
+    log.begin(step=940, total=3000)                   # the first progress tick (ETA counts from here)
+    log.step(941, 3000, epoch=4, loss=5.1, lr=4.8, images_per_s=1520.0)   # steps.jsonl line + progress tick
+    log.epoch({"epoch": 4, "step": 1250, ...})        # metrics.jsonl: one line per epoch (docs/run-format.md)
+    log.note("resumed from .../last.pt at step 940")  # a line for the user
 
-The progress line is rich's, drawn only on an interactive terminal and only when
-TLX_QUIET is unset; elsewhere (torchrun into a log file) `note` lines are printed instead.
+Both trainers log through it, a steps.jsonl line every `--log-every` steps (log_every_flag).
+Nothing is written before write_config, which creates the run folder. Notes go to the progress callback's `note` (the
+tlxcore.progress Drawer that the trainer's entry point opens on rank 0), so TLX_QUIET
+silences them as it silences progress; a callback without `note` (the default `silent`)
+drops them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from trainer.config import save_json
-
-
-def quiet() -> bool:
-    return os.environ.get("TLX_QUIET", "") not in ("", "0")
+from tlxcore.atomic import write_json_atomic, write_text_atomic
+from tlxcore.progress import Progress, Tick, silent
+from trainer.config import opt
 
 
-class _Bar:
-    def __init__(self, progress, task, plain: bool, every: int):
-        self.progress, self.task, self.plain, self.every = progress, task, plain, every
-
-    def update(self, step: int, text: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, description=text)
-        elif self.plain and step % self.every == 0:
-            print(f"step {step}: {text}", flush=True)
+def log_every_flag():
+    """The `--log-every` field of a trainer's config dataclass."""
+    return opt(10, "steps between steps.jsonl lines and progress updates")
 
 
 class RunLog:
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, progress: Progress = silent):
         self.dir = Path(run_dir)
         self.enabled = enabled
-        if enabled:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
 
     def write_config(self, config: dict[str, Any]) -> None:
         if self.enabled:
-            save_json(config, self.dir / "config.json")
+            write_json_atomic(config, self.dir / "config.json")
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         if self.enabled:
@@ -57,16 +49,25 @@ class RunLog:
     def epoch(self, row: dict[str, Any]) -> None:
         self._append("metrics.jsonl", row)
 
-    def step(self, row: dict[str, Any]) -> None:
-        self._append("steps.jsonl", row)
+    def begin(self, step: int, total: int) -> None:
+        """The first progress tick of a session: the drawer's rate and ETA count from `step` on (a resumed
+        run's earlier steps are not this session's speed)."""
+        if self.enabled:
+            self.progress(Tick("train", step, total, "steps"))
 
-    def _keep(self, name: str, keep) -> None:
+    def step(self, step: int, total: int, epoch: int, loss: float, lr: float, images_per_s: float) -> None:
+        """A steps.jsonl line and a progress tick; `loss` is the step's loss averaged over the ranks."""
+        self._append("steps.jsonl", {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
+                                     "images_per_s": images_per_s})
+        if self.enabled:
+            self.progress(Tick("train", step, total, "steps", f"epoch {epoch}  loss {loss:.4f}  lr {lr:.3g}  "
+                                                             f"{images_per_s:,.0f} img/s"))
+
+    def _keep(self, name: str, keep: Callable[[dict], bool]) -> None:
         path = self.dir / name
         if self.enabled and path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
     def resume_at(self, epochs_done: int, step: int) -> None:
         """Forget what was logged after the checkpoint we resume from (it will be logged again)."""
@@ -74,16 +75,6 @@ class RunLog:
         self._keep("steps.jsonl", lambda r: r["step"] <= step)
 
     def note(self, text: str) -> None:
-        if self.enabled and not quiet():
-            print(text, flush=True)
-
-    @contextlib.contextmanager
-    def progress(self, total: int, done: int = 0, every: int = 50):
-        show = self.enabled and not quiet()
-        if not (show and sys.stdout.isatty()):
-            yield _Bar(None, None, show, every)
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn()) as progress:
-            yield _Bar(progress, progress.add_task("starting", total=total, completed=done), True, every)
+        note = getattr(self.progress, "note", None)
+        if self.enabled and note is not None:
+            note(text)

@@ -21,7 +21,7 @@ Gaussian blur p = 0.5. Every value can be overridden by its flag.
 `--batch-size` is the global batch (over all ranks); NT-Xent uses all of it (every
 rank's embeddings are gathered). The run directory gets config.json, metrics.jsonl (one
 line per epoch), steps.jsonl (one line per logged step) and checkpoints/last.pt, saved
-atomically every `--ckpt-every` steps and at each epoch's end. A run whose out folder
+atomically every `--checkpoint-every` steps and at each epoch's end. A run whose out folder
 holds a checkpoint continues from it (`--resume auto`, the default): model, optimizer,
 schedule, RNG and the position inside the epoch are restored and the result is bit for
 bit that of an uninterrupted run (on CPU; GPU kernels are not all deterministic, see
@@ -32,19 +32,23 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint as ck
-from trainer.config import check_at_least, config_dict, opt, parse_config, tool_version
-from trainer.data.augment import AugmentConfig
-from datakit.read import open_dataset
-from trainer.data.loader import make_loader
-from trainer.dist import Dist, all_reduce_mean, close_dist, gather_floats, init_dist, rank_share
+from datakit.read import TlxDataset, open_dataset
 from tlxcore.errors import UserError
+from tlxcore.progress import Progress, drawn, silent
+from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
+                                find_resume_point, restore_rng_states, resume_flag, resumed_loss_sum,
+                                save_resume_point)
+from trainer.config import check_at_least, opt, parse_config, run_config
+from trainer.data.augment import AugmentConfig
+from trainer.data.loader import make_loader
+from trainer.data.two_view import TwoViewLoader
+from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, loader_workers, workers_flag
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.gradcache import grad_cache_step
 from trainer.knn import knn_probe
@@ -52,7 +56,7 @@ from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
-from trainer.runlog import RunLog
+from trainer.runlog import RunLog, log_every_flag
 
 RECIPES = {
     "paper": dict(epochs=100, batch_size=4096, image_size=256, temperature=0.5, weight_decay=1e-6,
@@ -83,36 +87,39 @@ class SimCLRConfig:
     window: tuple[float, float] = opt((-1024.0, 3072.0), "HU window for --normalize hu: LOW HIGH")
     loader: str = opt("auto", "data loader; auto = dali on GPU when installed, else torch",
                       choices=("auto", "dali", "torch"))
-    workers: int = opt(8, "loader worker processes per rank")
+    workers: int | None = workers_flag()
     dali_threads: int = opt(4, "DALI operator threads per rank")
     grad_cache_chunk: int = opt(0, "exact gradient caching: views per forward chunk (0 = off; see docs/trainer.md)")
     compile: bool = opt(False, "torch.compile the model")
     bf16: bool = opt(True, "bf16 autocast on GPU (the loss stays float32)")
     channels_last: bool = opt(True, "channels_last memory format on GPU")
     seed: int = opt(0, "seed of the weights, the data order and the augmentations")
-    resume: str = opt("auto", "auto: continue from OUT/checkpoints/last.pt if present; none: refuse; or a checkpoint path")
-    ckpt_every: int = opt(250, "also checkpoint every N steps (0 = at epoch ends only)")
+    resume: str = resume_flag()
+    checkpoint_every: int = checkpoint_every_flag()
     eval_every: int = opt(10, "kNN probe on the val split every N epochs and at the end (0 = off)")
     knn_bank: int = opt(4096, "kNN probe: training samples in the bank")
     knn_queries: int = opt(1024, "kNN probe: val samples classified")
-    log_every: int = opt(10, "steps between steps.jsonl lines / progress updates")
+    log_every: int = log_every_flag()
 
 
-# Fields that may change when a run resumes; any other difference is refused.
-RESUMABLE = {"data", "out", "device", "max_steps", "loader", "workers", "dali_threads", "compile", "resume",
-             "ckpt_every", "eval_every", "knn_bank", "knn_queries", "log_every"}
+# config.json keys that may change when a run resumes, besides trainer.checkpoint.MAY_CHANGE; any other
+# difference is refused. per_rank_batch follows the number of ranks, which may change.
+PRETRAIN_MAY_CHANGE = {"data", "loader", "dali_threads", "compile", "eval_every", "knn_bank", "knn_queries",
+                       "per_rank_batch"}
 
 
 def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
-    """Fill every unset field from the recipe; the result is what config.json records."""
+    """Fill every unset field from the recipe (and --workers by its rule); the result is what config.json records."""
     r = RECIPES[cfg.recipe]
     cfg = replace(cfg, **{k: r[k] for k in ("epochs", "batch_size", "image_size", "temperature", "weight_decay",
                                             "warmup_epochs", "blur_p") if getattr(cfg, k) is None})
-    check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "ckpt_every": 0,
-                         "eval_every": 0, "grad_cache_chunk": 0})
+    check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
+                         "eval_every": 0, "grad_cache_chunk": 0, "workers": 0})
     if cfg.lr is None:
         b = cfg.batch_size
         cfg = replace(cfg, lr=0.075 * math.sqrt(b) if r["lr_rule"] == "sqrt" else 0.3 * b / 256)
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=loader_workers())
     return cfg
 
 
@@ -130,47 +137,89 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
     return (torch.compile(model) if cfg.compile else model), net
 
 
-def run_config(cfg: SimCLRConfig, env: Dist, dataset, steps_per_epoch: int) -> dict:
-    return {"task": "simclr", "init": "scratch", "setting": "pretrain", "fraction": 1.0, "seed": cfg.seed,
-            "world_size": env.world_size, "tool_version": tool_version(), "data": str(Path(cfg.data).resolve()),
-            "data_train_samples": dataset.num_samples("train"), "init_checkpoint": None, "init_sha256": None,
-            "projector": RECIPES[cfg.recipe]["projector"], "schedule": RECIPES[cfg.recipe]["schedule"],
-            "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size,
-            **config_dict(cfg)}
+def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_epoch: int) -> dict:
+    """config.json (trainer.config.run_config's shape)."""
+    recipe = RECIPES[cfg.recipe]
+    return run_config(cfg, task="simclr", init="scratch", setting="pretrain", fraction=1.0, seed=cfg.seed,
+                      world_size=env.world_size,
+                      derived={"data_train_samples": dataset.num_samples("train"), "init_checkpoint": None,
+                               "init_sha256": None, "projector": recipe["projector"], "schedule": recipe["schedule"],
+                               "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size})
 
 
-def find_checkpoint(cfg: SimCLRConfig) -> dict | None:
-    last = Path(cfg.out) / "checkpoints" / "last.pt"
-    if cfg.resume == "none":
-        if last.exists():
-            raise TrainerError(f"{last} exists and --resume none: pick a new --out or use --resume auto")
+@dataclass
+class PretrainJob:
+    """A built run: what the loop, end_epoch and the checkpoints use."""
+    cfg: SimCLRConfig
+    env: Dist
+    log: RunLog
+    dataset: TlxDataset
+    aug: AugmentConfig
+    loader: TwoViewLoader
+    model: torch.nn.Module     # what the loop calls (DDP and/or compiled)
+    net: SimCLRModel           # the plain model inside it (what checkpoints hold)
+    optimizer: LARS
+    schedule: Schedule
+    config: dict               # config.json
+    train_data: dict           # the training split's identity, compared on resume
+
+
+@dataclass
+class PretrainState:
+    """Where a run is; a checkpoint holds it besides the weights, the current epoch's running sums included."""
+    step: int = 0
+    epoch: int = 0                # epochs done
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
+    epoch_time: float = 0.0       # seconds of training in the current epoch
+    wall_s: float = 0.0           # seconds since the run started, over restarts
+
+
+def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
+    log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
+    dataset = open_dataset(cfg.data)
+    loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
+    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window)
+    loader = make_loader(loader_kind, dataset, "train", global_batch=cfg.batch_size, rank=env.rank,
+                         world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
+                         **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
+    model, net = build_model(cfg, env)
+    optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    spe = loader.steps_per_epoch
+    schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
+    return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
+               simclr_config(cfg, env, dataset, spe), dataset.split_identity("train"))
+
+
+def resume(job: PretrainJob) -> PretrainState | None:
+    """The state of the checkpoint --resume names, loaded into the model and optimizer; None: a new run."""
+    ckpt, source = find_resume_point(job.cfg.resume, job.cfg.out, fix="pick a new --out")
+    if ckpt is None:
         return None
-    if cfg.resume == "auto":
-        return ck.load_checkpoint(last) if last.exists() else None
-    return ck.load_checkpoint(cfg.resume)
+    before = ckpt.get("train_data")  # checkpoints older than this check lack train_data
+    if before is not None and before != job.train_data:
+        raise TrainerError(f"cannot resume: --data {job.cfg.data!r} holds another training split "
+                           f"({job.train_data['samples']} samples) than the checkpoint's run ({before['samples']} "
+                           f"samples, other shards); use that dataset or a new --out")
+    # --data may move (PRETRAIN_MAY_CHANGE), but its training split must be the one the run started on (above)
+    check_same_run(ckpt["config"], job.config, flags=[f.name for f in fields(SimCLRConfig)], source=source,
+                   fix="a new --out", may_change=PRETRAIN_MAY_CHANGE)
+    job.net.encoder.load_state_dict(ckpt["encoder"])
+    job.net.projector.load_state_dict(ckpt["projector"])
+    job.optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng_states(ckpt["rng"], job.env.rank)
+    state = PretrainState(**{f.name: ckpt[f.name] for f in fields(PretrainState)})
+    state.epoch_loss_sum = resumed_loss_sum(ckpt, job.env)  # this rank's own, not rank 0's
+    job.log.note(f"resumed from {source} at step {state.step}")
+    return state
 
 
-def check_resumable(cfg: SimCLRConfig, ckpt: dict, train_data: dict) -> None:
-    """--data may move (RESUMABLE), but its training split must be the one the run started on."""
-    saved, before = ckpt["config"], ckpt.get("train_data")  # checkpoints older than this check lack train_data
-    if before is not None and before != train_data:
-        raise TrainerError(f"cannot resume: --data {cfg.data!r} holds another training split ({train_data['samples']} "
-                           f"samples) than the checkpoint's run ({before['samples']} samples, other shards); "
-                           f"use that dataset or a new --out")
-    changed = [f.name for f in fields(cfg) if f.name not in RESUMABLE and f.name in saved
-               and config_dict(cfg)[f.name] != saved[f.name]]
-    if changed:
-        raise TrainerError(f"cannot resume: {', '.join(f'--{c.replace(chr(95), chr(45))}' for c in changed)} "
-                           f"differ from the checkpoint's run; use the same values or a new --out")
-
-
-def save(path: Path, net: SimCLRModel, optimizer, state: dict, cfg: SimCLRConfig, env: Dist, train_data: dict) -> None:
-    rng = ck.gather_rng_states()  # collectives: every rank calls them
-    loss_sums = gather_floats(state["epoch_loss_sum"])  # the ranks' partial-epoch loss sums differ
-    if env.is_main:
-        ck.save_checkpoint(ck.new_checkpoint(cfg.model, net.encoder.state_dict(), projector=net.projector.state_dict(),
-                                             optimizer=optimizer.state_dict(), rng=rng, config=config_dict(cfg),
-                                             train_data=train_data, epoch_loss_sums=loss_sums, **state), path)
+def save(job: PretrainJob, state: PretrainState) -> None:
+    """checkpoints/last.pt (every rank calls it)."""
+    save_resume_point(Path(job.cfg.out) / "checkpoints" / "last.pt", job.env.is_main, job.cfg.model,
+                      job.net.encoder.state_dict(), projector=job.net.projector.state_dict(),
+                      optimizer=job.optimizer.state_dict(), config=job.config, train_data=job.train_data,
+                      **asdict(state))
 
 
 def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
@@ -189,105 +238,95 @@ def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguou
 
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns the final state (step, epoch, ...). Raises TrainerError for bad input."""
-    cfg = resolve(parse_config(SimCLRConfig, argv, description=__doc__.split("\n")[0], epilog=__doc__))
+    cfg = resolve(parse_config(SimCLRConfig, argv, description=__doc__.split("\n")[0], epilog=__doc__,
+                               old_spellings=OLD_SPELLINGS))
     env = init_dist(cfg.device)
     try:
-        return train(cfg, env)
+        with drawn(enabled=env.is_main) as progress:
+            return train(cfg, env, progress)
     finally:
         close_dist(env)
 
 
-def train(cfg: SimCLRConfig, env: Dist) -> dict:
-    run, log = Path(cfg.out), RunLog(cfg.out, enabled=env.is_main)
-    dataset = open_dataset(cfg.data)
-    loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
-    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window)
-    loader = make_loader(loader_kind, dataset, "train", global_batch=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
-                         **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
-    model, net = build_model(cfg, env)
-    optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    r, spe = RECIPES[cfg.recipe], loader.steps_per_epoch
-    schedule = Schedule(r["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
-    # Besides weights, a checkpoint carries the position and the current epoch's running sums.
-    state = {"step": 0, "epoch": 0, "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_time": 0.0, "wall_s": 0.0}
-    ckpt, train_data = find_checkpoint(cfg), dataset.split_identity("train")
-    if ckpt is not None:
-        check_resumable(cfg, ckpt, train_data)
-        net.encoder.load_state_dict(ckpt["encoder"])
-        net.projector.load_state_dict(ckpt["projector"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ck.restore_rng_states(ckpt["rng"], env.rank)
-        state.update({k: ckpt[k] for k in state})
-        state["epoch_loss_sum"] = rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)  # rank's own
-        log.note(f"resumed from {cfg.resume if cfg.resume != 'auto' else run / 'checkpoints/last.pt'} at step {state['step']}")
-    log.write_config(run_config(cfg, env, dataset, spe))
-    total = schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, schedule.total_steps)
-    if ckpt is not None and state["step"] < total:  # a finished run keeps its lines (its partial epoch's too)
-        log.resume_at(epochs_done=state["step"] // spe, step=state["step"])
+def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent) -> dict:
+    """The run, continued from its checkpoint when --resume finds one, up to --max-steps or the last epoch."""
+    job = build(cfg, env, progress)
+    resumed = resume(job)
+    state = resumed or PretrainState()
+    job.log.write_config(job.config)
+    total = job.schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, job.schedule.total_steps)
+    if resumed is not None and state.step < total:  # a finished run keeps its lines (its partial epoch's too)
+        job.log.resume_at(epochs_done=state.step // job.loader.steps_per_epoch, step=state.step)
+    first_step = state.step
+    loop(job, state, total)
+    if state.step == first_step:
+        job.log.note(f"nothing to do: the run in {cfg.out} is already at step {state.step} of {total}")
+    job.loader.close()
+    return asdict(state)
+
+
+def loop(job: PretrainJob, state: PretrainState, total: int) -> None:
+    """Steps from state.step to `total`. A steps.jsonl line every --log-every steps; at an epoch's end
+    (or where the run stops) its metrics.jsonl line; then, and every --checkpoint-every steps, last.pt."""
+    cfg, env, spe = job.cfg, job.env, job.loader.steps_per_epoch
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" and cfg.bf16
                 else contextlib.nullcontext())
     fmt = torch.channels_last if env.device.type == "cuda" and cfg.channels_last else torch.contiguous_format
-    first_step, session_start, wall_before = state["step"], time.perf_counter(), state["wall_s"]
+    session_start, wall_before = time.perf_counter(), state.wall_s
     wall = lambda: wall_before + time.perf_counter() - session_start  # noqa: E731
-    step = first_step
+    step = state.step
     # The epoch's loss sum stays on the device (no per-step sync); float64, so it adds like the checkpoint's float.
-    loss_sum = torch.tensor(state["epoch_loss_sum"], dtype=torch.float64, device=env.device)
-    model.train()
-    with log.progress(total, done=step, every=cfg.log_every) as bar:
-        while step < total:
-            epoch, start = divmod(step, spe)
-            t0 = time.perf_counter()
-            for batch in loader.epoch(epoch, start):
-                lr = schedule(step)
-                set_lr(optimizer, lr)
-                loss = train_step(model, optimizer, batch.view1, batch.view2, autocast, fmt, cfg.grad_cache_chunk)
-                step += 1
-                loss_sum += loss.detach()
-                state["epoch_steps"] += 1
-                if step % cfg.log_every == 0 or step == total:
-                    ips = state["epoch_steps"] * cfg.batch_size / (state["epoch_time"] + time.perf_counter() - t0)
-                    global_loss = all_reduce_mean(loss.detach(), env.device)
-                    log.step({"step": step, "epoch": epoch + 1, "loss": global_loss, "lr": lr, "images_per_s": ips})
-                    bar.update(step, f"epoch {epoch + 1}  loss {global_loss:.4f}  lr {lr:.3g}  {ips:,.0f} img/s")
-                epoch_done, stopping = step % spe == 0, step >= total
-                if not (epoch_done or stopping or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
-                    continue
-                state["epoch_time"] += time.perf_counter() - t0
-                state["epoch_loss_sum"] = loss_sum.item()
+    loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=env.device)
+    job.model.train()
+    job.log.begin(step, total)
+    while step < total:
+        epoch, start = divmod(step, spe)
+        t0 = time.perf_counter()
+        for batch in job.loader.epoch(epoch, start):
+            lr = job.schedule(step)
+            set_lr(job.optimizer, lr)
+            loss = train_step(job.model, job.optimizer, batch.view1, batch.view2, autocast, fmt, cfg.grad_cache_chunk)
+            step += 1
+            loss_sum += loss.detach()
+            state.epoch_steps += 1
+            if step % cfg.log_every == 0 or step == total:
+                ips = state.epoch_steps * cfg.batch_size / (state.epoch_time + time.perf_counter() - t0)
+                job.log.step(step, total, epoch + 1, all_reduce_mean(loss.detach(), env.device), lr, ips)
+            epoch_done, stopping = step % spe == 0, step >= total
+            if epoch_done or stopping or checkpoint_due(step, cfg.checkpoint_every):
+                state.step, state.epoch_time = step, state.epoch_time + time.perf_counter() - t0
+                state.epoch_loss_sum = loss_sum.item()
                 if epoch_done or stopping:
-                    end_epoch(cfg, env, log, net, dataset, aug, state, epoch, step, lr, wall(), partial=not epoch_done)
+                    end_epoch(job, state, lr, wall(), partial=not epoch_done)
                 if epoch_done:
-                    state.update(epoch_loss_sum=0.0, epoch_steps=0, epoch_time=0.0)
+                    state.epoch_loss_sum, state.epoch_steps, state.epoch_time = 0.0, 0, 0.0
                     loss_sum.zero_()
-                state.update(step=step, epoch=step // spe, wall_s=wall())
-                save(run / "checkpoints" / "last.pt", net, optimizer, state, cfg, env, train_data)
+                state.epoch, state.wall_s = step // spe, wall()
+                save(job, state)
                 t0 = time.perf_counter()
-                if stopping:
-                    break
-    if step == first_step:
-        log.note(f"nothing to do: the run in {run} is already at step {step} of {total}")
-    loader.close()
-    return state
+            if stopping:
+                break
 
 
-def end_epoch(cfg, env, log, net, dataset, aug, state, epoch, step, lr, wall_s, partial: bool) -> None:
-    """One metrics.jsonl line per epoch (a `partial` one when --max-steps stops inside an epoch)."""
-    row = {"epoch": epoch + 1, "step": step,
-           "train_loss": all_reduce_mean(state["epoch_loss_sum"] / state["epoch_steps"], env.device),
-           "lr": lr, "images_per_s": state["epoch_steps"] * cfg.batch_size / max(state["epoch_time"], 1e-9),
+def end_epoch(job: PretrainJob, state: PretrainState, lr: float, wall_s: float, partial: bool) -> None:
+    """The metrics.jsonl line of the epoch that state.step ends (a `partial` one when --max-steps stops inside it)."""
+    cfg, env = job.cfg, job.env
+    epoch = (state.step - 1) // job.loader.steps_per_epoch + 1
+    row = {"epoch": epoch, "step": state.step,
+           "train_loss": all_reduce_mean(state.epoch_loss_sum / state.epoch_steps, env.device),
+           "lr": lr, "images_per_s": state.epoch_steps * cfg.batch_size / max(state.epoch_time, 1e-9),
            "wall_s": wall_s}
     if partial:
         row["partial"] = True
-    if cfg.eval_every and env.is_main and ((epoch + 1) % cfg.eval_every == 0 or partial or epoch + 1 == cfg.epochs):
+    if cfg.eval_every and env.is_main and (epoch % cfg.eval_every == 0 or partial or epoch == cfg.epochs):
         try:
-            row["val_knn_accuracy"] = knn_probe(net.encoder, dataset, aug, env.device, cfg.knn_bank, cfg.knn_queries,
-                                                seed=cfg.seed)
+            row["val_knn_accuracy"] = knn_probe(job.net.encoder, job.dataset, job.aug, env.device, cfg.knn_bank,
+                                                cfg.knn_queries, seed=cfg.seed)
         except UserError as exc:  # a dataset without labels or val split: say so, train on
-            log.note(f"kNN probe skipped: {exc}")
-    log.epoch(row)
-    log.note(f"epoch {epoch + 1}{' (partial)' if partial else ''}: loss {row['train_loss']:.4f}"
-             + (f"  kNN accuracy {row['val_knn_accuracy']:.3f}" if "val_knn_accuracy" in row else ""))
+            job.log.note(f"kNN probe skipped: {exc}")
+    job.log.epoch(row)
+    job.log.note(f"epoch {epoch}{' (partial)' if partial else ''}: loss {row['train_loss']:.4f}"
+                 + (f"  kNN accuracy {row['val_knn_accuracy']:.3f}" if "val_knn_accuracy" in row else ""))
 
 
 def _has_dali() -> bool:

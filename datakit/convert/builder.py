@@ -1,44 +1,54 @@
 """Turning converted samples into a tlx dataset: staging, global shuffle, shards, parquet, manifest.
 
-    builder = DatasetBuilder(out, kind="segmentation", members={...}, classes=[...], config={...})
+    builder = DatasetBuilder(out, kind="segmentation", members={...}, classes=[...], config={...},
+                             resume="auto", progress=progress)
     jobs = [(job_id, job), ...]                         # one per volume / chunk of images
     builder.run(stage_fn, jobs, workers=2)              # stage_fn(job, bin_path) -> Staged, in a process pool
     manifest = builder.assemble()                       # shards + slices/volumes/rejects.parquet + manifest.json
+
+It is datakit's one writer of datasets other than `tlx write`'s ct-slices (the test
+fixtures' ct-slices datasets are made with it too).
 
 Two phases, as in `tlx write` (docs/internals/datakit-stages.md):
 1. stage: each job (a NIfTI case, a chunk of images) is decoded, resized and encoded
    in a worker process; its payloads go to one file under work/staging/ and its rows
    (sample metadata plus where each payload lies) to a JSON file beside it, written
-   last and atomically. A rerun with `resume=True` skips jobs whose JSON exists (the
-   name hashes the job's whole description, so a rerun with other options or splits
-   stages anew), so an interrupted conversion loses at most the jobs in flight. A payload may also
+   last and atomically. A rerun with `resume="auto"` (the default; datakit.resume) skips
+   jobs whose JSON exists (the name hashes the job's whole description, so a rerun with
+   other options or splits stages anew), so an interrupted conversion loses at most the
+   jobs in flight; `resume="never"` refuses a folder that is not empty. A payload may also
    point into the source file itself (JPEGs copied unchanged are never staged).
 2. assemble: the rows of each split are sorted by key and shuffled with the seed (a
    shard mixes many volumes and patients), cut into shards of `samples_per_shard`
-   and written with datakit.shards.ShardWriter; slices.parquet lists the samples in
-   shard order; manifest.json is written last, so its presence means "complete", and
-   then work/staging/ is deleted (it is a second copy of the data).
+   (or of the sizes `shard_sizes` lists for a split) and written with
+   datakit.shards.ShardWriter; slices.parquet lists the samples in shard order; manifest.json is written last, so its presence means "complete", and
+   then work/staging/ is deleted (it is a second copy of the data). Every file goes
+   through tlxcore.atomic (a temporary name, then a rename).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
-import os
 import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from datakit.convert.progress import progress
 from datakit.errors import DatakitError
-from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout, tmp_name, tool_version, write_json_atomic
+from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout
+from datakit.resume import check_output_folder
 from datakit.shards import ShardWriter
-from datakit.write_pool import default_workers, die_with_parent
+from datakit.write_pool import die_with_parent
+from tlxcore.atomic import atomic_write, is_partial, write_json_atomic
+from tlxcore.progress import Progress, Tick, silent
+from tlxcore.runtime import default_workers, tool_version
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -68,7 +78,8 @@ class StagingFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._f = open(tmp_name(path), "wb")   # per process: a killed run's orphan never shares it
+        self._open = ExitStack()   # atomic_write's temporary name is per process: a killed run's orphan never shares it
+        self._f = self._open.enter_context(atomic_write(path))
         self._pos = 0
 
     def add(self, data: bytes) -> list:
@@ -78,10 +89,7 @@ class StagingFile:
         return ref
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._f.name, self.path)
+        self._open.close()         # fsync, rename to the final name
 
 
 def _job_file(staging: Path, job_id: str, job: Any) -> Path:
@@ -93,16 +101,23 @@ def _job_file(staging: Path, job_id: str, job: Any) -> Path:
 
 def _run_job(stage_fn: Callable, job: Any, job_id: str, staging: Path) -> Staged:
     staged = stage_fn(job, _job_file(staging, job_id, job).with_suffix(".bin"))
-    write_json_atomic(_job_file(staging, job_id, job), dataclasses.asdict(staged))
+    write_json_atomic(dataclasses.asdict(staged), _job_file(staging, job_id, job), sort_keys=True)
     return staged
 
 
 class DatasetBuilder:
     def __init__(self, out: Path | str, *, kind: str, members: dict[str, dict], classes: list[str],
-                 config: dict[str, Any], samples_per_shard: int = 1000, seed: int = 0, resume: bool = False):
+                 config: dict[str, Any], samples_per_shard: int = 1000, seed: int = 0, resume: str = "auto",
+                 shard_sizes: dict[str, list[int]] | None = None, shuffle: bool = True,
+                 progress: Progress = silent):
+        """`shard_sizes`: the sizes of a split's shards, in order, instead of `samples_per_shard`
+        each (they must add up to the split's samples); `shuffle=False` writes each split in the
+        order the jobs list its samples (for a caller that ordered them itself) instead of the
+        seeded shuffle; `progress` gets the staging and shard ticks."""
         self.layout = Layout(out)
         self.kind, self.members, self.classes, self.config = kind, members, classes, config
-        self.samples_per_shard, self.seed = samples_per_shard, seed
+        self.samples_per_shard, self.seed, self.shard_sizes = samples_per_shard, seed, shard_sizes or {}
+        self.shuffle, self.progress = shuffle, progress
         if samples_per_shard < 1:
             raise DatakitError(f"--samples-per-shard {samples_per_shard} must be >= 1")
         check_output(out, resume)
@@ -112,16 +127,24 @@ class DatasetBuilder:
 
     def run(self, stage_fn: Callable[[Any, Path], Staged], jobs: list[tuple[str, Any]], workers: int,
             what: str = "converting") -> list[Staged]:
-        """Stage every (job_id, job) not staged yet, in a process pool; collect all results."""
+        """Stage every (job_id, job) not staged yet, in a process pool; collect all results, in
+        the order of `jobs` (whichever were staged by an earlier run). `progress` gets
+        Tick(what, jobs staged, jobs)."""
+        results: list[Staged | None] = [None] * len(jobs)
         todo = []
-        for job_id, job in jobs:
+        for i, (job_id, job) in enumerate(jobs):
             done = _job_file(self.staging, job_id, job)
             if done.exists():
-                self.staged.append(Staged(**json.loads(done.read_text())))
+                results[i] = Staged(**json.loads(done.read_text()))
             else:
-                todo.append((job_id, job))
-        for staged in progress(_stage_all(stage_fn, todo, self.staging, workers), total=len(todo), description=what):
-            self.staged.append(staged)
+                todo.append(i)
+        done = len(jobs) - len(todo)
+        self.progress(Tick(what, done, len(jobs)))
+        for i, staged in zip(todo, _stage_all(stage_fn, [jobs[i] for i in todo], self.staging, workers)):
+            results[i] = staged
+            done += 1
+            self.progress(Tick(what, done, len(jobs)))
+        self.staged += results
         return self.staged
 
     def assemble(self, rejects: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -144,18 +167,40 @@ class DatasetBuilder:
         # What a killed earlier assembly left: shards (perhaps of another --samples-per-shard, so more of
         # them) and temporary files. Every shard is written anew below, so none of it may stay.
         shutil.rmtree(self.layout.shards, ignore_errors=True)
-        for p in self.layout.root.glob("*.partial-*"):
-            p.unlink()
+        for p in self.layout.root.iterdir():
+            if is_partial(p):
+                p.unlink()
+        shards_meta, table_rows = self._write_shards(rows)
+        tables = [(self.layout.slices, pa.Table.from_pylist(table_rows)),
+                  (self.layout.rejects, _rejects_table(all_rejects))]
+        if volumes:  # kinds made of volumes (segmentation); image kinds have none
+            tables.append((self.layout.volumes, pa.Table.from_pylist(volumes)))
+        for path, table in tables:
+            with atomic_write(path) as f:
+                pq.write_table(table, f)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
+            "tool_version": tool_version(), "config": self.config, "members": self.members,
+            "classes": self.classes, "splits": _split_counts(table_rows, self.classes, self.kind, shards_meta),
+            "shards": shards_meta,
+        }
+        write_json_atomic(manifest, self.layout.manifest, sort_keys=True)
+        shutil.rmtree(self.staging)  # a second copy of the data; the dataset is complete without it
+        return manifest
+
+    def _write_shards(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Each split's rows sorted by key and shuffled with the seed (unless shuffle=False), cut
+        into shards: the manifest's shard entries and the slices.parquet rows, in shard order."""
         shards_meta, table_rows = [], []
+        self.progress(Tick("shards", 0, len(rows), "samples"))
         for split in SPLITS:
-            split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])
-            order = np.random.default_rng([self.seed, SPLITS.index(split)]).permutation(len(split_rows))
-            split_rows = [split_rows[i] for i in order]
-            for n, start in enumerate(progress(range(0, len(split_rows), self.samples_per_shard),
-                                               total=-(-len(split_rows) // self.samples_per_shard),
-                                               description=f"writing {split} shards")):
+            split_rows = [r for r in rows if r["split"] == split]
+            if self.shuffle:
+                split_rows.sort(key=lambda r: r["key"])
+                order = np.random.default_rng([self.seed, SPLITS.index(split)]).permutation(len(split_rows))
+                split_rows = [split_rows[i] for i in order]
+            for n, chunk in enumerate(self._shard_chunks(split, split_rows)):
                 path = self.layout.shard_path(split, n)
-                chunk = split_rows[start:start + self.samples_per_shard]
                 with ShardWriter(path) as writer:
                     for r in chunk:
                         writer.write(r["key"], {ext: _read_ref(ref) for ext, ref in r["_payload"].items()})
@@ -167,29 +212,27 @@ class DatasetBuilder:
                 table_rows += [{"key": r["key"], "split": split, "shard": rel,
                                 **{k: v for k, v in r.items() if k not in ("key", "split", "_payload")}}
                                for r in chunk]
-        pq.write_table(pa.Table.from_pylist(table_rows), self.layout.slices)
-        pq.write_table(_rejects_table(all_rejects), self.layout.rejects)
-        if volumes:  # kinds made of volumes (segmentation); image kinds have none
-            pq.write_table(pa.Table.from_pylist(volumes), self.layout.volumes)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
-            "tool_version": tool_version(), "config": self.config, "members": self.members,
-            "classes": self.classes, "splits": _split_counts(table_rows, self.classes, self.kind, shards_meta),
-            "shards": shards_meta,
-        }
-        write_json_atomic(self.layout.manifest, manifest)
-        shutil.rmtree(self.staging)  # a second copy of the data; the dataset is complete without it
-        return manifest
+                self.progress(Tick("shards", len(table_rows), len(rows), "samples"))
+        return shards_meta, table_rows
+
+    def _shard_chunks(self, split: str, rows: list) -> list[list]:
+        sizes = self.shard_sizes.get(split)
+        if sizes is None:
+            return [rows[i:i + self.samples_per_shard] for i in range(0, len(rows), self.samples_per_shard)]
+        if sum(sizes) != len(rows) or min(sizes, default=1) < 1:
+            raise DatakitError(f"shard sizes {sizes} of split {split} must be positive and add up to its "
+                               f"{len(rows)} samples")
+        starts = np.cumsum([0, *sizes]).tolist()
+        return [rows[a:b] for a, b in itertools.pairwise(starts)]
 
 
-def check_output(out: Path | str, resume: bool) -> None:
-    """Refuse to write over anything: a non-empty folder needs --resume, a finished one a new folder."""
+def check_output(out: Path | str, resume: str) -> bool:
+    """What --resume allows (datakit.resume); a finished dataset is never written over. True when
+    the folder holds an earlier conversion to continue."""
     root = Layout(out).root
     if (root / "manifest.json").exists():
         raise DatakitError(f"{root} already holds a finished dataset (manifest.json); choose a new folder")
-    if root.exists() and any(root.iterdir()) and not resume:
-        raise DatakitError(f"output folder {root} is not empty; choose a new one, or add --resume to "
-                           f"finish an interrupted conversion there")
+    return check_output_folder(root, resume, "tlx convert")
 
 
 def _stage_all(stage_fn: Callable, jobs: list[tuple[str, Any]], staging: Path, workers: int) -> Iterator[Staged]:
@@ -235,7 +278,7 @@ def _split_counts(rows: list[dict], classes: list[str], kind: str, shards: list[
         rs = [r for r in rows if r["split"] == split]
         by_label = dict.fromkeys(classes, 0)
         for r in rs:
-            if kind in ("image-classification",):
+            if kind in ("image-classification", "ct-slices"):
                 by_label[r["label"]] += 1
             elif kind == "multilabel":
                 for name in r["labels"]:
@@ -255,6 +298,7 @@ def stage_reject(path: str, code: str, reason: str, volume: str | None = None) -
 
 
 def check_workers(workers: int | None) -> int:
+    """--workers of a converter: at least 1; None: tlxcore.runtime.default_workers()."""
     if workers is None:
         return default_workers()
     if workers < 1:

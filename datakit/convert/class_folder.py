@@ -26,6 +26,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.images import list_images
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
+from tlxcore.progress import Progress, silent
 
 CHUNK = 512  # images per staging job
 
@@ -43,7 +44,7 @@ class ClassFolderOptions:
     seed: int = 0
     samples_per_shard: int = 1000
     workers: int | None = None
-    resume: bool = False
+    resume: str = "auto"          # auto | never (datakit.resume)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _class_images(root: Path, classes: list[str]) -> list[tuple[str, str]]:
     return [(c, f"{c}/{rel}") for c in classes if (root / c).is_dir() for rel in list_images(root / c)]
 
 
-def convert_class_folder(o: ClassFolderOptions) -> dict:
+def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> dict:
     """Convert a class-per-folder image tree; returns the manifest written."""
     check_output(o.out, o.resume)
     root = Path(o.root)
@@ -110,7 +111,8 @@ def convert_class_folder(o: ClassFolderOptions) -> dict:
               "val": o.val, "test": o.test, "size": o.size, "quality": o.quality, "seed": o.seed,
               "split_by": "image", "samples_per_shard": o.samples_per_shard}
     builder = DatasetBuilder(o.out, kind="image-classification", members=members, classes=classes, config=config,
-                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume)
+                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
+                             progress=progress)
     builder.run(stage_class_images, jobs, check_workers(o.workers), what="checking images")
     return builder.assemble()
 

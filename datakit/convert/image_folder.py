@@ -34,6 +34,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.images import list_images, load_uint8, resize_uint8, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
+from tlxcore.progress import Progress, silent
 
 CHUNK = 256  # images per staging job
 
@@ -59,7 +60,7 @@ class ImageFolderOptions:
     seed: int = 0
     samples_per_shard: int = 1000
     workers: int | None = None
-    resume: bool = False
+    resume: str = "auto"          # auto | never (datakit.resume)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,18 @@ def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str
     return matched, [rel for rel in files if rel not in used]
 
 
-def convert_image_folder(o: ImageFolderOptions) -> dict:
+def _refuse_images_named_twice(matched: dict[str, str]) -> None:
+    """One image named by two CSV rows would be two samples, perhaps of two patients and in two splits."""
+    named_by: dict[str, list[str]] = {}
+    for name, rel in matched.items():
+        named_by.setdefault(rel, []).append(name)
+    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
+    if twice:
+        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
+                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
+
+
+def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
     check_output(o.out, o.resume)
     root = Path(o.root)
@@ -149,13 +161,7 @@ def convert_image_folder(o: ImageFolderOptions) -> dict:
         dup = sorted({n for n in names if names.count(n) > 1})[:3]
         raise DatakitError(f"--labels names these images more than once: {dup}")
     matched, unlabelled = _match_files(root, names)
-    named_by: dict[str, list[str]] = {}
-    for name, rel in matched.items():
-        named_by.setdefault(rel, []).append(name)
-    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
-    if twice:  # one image as two samples, perhaps of two patients and in two splits
-        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
-                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
+    _refuse_images_named_twice(matched)
     rejects = [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
                for n in names if n not in matched]
     rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]
@@ -192,7 +198,8 @@ def convert_image_folder(o: ImageFolderOptions) -> dict:
               "size": o.size, "channels": o.channels, "seed": o.seed, "samples_per_shard": o.samples_per_shard}
     builder = DatasetBuilder(o.out, kind="image-classification" if o.single_label else "multilabel",
                              members=members, classes=classes, config=config,
-                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume)
+                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
+                             progress=progress)
     builder.run(stage_images, jobs, check_workers(o.workers), what="converting images")
     return builder.assemble(rejects=rejects)
 

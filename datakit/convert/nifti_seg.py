@@ -42,6 +42,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
+from tlxcore.progress import Progress, silent
 
 DTYPES = ("int16", "float32")
 # Voxels one file may declare (all channels): 4 GiB as float32, 4x LiTS's largest volume (512x512x987).
@@ -100,7 +101,7 @@ class NiftiSegOptions:
     patient_regex: str | None = None
     samples_per_shard: int = 1000
     workers: int | None = None
-    resume: bool = False
+    resume: str = "auto"          # auto | never (datakit.resume)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     return list(dict.fromkeys(layouts))  # options may make several preset layouts identical
 
 
-def convert_nifti_seg(o: NiftiSegOptions) -> dict:
+def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     """Convert a NIfTI segmentation dataset; returns the manifest written."""
     check_output(o.out, o.resume)
     if o.preset is not None and o.preset not in PRESETS:
@@ -196,23 +197,7 @@ def convert_nifti_seg(o: NiftiSegOptions) -> dict:
             raise DatakitError(f"--patient-regex {o.patient_regex!r} is not a regular expression ({exc})") from None
     images = Path(o.images)
     labels = Path(o.labels) if o.labels else images
-    for what, p in (("--images", images), ("--labels", labels)):
-        if not p.is_dir():
-            raise DatakitError(f"{what} {p} is not a folder")
-    layouts = _layout_from_options(o)
-    if images.resolve() == labels.resolve():  # one folder: a pattern naming images and labels alike is useless
-        layouts = [lay for lay in layouts if lay.image_pattern != lay.label_pattern]
-        if not layouts:
-            raise DatakitError(f"images and labels are both {images} with the same file pattern; give --labels "
-                               f"(e.g. labelsTr/) or distinct --image-pattern and --label-pattern")
-    for layout in layouts:
-        cases = _find_cases(images, labels, layout)
-        if cases:
-            break
-    else:
-        tried = "; ".join(f"{lay.label_pattern}" for lay in layouts)
-        raise DatakitError(f"no label volume under {labels} matches the label pattern(s) {tried}; "
-                           f"give --label-pattern (e.g. '{{case}}_seg.nii.gz')")
+    layout, cases = _cases_and_layout(o, images, labels)
     modalities = layout.modalities
     n_channels = len(modalities) if modalities else (len(layout.channels) or 1)
 
@@ -234,9 +219,30 @@ def convert_nifti_seg(o: NiftiSegOptions) -> dict:
               "split_by": "patient", "orientation": "RAS canonical, axial slices, radiological display",
               "samples_per_shard": o.samples_per_shard}
     builder = DatasetBuilder(o.out, kind="segmentation", members=members, classes=classes, config=config,
-                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume)
+                             samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
+                             progress=progress)
     builder.run(stage_case, jobs, check_workers(o.workers), what="converting volumes")
     return builder.assemble()
+
+
+def _cases_and_layout(o: NiftiSegOptions, images: Path, labels: Path) -> tuple[NiftiLayout, list]:
+    """The first of the options' layouts under which label volumes are found, and those cases."""
+    for what, p in (("--images", images), ("--labels", labels)):
+        if not p.is_dir():
+            raise DatakitError(f"{what} {p} is not a folder")
+    layouts = _layout_from_options(o)
+    if images.resolve() == labels.resolve():  # one folder: a pattern naming images and labels alike is useless
+        layouts = [lay for lay in layouts if lay.image_pattern != lay.label_pattern]
+        if not layouts:
+            raise DatakitError(f"images and labels are both {images} with the same file pattern; give --labels "
+                               f"(e.g. labelsTr/) or distinct --image-pattern and --label-pattern")
+    for layout in layouts:
+        cases = _find_cases(images, labels, layout)
+        if cases:
+            return layout, cases
+    tried = "; ".join(f"{lay.label_pattern}" for lay in layouts)
+    raise DatakitError(f"no label volume under {labels} matches the label pattern(s) {tried}; "
+                       f"give --label-pattern (e.g. '{{case}}_seg.nii.gz')")
 
 
 def _patient(case: str, regex: str | None) -> str:
@@ -272,66 +278,98 @@ def _to_display(slice_xy: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(slice_xy.T[::-1, ::-1])
 
 
+class _CaseRejected(Exception):
+    """A case that cannot be converted: its reject code, reason and the file to name."""
+
+    def __init__(self, code: str, reason: str, path: str | None = None):
+        super().__init__(reason)
+        self.code, self.reason, self.path = code, reason, path
+
+
 def stage_case(job: CaseJob, bin_path: Path) -> Staged:
-    """Convert one case (runs in a worker process)."""
+    """Convert one case (runs in a worker process): read it, map its labels, stage its slices."""
     staged = Staged(job.case)
     volume = {"volume": job.case, "patient": job.patient, "label": None, "split": job.split,
               "files": len(job.images) + 1, "slices": 0, "slices_kept": 0, "slices_empty": 0,
               "kept": False, "reason": None}
     staged.volumes.append(volume)
-
-    def reject(code: str, reason: str, path: str | None = None) -> Staged:
-        staged.rejects.append(stage_reject(path or job.rel_label, code, reason, volume=job.case))
-        volume.update(reason=reason, split=None)
+    try:
+        lab_img, lab, chans = _read_case(job)
+        mask_vol = _class_masks(job, lab)
+    except _CaseRejected as exc:
+        staged.rejects.append(stage_reject(exc.path or job.rel_label, exc.code, exc.reason, volume=job.case))
+        volume.update(reason=exc.reason, split=None)
         return staged
+    _stage_slices(job, staged, volume, lab_img, mask_vol, chans, bin_path)
+    volume["slices_kept"] = len(staged.rows)
+    volume["kept"] = bool(staged.rows)
+    if not staged.rows:
+        volume.update(reason="every slice was empty", split=None)
+    return staged
 
+
+def _read_case(job: CaseJob):
+    """(label image, label volume, image channels), all on the label's grid; raises _CaseRejected."""
     missing = [p for p in job.images if not Path(p).is_file()]
     if missing:
-        return reject("missing-image", f"image file {Path(missing[0]).name} of case {job.case} not found")
+        raise _CaseRejected("missing-image", f"image file {Path(missing[0]).name} of case {job.case} not found")
     try:
         for path in (job.label, *job.images):
             if (too_large := _declared_too_large(path)) is not None:
-                return reject("bad-geometry", too_large, path)
+                raise _CaseRejected("bad-geometry", too_large, path)
         lab_img, lab = _load_canonical(job.label)
         chans = []
         for path in job.images:
-            img, data = _load_canonical(path)
+            _, data = _load_canonical(path)
             data = np.asarray(data, dtype=np.float32)
             if data.ndim == 4:
                 sel = job.layout.channels or tuple(range(data.shape[3]))
                 if max(sel) >= data.shape[3]:
-                    return reject("bad-channels", f"--channels {sel} but {Path(path).name} has "
-                                                  f"{data.shape[3]} channels", path)
+                    raise _CaseRejected("bad-channels", f"--channels {sel} but {Path(path).name} has "
+                                                        f"{data.shape[3]} channels", path)
                 chans += [data[..., c] for c in sel]
             elif data.ndim == 3:
                 chans.append(data)
             else:
-                return reject("bad-geometry", f"{Path(path).name} has {data.ndim} dimensions, expected 3 or 4", path)
+                raise _CaseRejected("bad-geometry", f"{Path(path).name} has {data.ndim} dimensions, expected 3 or 4",
+                                    path)
+    except _CaseRejected:
+        raise
     except Exception as exc:  # noqa: BLE001 - an unreadable file rejects its case, with the reason
-        return reject("unreadable", f"cannot read case {job.case}: {type(exc).__name__}: {exc}")
+        raise _CaseRejected("unreadable", f"cannot read case {job.case}: {type(exc).__name__}: {exc}") from exc
     lab = np.asarray(lab)
     if lab.ndim == 4 and lab.shape[3] == 1:
         lab = lab[..., 0]
     if any(c.shape != lab.shape for c in chans):
-        return reject("shape-mismatch", f"image shape {chans[0].shape} differs from label shape {lab.shape}")
+        raise _CaseRejected("shape-mismatch", f"image shape {chans[0].shape} differs from label shape {lab.shape}")
+    return lab_img, lab, chans
+
+
+def _class_masks(job: CaseJob, lab: np.ndarray) -> np.ndarray:
+    """The label volume as class indices (uint8) by the label map; a value not in it rejects the case."""
     values = np.unique(lab)
     lookup = dict(job.layout.label_map)
     if not np.all(values == np.round(values)) or set(values.astype(np.int64).tolist()) - set(lookup):
         unknown = sorted(set(np.round(values).astype(np.int64).tolist()) - set(lookup))
-        return reject("unknown-label", f"label values {unknown} of case {job.case} are not in the label map "
-                                       f"{dict(job.layout.label_map)}; give --label-map")
+        raise _CaseRejected("unknown-label", f"label values {unknown} of case {job.case} are not in the label map "
+                                             f"{dict(job.layout.label_map)}; give --label-map")
     class_index = {v: i for i, (v, _) in enumerate(job.layout.label_map)}
     table = np.zeros(int(values.max()) + 1 if len(values) else 1, dtype=np.uint8)
     for v, i in class_index.items():
         if v < len(table):
             table[v] = i
-    mask_vol = table[lab.astype(np.int64)]
+    return table[lab.astype(np.int64)]
+
+
+def _stage_slices(job: CaseJob, staged: Staged, volume: dict, lab_img, mask_vol: np.ndarray, chans: list,
+                  bin_path: Path) -> None:
+    """Every axial slice not dropped as empty: resized image and mask, staged, with its row."""
     fills = [float(c.min()) for c in chans]
     names = [n for _, n in job.layout.label_map]
     zooms = lab_img.header.get_zooms()
     staging = StagingFile(bin_path)
     try:
-        for z in range(lab.shape[2]):
+        for z in range(mask_vol.shape[2]):
             volume["slices"] += 1
             planes = [_to_display(c[:, :, z]) for c in chans]
             mask = _to_display(mask_vol[:, :, z])
@@ -348,10 +386,9 @@ def stage_case(job: CaseJob, bin_path: Path) -> Staged:
             img = img.astype(job.dtype)
             mask = resize_mask(mask, job.size)
             pixels = np.bincount(mask.ravel(), minlength=len(names))
-            key = f"{safe_key(job.case)}-s{z:04d}"
             staged.rows.append({
-                "key": key, "split": job.split, "patient": job.patient, "volume": job.case, "slice_index": z,
-                "z": float(lab_img.affine[2, 3] + z * lab_img.affine[2, 2]),
+                "key": f"{safe_key(job.case)}-s{z:04d}", "split": job.split, "patient": job.patient,
+                "volume": job.case, "slice_index": z, "z": float(lab_img.affine[2, 3] + z * lab_img.affine[2, 2]),
                 "pixel_spacing_row": float(zooms[1]), "pixel_spacing_col": float(zooms[0]),
                 "slice_thickness": float(zooms[2]),
                 **{f"pixels_{n}": int(pixels[i]) for i, n in enumerate(names)},
@@ -360,8 +397,3 @@ def stage_case(job: CaseJob, bin_path: Path) -> Staged:
             })
     finally:
         staging.close()
-    volume["slices_kept"] = len(staged.rows)
-    volume["kept"] = bool(staged.rows)
-    if not staged.rows:
-        volume.update(reason="every slice was empty", split=None)
-    return staged

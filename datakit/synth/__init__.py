@@ -1,91 +1,10 @@
 """`tlx synth`: a synthetic CT cohort as real DICOM files, with a ground-truth file beside it.
 
-    summary = synth_cohort("cohort/", patients=40, seed=0, matrix=512)
+    make_cohort.synth_cohort   the whole cohort: patients in parallel, the junk, cohort.json
+    cohort.plan_patient        one patient's studies and series, every value from the seed
+    write.write_patient        one patient's plan as DICOM files (pydicom)
+    phantoms.phantom           the HU image of one slice of a body region
+    jpeg_lossless.encode_sv1   JPEG lossless (process 14, SV1), which pydicom cannot encode
 
-Writes DICOM files in four folder layouts (with and without .dcm suffixes, flat and
-deep, names in folder names as some viewer exports have), the junk real exports
-contain, and `cohort.json`: every file with the series it belongs to, what it is
-(volume slice, scout, re-sent duplicate, exact copy, dose report, ...) and the reject
-code scan is expected to give it; every series with its intended label; and the PHI
-strings that must never reach a shareable output. The same seed gives byte-identical
-files; patient i is the same whatever the number of patients.
+This file imports nothing, so the modules above import each other without a cycle.
 """
-from __future__ import annotations
-
-import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-
-from datakit.errors import DatakitError
-
-GROUND_TRUTH = "cohort.json"
-MIN_MATRIX, MAX_MATRIX = 32, 1024
-
-
-def _one_patient(args) -> dict:
-    from datakit.synth.cohort import plan_patient
-    from datakit.synth.write import write_patient
-
-    out, seed, index, n, matrix = args
-    plan = plan_patient(seed, index, n, matrix)
-    files = write_patient(Path(out), plan)
-    series = [{"key": s.key, "kind": s.kind, "label": s.label, "region": s.phantom, "slices": s.slices,
-               "rows": s.rows, "columns": s.cols, "transfer_syntax": s.transfer_syntax, "expect": s.expect,
-               "duplicate_of": s.duplicate_of, "study_description": st.description, "description": s.description,
-               "patient_index": index}
-              for st in plan.studies for s in st.series]
-    return {"files": files, "series": series, "phi": plan.phi, "patient_id": plan.patient_id}
-
-
-def synth_cohort(out: str | os.PathLike, patients: int = 40, seed: int = 0, matrix: int = 512,
-                 workers: int | None = None) -> dict:
-    """Write the cohort under `out` (must be empty or absent); returns the ground truth's counts."""
-    from datakit.synth.cohort import plan_patient
-    from datakit.synth.write import write_junk
-
-    out = Path(out)
-    if patients < 1:
-        raise DatakitError(f"--patients must be at least 1, got {patients}")
-    if not MIN_MATRIX <= matrix <= MAX_MATRIX:
-        raise DatakitError(f"--matrix must be in {MIN_MATRIX}..{MAX_MATRIX}, got {matrix}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatakitError(f"output folder {str(out)!r} is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, patients))
-    jobs = [(str(out), seed, i, patients, matrix) for i in range(patients)]
-    if workers == 1:
-        results = [_one_patient(j) for j in _progress(jobs, "synth")]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(_progress(pool.map(_one_patient, jobs), "synth", total=len(jobs)))
-    files = [f for r in results for f in r["files"]]
-    files += write_junk(out, seed, plan_patient(seed, 0, patients, matrix))
-    files.append({"path": GROUND_TRUTH, "series": None, "kind": "ground-truth", "instance": None,
-                  "expect": "not-dicom", "note": "this file"})
-    truth = {
-        "generator": "tlx synth", "version": 1, "seed": seed, "patients": patients, "matrix": matrix,
-        "series": [s for r in results for s in r["series"]],
-        "files": sorted(files, key=lambda f: f["path"]),
-        "phi": sorted({v for r in results for v in r["phi"]}),
-    }
-    (out / GROUND_TRUTH).write_text(json.dumps(truth, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summarize(truth)
-
-
-def summarize(truth: dict) -> dict:
-    files = truth["files"]
-    kinds: dict[str, int] = {}
-    for f in files:
-        kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
-    return {"patients": truth["patients"], "files": len(files), "series": len(truth["series"]),
-            "by_kind": dict(sorted(kinds.items()))}
-
-
-def _progress(it, what: str, total: int | None = None):
-    if os.environ.get("TLX_QUIET") == "1":
-        yield from it
-        return
-    from rich.progress import track
-
-    yield from track(it, description=what, total=total)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.synth import cohort as C
+import datakit.synth.cohort as C
 from datakit.synth.jpeg_lossless import encode_sv1
 from datakit.synth.phantoms import phantom
 

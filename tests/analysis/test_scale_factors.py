@@ -193,7 +193,7 @@ def test_bad_datasets_are_refused(tmp_path, dataset):
         estimate_scale_factors(one)
     manifest = json.loads((one / "manifest.json").read_text())
     (one / "manifest.json").write_text(json.dumps({**manifest, "format_version": 9}))
-    with pytest.raises(AnalysisError, match="version 9 is not known"):
+    with pytest.raises(AnalysisError, match=r"format_version 9 is unknown to this tlx; it reads 1 \(update tlx\)"):
         estimate_scale_factors(one)
     with pytest.raises(AnalysisError, match="compressor 'bz2' is not known"):
         ScaleFactorConfig(compressor="bz2")
@@ -248,3 +248,36 @@ def test_write_results_round_trip(tmp_path, full):
     path.write_text('{"format": "other"}')
     with pytest.raises(AnalysisError, match="is not a tlx-scale-factors v1 file"):
         load_results(path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_ticks_count_every_volume_up_to_the_total(dataset, workers):
+    ticks = []
+    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, workers=workers, lower=False,
+                                                               baseline_slices=2), progress=ticks.append)
+    assert [t.done for t in ticks] == [0, 1, 2, 3, 4]  # a start tick, then one per volume, none lost or repeated
+    assert {(t.stage, t.total, t.unit) for t in ticks} == {("scale factors", 4, "volumes")}
+    assert ticks[-1].done == ticks[-1].total == result["volumes_sampled"] == result["volumes_ok"]
+    assert all(t.text == "" for t in ticks)  # no volume failed
+
+
+def test_progress_names_the_volumes_that_failed(tmp_path):
+    rng = np.random.default_rng(5)
+    root = write_ct_dataset(tmp_path / "data", {f"v{i}": rng.integers(-1000, 1000, (3, 8, 8)).astype(np.int16)
+                                                for i in range(3)})
+    (root / "shards" / "train" / "train-000000.tar").write_bytes(b"")  # every slice in it: a short read
+    ticks = []
+    result = estimate_scale_factors(root, ScaleFactorConfig(lower=False), progress=ticks.append)
+    failed = len(result["volumes_failed"])
+    assert failed > 0 and ticks[-1].done == ticks[-1].total == 3
+    assert ticks[-1].text == f"{failed} failed"
+
+
+def test_the_cli_draws_the_progress_as_log_lines_and_quiet_silences_them(tmp_path, dataset):
+    args = ["scale-factors", str(dataset), "--out", str(tmp_path), "--workers", "1", "--device", "cpu",
+            "--bound", "ub", "--volumes", "3", "--baseline-slices", "2"]
+    shown = CliRunner().invoke(cli, args, env={"TLX_QUIET": "0"})  # not a terminal: lines as in a job log
+    assert shown.exit_code == 0, shown.output
+    assert "scale factors  3/3 volumes  100%  elapsed" in shown.output
+    quiet = CliRunner().invoke(cli, args, env={"TLX_QUIET": "1"})
+    assert quiet.exit_code == 0 and "volumes  100%" not in quiet.output and "S_UB = " in quiet.output

@@ -11,7 +11,7 @@ from tests.datakit.write_helpers import PLAN_ARGS, SECRET, WRITE_ARGS
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
     """4 patients (2 train, 1 val, 1 test with the fractions above), every kind of mess."""
-    from datakit.synth import GROUND_TRUTH, synth_cohort
+    from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
 
     out = tmp_path_factory.mktemp("write-cohort") / "cohort"
     synth_cohort(out, patients=4, seed=0, matrix=32, workers=2)

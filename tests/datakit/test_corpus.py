@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from datakit.dicom import KEYWORDS, SliceRejected, header_row, read_header, read_header_pydicom, read_hu
+from datakit.dicom_header import KEYWORDS, SliceRejected, read_header, read_header_pydicom
+from datakit.dicom_pixels import read_hu
 from datakit.scan import INDEX, scan
 
 KNOWN_CODES = {"not-dicom", "unreadable", "unreadable-header", "dicomdir", "not-ct", "not-image-storage",

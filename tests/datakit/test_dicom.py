@@ -9,7 +9,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless)
 
-from datakit.dicom import SliceRejected, header_row, read_header, read_hu, time_limit
+from datakit.dicom_header import SliceRejected, header_row, read_header, time_limit
+from datakit.dicom_pixels import read_hu
 from datakit.synth.jpeg_lossless import encode_sv1
 
 RNG = np.random.default_rng(0)
@@ -63,7 +64,7 @@ def both_ways(path):
                                 DeflatedExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless,
                                 RLELossless])
 def test_transfer_syntaxes_give_the_same_hu_as_pydicom(tmp_path, ts, monkeypatch):
-    import datakit.dicom as dicom
+    from datakit import dicom_pixels
 
     path = save(make(), tmp_path / "x.dcm", ts)
     expected = pydicom.dcmread(path).pixel_array.astype(np.float32) - 1024
@@ -77,7 +78,7 @@ def test_transfer_syntaxes_give_the_same_hu_as_pydicom(tmp_path, ts, monkeypatch
     assert h.values["ImagePositionPatient"] == (0.0, 0.0, 12.5) and h.values["SeriesDescription"] == "Thorax"
     if ts.is_compressed and ts != DeflatedExplicitVRLittleEndian:
         # With the index row, compressed pixels are decoded from the PixelData value, not via dcmread.
-        monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a: pytest.fail("dataset parsed again"))
+        monkeypatch.setattr(dicom_pixels, "_read_with_pydicom", lambda *a: pytest.fail("dataset parsed again"))
         np.testing.assert_array_equal(read_hu(path, header_row(h)), expected)
 
 
@@ -235,16 +236,16 @@ def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
 def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, monkeypatch):
     """The timeout raised inside a decoder ends the read; the fast path used to swallow it and decode
     the file again through pydicom with no time guard left (a hang on a file that stalls a decoder)."""
-    import datakit.dicom as dicom
+    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
 
     def stall(*args, **kwargs):
         time.sleep(5)
 
     retried = []
-    monkeypatch.setattr(dicom, "PIXEL_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(dicom, "_decode_buffer", stall)
-    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a: retried.append(a))
+    monkeypatch.setattr(dicom_pixels, "PIXEL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(dicom_pixels, "_decode_buffer", stall)
+    monkeypatch.setattr(dicom_pixels, "_read_with_pydicom", lambda *a: retried.append(a))
     t0 = time.monotonic()
     with pytest.raises(SliceRejected) as info:
         read_hu(get_testdata_file("MR_small_RLE.dcm"))
@@ -253,18 +254,18 @@ def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, m
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm"])
 def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, monkeypatch):
-    import datakit.dicom as dicom
+    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file(name)
     ds = pydicom.dcmread(path)
     expected = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + \
         float(ds.get("RescaleIntercept", 0) or 0)
-    assert dicom.preferred_plugin(ds.file_meta.TransferSyntaxUID) == "pyjpegls"
+    assert dicom_pixels.preferred_plugin(ds.file_meta.TransferSyntaxUID) == "pyjpegls"
     np.testing.assert_array_equal(read_hu(path), expected.astype(np.float32))
     # A preferred plugin that fails (pydicom raises for an unknown one) leaves the decision to
     # pydicom's own plugins: same pixels, no reject.
-    monkeypatch.setattr(dicom, "preferred_plugin", lambda ts: "no-such-plugin")
+    monkeypatch.setattr(dicom_pixels, "preferred_plugin", lambda ts: "no-such-plugin")
     np.testing.assert_array_equal(read_hu(path), expected.astype(np.float32))
 
 
@@ -272,7 +273,7 @@ def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, 
 def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, private_bytes, pixels):
     """Scan inflates only the first 256 KiB of a deflated dataset when the header ends there; a longer
     header (a big private element) or one without PixelData is walked whole: same values either way."""
-    import datakit.dicom as dicom
+    from datakit import dicom_header
 
     ds = make()
     if private_bytes:
@@ -283,15 +284,16 @@ def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, p
     h = read_header(path)
     assert h.transfer_syntax == DeflatedExplicitVRLittleEndian
     assert h.values["ImagePositionPatient"] == (0.0, 0.0, 12.5) and h.values["SeriesDescription"] == "Thorax"
-    assert h.pixel_tag == (dicom.PIXEL_DATA if pixels is not None else 0) and h.pixel_offset is None
-    assert {k: h.values.get(k) for k in dicom.KEYWORDS} == \
-        {k: v for k, v in dicom.read_header_pydicom(path).values.items() if k in dicom.KEYWORDS}
+    assert h.pixel_tag == (dicom_header.PIXEL_DATA if pixels is not None else 0) and h.pixel_offset is None
+    assert {k: h.values.get(k) for k in dicom_header.KEYWORDS} == \
+        {k: v for k, v in dicom_header.read_header_pydicom(path).values.items() if k in dicom_header.KEYWORDS}
 
 
 def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom(tmp_path, monkeypatch):
     """A few MB of deflated zeros inflate to GB: read_hu refuses such a file before pydicom inflates it
     whole in memory (limit lowered here so the test file stays small)."""
-    import datakit.dicom as dicom
+    from datakit import dicom_header
+    from datakit import dicom_pixels
 
     ds = make()
     ds.add_new(0x7FE10010, "OB", bytes(4 << 20))              # 4 MiB of zeros after PixelData, deflated to ~4 KB
@@ -299,8 +301,8 @@ def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom
     assert path.stat().st_size < 64 << 10
     row = header_row(read_header(path))
     np.testing.assert_array_equal(read_hu(path, row), SIGNED.astype(np.float32) - 1024)   # under the limit: read
-    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 1 << 20)
-    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
+    monkeypatch.setattr(dicom_header, "MAX_INFLATED_BYTES", 1 << 20)
+    monkeypatch.setattr(dicom_pixels, "_read_with_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
     for call in (lambda: read_hu(path), lambda: read_hu(path, row)):
         with pytest.raises(SliceRejected, match=r"the deflated data set inflates to more than 1 MiB") as info:
             call()
@@ -313,7 +315,7 @@ def test_deflated_bomb_the_header_walker_cannot_follow_is_refused_before_pydicom
     (Limit lowered here so the test file stays small.)"""
     import zlib
 
-    import datakit.dicom as dicom
+    from datakit import dicom_header
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -328,8 +330,8 @@ def test_deflated_bomb_the_header_walker_cannot_follow_is_refused_before_pydicom
     deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     path = tmp_path / "bomb.dcm"
     path.write_bytes(bytes(128) + b"DICM" + buf.getvalue() + deflater.compress(body) + deflater.flush())
-    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 1 << 20)
-    monkeypatch.setattr(dicom, "read_header_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
+    monkeypatch.setattr(dicom_header, "MAX_INFLATED_BYTES", 1 << 20)
+    monkeypatch.setattr(dicom_header, "read_header_pydicom", lambda *a: pytest.fail("pydicom inflated it"))
     with pytest.raises(SliceRejected, match=r"the deflated data set inflates to more than 1 MiB") as info:
         read_header(path)
     assert info.value.code == "undecodable"

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from datakit.dicom import read_hu
+from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
 from datakit.scan import INDEX, scan
-from datakit.synth import GROUND_TRUTH, synth_cohort
+from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
 
 SECRET = b"test-secret"
 
@@ -178,11 +178,11 @@ def test_cli_scan_prints_a_summary_table(cohort, tmp_path):
 
 
 def test_an_index_never_stands_without_its_scan_record(cohort, tmp_path, monkeypatch):
-    """`tlx shard --resume` reuses an index it finds, and the manifest's config.scan comes from
+    """`tlx shard` (--resume auto) reuses an index it finds, and the manifest's config.scan comes from
     work/scan.json: a scan killed between the two files must leave no index behind."""
     import datakit.scan as scan_module
 
-    def killed(*args):
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(scan_module, "write_json_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
@@ -197,7 +197,7 @@ def test_a_value_that_runs_on_into_names_is_not_quoted_in_a_reason(tmp_path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from datakit.dicom import shown_term
+    from datakit.dicom_header import shown_term
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -248,7 +248,8 @@ def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    import datakit.dicom as dicom
+    from datakit import dicom_header
+    from datakit import dicom_pixels
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -271,10 +272,10 @@ def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
     caplog.clear()                                                       # what writing the files logged
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dicom.read_header_pydicom(path)
-        with pytest.raises(dicom.SliceRejected):
-            dicom._read_with_pydicom(path, dicom.header_row(dicom.read_header(path)))
-        dicom.read_header(tmp_path / "charset.dcm")
+        dicom_header.read_header_pydicom(path)
+        with pytest.raises(dicom_header.SliceRejected):
+            dicom_pixels._read_with_pydicom(path, dicom_header.header_row(dicom_header.read_header(path)))
+        dicom_header.read_header(tmp_path / "charset.dcm")
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [s for s in said if "Weiss" in s or "Smith" in s], said
     assert not logging.getLogger("pydicom").disabled           # put back afterwards

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from datakit.dicom import read_hu
+from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
-from datakit.synth import GROUND_TRUTH, synth_cohort
+from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
 from datakit.synth.cohort import CLASSES, SPECIAL_SYNTAXES, TRAPS, plan_patient
 from datakit.synth.write import write_patient
 

@@ -229,7 +229,13 @@ def not_ct(cohort, tmp_path_factory):
 @pytest.mark.parametrize("case, message", [
     ("write-missing", r"dataset folder '.*nowhere' does not exist; run `tlx scan` and `tlx plan` first"),
     ("write-finished", r"already holds a finished dataset \(manifest.json\); choose a new output folder"),
-    ("shard-not-empty", r"output folder '.*' is not empty; choose a new folder, or pass --resume"),
+    ("write-finished-other-options", (r"already holds a finished dataset made with other options "
+                                      r"\(--samples-per-shard, --size differ\); choose a new output folder")),
+    ("shard-not-empty", (r"output folder '.*' is not empty and --resume is never; choose a new folder, or use "
+                         r"--resume auto to continue the earlier `tlx shard` there")),
+    ("shard-other-root", r"was scanned from '.*', not '.*'; resume with that --dicom-root"),
+    ("shard-foreign", (r"output folder '.*' holds 'notes.txt', which no tlx command writes: it is not a tlx "
+                       r"dataset folder; choose a new or empty folder")),
     ("shard-missing-root", r"DICOM root '.*nowhere' does not exist or is not a folder"),
     ("shard-empty-root", r"DICOM root '.*empty' holds no files"),
     ("shard-no-ct", r"no usable CT slices found under '.*'"),
@@ -242,11 +248,16 @@ def not_ct(cohort, tmp_path_factory):
 def test_bad_input_is_a_one_line_error_with_exit_code_2(case, message, sharded, not_ct, tmp_path):
     ds, _ = sharded
     (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("someone's files")
     env = {"TLX_SECRET": SECRET}
     args = {
         "write-missing": ["write", str(tmp_path / "nowhere")],
-        "write-finished": ["write", str(ds)],
-        "shard-not-empty": ["shard", "--dicom-root", str(not_ct), "--out", str(ds)],
+        "write-finished": ["write", str(ds), "--resume", "never"],
+        "write-finished-other-options": ["write", str(ds)],
+        "shard-not-empty": ["shard", "--dicom-root", str(not_ct), "--out", str(ds), "--resume", "never"],
+        "shard-other-root": ["shard", "--dicom-root", str(not_ct), "--out", str(ds)],
+        "shard-foreign": ["shard", "--dicom-root", str(not_ct), "--out", str(tmp_path / "foreign")],
         "shard-missing-root": ["shard", "--dicom-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
         "shard-empty-root": ["shard", "--dicom-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
         "shard-no-ct": ["shard", "--dicom-root", str(not_ct), "--out", str(tmp_path / "o"), "--workers", "1"],

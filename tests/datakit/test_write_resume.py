@@ -98,13 +98,13 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(point, sharded, referenc
         assert sorted((ds / "work" / "staging" / "volumes").rglob("*")) == before
     if point == "shards":  # kill the resumed run too, a few shards later
         done = len(_final_shards(ds))
-        proc = _start(ds, "--resume")
+        proc = _start(ds, "--resume")            # the spelling before auto|never: auto
         _kill_when(proc, lambda: len(_final_shards(ds)) >= done + 3)
         _assert_final_shards_complete(ds)
 
-    refused = CliRunner().invoke(cli, ["write", str(ds), *WRITE_ARGS])
-    assert refused.exit_code == 2 and "pass --resume" in refused.output
-    summary = write_dataset(ds, CONFIG, RunOptions(workers=1, resume=True))
+    refused = CliRunner().invoke(cli, ["write", str(ds), *WRITE_ARGS, "--resume", "never"])
+    assert refused.exit_code == 2 and "--resume is never; use --resume auto" in refused.output
+    summary = write_dataset(ds, CONFIG, RunOptions(workers=1, resume="auto"))
     assert summary.assembled
     assert output_files(ds) == reference
     assert not list(ds.rglob("*.partial-*"))
@@ -116,13 +116,13 @@ def test_tables_half_written_by_a_killed_assembly_do_not_stay_in_the_dataset(sha
     ds = copy_plan(sharded[0], tmp_path / "tables")
     for name in ("slices.parquet", "rejects.parquet", "manifest.json"):
         (ds / f"{name}.partial-4242").write_bytes(b"cut short")
-    write_dataset(ds, CONFIG, RunOptions(workers=1, resume=True))
+    write_dataset(ds, CONFIG, RunOptions(workers=1, resume="auto"))
     assert output_files(ds) == reference
 
 def test_resume_of_a_finished_dataset_does_nothing(sharded, reference, tmp_path):
     ds = copy_plan(sharded[0], tmp_path / "done")
     write_dataset(ds, CONFIG, RunOptions(workers=1))
-    again = write_dataset(ds, CONFIG, RunOptions(workers=1, resume=True))
+    again = write_dataset(ds, CONFIG, RunOptions(workers=1, resume="auto"))
     assert again.already_complete and again.volumes_converted == 0
     assert output_files(ds) == reference
 
@@ -145,7 +145,7 @@ def test_resume_after_staging_deleted_rewrites_shards_of_other_options(sharded, 
     write_dataset(ds, CONFIG, RunOptions(workers=1, keep_staging=True))
     (ds / "manifest.json").unlink()                     # as if killed just before the manifest
     with pytest.raises(Exception, match=r"was started with another plan or other options"):
-        write_dataset(ds, other, RunOptions(workers=1, resume=True))
+        write_dataset(ds, other, RunOptions(workers=1, resume="auto"))
     shutil.rmtree(ds / "work" / "staging")              # what that message says to do
-    write_dataset(ds, other, RunOptions(workers=1, resume=True))
+    write_dataset(ds, other, RunOptions(workers=1, resume="auto"))
     assert output_files(ds) == output_files(fresh)

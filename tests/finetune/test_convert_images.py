@@ -151,9 +151,10 @@ def test_interrupted_conversion_resumes_to_identical_shards(tmp_path):
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
         crashing.run(lambda j, p: stage(j, p, crash_at=4), jobs, workers=1)
-    with pytest.raises(DatakitError, match="is not empty; choose a new one, or add --resume"):
-        DatasetBuilder(tmp_path / "b", **kw)
-    resumed = DatasetBuilder(tmp_path / "b", resume=True, **kw)
+    with pytest.raises(DatakitError, match=r"is not empty and --resume is never; choose a new folder, or use "
+                                           r"--resume auto to continue the earlier `tlx convert` there"):
+        DatasetBuilder(tmp_path / "b", resume="never", **kw)
+    resumed = DatasetBuilder(tmp_path / "b", **kw)          # --resume auto, the default
     calls["n"] = 0
     resumed.run(stage, jobs, workers=1)
     assert calls["n"] == 3                    # only the jobs not staged before the crash ran again
@@ -187,7 +188,7 @@ def test_resumed_assembly_leaves_nothing_of_a_killed_one(tmp_path):
     for name in ("train-000003.tar", "train-000003.idx", "train-000001.tar.partial-4242"):
         (shards / name).write_bytes(b"from the killed assembly")
     (tmp_path / "b" / "manifest.json.partial-4242").write_bytes(b"{")
-    resumed = DatasetBuilder(tmp_path / "b", resume=True, **kw)
+    resumed = DatasetBuilder(tmp_path / "b", resume="auto", **kw)
     resumed.run(stage, jobs, workers=1)
     resumed.assemble()
 
@@ -250,7 +251,7 @@ def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(
     import datakit.convert.image_folder as image_folder
     from datakit.convert.builder import DatasetBuilder as Builder
 
-    fresh = convert_image_folder(options(tmp_path / "fresh", seed=1, resume=False))
+    fresh = convert_image_folder(options(tmp_path / "fresh", seed=1, resume="never"))
     real_assemble = Builder.assemble
     Builder.assemble = lambda self, rejects=None: (_ for _ in ()).throw(KeyboardInterrupt)   # killed after staging
     try:
@@ -259,7 +260,7 @@ def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(
     finally:
         Builder.assemble = real_assemble
     assert image_folder.CHUNK >= 20                        # one job: every image was staged with seed 0
-    resumed = convert_image_folder(options(tmp_path / "b", seed=1, resume=True))
+    resumed = convert_image_folder(options(tmp_path / "b", seed=1, resume="auto"))
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in fresh["shards"]]
     slices = pl.read_parquet(tmp_path / "b" / "slices.parquet")
     assert slices.equals(pl.read_parquet(tmp_path / "fresh" / "slices.parquet"))

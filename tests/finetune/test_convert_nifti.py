@@ -92,7 +92,8 @@ def test_errors_name_the_bad_value(tmp_path):
                                           dtype="int8"))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    with pytest.raises(DatakitError, match=r"output folder .*full is not empty"):
+    with pytest.raises(DatakitError, match=r"output folder .*full' holds 'x', which no tlx command writes: it is not "
+                                           r"a tlx dataset folder; choose a new or empty folder"):
         convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "full"), preset="lits"))
     # were re.error and ValueError tracebacks
     with pytest.raises(DatakitError, match=r"--patient-regex '\(' is not a regular expression \(missing \)"):

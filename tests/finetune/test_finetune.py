@@ -1,5 +1,7 @@
 """trainer.finetune on tiny CT shards: learning, run-format outputs, resume, linear evaluation, inits."""
 import json
+import math
+from dataclasses import fields
 
 import numpy as np
 import polars as pl
@@ -50,6 +52,7 @@ def test_outputs_follow_the_run_format(radnet_run):
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
     assert line["lr"] == pytest.approx(3e-3 * 0.97)       # multiplied by the decay after every epoch
     assert {"train_loss", "val_accuracy", "images_per_s", "wall_s"} <= set(line)
+    assert line["step"] == 12 and "steps" not in line      # 48 samples, batch 8: 6 steps per epoch
     assert json.loads((run / "result.json").read_text()) == result
     assert set(result) >= {"metrics", "best_epoch", "epochs"} and result["epochs"] == 8
     pred = pl.read_parquet(run / "predictions.parquet")
@@ -62,6 +65,29 @@ def test_outputs_follow_the_run_format(radnet_run):
     assert best["epoch"] == result["best_epoch"] and "head" in best and "fc.weight" not in best["encoder"]
     assert np.array_equal(best["encoder"]["conv1.weight"].numpy(), layers["final/conv1.weight"])
     assert len(pl.read_parquet(run / "subset.parquet")) == 48
+
+
+def test_config_is_flat_with_every_flag_at_the_top_level(radnet_run):
+    """One shape for both trainers (trainer.config.run_config): the run contract's keys, every flag with the
+    value the run used (the task's defaults filled in), derived keys; nothing nested under `args`."""
+    run, _ = radnet_run
+    cfg = json.loads((run / "config.json").read_text())
+    assert list(cfg)[:7] == ["task", "init", "setting", "fraction", "seed", "world_size", "tool_version"]
+    assert {f.name for f in fields(ft.FinetuneConfig)} <= set(cfg) and "args" not in cfg
+    assert (cfg["init"], cfg["init_name"], cfg["init_checkpoint"]) == ("scratch", "scratch", None)
+    assert (cfg["epochs"], cfg["model"], cfg["image_size"], cfg["workers"]) == (8, "resnet-tiny", 32, 0)
+    radnet = ft.get_task("radnet")  # flags left unset hold the task's values
+    assert (cfg["augment"], cfg["weight_decay"]) == (radnet.augment, radnet.hyperparameters(1.0)["weight_decay"])
+    assert (cfg["resume"], cfg["checkpoint_every"], cfg["log_every"], cfg["steps_per_epoch"]) == ("auto", 250, 10, 6)
+    assert cfg["class_weights"] == [1.0, 1.0, 1.0] and cfg["max_steps"] is None
+
+
+def test_steps_jsonl_has_a_line_every_log_every_steps(radnet_run):
+    run, _ = radnet_run
+    lines = [json.loads(l) for l in (run / "steps.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(10, 49, 10)) + [48]     # every 10th step, and the last
+    assert [l["epoch"] for l in lines] == [2, 4, 5, 7, 8]                    # 6 steps per epoch
+    assert all(math.isfinite(l["loss"]) and l["lr"] > 0 and l["images_per_s"] > 0 for l in lines)
 
 
 def test_a_complete_run_is_not_run_again(radnet_run, ct):
@@ -82,7 +108,7 @@ def _comparable(run):
 
 def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
     args = ["--task", "radnet", "--data", str(ct), "--epochs", "3", "--batch-size", "16", "--lr", "1e-3",
-            "--checkpoint-every", "2", *TINY]
+            "--checkpoint-every", "2", "--log-every", "1", *TINY]
     ft.main([*args, "--run-dir", str(tmp_path / "straight")])
     real_loss, calls = ft.task_loss, {"n": 0}
 
@@ -106,9 +132,20 @@ def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
         assert all(torch.equal(a[2][part][k], b[2][part][k]) for k in a[2][part])
     assert pl.read_parquet(tmp_path / "straight" / "predictions.parquet").equals(
         pl.read_parquet(tmp_path / "resumed" / "predictions.parquet"))
-    with pytest.raises(TrainerError, match=r"belongs to a run with other settings \(lr differ\)"):
-        (tmp_path / "resumed" / "result.json").unlink()
+    steps = [[{k: v for k, v in json.loads(l).items() if k != "images_per_s"}
+              for l in (tmp_path / d / "steps.jsonl").read_text().splitlines()] for d in ("straight", "resumed")]
+    assert steps[0] == steps[1] and [l["step"] for l in steps[1]] == list(range(1, 10))  # none lost or repeated
+    (tmp_path / "resumed" / "result.json").unlink()
+    with pytest.raises(TrainerError, match=r"^cannot resume from .*resumed/checkpoints/last.pt: --lr differ from the "
+                                           r"checkpoint's run; use the same values, or use another --run-dir"):
         ft.main([*[a if a != "1e-3" else "2e-3" for a in args], "--run-dir", str(tmp_path / "resumed")])
+    with pytest.raises(TrainerError, match=r"last.pt holds a started run and --resume is never: continue it with "
+                                           r"--resume auto, or use another --run-dir$"):
+        ft.main([*args, "--run-dir", str(tmp_path / "resumed"), "--resume", "never"])
+    # --resume PATH: a new run folder continues from that checkpoint (here: the finished one, so it only tests)
+    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    ft.main([*args, "--run-dir", str(tmp_path / "copy"), "--resume", str(last)])
+    assert json.loads((tmp_path / "copy" / "result.json").read_text()) == a[1]
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +286,24 @@ def test_command_line_user_errors_are_one_line_and_exit_2(ct, monkeypatch, capsy
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "Error: --init 'missing.pt': no such file; give 'scratch', a " \
                                               "torchvision-layout state dict (.pth) or a tlx checkpoint (.pt)"
+
+
+@pytest.mark.parametrize("old, new", [(["--ckpt-every", "3"], "--ckpt-every was renamed: use --checkpoint-every"),
+                                      (["--resume", "none"], "--resume none was renamed: use --resume never")])
+def test_old_spellings_name_the_new_one(ct, old, new):
+    with pytest.raises(TrainerError, match=rf"^{new} \(same meaning\)$"):
+        ft.main(["--task", "radnet", "--data", str(ct), *TINY, *old])
+
+
+@pytest.mark.parametrize("quiet", ["1", "0"])
+def test_tlx_quiet_silences_notes_and_progress(ct, tmp_path, monkeypatch, capsys, quiet):
+    """finetune prints through tlxcore.progress as simclr does: nothing under TLX_QUIET; otherwise (stdout
+    not a terminal, as in a job log) epoch notes and progress lines with done/total."""
+    monkeypatch.setenv("TLX_QUIET", quiet)
+    ft.main(["--task", "radnet", "--data", str(ct), "--run-dir", str(tmp_path / "run"), "--epochs", "1",
+             "--batch-size", "16", "--max-steps", "2", *TINY])
+    out = capsys.readouterr().out
+    if quiet == "1":
+        assert out == ""
+    else:
+        assert "epoch 1/1  loss " in out and "train  2/2 steps  100%" in out and "test accuracy" in out

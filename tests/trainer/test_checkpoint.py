@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (load_checkpoint, new_checkpoint, restore_rng_states, rng_state, save_checkpoint,
-                                set_rng_state)
+from trainer.checkpoint import (check_same_run, checkpoint_due, find_resume_point, load_checkpoint, new_checkpoint,
+                                restore_rng_states, rng_state, save_checkpoint, set_rng_state)
 from trainer.dist import init_dist
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
@@ -85,3 +85,36 @@ def test_init_dist_single_process_and_bad_device(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(TrainerError, match="no CUDA GPU is visible"):
             init_dist("cuda")
+
+
+def test_checkpoint_due_only_at_multiples_and_never_for_zero():
+    assert [s for s in range(1, 11) if checkpoint_due(s, 4)] == [4, 8]
+    assert not any(checkpoint_due(s, 0) for s in range(1, 11))
+
+
+def test_find_resume_point_auto_never_and_path(tmp_path):
+    run = tmp_path / "run"
+    assert find_resume_point("auto", run, fix="x") == (None, None)     # nothing to continue
+    assert find_resume_point("never", run, fix="x") == (None, None)
+    save_checkpoint(new_checkpoint("m", {}, step=3), run / "checkpoints" / "last.pt")
+    ckpt, source = find_resume_point("auto", run, fix="x")
+    assert ckpt["step"] == 3 and source == run / "checkpoints" / "last.pt"
+    with pytest.raises(TrainerError, match=r"last.pt holds a started run and --resume is never: continue it with "
+                                           r"--resume auto, or pick a new --out$"):
+        find_resume_point("never", run, fix="pick a new --out")
+    save_checkpoint(new_checkpoint("m", {}, step=9), tmp_path / "other.pt")
+    ckpt, source = find_resume_point(str(tmp_path / "other.pt"), run, fix="x")   # a path wins over last.pt
+    assert ckpt["step"] == 9 and source == tmp_path / "other.pt"
+    with pytest.raises(TrainerError, match=r"checkpoint '.*missing.pt' does not exist"):
+        find_resume_point(str(tmp_path / "missing.pt"), run, fix="x")
+
+
+def test_check_same_run_names_what_differs_and_lets_volatile_keys_change():
+    saved = {"task": "t", "lr": 0.1, "workers": 8, "world_size": 8, "classes": ["a", "b"], "data": "d1"}
+    now = {**saved, "workers": 2, "world_size": 2, "data": "d2", "new_flag": 1}   # new_flag: not in the old config
+    check_same_run(saved, now, flags=["lr", "workers", "data"], source="x.pt", fix="a new --out",
+                   may_change={"data"})
+    with pytest.raises(TrainerError, match=r"^cannot resume from x.pt: --lr, classes, --data differ from the "
+                                           r"checkpoint's run; use the same values, or a new --out$"):
+        check_same_run(saved, {**now, "lr": 0.2, "classes": ["a"]}, flags=["lr", "workers", "data"], source="x.pt",
+                       fix="a new --out")

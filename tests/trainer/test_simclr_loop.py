@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from trainer.optim import LARS
 GOLDEN = Path(__file__).with_name("golden_simclr_losses.json")
 # 37 train samples, global batch 8: 4 steps per epoch; 3 epochs = 12 steps.
 ARGS = ["--device", "cpu", "--model", "resnet-tiny", "--image-size", "32", "--batch-size", "8", "--epochs", "3",
-        "--workers", "0", "--loader", "torch", "--log-every", "1", "--ckpt-every", "3", "--eval-every", "0"]
+        "--workers", "0", "--loader", "torch", "--log-every", "1", "--checkpoint-every", "3", "--eval-every", "0"]
 
 
 def _dataset(root):
@@ -58,6 +59,10 @@ def test_run_directory_follows_the_run_format(straight):
     # the paper recipe, resolved: sqrt rule lr = 0.075 * sqrt(8), temperature 0.5, no blur
     assert math.isclose(cfg["lr"], 0.075 * math.sqrt(8)) and cfg["temperature"] == 0.5 and cfg["blur_p"] == 0.0
     assert cfg["tool_version"] and cfg["projector"] == "paper" and cfg["schedule"] == "cosine-epoch"
+    # one flat shape (trainer.config.run_config): the contract's keys first, then every flag, resolved
+    assert list(cfg)[:7] == ["task", "init", "setting", "fraction", "seed", "world_size", "tool_version"]
+    assert {f.name for f in fields(simclr.SimCLRConfig)} <= set(cfg) and "args" not in cfg
+    assert (cfg["checkpoint_every"], cfg["resume"], cfg["workers"], cfg["epochs"]) == (3, "auto", 0, 3)
     metrics = _lines(straight / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert all({"train_loss", "lr", "images_per_s", "wall_s"} <= set(m) for m in metrics)
@@ -121,11 +126,13 @@ def test_golden_loss_curve(straight):
         assert math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-4), (losses, golden["losses"])
 
 
-def test_resume_refuses_a_different_run_and_none_refuses_to_overwrite(ds, straight):
-    with pytest.raises(TrainerError, match=r"cannot resume: --temperature differ from the checkpoint's run"):
+def test_resume_refuses_a_different_run_and_never_refuses_to_overwrite(ds, straight):
+    with pytest.raises(TrainerError, match=r"^cannot resume from .*last.pt: --temperature differ from the "
+                                           r"checkpoint's run; use the same values, or a new --out$"):
         simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--temperature", "0.2"])
-    with pytest.raises(TrainerError, match=r"last.pt exists and --resume none: pick a new --out"):
-        simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "none"])
+    with pytest.raises(TrainerError, match=r"^.*last.pt holds a started run and --resume is never: continue it "
+                                           r"with --resume auto, or pick a new --out$"):
+        simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "never"])
     with pytest.raises(DatakitError, match=r"is not a tlx dataset: no manifest.json"):
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
     with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
@@ -146,6 +153,49 @@ def test_resume_refuses_another_training_split_but_takes_the_same_one_moved(ds, 
     shutil.copytree(ds, tmp_path / "moved")
     state = simclr.main(["--data", str(tmp_path / "moved"), "--out", str(straight), *ARGS])  # finished: no step
     assert state["step"] == 12
+
+
+def test_resume_path_continues_from_that_checkpoint_into_another_folder(ds, straight, tmp_path):
+    """--resume PATH: a run in a new folder goes on from another run's checkpoint (here after step 6 of 12)
+    and ends where the uninterrupted run ends; the changed-options check compares against that checkpoint."""
+    simclr.main(["--data", str(ds), "--out", str(tmp_path / "first"), *ARGS, "--max-steps", "6"])
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    with pytest.raises(TrainerError, match=rf"^cannot resume from {last}: --lr differ"):
+        simclr.main(["--data", str(ds), "--out", str(tmp_path / "second"), *ARGS, "--resume", str(last), "--lr", "0.1"])
+    state = simclr.main(["--data", str(ds), "--out", str(tmp_path / "second"), *ARGS, "--resume", str(last)])
+    assert state["step"] == 12
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (straight, tmp_path / "second"))
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert [s["step"] for s in _lines(tmp_path / "second" / "steps.jsonl")] == list(range(7, 13))
+
+
+@pytest.mark.parametrize("old, new", [(["--ckpt-every", "3"], "--ckpt-every was renamed: use --checkpoint-every"),
+                                      (["--ckpt-every=3"], "--ckpt-every was renamed: use --checkpoint-every"),
+                                      (["--resume", "none"], "--resume none was renamed: use --resume never"),
+                                      (["--resume=none"], "--resume none was renamed: use --resume never")])
+def test_old_spellings_name_the_new_one(tmp_path, old, new):
+    with pytest.raises(TrainerError, match=rf"^{new} \(same meaning\)$"):
+        simclr.main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), *old])
+
+
+def test_old_spelling_on_the_command_line_is_one_line_and_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                           "--ckpt-every", "100"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "Error: --ckpt-every was renamed: use --checkpoint-every (same meaning)\n"
+
+
+@pytest.mark.parametrize("quiet", ["1", "0"])
+def test_tlx_quiet_silences_notes_and_progress(ds, tmp_path, monkeypatch, capsys, quiet):
+    """Progress and notes go through tlxcore.progress (as in finetune): nothing under TLX_QUIET; otherwise
+    (stdout not a terminal, as in a job log) progress lines with done/total and the epoch note."""
+    monkeypatch.setenv("TLX_QUIET", quiet)
+    simclr.main(["--data", str(ds), "--out", str(tmp_path / "run"), *ARGS, "--max-steps", "2"])
+    out = capsys.readouterr().out
+    if quiet == "1":
+        assert out == ""
+    else:
+        assert "train  2/2 steps  100%" in out and "epoch 1 (partial): loss " in out
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):

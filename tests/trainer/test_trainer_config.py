@@ -1,10 +1,12 @@
-"""Config dataclass <-> flags <-> JSON."""
-import json
+"""Config dataclass <-> flags <-> config.json; old spellings; the --workers default rule."""
 from dataclasses import dataclass
 
 import pytest
 
-from trainer.config import build_parser, config_dict, load_config, opt, parse_config, save_json
+from tlxcore.runtime import tool_version
+from trainer.config import build_parser, opt, parse_config, run_config
+from trainer.dist import MAX_LOADER_WORKERS, loader_workers
+from trainer.errors import TrainerError
 
 
 @dataclass
@@ -40,10 +42,34 @@ def test_bad_values_are_refused(capsys):
     assert "--data" in capsys.readouterr().err
 
 
-def test_json_round_trip(tmp_path):
+def test_run_config_is_flat_contract_then_flags_then_derived():
     cfg = Cfg(data="d", window=(-160.0, 240.0))
-    save_json({**config_dict(cfg), "task": "simclr"}, tmp_path / "run" / "config.json")
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["window"] == [-160.0, 240.0] and saved["task"] == "simclr"
-    assert load_config(Cfg, saved) == cfg
-    assert not list((tmp_path / "run").glob("*.tmp"))
+    config = run_config(cfg, task="t", init="scratch", setting="finetune", fraction=0.5, seed=3, world_size=2,
+                        resolved={"lr": 0.3}, derived={"steps_per_epoch": 9})
+    assert list(config) == ["task", "init", "setting", "fraction", "seed", "world_size", "tool_version",
+                            "data", "batch_size", "lr", "normalize", "window", "compile", "steps_per_epoch"]
+    assert (config["tool_version"], config["lr"], config["window"]) == (tool_version(), 0.3, [-160.0, 240.0])
+    with pytest.raises(ValueError, match=r"resolved keys \['momentum'\] are not flags; derived keys \['data'\] are"):
+        run_config(cfg, task="t", init="i", setting="s", fraction=1.0, seed=0, world_size=1,
+                   resolved={"momentum": 0.9}, derived={"data": "x"})
+
+
+@pytest.mark.parametrize("argv", [["--data", "d", "--bs", "8"], ["--data", "d", "--bs=8"],
+                                  ["--data", "d", "--normalize", "zscore-v1"], ["--normalize=zscore-v1"]])
+def test_old_spellings_are_refused_naming_the_new_one(argv):
+    old = {"--bs": "--batch-size", "--normalize zscore-v1": "--normalize minmax"}
+    name = "--bs" if "bs" in "".join(argv) else "--normalize zscore-v1"
+    with pytest.raises(TrainerError, match=rf"^{name} was renamed: use {old[name]} \(same meaning\)$"):
+        parse_config(Cfg, argv, old_spellings=old)
+    # the same flag with another value is not an old spelling
+    assert parse_config(Cfg, ["--data", "d", "--normalize", "hu"], old_spellings=old).normalize == "hu"
+
+
+def test_loader_workers_is_this_ranks_share_of_its_cores_capped(monkeypatch):
+    monkeypatch.setattr("trainer.dist.default_workers", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers() == MAX_LOADER_WORKERS == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")       # torchrun: 16 ranks on this node share 64 cores
+    assert loader_workers() == 4
+    monkeypatch.setattr("trainer.dist.default_workers", lambda: 2)   # a SLURM task with 2 cores, 16 ranks
+    assert loader_workers() == 1

@@ -21,15 +21,6 @@ from pathlib import Path
 from dist_helpers import free_port
 
 HERE = Path(__file__).parent
-# Today's flag of each trainer for the interval of mid-epoch checkpoints (issue 9 renames simclr's).
-CHECKPOINT_FLAG = {"trainer.simclr": "--ckpt-every", "trainer.finetune": "--checkpoint-every"}
-
-
-def checkpoint_every(module: str, steps: int) -> list[str]:
-    """The flags that make `module` write checkpoints/last.pt every `steps` optimizer steps."""
-    return [CHECKPOINT_FLAG[module], str(steps)]
-
-
 @dataclass
 class TwoNodes:
     codes: list[int | None]   # each agent's exit code; None: killed at the timeout

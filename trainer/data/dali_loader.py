@@ -20,7 +20,7 @@ boundary costs a `reset`, not a restart. Stopping early (`--max-steps`) or jumpi
 another epoch rebuilds it.
 
 `device` cpu runs the same graph in DALI's CPU-only mode (device_id=None): what CI
-tests. Interface: trainer/data/loader.py.
+tests. Interface: trainer/data/two_view.py.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 
 from trainer.data.augment import BOTTOM, BRIGHTNESS, CONTRAST, FLIP, LEFT, RIGHT, SIGMA, TOP, AugmentConfig
 from trainer.data.dali_source import PlanSource
-from trainer.data.loader import TwoViewBatch, TwoViewLoader
+from trainer.data.two_view import TwoViewBatch, TwoViewLoader
 from trainer.errors import TrainerError
 
 

@@ -3,7 +3,7 @@
 For machines without DALI (and CPU runs). Each worker reads its samples' bytes at the
 offsets of the `.idx` files (one positioned read per sample), decodes them by the
 manifest's codec, normalises, and draws both views with per-sample parameters
-(trainer/data/augment.py). Interface: trainer/data/loader.py.
+(trainer/data/augment.py). Interface: trainer/data/two_view.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.data.augment import apply_view, draw_views, normalize
-from trainer.data.loader import TwoViewBatch, TwoViewLoader
+from trainer.data.two_view import TwoViewBatch, TwoViewLoader
 
 
 class _TwoViews(Dataset):

@@ -1,7 +1,8 @@
-"""Reading DICOM files: the header fields scan needs, and one slice's pixels in HU.
+"""Reading DICOM headers: the fields scan needs, and where the pixel data lies.
 
     header = read_header(path)         # Header: the fields of HEADER_TAGS, transfer syntax, PixelData position
-    hu = read_hu(path, row)            # float32 HU (rows, cols); raises SliceRejected(code, reason)
+    row = header_row(header)           # the index columns datakit.dicom_pixels.read_hu needs
+    with time_limit(10.0): ...         # SliceRejected("timeout") if a file takes longer
 
 Why a hand-written header walker: scan reads millions of headers, and pydicom's
 element generator builds an object per element of the whole header (a GE or
@@ -12,18 +13,9 @@ can later read uncompressed pixels with one seek and np.frombuffer. Anything the
 walker cannot follow is handed to pydicom (`read_header_pydicom`), which then
 decides; tests check the two agree on every file of pydicom's own test corpus.
 
-Why read_hu skips pydicom for uncompressed data: with the index row's
-pixel_offset the slice is one read plus a dtype view; pydicom's pixel_array
-machinery costs more than the read. Compressed data goes through pydicom's
-decoders and their plugins after the codestream's own frame size is checked
-against the header, so a corrupt codestream cannot make a decoder allocate
-gigabytes; with the index row it is decoded straight from the PixelData value
-(the dataset is not parsed again), and a file that does not decode that way is
-read by dcmread + pixel_array, which decides.
-
-HU = stored value * RescaleSlope + RescaleIntercept (identity when the tags are
-absent, as DICOM defines for a missing Modality LUT). The photometric
-interpretation (MONOCHROME1 or 2) only affects display, not HU.
+The pixels themselves are datakit.dicom_pixels' job; what both need (SliceRejected, the
+transfer syntaxes, the size limits, pydicom_quiet) lives here, the module with no
+dependency on the other.
 """
 from __future__ import annotations
 
@@ -41,29 +33,16 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 
-import numpy as np
-
-# Transfer syntaxes
+# Transfer syntaxes the walker tells apart (the compressed ones are datakit.dicom_pixels')
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 UNCOMPRESSED = frozenset({IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE})
-JPEG_FAMILY = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",   # JPEG baseline, extended
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",   # JPEG lossless, lossless SV1
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",   # JPEG-LS lossless, near-lossless
-})
-J2K_FAMILY = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-                        "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
-ENCAPSULATED = JPEG_FAMILY | J2K_FAMILY | {RLE_LOSSLESS}
 
-# Limits checked before anything is allocated or decoded.
-MAX_SIDE = 8192                      # rows, columns
-MAX_PIXEL_BYTES = 256 * 1024 * 1024  # rows x cols x samples x frames x bytes per sample
-PIXEL_TIMEOUT_S = 30.0               # one read_hu call; see time_limit
+# The largest pixel data a file may declare (rows x cols x samples x frames x bytes per sample):
+# checked before anything is allocated or inflated.
+MAX_PIXEL_BYTES = 256 * 1024 * 1024
 
 # The header fields scan needs: tag -> (keyword, VR used when the file is implicit VR).
 HEADER_TAGS: dict[int, tuple[str, str]] = {
@@ -101,7 +80,7 @@ _MULTI = frozenset({"ImageType", "SpecificCharacterSet", "ImagePositionPatient",
                     "PixelSpacing"})
 
 PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+ITEM_TAG, _ITEM_END, SEQ_END_TAG = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
 _CHUNK = 16384
@@ -113,17 +92,6 @@ class SliceRejected(Exception):
     def __init__(self, code: str, reason: str):
         super().__init__(f"{code}: {reason}")
         self.code, self.reason = code, reason
-
-
-def decoder_failure(exc: BaseException) -> bool:
-    """Whether `exc`, raised while decoding pixel data, means "this file is broken" (a reject)
-    rather than something that must propagate. Decoders raise any Exception on corrupt data, and
-    pylibjpeg-rle (Rust) raises pyo3's PanicException, which derives from BaseException, so a
-    plain `except Exception` lets it end the whole run. The time guard's timeout is never a
-    decoder failure: swallowing it would retry the file with no guard left."""
-    if isinstance(exc, SliceRejected):
-        return exc.code != "timeout"
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 _TERM = re.compile(r"[A-Za-z0-9_ .-]*")
@@ -227,9 +195,9 @@ def _skip_undefined(cur: _Cursor, pos: int, implicit: bool, endian: str, depth: 
         raise HeaderError("sequences nested deeper than 16 levels")
     while True:
         tag, _, length, pos = _element_header(cur, pos, True, endian)
-        if tag == _SEQ_END:
+        if tag == SEQ_END_TAG:
             return pos
-        if tag != _ITEM:
+        if tag != ITEM_TAG:
             raise HeaderError(f"expected an item in a sequence, found tag {tag:08X}")
         if length != _UNDEFINED:
             pos += length
@@ -342,7 +310,7 @@ def read_header(path: str | os.PathLike, size: int | None = None) -> Header:
             return _read_header_fast(f, size, head, kind)
         except (HeaderError, struct.error, UnicodeDecodeError, zlib.error) as exc:
             walker_error = exc
-    _check_inflated_size(path)   # pydicom inflates a deflated data set whole, and then parses it all
+    check_inflated_size(path)   # pydicom inflates a deflated data set whole, and then parses it all
     return read_header_pydicom(path, walker_error)
 
 
@@ -411,7 +379,7 @@ def _walk_deflated(compressed: bytes, header: Header) -> None:
     _walk(_Cursor(None, len(data), data), 0, False, "<", header)
 
 
-def _check_inflated_size(path) -> None:
+def check_inflated_size(path) -> None:
     """Raise SliceRejected if `path` is deflated and its data set inflates to more than MAX_INFLATED_BYTES.
     Inflates in bounded steps and keeps nothing; a file it cannot follow is left to pydicom."""
     with open(path, "rb") as f:
@@ -463,7 +431,7 @@ def read_header_pydicom(path, walker_error: Exception | None = None) -> Header:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises any kind on broken files: a reject with its reason
         why = walker_error or exc
-        raise SliceRejected("unreadable-header", f"the DICOM header cannot be parsed ({_one_line(why)})") from exc
+        raise SliceRejected("unreadable-header", f"the DICOM header cannot be parsed ({one_line(why)})") from exc
 
 
 @pydicom_quiet()
@@ -517,7 +485,7 @@ def _from_pydicom(keyword: str, value):
     return str(value).strip() or None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
@@ -557,16 +525,6 @@ def time_limit(seconds: float):
             signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 1e-3))
 
 
-# --------------------------------------------------------------------------- pixels
-
-def _value(row, key):
-    """A row value with missing / NaN / None all read as None (rows come from pyarrow, polars or dicts)."""
-    value = row.get(key) if hasattr(row, "get") else getattr(row, key, None)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
-
-
 def header_row(header: Header) -> dict:
     """The index columns read_hu needs, from a Header (what scan writes, for one file)."""
     v = header.values
@@ -580,305 +538,3 @@ def header_row(header: Header) -> dict:
         "pixel_tag": header.pixel_tag,
     }
 
-
-def pixel_problem(row) -> tuple[str, str] | None:
-    """(code, reason) if the declared pixel format cannot be read as one grey CT slice, else None.
-
-    Checked on headers only, so absurd sizes are refused before anything is allocated.
-    """
-    rows, cols = _value(row, "rows"), _value(row, "columns")
-    pixel_tag = _value(row, "pixel_tag")
-    if pixel_tag == 0:
-        return "no-pixel-data", "the file has no PixelData"
-    if pixel_tag not in (None, PIXEL_DATA):
-        return "unsupported-pixels", "float pixel data is not CT image storage"
-    if not rows or not cols:
-        return "bad-geometry", f"Rows/Columns missing or zero (Rows={rows}, Columns={cols})"
-    if rows > MAX_SIDE or cols > MAX_SIDE:
-        return "bad-geometry", f"declared size {rows}x{cols} exceeds the limit of {MAX_SIDE} per side"
-    frames = _value(row, "number_of_frames") or 1
-    if frames < 1:
-        return "bad-geometry", f"NumberOfFrames={frames} is not a positive count"
-    spp = _value(row, "samples_per_pixel") or 1
-    bits = _value(row, "bits_allocated")
-    if bits not in (8, 16, 32):
-        return "unsupported-pixels", f"BitsAllocated={bits}; supported: 8, 16, 32"
-    nbytes = rows * cols * spp * frames * bits // 8
-    if nbytes > MAX_PIXEL_BYTES:
-        return "bad-geometry", (f"declared pixel data of {nbytes / 2**20:.0f} MiB ({rows}x{cols}x{frames} frames) "
-                                f"exceeds the limit of {MAX_PIXEL_BYTES // 2**20} MiB")
-    if frames > 1:
-        return "multi-frame", f"{frames} frames in one file; tlx reads single-frame CT slices only"
-    if spp != 1:
-        return "not-grayscale", f"SamplesPerPixel={spp} (colour); CT slices have 1"
-    photometric = _value(row, "photometric")
-    if photometric not in (None, "MONOCHROME1", "MONOCHROME2"):
-        return "not-grayscale", (f"PhotometricInterpretation={shown_term(photometric)}; supported: MONOCHROME1, "
-                                 "MONOCHROME2")
-    stored = _value(row, "bits_stored") or bits
-    if not 1 <= stored <= bits:
-        return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"
-    if _value(row, "pixel_representation") not in (None, 0, 1):
-        return "unsupported-pixels", f"PixelRepresentation={_value(row, 'pixel_representation')}; allowed: 0, 1"
-    slope = _value(row, "rescale_slope")
-    if slope is not None and slope == 0:
-        return "bad-rescale", "RescaleSlope is 0: every pixel would have the same HU"
-    return None
-
-
-def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
-    """One slice in Hounsfield units: float32, (rows, cols). Raises SliceRejected(code, reason).
-
-    `row` is the file's index.parquet row (a mapping); with it, uncompressed pixels are
-    read straight from `pixel_offset` without parsing the header again. Without it
-    (or if the file changed since the scan) the header is read here.
-    """
-    with time_limit(PIXEL_TIMEOUT_S):
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            raise SliceRejected("unreadable", f"cannot open the file ({exc.strerror})") from exc
-        if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
-            row = header_row(read_header(path, size))
-        if (problem := pixel_problem(row)) is not None:
-            raise SliceRejected(*problem)
-        ts, offset = _value(row, "transfer_syntax"), _value(row, "pixel_offset")
-        if ts in UNCOMPRESSED and offset is not None and _value(row, "pixel_length") is not None:
-            stored = _read_native(path, row, size)
-        elif ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
-            stored = _read_encapsulated(path, row, ts, offset)
-        else:
-            if ts == DEFLATED_LE:
-                _check_inflated_size(path)
-            stored = _read_with_pydicom(path, row)
-        return _to_hu(stored, row)
-
-
-def _native_dtype(row) -> np.dtype:
-    bits = _value(row, "bits_allocated")
-    signed = _value(row, "pixel_representation") == 1
-    order = ">" if _value(row, "transfer_syntax") == EXPLICIT_BE else "<"
-    return np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
-
-
-def _read_native(path, row, size: int) -> np.ndarray:
-    rows, cols = _value(row, "rows"), _value(row, "columns")
-    dtype = _native_dtype(row)
-    need = rows * cols * dtype.itemsize
-    offset, length = _value(row, "pixel_offset"), _value(row, "pixel_length")
-    if length < need or offset + need > size:
-        have = max(0, min(length, size - offset))
-        raise SliceRejected("truncated", f"PixelData holds {have} bytes; {rows}x{cols} at "
-                                         f"{dtype.itemsize * 8} bits needs {need}")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(need)
-    if len(data) < need:
-        raise SliceRejected("truncated", f"PixelData holds {len(data)} bytes; {rows}x{cols} needs {need}")
-    return _mask_stored(np.frombuffer(data, dtype=dtype).reshape(rows, cols), row)
-
-
-def _mask_stored(arr: np.ndarray, row) -> np.ndarray:
-    """Keep the BitsStored low bits (high bits may hold overlays or junk) and sign-extend signed data."""
-    bits = arr.dtype.itemsize * 8
-    stored = _value(row, "bits_stored") or bits
-    if stored >= bits:
-        return arr
-    unsigned = arr.view(arr.dtype.str.replace("i", "u"))       # same bytes, same byte order
-    values = unsigned.astype(np.int64) & ((1 << stored) - 1)
-    if _value(row, "pixel_representation") == 1:
-        sign = 1 << (stored - 1)
-        values = (values ^ sign) - sign
-    return values
-
-
-def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
-    """Compressed pixels decoded straight from the PixelData value at `offset` by pydicom's decoder
-    for `ts`, with the image options from the index row: what dcmread + pixel_array do, without
-    parsing the dataset again (RLE: 0.8 instead of 1.5 ms per 512x512 slice). Anything unexpected
-    falls back to _read_with_pydicom, which then decides (and names the reject)."""
-    from pydicom.pixels import get_decoder
-
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    _check_items_complete(data)
-    rows, cols = _value(row, "rows"), _value(row, "columns")
-    try:
-        if ts != RLE_LOSSLESS:
-            _check_codestream_size(data, ts, rows, cols)
-        options = {name: _value(row, col) for name, col in _DECODE_OPTIONS.items() if _value(row, col) is not None}
-        options.update(number_of_frames=1, pixel_keyword="PixelData")
-        arr = _decode_buffer(get_decoder(ts), data, ts, options)
-        if arr.shape == (rows, cols):
-            return arr
-    except BaseException as exc:  # a broken file: the slow path reads it as pydicom sees it and names the reject
-        if not decoder_failure(exc):
-            raise
-    return _read_with_pydicom(path, row)
-
-
-def _check_items_complete(data: bytes) -> None:
-    """Raise SliceRejected('truncated') if the encapsulated PixelData value (`data`: from its first
-    item to the end of the file) is cut short: a fragment's length runs past the end of the file, or
-    the file ends inside an item's header. Decoders take a cut codestream for garbage (libjpeg fills
-    the rest of a JPEG frame and reports no error) or spend half a minute in C on it (CharLS on
-    JPEG-LS), and dcmread then finds no PixelData at all. A tag that is not an item, or items that end
-    with the file but no sequence delimiter (a writer that leaves it out), are left to them."""
-    pos = 0
-    while pos + 8 <= len(data):
-        group, elem, length = struct.unpack_from("<HHI", data, pos)
-        tag = group << 16 | elem
-        if tag == _SEQ_END:
-            return
-        if tag != _ITEM:
-            return
-        if pos + 8 + length > len(data):
-            raise SliceRejected("truncated", f"the file ends inside its compressed pixel data (a fragment of "
-                                             f"{length} bytes has {len(data) - pos - 8})")
-        pos += 8 + length
-    if pos < len(data):
-        raise SliceRejected("truncated", "the file ends inside an item header of its compressed pixel data")
-
-
-# index column -> pydicom decoding option (the Image Pixel module values pydicom takes from a dataset)
-_DECODE_OPTIONS = {"rows": "rows", "columns": "columns", "samples_per_pixel": "samples_per_pixel",
-                   "bits_allocated": "bits_allocated", "bits_stored": "bits_stored",
-                   "pixel_representation": "pixel_representation", "photometric_interpretation": "photometric"}
-
-
-def _decode_buffer(decoder, data: bytes, ts: str, options: dict) -> np.ndarray:
-    plugin = preferred_plugin(ts)
-    if plugin is not None:
-        try:
-            return decoder.as_array(data, decoding_plugin=plugin, **options)[0]
-        except BaseException as exc:  # let pydicom's other plugins have a go
-            if not decoder_failure(exc):
-                raise
-    return decoder.as_array(data, **options)[0]
-
-
-@pydicom_quiet()
-def _read_with_pydicom(path, row) -> np.ndarray:
-    import pydicom
-
-    ts = _value(row, "transfer_syntax")
-    rows, cols = _value(row, "rows"), _value(row, "columns")
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        data = ds.get("PixelData")
-    except BaseException as exc:  # any parse failure of a bad file is a reject with its reason
-        if not decoder_failure(exc):
-            raise
-        raise SliceRejected("unreadable-header", f"the file cannot be parsed ({_one_line(exc)})") from exc
-    if data is None:
-        raise SliceRejected("no-pixel-data", "the file has no PixelData")
-    if ts in UNCOMPRESSED or ts == DEFLATED_LE:
-        need = rows * cols * _value(row, "bits_allocated") // 8
-        if len(data) < need:
-            raise SliceRejected("truncated", f"PixelData holds {len(data)} bytes; {rows}x{cols} needs {need}")
-    elif ts in JPEG_FAMILY or ts in J2K_FAMILY:
-        _check_codestream_size(data, ts, rows, cols)
-    elif ts != RLE_LOSSLESS:
-        raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {shown_term(ts, 64)} is not supported; "
-                                                           "supported: see docs/datakit-input.md")
-    try:
-        arr = _decode(ds, ts)
-    except BaseException as exc:  # decoders raise anything on corrupt data; it becomes a reject
-        if not decoder_failure(exc):
-            raise
-        raise SliceRejected("undecodable", f"pixel data cannot be decoded ({_one_line(exc)})") from exc
-    if arr.shape != (rows, cols):
-        raise SliceRejected("undecodable", f"decoded shape {arr.shape} differs from the header's {rows}x{cols}")
-    return arr
-
-
-@functools.lru_cache(maxsize=None)
-def preferred_plugin(ts: str) -> str | None:
-    """The decoding plugin tlx asks pydicom for, where pydicom's default is slow: for JPEG-LS it
-    tries pylibjpeg (libjpeg) first, which decodes a 512x512 CT slice ~4x slower than CharLS
-    (pyjpegls), with identical output (benchmarks/RESULTS.md). None: pydicom's own choice."""
-    if ts not in JPEG_LS:
-        return None
-    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
-
-    return "pyjpegls" if "pyjpegls" in JPEGLSLosslessDecoder.available_plugins else None
-
-
-def _decode(ds, ts: str) -> np.ndarray:
-    plugin = preferred_plugin(ts)
-    if plugin is not None:
-        try:
-            ds.pixel_array_options(decoding_plugin=plugin)
-            return ds.pixel_array
-        except BaseException as exc:  # let pydicom's other plugins have a go before rejecting
-            if not decoder_failure(exc):
-                raise
-            ds.pixel_array_options(decoding_plugin="")
-    return ds.pixel_array
-
-
-def _first_frame(data: bytes) -> bytes:
-    from pydicom.encaps import generate_frames
-
-    try:
-        return next(generate_frames(data, number_of_frames=1))
-    except (StopIteration, ValueError, struct.error) as exc:
-        raise SliceRejected("undecodable", f"encapsulated pixel data has no readable fragment ({_one_line(exc)})") \
-            from exc
-
-
-def _check_codestream_size(data: bytes, ts: str, rows: int, cols: int) -> None:
-    """Refuse a codestream whose own frame header disagrees with Rows/Columns, before a decoder allocates."""
-    frag = _first_frame(data)
-    size = _j2k_size(frag) if ts in J2K_FAMILY else _jpeg_size(frag)
-    if size is None:
-        raise SliceRejected("undecodable", "the compressed frame has no readable size header")
-    if size != (rows, cols):
-        raise SliceRejected("pixel-header-mismatch", f"the codestream says {size[0]}x{size[1]}, "
-                                                     f"the DICOM header {rows}x{cols}")
-
-
-def _j2k_size(frag: bytes) -> tuple[int, int] | None:
-    at = frag.find(b"\xff\x4f\xff\x51", 0, 4096)    # SOC then SIZ (inside a JP2 wrapper or bare)
-    if at < 0 or len(frag) < at + 24:
-        return None
-    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", frag, at + 8)
-    return ysiz - yo, xsiz - xo
-
-
-def _jpeg_size(frag: bytes) -> tuple[int, int] | None:
-    if frag[:2] != b"\xff\xd8":
-        return None
-    pos = 2
-    while pos + 4 <= len(frag) and pos < 65536:
-        if frag[pos] != 0xFF:
-            return None
-        marker = frag[pos + 1]
-        if marker == 0xFF:                       # fill byte
-            pos += 1
-            continue
-        length = struct.unpack_from(">H", frag, pos + 2)[0]
-        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC); SOF55 (F7) is JPEG-LS.
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
-            if pos + 9 > len(frag):
-                return None
-            height, width = struct.unpack_from(">HH", frag, pos + 5)
-            return height, width
-        pos += 2 + length
-    return None
-
-
-def _to_hu(stored: np.ndarray, row) -> np.ndarray:
-    slope = _value(row, "rescale_slope")
-    intercept = _value(row, "rescale_intercept")
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
-    if slope == 1 and intercept.is_integer():
-        # The common CT case, exact in float32 (stored values and HU fit in 24 bits).
-        hu = stored.astype(np.float32)
-        if intercept:
-            hu += np.float32(intercept)
-        return hu
-    # Otherwise in float64 and rounded once, so HU do not depend on the order of float32 roundings.
-    return (stored.astype(np.float64) * slope + intercept).astype(np.float32)

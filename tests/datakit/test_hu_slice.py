@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from datakit.pixels import AIR_HU, _box_resize, apply_hu_floor, body_coverage, pad_square, resize_area, to_int16
+from datakit.hu_slice import AIR_HU, _box_resize, apply_hu_floor, body_coverage, pad_square, resize_area, to_int16
 
 
 def _disc(n, radius, inside=40.0, outside=-1000.0, centre=None):
