@@ -6,6 +6,7 @@ for weights) by features (neurons, channels, filters). Rows must correspond.
     >>> linear_cka(X, Y)                  # feature space, O(n p^2): cheap for many examples
     >>> rbf_cka(X, Y, threshold=1.0)      # Gaussian kernel, bandwidth = threshold * median distance
     >>> unbiased_cka(X, Y)                # debiased HSIC (Song et al. 2012), for small n
+    >>> cka_pairs([K1, K2, K3])           # CKA of every pair of Gram matrices, each centred once
     >>> acc = MinibatchCKA()              # Nguyen et al. 2021: unbiased HSIC averaged over minibatches,
     >>> for xb, yb in batches: acc.update(xb, yb)    # memory O(batch^2), never O(n^2)
     >>> acc.value()
@@ -54,19 +55,24 @@ def gram_rbf(X, threshold: float = 1.0) -> np.ndarray:
     if not threshold > 0:
         raise AnalysisError(f"RBF threshold must be > 0, got {threshold}")
     X = np.asarray(X, dtype=np.float64)
-    dots = X @ X.T
-    sq = np.diag(dots)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * dots, 0.0)
+    sq = np.einsum("ij,ij->i", X, X)
+    d2 = X @ X.T          # becomes the squared distances, then the kernel, in place (n^2 memory once)
+    d2 *= -2.0
+    d2 += sq[:, None]
+    d2 += sq[None, :]
+    np.maximum(d2, 0.0, out=d2)
     median = np.median(d2)
     if median == 0:
         raise AnalysisError("RBF CKA is undefined when most examples are identical (median distance 0)")
-    return np.exp(-d2 / (2 * threshold**2 * median))
+    d2 *= -1.0 / (2 * threshold**2 * median)
+    return np.exp(d2, out=d2)
 
 
 def _center(K: np.ndarray) -> np.ndarray:
-    """H K H with H = I - 11^T/n."""
+    """H K H with H = I - 11^T/n (a new array)."""
     K = K - K.mean(0, keepdims=True)
-    return K - K.mean(1, keepdims=True)
+    K -= K.mean(1, keepdims=True)
+    return K
 
 
 def cka_from_grams(K, L) -> float:
@@ -76,6 +82,16 @@ def cka_from_grams(K, L) -> float:
     if denom == 0:
         raise AnalysisError("CKA is undefined for a constant representation (all examples identical)")
     return float(np.vdot(K, L) / denom)
+
+
+def cka_pairs(grams: list) -> np.ndarray:
+    """(k, k) biased CKA of every pair of k Gram matrices of the same examples, each centred once."""
+    centred = [_center(np.asarray(K, np.float64)) for K in grams]
+    norms = np.array([np.linalg.norm(K) for K in centred])
+    if not norms.all():
+        raise AnalysisError("CKA is undefined for a constant representation (all examples identical)")
+    flat = np.stack([K.ravel() / n for K, n in zip(centred, norms)])
+    return flat @ flat.T
 
 
 def rbf_cka(X, Y, threshold: float = 1.0) -> float:

@@ -164,6 +164,7 @@ class CTDataset:
         table = _slices_table(self.root, split)
         self._shard_paths, self._shard, self._offsets, self._sizes = _locate(dataset, table, self.member.ext, split)
         volumes = table["volume"].to_numpy()
+        self._slice_index = table["slice_index"].to_numpy()
         starts = np.flatnonzero(np.r_[True, volumes[1:] != volumes[:-1]])
         self.volumes: list[str] = [str(v) for v in volumes[starts]]
         self._starts = np.r_[starts, len(volumes)]
@@ -174,6 +175,10 @@ class CTDataset:
 
     def refs(self, v: int) -> SliceRefs:
         return self.global_refs(np.arange(self._starts[v], self._starts[v + 1]))
+
+    def slice_indices(self, v: int) -> np.ndarray:
+        """slices.parquet's slice_index of volume v's slices, in slice order (gaps where slices were dropped)."""
+        return self._slice_index[self._starts[v]:self._starts[v + 1]]
 
     def global_refs(self, rows) -> SliceRefs:
         """Slices by row number of the (volume, slice_index)-sorted table."""

@@ -152,3 +152,62 @@ def similarity_heatmap(inits: list[str], observed: np.ndarray, expected: np.ndar
     _annotated_heatmap(ax, observed, inits, text, "magma", lo, 1.0, "P(both right or both wrong)")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def slice_utility_plot(rows: list[dict], path: Path) -> Path:
+    """Mean utility of a slice against its distance to a known slice, with the 10-90th percentile band (Fig. SF4)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    d = [r["distance"] for r in rows]
+    ax.fill_between(d, [r["q10"] for r in rows], [r["q90"] for r in rows], alpha=0.25, label="10th-90th percentile")
+    ax.plot(d, [r["mean"] for r in rows], linewidth=2, label="mean")
+    ax.plot(d, [r["median"] for r in rows], linestyle="--", linewidth=1, label="median")
+    ax.set_xlabel("slice distance |i - j|")
+    ax.set_ylabel("utility 1 - r_ij")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("slice utility against distance")
+    return _save(fig, path)
+
+
+def activation_plot(layers: list[str], cells: list, title: str, path: Path) -> Path:
+    """Mean CCA, SVCCA and linear CKA per layer, one line per comparison (error bars: std over pairs)."""
+    measures = (("mean_cca", "mean CCA"), ("svcca", "SVCCA"), ("cka", "linear CKA"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), squeeze=False)
+    lines: dict[str, dict] = {}
+    for c in cells:
+        lines.setdefault(f"{c.comparison}: {c.label}", {})[c.layer] = c.stats
+    x = np.arange(len(layers))
+    for ax, (key, name) in zip(axes[0], measures):
+        for label, by_layer in lines.items():
+            mean = [by_layer[layer][key].mean if layer in by_layer else np.nan for layer in layers]
+            std = [by_layer[layer][key].std if layer in by_layer else np.nan for layer in layers]
+            style = ":" if label.startswith("random") else "-"
+            ax.errorbar(x, mean, yerr=np.nan_to_num(std), linestyle=style, marker="o", capsize=3, label=label)
+        ax.set_xticks(x, layers)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def pixel_map_plot(views: list, images: dict, names: list[str], title: str, path: Path) -> Path:
+    """Per slice: the CT slice (or the truth) in gray, green where only names[0] is right, magenta where only
+    names[1] is, the true foreground outlined."""
+    fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.6), squeeze=False)
+    for ax, view in zip(axes[0], views):
+        background = images.get(view.key)
+        if background is None:
+            background = view.target.astype(float)
+        ax.imshow(background, cmap="gray")
+        overlay = np.zeros((*view.target.shape, 4))
+        overlay[view.only[0]] = (0.1, 0.8, 0.2, 0.8)
+        overlay[view.only[1]] = (0.9, 0.1, 0.9, 0.8)
+        ax.imshow(overlay)
+        if (view.target > 0).any() and not (view.target > 0).all():
+            ax.contour(view.target > 0, levels=[0.5], colors="yellow", linewidths=0.6)
+        ax.set_title(f"{view.key}\ngreen: {names[0]}, magenta: {names[1]}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)

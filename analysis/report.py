@@ -25,14 +25,19 @@ from analysis.errors import AnalysisError
 from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapGroup, OverlapPanel, PretrainingPanel,
                                      ReuseCell, ReusePanel, ScaleAdjustment, SimilarityPanel, comparison_panels,
                                      convergence_panels, overlap_groups, pretraining_panel, reuse_cells, reuse_rows,
-                                     scale_adjustment)
+                                     scale_adjustment, slice_utility_panel)
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
 from analysis.runs import GroupKey, Run, find_runs, headline_metric
 from analysis.scale_adjust import SPACES
+from analysis.report_activations import ActivationPanel, activation_panels
+from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
+from analysis.slice_utility import SliceUtilityPanel
+from analysis.weights import LAYOUTS
 from tlxcore.runtime import tool_version
 
 SECTIONS = ("runs", "result tables", "pairwise comparisons", "scale-adjusted results", "scale factors",
-            "convergence", "feature reuse", "prediction overlap")
+            "slice utility", "convergence", "feature reuse", "activation similarity", "prediction overlap",
+            "pixel maps")
 
 
 @dataclass
@@ -44,7 +49,9 @@ class ReportOptions:
     relative_improvement: bool = True          # convergence: min_improvement relative to the best so far
     convergence_metric: str | None = None      # validation metric (None: the task's headline metric)
     rbf_threshold: float = 1.0                 # RBF CKA bandwidth, in units of the median distance
-    uniqueness_splits: int = 10                # random halvings per layer for feature uniqueness
+    weight_layout: str = "study-code"          # weights as (out*kh*kw) x in (the study's) or kernel positions x filters
+    uniqueness_chunks: int = 8                 # the study's uniqueness: contiguous filter chunks compared pairwise
+    redundancy_splits: int = 10                # random halvings per layer for tlx's redundancy
     seed: int = 0
     scale_factors: str | None = None           # scale_factors.json (None: look in the out and runs folders)
     s_lb: float | None = None                  # or give the bounds by hand
@@ -58,8 +65,12 @@ class ReportOptions:
             raise AnalysisError(f"interpolation {self.interpolation!r} is not known; use one of {SPACES}")
         if not 0 < self.alpha < 1:
             raise AnalysisError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.uniqueness_splits < 1:  # (0 gave a mean of no values: NaN uniqueness with numpy warnings)
-            raise AnalysisError(f"uniqueness_splits must be >= 1, got {self.uniqueness_splits}")
+        if self.redundancy_splits < 1:  # (0 gave a mean of no values: NaN with numpy warnings)
+            raise AnalysisError(f"redundancy_splits must be >= 1, got {self.redundancy_splits}")
+        if self.uniqueness_chunks < 2:
+            raise AnalysisError(f"uniqueness_chunks must be >= 2, got {self.uniqueness_chunks}")
+        if self.weight_layout not in LAYOUTS:
+            raise AnalysisError(f"weight_layout {self.weight_layout!r} is not known; use one of {', '.join(LAYOUTS)}")
         if not self.rbf_threshold > 0:  # (checked here once, not as a note for every run's weights)
             raise AnalysisError(f"rbf_threshold must be > 0, got {self.rbf_threshold}")
         self.rule = ConvergenceRule(self.patience, self.min_improvement, self.relative_improvement)
@@ -81,6 +92,7 @@ class Report:
     comparisons: list = field(default_factory=list)
     comparison_panels: list[ComparisonPanel] = field(default_factory=list)
     scale: ScaleAdjustment = field(default_factory=ScaleAdjustment)
+    slice_utility: SliceUtilityPanel | None = None   # Fig. SF4 (None: no slice pairs)
     convergence: list[RunConvergence] = field(default_factory=list)
     pretraining: PretrainingPanel | None = None
     convergence_panels: list[ConvergencePanel] = field(default_factory=list)
@@ -90,6 +102,9 @@ class Report:
     overlap: list[dict] = field(default_factory=list)    # overlap.csv rows
     similarity: list[dict] = field(default_factory=list)  # similarity.csv rows
     overlap_groups: list[OverlapGroup] = field(default_factory=list)
+    activations: list[dict] = field(default_factory=list)          # activation_similarity.csv rows
+    activation_panels: list[ActivationPanel] = field(default_factory=list)
+    pixel_maps: list[PixelMapPanel] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
 
     def headline(self, group: GroupKey) -> str:
@@ -106,18 +121,22 @@ class Report:
     @property
     def figures(self) -> list[str]:
         """Every figure's path relative to the report folder, in the order index.md shows them."""
-        panels = ([*self.comparison_panels] + ([self.pretraining] if self.pretraining else [])
+        overlap = [t for g in self.overlap_groups for t in (g.overlap, g.similarity)
+                   if isinstance(t, (OverlapPanel, SimilarityPanel))]
+        panels = ([*self.comparison_panels] + ([self.slice_utility] if self.slice_utility else [])
+                  + ([self.pretraining] if self.pretraining else [])
                   + [p for p in self.convergence_panels if p.figure] + [*self.reuse_panels]
-                  + [t for g in self.overlap_groups for t in (g.overlap, g.similarity)
-                     if isinstance(t, (OverlapPanel, SimilarityPanel))])
-        return [p.figure for p in panels]
+                  + [*self.activation_panels] + overlap)
+        return [p.figure for p in panels] + [f for p in self.pixel_maps for f in p.figures]
 
     @property
     def tables(self) -> list[str]:
         """The table files written beside index.md (one for each table with rows), in a fixed order."""
-        optional = (("runs.csv", self.runs), ("convergence.csv", self.convergence),
-                    ("feature_reuse.csv", self.reuse), ("overlap.csv", self.overlap),
-                    ("similarity.csv", self.similarity))
+        sf4 = self.slice_utility.rows if self.slice_utility else []
+        optional = (("runs.csv", self.runs), ("slice_utility.csv", sf4), ("convergence.csv", self.convergence),
+                    ("feature_reuse.csv", self.reuse), ("activation_similarity.csv", self.activations),
+                    ("overlap.csv", self.overlap), ("similarity.csv", self.similarity),
+                    ("pixel_overlap.csv", [row for p in self.pixel_maps for row in p.rows]))
         return (["results.csv", "comparisons.csv"] + [name for name, rows in optional if rows]
                 + ["report_config.json"])
 
@@ -150,6 +169,7 @@ def compute_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Pa
     if not rep.comparison_panels:
         rep.notes["pairwise comparisons"].append("no task has results for two or more inits")
     _note_scale_factors(rep)
+    rep.slice_utility = slice_utility_panel(options, out, runs_dir, rep.notes["slice utility"])
     rep.pretraining = pretraining_panel(rep.runs)
     rep.convergence_panels = convergence_panels(rep.runs, options)
     rep.convergence = [c for panel in rep.convergence_panels for conv in panel.results.values() for c in conv]
@@ -157,10 +177,13 @@ def compute_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Pa
         rep.notes["convergence"].append("no run has metrics.jsonl")
     rep.reuse = reuse_rows(rep.runs, options, rep.notes["feature reuse"])
     rep.reuse_cells, rep.reuse_panels = reuse_cells(rep.reuse, options.ddof)
+    rep.activations, rep.activation_panels = activation_panels(rep.runs, rep.notes["activation similarity"],
+                                                               options.ddof)
     rep.overlap_groups = overlap_groups(rep.runs, rep.notes["prediction overlap"])
     rep.overlap = [row for g in rep.overlap_groups if isinstance(g.overlap, OverlapPanel) for row in g.overlap.rows]
     rep.similarity = [row for g in rep.overlap_groups if isinstance(g.similarity, SimilarityPanel)
                       for row in g.similarity.rows]
+    rep.pixel_maps = pixel_map_panels(rep.runs, rep.notes["pixel maps"])
     return rep
 
 

@@ -23,16 +23,18 @@ from analysis.overlap import align, load_correctness, prediction_overlap, predic
 from analysis.results import Comparison, ResultRow, by_table
 from analysis.runs import GroupKey, Run, slug
 from analysis.scale_adjust import adjusted_rows, pretraining_sizes
-from analysis.scale_factors import RESULT_NAME, ScaleFactor, load_results
+from analysis.scale_factors import RESULT_NAME, ScaleFactor, load_results, pairs_path
 from analysis.scale_factors import from_values as scale_factors_from_values
+from analysis.slice_utility import SliceUtilityPanel, slice_utility
 from analysis.stats import Summary, describe
-from analysis.weights import LAYERS, feature_reuse, feature_uniqueness, load_first_layers
+from analysis.weights import LAYERS, feature_reuse, load_first_layers, redundancy, uniqueness
 
 if TYPE_CHECKING:
     from analysis.report import ReportOptions
 
 Curve = tuple[list[int], list[float]]
-REUSE_STATS = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final")
+REUSE_STATS = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final", "redundancy_init",
+               "redundancy_final")
 
 
 def by_group(runs: list[Run]) -> dict[GroupKey, dict[str, list[Run]]]:
@@ -95,6 +97,21 @@ def scale_adjustment(rows: list[ResultRow], runs: list[Run], out_dir: Path, runs
     if not out and not skipped:
         notes.append(f"no task has results for both {small!r} and {large!r}")
     return scale, out
+
+
+def slice_utility_panel(options: ReportOptions, out_dir: Path, runs_dir, notes: list[str]) -> SliceUtilityPanel | None:
+    """Fig. SF4 from the slice pairs the scale_factors.json in use names (`tlx scale-factors --dump-pairs`)."""
+    path = find_scale_factors(options, out_dir, runs_dir)
+    pairs = pairs_path(path) if path is not None else None
+    if pairs is None:
+        notes.append("no slice pairs: run `tlx scale-factors DATA --out REPORT --dump-pairs` for utility against "
+                     "slice distance (Fig. SF4)")
+        return None
+    try:
+        return slice_utility(pairs)
+    except AnalysisError as exc:
+        notes.append(str(exc))
+        return None
 
 
 # ---------------------------------------------------------------- pairwise comparisons
@@ -226,24 +243,37 @@ def reuse_rows(runs: list[Run], options: ReportOptions, notes: list[str]) -> lis
     rows = []
     for run in with_layers:
         try:
-            rows += _run_reuse(run, options)
+            rows += _run_reuse(run, options, notes)
         except (AnalysisError, OSError, ValueError) as exc:  # one bad file: noted, the other runs go on
             notes.append(f"{run.rel}: {exc}")
     return rows
 
 
-def _run_reuse(run: Run, options: ReportOptions) -> list[dict]:
+def _run_reuse(run: Run, options: ReportOptions, notes: list[str]) -> list[dict]:
     layers = load_first_layers(run.first_layers)
     rows = []
-    for k, reuse in enumerate(feature_reuse(layers, options.rbf_threshold)):
-        init_w, final_w = layers[reuse.layer]
-        unique = [feature_uniqueness(w, options.uniqueness_splits, options.seed + k)[0] if w.shape[0] >= 4 else None
-                  for w in (init_w, final_w)]  # fewer than 4 filters cannot be split into halves
-        rows.append({"path": run.rel, "task": run.task, "setting": run.setting, "fraction": run.fraction,
-                     "init": run.init, "seed": run.seed, "layer": reuse.layer, "linear_cka": reuse.linear_cka,
-                     "rbf_cka": reuse.rbf_cka, "svcca": reuse.svcca, "uniqueness_init": unique[0],
-                     "uniqueness_final": unique[1]})
+    for k, reuse in enumerate(feature_reuse(layers, options.rbf_threshold, options.weight_layout)):
+        row = {"path": run.rel, "task": run.task, "setting": run.setting, "fraction": run.fraction,
+               "init": run.init, "seed": run.seed, "layer": reuse.layer, "layout": options.weight_layout,
+               "linear_cka": reuse.linear_cka, "rbf_cka": reuse.rbf_cka, "svcca": reuse.svcca}
+        for when, w in zip(("init", "final"), layers[reuse.layer]):
+            row[f"uniqueness_{when}"] = _or_note(lambda: uniqueness(w, options.uniqueness_chunks, options.rbf_threshold,
+                                                                    options.weight_layout),
+                                                 f"{run.rel}: {reuse.layer} ({when}): uniqueness", notes)
+            # fewer than 4 filters cannot be split into halves
+            row[f"redundancy_{when}"] = (redundancy(w, options.redundancy_splits, options.seed + k)[0]
+                                         if w.shape[0] >= 4 else None)
+        rows.append(row)
     return rows
+
+
+def _or_note(compute: Callable[[], float], what: str, notes: list[str]) -> float | None:
+    """A value, or None and a note saying why it is n/a (e.g. filters that do not split into equal chunks)."""
+    try:
+        return compute()
+    except AnalysisError as exc:
+        notes.append(f"{what} n/a: {exc}")
+        return None
 
 
 def reuse_cells(rows: list[dict], ddof: int) -> tuple[list[ReuseCell], list[ReusePanel]]:

@@ -34,6 +34,8 @@ def draw_figures(rep: Report) -> None:
     out, alpha = rep.out_dir, rep.options.alpha
     for c in rep.comparison_panels:
         figures.comparison_heatmap(c.inits, c.delta, c.p, f"{c.group.label()}: {c.metric}", out / c.figure, alpha)
+    if rep.slice_utility is not None:
+        figures.slice_utility_plot(rep.slice_utility.rows, out / rep.slice_utility.figure)
     if rep.pretraining is not None:
         figures.convergence_plot(rep.pretraining.series, {}, {}, "pretraining: training loss", None,
                                  out / rep.pretraining.figure)
@@ -43,6 +45,14 @@ def draw_figures(rep: Report) -> None:
     for r in rep.reuse_panels:
         figures.reuse_plot(list(LAYERS), r.inits, r.values, ["linear", "RBF"], f"feature reuse: {r.group.label()}",
                            out / r.figure)
+    for a in rep.activation_panels:
+        figures.activation_plot(a.layers, a.cells, f"activation similarity: {a.group.label()}", out / a.figure)
+    for px in rep.pixel_maps:
+        figures.overlap_plot([c[0] for c in px.cells], [c[1] for c in px.cells], [c[2] for c in px.cells],
+                             f"pixel overlap: {px.group.label()}", out / px.overlap_figure)
+        if px.figure:
+            figures.pixel_map_plot(px.views, px.images, px.names[:2], f"pixel maps: {px.group.label()}",
+                                   out / px.figure)
     for entry in rep.overlap_groups:
         o, s = entry.overlap, entry.similarity
         if o is not None and not isinstance(o, str):
@@ -60,11 +70,16 @@ def write_tables(rep: Report) -> None:
     frames = {"results.csv": results_frame(rep.results), "comparisons.csv": comparisons_frame(rep.comparisons)}
     runs = [{"path": r.rel, "task": r.task, "init": r.init, "setting": r.setting, "fraction": r.fraction,
              "seed": r.seed, "complete": r.metrics is not None, "epochs_logged": len(r.curve),
-             "predictions": r.predictions is not None, "first_layers": r.first_layers is not None} for r in rep.runs]
+             "predictions": r.predictions is not None, "first_layers": r.first_layers is not None,
+             "features": r.features is not None, "masks": r.masks is not None} for r in rep.runs]
     conv = [{"path": c.run.rel, "task": c.run.task, "setting": c.run.setting, "fraction": c.run.fraction,
              "init": c.run.init, "seed": c.run.seed, "metric": c.metric, "converged_epoch": c.epoch,
              "epochs_logged": c.epochs_seen} for c in rep.convergence]
-    for rows, name in ((runs, "runs.csv"), (conv, "convergence.csv"), (rep.reuse, "feature_reuse.csv"),
+    sf4 = rep.slice_utility.rows if rep.slice_utility else []
+    pixels = [row for p in rep.pixel_maps for row in p.rows]
+    for rows, name in ((runs, "runs.csv"), (sf4, "slice_utility.csv"), (conv, "convergence.csv"),
+                       (rep.reuse, "feature_reuse.csv"), (rep.activations, "activation_similarity.csv"),
+                       (pixels, "pixel_overlap.csv"),
                        (rep.overlap, "overlap.csv"), (rep.similarity, "similarity.csv")):
         if rows:
             frames[name] = pl.DataFrame(rows, infer_schema_length=None)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 def render_index(rep: Report) -> str:
     lines = header(rep)
     for section in (runs_section, results_section, comparisons_section, adjusted_section, scale_factors_section,
-                    convergence_section, reuse_section, overlap_section, files_section):
+                    slice_utility_section, convergence_section, reuse_section, activation_section, overlap_section,
+                    pixel_map_section, files_section):
         lines += section(rep)
     return "\n".join(lines) + "\n"
 
@@ -167,11 +168,26 @@ def scale_factors_section(rep: Report) -> list[str]:
     body = []
     for bound, sf in sorted(factors.items()):
         ci = (f"{sf.value - 1.96 * sf.se:.4g} – {sf.value + 1.96 * sf.se:.4g}" if sf.se else "—")
-        body.append([f"S_{bound.upper()}", f"{sf.value:.4g}", ci])
-    lines += [f"From {rep.scale.source}.", ""] + table(["bound", "value", "95% CI"], body)
+        body.append([f"S_{bound.upper()}", f"{sf.value:.4g}", ci, sf.how or "given by hand"])
+    lines += [f"From {rep.scale.source}.", ""] + table(["bound", "value", "95% CI", "computed with"], body)
     for note in rep.notes["scale factors"]:  # volumes that failed in `tlx scale-factors`
         lines += [f"**{note}.**", ""]
     return lines
+
+
+def slice_utility_section(rep: Report) -> list[str]:
+    lines = ["### Slice utility against slice distance (Fig. SF4)", ""]
+    panel = rep.slice_utility
+    if panel is None:
+        return lines + [f"Not computed: {n}." for n in rep.notes["slice utility"]] + [""]
+    lines += [f"Utility 1 − r_ij of slice i once slice j of the same volume is known, by the distance |i − j| in "
+              f"slices: {panel.pairs:,} ordered pairs of {panel.volumes} volume(s) from `{panel.source}` (the "
+              f"scale factors' S_UB estimator). `slice_utility.csv` holds every distance.", "",
+              image("slice utility against distance", panel.figure), ""]
+    shown = panel.rows[:10]
+    body = [[r["distance"], r["pairs"], fmt(r["mean"], 3), fmt(r["q10"], 3), fmt(r["median"], 3), fmt(r["q90"], 3)]
+            for r in shown]
+    return lines + table(["distance", "pairs", "mean utility", "10th pct", "median", "90th pct"], body)
 
 
 def convergence_section(rep: Report) -> list[str]:
@@ -202,27 +218,58 @@ def convergence_section(rep: Report) -> list[str]:
     return lines
 
 
+LAYOUT_TEXT = {"study-code": "the study's layout: (filter, row, column) positions as examples, input channels as "
+                              "features",
+               "kernel-positions": "kernel positions as examples, filters as features"}
+
+
 def reuse_section(rep: Report) -> list[str]:
     opts = rep.options
     lines = ["## Feature reuse and uniqueness", "",
              f"CKA between each of the first three conv layers before and after fine-tuning (weights from "
-             f"first_layers.npz; kernel positions as examples, filters as features), linear and RBF (bandwidth "
+             f"first_layers.npz; {LAYOUT_TEXT[opts.weight_layout]}), linear and RBF (bandwidth "
              f"{opts.rbf_threshold:g} × median distance), and SVCCA (99% variance; n/a where too few examples). "
-             f"Uniqueness: linear CKA between random halves of a layer's filters ({opts.uniqueness_splits} splits; "
-             f"lower = more unique filters), for the weights before (init) and after (final) fine-tuning.", ""]
+             f"Uniqueness (the study's coefficient): 1 − mean RBF CKA between the {opts.uniqueness_chunks} "
+             f"contiguous chunks of a layer's filters (higher = more unique filters). Redundancy (tlx): linear CKA "
+             f"between random halves of the filters ({opts.redundancy_splits} splits; higher = more redundant). Both "
+             f"for the weights before (init) and after (final) fine-tuning.", ""]
     finetune = [r for r in rep.runs if not r.is_pretraining]
     lines += missing("No first_layers.npz", [r for r in finetune if r.first_layers is None])
     if not any(r.first_layers is not None for r in finetune):
         return lines + ["Not computed: no fine-tuning run has first_layers.npz.", ""]
-    lines += [f"- {n}" for n in rep.notes["feature reuse"]]
+    lines += [f"- {n}" for n in rep.notes["feature reuse"]] + ([""] if rep.notes["feature reuse"] else [])
+    keys = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final", "redundancy_init",
+            "redundancy_final")
     body = [[c.group.label(), c.init, c.layer.replace(".weight", ""), c.n]
-            + [mean_std(c.stats[key], 3) if c.stats[key] else "n/a"
-               for key in ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final")]
+            + [mean_std(c.stats[key], 3) if c.stats[key] else "n/a" for key in keys]
             for c in rep.reuse_cells]
     lines += table(["task", "init", "layer", "n", "linear CKA", "RBF CKA", "SVCCA", "uniqueness init",
-                    "uniqueness final"], body)
+                    "uniqueness final", "redundancy init", "redundancy final"], body)
     for panel in rep.reuse_panels:
         lines += [image(f"feature reuse {panel.group.label()}", panel.figure), ""]
+    return lines
+
+
+def activation_section(rep: Report) -> list[str]:
+    lines = ["## Activation similarity (CCA, SVCCA, CKA)", "",
+             "Layer-wise similarity of activations on a probe set (Juodelyte et al.), from each run's features.npz "
+             "(`tlx features RUN --probe DATA`): conv1 and the four stages, sampled positions and channels, the "
+             "mean over the draws. Mean CCA (all canonical correlations), SVCCA (99% variance) and linear CKA. "
+             "Comparisons: each run's init against its fine-tuned encoder; fine-tuned encoders of two inits "
+             "(matched by seed rank); the random encoders of two seeds (the floor). Mean ± std over pairs.", ""]
+    finetune = [r for r in rep.runs if not r.is_pretraining]
+    lines += missing("No features.npz", [r for r in finetune if r.features is None])
+    notes = rep.notes["activation similarity"]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    if not rep.activation_panels:
+        return lines + ["Not computed: no pair of models to compare.", ""]
+    for panel in rep.activation_panels:
+        label = panel.group.label()
+        body = [[c.comparison, c.label, c.layer, c.n] + [mean_std(c.stats[m], 3) for m in ("mean_cca", "svcca", "cka")]
+                for c in panel.cells]
+        lines += [f"### {label}", ""]
+        lines += table(["comparison", "models", "layer", "pairs", "mean CCA", "SVCCA", "linear CKA"], body)
+        lines += [image(f"activation similarity {label}", panel.figure), ""]
     return lines
 
 
@@ -267,6 +314,33 @@ def _similarity_table(panel: SimilarityPanel) -> list[str]:
     return (["Prediction similarity:", ""]
             + table(["init a", "init b", "model pairs", "observed", "expected (independent)"], body)
             + [image(f"prediction similarity {panel.group.label()}", panel.figure), ""])
+
+
+def pixel_map_section(rep: Report) -> list[str]:
+    lines = ["## Pixel maps (Fig. 7)", "",
+             "Segmentation runs with masks.npz (`--save-masks`): the fraction of pixels right under exactly the named "
+             "inits, against independent errors, over the pixels that the truth or any model marks foreground "
+             "(background everywhere is left out), averaged over model sets matched by seed rank; and overlays of "
+             "the slices where the first two inits disagree most: green right only under the first, magenta right "
+             "only under the second, the true foreground outlined.", ""]
+    segmentation = [r for r in rep.runs if not r.is_pretraining and r.metrics is not None
+                    and r.config.get("kind") == "segmentation"]
+    lines += missing("Segmentation runs without masks.npz", [r for r in segmentation if r.masks is None])
+    lines += [f"- {n}" for n in rep.notes["pixel maps"]] + ([""] if rep.notes["pixel maps"] else [])
+    if not rep.pixel_maps:
+        return lines + ["Not computed: no task has masks.npz from two or more inits.", ""]
+    for panel in rep.pixel_maps:
+        label = panel.group.label()
+        body = [[name, f"{o * 100:.3f}", f"{e * 100:.3f}", fmt(o / e, 3) if e > 0 else "n/a"]
+                for name, o, e in panel.cells]
+        lines += [f"### {label}", "",
+                  f"{', '.join(panel.names)}: {panel.model_sets} model set(s), {panel.units:,} compared pixels each.",
+                  ""]
+        lines += table(["right only under", "observed %", "expected %", "observed / expected"], body)
+        lines += [image(f"pixel overlap {label}", panel.overlap_figure), ""]
+        if panel.figure:
+            lines += [image(f"pixel maps {label}", panel.figure), ""]
+    return lines
 
 
 def files_section(rep: Report) -> list[str]:

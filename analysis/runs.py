@@ -61,6 +61,8 @@ class Run:
     curve: list[dict] = field(default_factory=list)  # metrics.jsonl rows
     predictions: Path | None = None
     first_layers: Path | None = None
+    features: Path | None = None        # features.npz (`tlx features`): activations on a probe set
+    masks: Path | None = None           # masks.npz (segmentation test runs with --save-masks)
     declared_metric: str | None = None  # the task's own headline metric (result.json/config.json "metric")
 
     @property
@@ -175,6 +177,9 @@ def load_run(path: Path, root: Path) -> Run:
         run.predictions = path / "predictions.parquet"
     if (path / "first_layers.npz").is_file():
         run.first_layers = path / "first_layers.npz"
+    for name in ("features", "masks"):
+        if (path / f"{name}.npz").is_file():
+            setattr(run, name, path / f"{name}.npz")
     return run
 
 

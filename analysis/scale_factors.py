@@ -10,8 +10,12 @@ than N independent images. S = slices / effective independent slices, bounded tw
   level 3: 2 MiB), hence a lower bound.
 - S_UB (mutual information): slices of a volume are added one by one in random
   order; each adds 1 - (highest relative MI to the slices already added), with MI
-  relative between the mean MI to slices of a random other volume (0) and the
-  slice's MI with itself (1). Effective slices = the sum of those utilities.
+  relative between the mean MI to slices of a random other volume (0) and the MI of
+  a slice with itself (1). Effective slices = the sum of those utilities. Two
+  estimators (`estimator`): `study-code` (default) as the study's code computed its
+  3.807 (Gaussian-smoothed joint histograms, one MI_max and MI_min per volume, r not
+  clipped, volumes over 300 slices skipped), `paper-text` as its text describes it
+  (plug-in MI, per-slice normalisation, r clipped to [0, 1], every volume).
 
 For both, a volume of n slices is worth n / S_v effective slices, and the dataset's
 S = total slices / total effective slices. Everything random (slice order, the other
@@ -31,7 +35,7 @@ import json
 import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -45,7 +49,10 @@ from tlxcore.progress import Progress, Tick, silent
 
 RESULT_FORMAT = "tlx-scale-factors"
 RESULT_VERSION = 1
-COMPRESSORS = {"gzip": 6, "zstd": 3}  # name -> default level (gzip's command-line default; zstd's)
+COMPRESSORS = {"gzip": 9, "zstd": 3}  # name -> default level (Python's gzip.compress default, as the study; zstd's)
+ESTIMATORS = ("study-code", "paper-text")  # S_UB: as the study's code computed it, or as its text describes it
+STUDY_SIGMA = 1.0          # study-code: Gaussian smoothing of each joint histogram, in bins
+STUDY_MAX_SLICES = 300     # study-code: longer volumes were skipped
 DEVICES = ("cpu", "cuda", "auto")
 STAGE = "scale factors"  # the progress stage: ticks count volumes
 Z95 = 1.959963984540054
@@ -57,6 +64,10 @@ class ScaleFactorConfig:
     lower: bool = True                    # compute S_LB
     upper: bool = True                    # compute S_UB
     compressor: str = "gzip"              # S_LB compressor: gzip (as in the paper) or zstd (faster, wider window)
+    estimator: str = "study-code"         # S_UB: study-code or paper-text (see the module docstring)
+    max_slices: int | None = None         # S_UB skips longer volumes (None: 300 for study-code, no limit for
+                                          # paper-text; 0: no limit)
+    dump_pairs: bool = False              # keep (volume, i, j, distance, utility) of every slice pair (Fig. SF4)
     level: int | None = None              # compression level (None: the compressor's default above)
     bins: int = 64                        # histogram bins per axis (64x64 joint histograms, as in the paper)
     value_range: tuple[float, float] | None = None  # fixed binning range (HU); None: each slice's min..max
@@ -70,6 +81,10 @@ class ScaleFactorConfig:
     def __post_init__(self):
         if self.compressor not in COMPRESSORS:
             raise AnalysisError(f"compressor {self.compressor!r} is not known; use one of {sorted(COMPRESSORS)}")
+        if self.estimator not in ESTIMATORS:
+            raise AnalysisError(f"estimator {self.estimator!r} is not known; use one of {', '.join(ESTIMATORS)}")
+        if self.max_slices is not None and self.max_slices < 0:
+            raise AnalysisError(f"max_slices must be >= 0 (0: no limit) or None, got {self.max_slices}")
         if self.device not in DEVICES:
             raise AnalysisError(f"device {self.device!r} is not known; use one of {DEVICES}")
         if not (self.lower or self.upper):
@@ -85,6 +100,18 @@ class ScaleFactorConfig:
             raise AnalysisError(f"bins must be in 2..4096, got {self.bins}")
         if self.value_range is not None and not self.value_range[1] > self.value_range[0]:
             raise AnalysisError(f"the binning range must be LO HI with HI > LO, got {tuple(self.value_range)}")
+
+    @property
+    def sigma(self) -> float:
+        """Histogram smoothing of the S_UB estimator, in bins (0: none)."""
+        return STUDY_SIGMA if self.estimator == "study-code" else 0.0
+
+    @property
+    def slice_limit(self) -> int | None:
+        """S_UB's longest volume (None: no limit)."""
+        if self.max_slices is None:
+            return STUDY_MAX_SLICES if self.estimator == "study-code" else None
+        return self.max_slices or None
 
 
 # ---------------------------------------------------------------- the two bounds for one volume
@@ -106,33 +133,72 @@ def lower_bound_volume(volume: np.ndarray, random_slices: np.ndarray, compressor
     return c_vol, c_rand, (c_rand / len(random_slices)) / (c_vol / len(volume))
 
 
-def effective_slices(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray) -> tuple[float, np.ndarray]:
-    """Effective independent slices of a volume whose slices are in the order they are added.
+def relative_mi(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray, estimator: str = "study-code"
+                ) -> np.ndarray:
+    """r_ij, how much of slice i slice j already holds, between 0 (a random slice) and 1 (itself).
 
-    mi: (n, n) MI between slices; self_mi: (n,) MI of each slice with itself (its
-    entropy); baseline: (n,) mean MI of each slice to slices of a random other volume.
-    Relative MI of slice i to slice j = (mi_ij - baseline_i) / (self_mi_i - baseline_i),
-    clipped to [0, 1]; a slice whose self-MI does not exceed its baseline carries
-    nothing a random slice would not, so its relative MI is 1. Returns (sum, utilities).
+    mi: (n, n) MI between slices; self_mi: (n,) MI of each slice with itself; baseline: (n,)
+    mean MI of each slice to the slices of a random other volume.
+    - paper-text: r_ij = (mi_ij - baseline_i) / (self_mi_i - baseline_i), clipped to [0, 1]; a
+      slice whose self-MI does not exceed its baseline carries nothing a random slice would not: r = 1.
+    - study-code: one MI_max = mean(self_mi) and MI_min = mean(baseline) for the whole volume,
+      r_ij = (mi_ij - MI_min) / (MI_max - MI_min), not clipped (so a utility may leave [0, 1]);
+      MI_max <= MI_min is refused (there is no scale to measure on).
     """
-    n = len(self_mi)
+    if estimator == "study-code":
+        mi_max, mi_min = float(np.mean(self_mi)), float(np.mean(baseline))
+        if not mi_max > mi_min:
+            raise AnalysisError(f"MI_max {mi_max:.6g} <= MI_min {mi_min:.6g}: the volume's slices share no more "
+                                f"with themselves than with a random other volume's")
+        return (mi - mi_min) / (mi_max - mi_min)
+    if estimator != "paper-text":
+        raise AnalysisError(f"estimator {estimator!r} is not known; use one of {', '.join(ESTIMATORS)}")
     span = self_mi - baseline
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = (mi - baseline[:, None]) / span[:, None]
     rel = np.where((span > 1e-12)[:, None], rel, 1.0)
-    rel = np.clip(rel, 0.0, 1.0)
-    utility = np.ones(n)
-    for i in range(1, n):
+    return np.clip(rel, 0.0, 1.0)
+
+
+def utilities(rel: np.ndarray) -> np.ndarray:
+    """u_k = 1 - max_{j < k} r_kj for slices in the order they are added (the first adds 1)."""
+    utility = np.ones(len(rel))
+    for i in range(1, len(rel)):
         utility[i] = 1.0 - rel[i, :i].max()
+    return utility
+
+
+def effective_slices(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray,
+                     estimator: str = "study-code") -> tuple[float, np.ndarray]:
+    """(effective independent slices, utilities) of a volume whose slices are in the order they are added."""
+    utility = utilities(relative_mi(mi, self_mi, baseline, estimator))
     return float(utility.sum()), utility
 
 
-def upper_bound_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI) -> tuple[float, float]:
-    """(effective slices, S_UB_v) from binned slices (see analysis.mi.quantize), in the order they are added."""
+def relative_mi_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI,
+                      estimator: str = "study-code") -> np.ndarray:
+    """r of binned slices (see analysis.mi.quantize; the engine smooths or not) against a baseline volume."""
     mi = engine.within(codes)
-    baseline = engine.between(codes, other_codes).mean(1)
-    eff, _ = effective_slices(mi, np.diag(mi).copy(), baseline)
+    return relative_mi(mi, np.diag(mi).copy(), engine.between(codes, other_codes).mean(1), estimator)
+
+
+def upper_bound_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI,
+                      estimator: str = "study-code") -> tuple[float, float]:
+    """(effective slices, S_UB_v) from binned slices, in the order they are added."""
+    eff = float(utilities(relative_mi_codes(codes, other_codes, engine, estimator)).sum())
     return eff, len(codes) / eff
+
+
+def slice_pairs(rel: np.ndarray, order: np.ndarray, slice_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ordered pair (i, j), i != j, of a volume's slices as slice_index values, their distance |i - j| and
+    the utility 1 - r_ij of slice i once slice j is known (rel in the order the slices were added)."""
+    n = len(order)
+    original = np.empty((n, n))
+    original[np.ix_(order, order)] = rel          # back from the order of adding to slice order
+    a, b = np.nonzero(~np.eye(n, dtype=bool))
+    i, j = slice_index[a], slice_index[b]
+    return {"i": i.astype(np.int32), "j": j.astype(np.int32), "distance": np.abs(i - j).astype(np.int32),
+            "utility": (1.0 - original[a, b]).astype(np.float32)}
 
 
 # ---------------------------------------------------------------- planning: what each volume reads
@@ -148,6 +214,7 @@ class VolumeTask:
     other_volume: str
     other_refs: SliceRefs    # slices of a random other volume (S_UB baseline)
     random_refs: SliceRefs   # random slices of other volumes (S_LB)
+    slice_index: np.ndarray  # slices.parquet's slice_index of the volume's slices, in slice order
 
 
 def plan_tasks(ds: CTDataset, cfg: ScaleFactorConfig) -> tuple[list[int], Callable[[int], VolumeTask]]:
@@ -175,7 +242,8 @@ def plan_tasks(ds: CTDataset, cfg: ScaleFactorConfig) -> tuple[list[int], Callab
         k = min(n, total_rows - n)
         rows = rng.choice(total_rows - n, k, replace=False)
         rows = rows + np.where(rows >= starts[v], n, 0)  # skip over the volume's own rows
-        return VolumeTask(v, ds.volumes[v], ds.refs(v), order, ds.volumes[u], other, ds.global_refs(rows))
+        return VolumeTask(v, ds.volumes[v], ds.refs(v), order, ds.volumes[u], other, ds.global_refs(rows),
+                          ds.slice_indices(v))
 
     return chosen, make
 
@@ -193,7 +261,9 @@ class VolumeResult:
     ub_effective_slices: float | None = None
     s_ub: float | None = None
     mi_evaluations: int = 0
+    ub_skipped: bool = False     # S_UB not computed: more slices than the estimator's limit
     error: str | None = None
+    pairs: dict | None = field(default=None, repr=False)   # --dump-pairs: slice_pairs' columns (not in the CSV)
 
 
 @dataclass
@@ -207,14 +277,16 @@ class _Prepared:
 def _prepare(task: VolumeTask, cfg: ScaleFactorConfig, member: ImageMember) -> _Prepared:
     """Read and bin the volume and what it is compared with; the lower bound (CPU work) on the way."""
     result = VolumeResult(task.position, task.volume, len(task.refs))
+    limit = cfg.slice_limit
+    result.ub_skipped = cfg.upper and limit is not None and len(task.refs) > limit
     prepared = _Prepared(task, result)
     try:
-        volume = read_slices(task.refs, member)
+        volume = read_slices(task.refs, member) if cfg.lower or not result.ub_skipped else None
         if cfg.lower:
             random_slices = read_slices(task.random_refs, member)
             result.lb_volume_bytes, result.lb_random_bytes, result.s_lb = lower_bound_volume(
                 volume, random_slices, cfg.compressor, cfg.level)
-        if cfg.upper:
+        if cfg.upper and not result.ub_skipped:
             prepared.codes = quantize(volume[task.order], cfg.bins, cfg.value_range)
             prepared.other_codes = quantize(read_slices(task.other_refs, member), cfg.bins, cfg.value_range)
     except Exception as exc:  # noqa: BLE001 - recorded in the result and reported, never dropped
@@ -224,18 +296,22 @@ def _prepare(task: VolumeTask, cfg: ScaleFactorConfig, member: ImageMember) -> _
 
 def _finish(prepared: _Prepared, cfg: ScaleFactorConfig, engine: PairwiseMI) -> VolumeResult:
     result = prepared.result
-    if cfg.upper and result.error is None:
+    if cfg.upper and result.error is None and not result.ub_skipped:
         try:
             before = engine.evaluations
-            result.ub_effective_slices, result.s_ub = upper_bound_codes(prepared.codes, prepared.other_codes, engine)
+            rel = relative_mi_codes(prepared.codes, prepared.other_codes, engine, cfg.estimator)
+            result.ub_effective_slices = float(utilities(rel).sum())
+            result.s_ub = result.slices / result.ub_effective_slices
             result.mi_evaluations = engine.evaluations - before
+            if cfg.dump_pairs:
+                result.pairs = slice_pairs(rel, prepared.task.order, prepared.task.slice_index)
         except Exception as exc:  # noqa: BLE001 - recorded in the result and reported, never dropped
             result.error = f"{type(exc).__name__}: {exc}"
     return result
 
 
 def _cpu_worker(task: VolumeTask, cfg: ScaleFactorConfig, member: ImageMember) -> VolumeResult:
-    engine = PairwiseMI(cfg.bins, cfg.method or "bincount", "cpu")
+    engine = PairwiseMI(cfg.bins, cfg.method or "bincount", "cpu", sigma=cfg.sigma)
     return _finish(_prepare(task, cfg, member), cfg, engine)
 
 
@@ -299,7 +375,7 @@ def _results(ds: CTDataset, cfg: ScaleFactorConfig, tasks: Iterator[VolumeTask])
     """The tasks' results as they finish, on the GPU, in this process or in a process pool."""
     if _resolve_device(cfg.device) == "cuda":
         # Reader threads decode and compress (both release the GIL); the GPU counts histograms.
-        engine = PairwiseMI(cfg.bins, cfg.method or "torch", "cuda")
+        engine = PairwiseMI(cfg.bins, cfg.method or "torch", "cuda", sigma=cfg.sigma)
         if cfg.upper:
             _try_engine(engine)
         with ThreadPoolExecutor(cfg.workers) as pool:
@@ -376,35 +452,68 @@ def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None =
         "mi_evaluations": int(sum(r.mi_evaluations for r in results)),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    population = len(ds)
     if cfg.lower:
         effective = slices / np.array([r.s_lb for r in ok]) if ok else np.array([])
-        out["s_lb"] = aggregate(slices, effective, population)
-        out["s_lb"].update(compressor=cfg.compressor, level=cfg.level or COMPRESSORS[cfg.compressor])
+        out["s_lb"] = aggregate(slices, effective, len(ds))
+        out["s_lb"].update(compressor=cfg.compressor, level=COMPRESSORS[cfg.compressor] if cfg.level is None
+                           else cfg.level)
     if cfg.upper:
-        out["s_ub"] = aggregate(slices, np.array([r.ub_effective_slices for r in ok]), population)
-        out["s_ub"].update(bins=cfg.bins, baseline_slices=cfg.baseline_slices)
-    out["per_volume"] = [asdict(r) for r in results]
+        out["s_ub"] = _upper_summary(ok, ds, cfg)
+    out["per_volume"] = [{k: v for k, v in asdict(r).items() if k != "pairs"} for r in results]
+    if cfg.dump_pairs:
+        out["pairs"] = _pair_columns(results)
     return out
 
 
+def _upper_summary(ok: list[VolumeResult], ds: CTDataset, cfg: ScaleFactorConfig) -> dict:
+    """S_UB over the volumes it was computed for; skipped volumes (over the slice limit) are out of the sample and
+    of the population alike, so a sampled CI is the one of the volumes the estimator covers."""
+    limit = cfg.slice_limit
+    used = [r for r in ok if not r.ub_skipped]
+    population = int(np.sum(ds.slice_counts <= limit)) if limit is not None else len(ds)
+    summary = aggregate(np.array([r.slices for r in used]), np.array([r.ub_effective_slices for r in used]),
+                        population)
+    summary.update(estimator=cfg.estimator, smoothing_sigma=cfg.sigma, max_slices=limit,
+                   volumes_skipped=sum(r.ub_skipped for r in ok), bins=cfg.bins, baseline_slices=cfg.baseline_slices)
+    return summary
+
+
+def _pair_columns(results: list[VolumeResult]) -> dict[str, np.ndarray | list[str]]:
+    """--dump-pairs: the slice pairs of every volume S_UB was computed for, as columns."""
+    with_pairs = [r for r in results if r.pairs is not None]
+    columns = {"volume": [r.volume for r in with_pairs for _ in range(len(r.pairs["i"]))]}
+    for key in ("i", "j", "distance", "utility"):
+        columns[key] = (np.concatenate([r.pairs[key] for r in with_pairs]) if with_pairs
+                        else np.array([], np.float32 if key == "utility" else np.int32))
+    return columns
+
+
 RESULT_NAME = "scale_factors.json"
+PAIRS_NAME = "scale_factors_pairs.parquet"
 
 
 def write_results(result: dict, out_dir: Path | str) -> Path:
-    """scale_factors.json (what `tlx analyze` reads) and scale_factors_volumes.csv (one row per volume)."""
+    """scale_factors.json (what `tlx analyze` reads), scale_factors_volumes.csv (one row per volume) and, with
+    --dump-pairs, scale_factors_pairs.parquet (volume, i, j, distance, utility)."""
     import polars as pl
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {k: v for k, v in result.items() if k != "per_volume"}
+    summary = {k: v for k, v in result.items() if k not in ("per_volume", "pairs")}
+    if "pairs" in result:
+        summary["pairs_file"] = PAIRS_NAME
     path = out_dir / RESULT_NAME
-    write_json_atomic(summary, path)
     if result.get("per_volume"):
         # every row decides the column types: a volume failing after the first 100 (polars' default look-ahead)
         # must not be refused for its error string
         with atomic_write(out_dir / "scale_factors_volumes.csv") as f:
             pl.DataFrame(result["per_volume"], infer_schema_length=None).drop("position").write_csv(f)
+    if "pairs" in result:
+        with atomic_write(out_dir / PAIRS_NAME) as f:
+            pl.DataFrame(result["pairs"]).write_parquet(f)
+    elif (out_dir / PAIRS_NAME).exists():
+        (out_dir / PAIRS_NAME).unlink()  # a dump of an earlier run would be read as this one's
+    write_json_atomic(summary, path)  # last: analyze finds the pairs file it names
     return path
 
 
@@ -415,6 +524,17 @@ class ScaleFactor:
     value: float
     se: float = 0.0
     volumes_failed: int = 0  # volumes `tlx scale-factors` could not compute, left out of the value
+    how: str = ""            # how it was computed (compressor and level; S_UB estimator), as the file says
+
+
+def _how(bound: str, entry: dict) -> str:
+    if bound == "lb":
+        return f"{entry['compressor']} level {entry['level']}" if "compressor" in entry else ""
+    if "estimator" not in entry:  # files of tlx before the study-code estimator: the paper's text
+        return "estimator not recorded (paper-text: files written before study-code existed)"
+    skipped = entry.get("volumes_skipped") or 0
+    return f"estimator {entry['estimator']}" + (f", {skipped} volume(s) over {entry['max_slices']} slices skipped"
+                                                if skipped else "")
 
 
 def load_results(path: Path | str) -> dict[str, ScaleFactor]:
@@ -433,8 +553,19 @@ def load_results(path: Path | str) -> dict[str, ScaleFactor]:
         entry = data.get(f"s_{bound}")
         if entry and entry.get("value") is not None:
             ci = entry.get("ci95")
-            out[bound] = ScaleFactor(entry["value"], (ci[1] - ci[0]) / (2 * Z95) if ci else 0.0, failed)
+            out[bound] = ScaleFactor(entry["value"], (ci[1] - ci[0]) / (2 * Z95) if ci else 0.0, failed,
+                                     _how(bound, entry))
     return out
+
+
+def pairs_path(path: Path | str) -> Path | None:
+    """The slice pairs file (--dump-pairs) a scale_factors.json names, beside it; None when it names none."""
+    path = Path(path)
+    try:
+        name = json.loads(path.read_text()).get("pairs_file")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_results has already said why the file cannot be used
+    return path.parent / name if isinstance(name, str) and name else None
 
 
 def from_values(lb: float | None = None, ub: float | None = None) -> dict[str, ScaleFactor]:

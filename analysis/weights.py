@@ -1,26 +1,44 @@
 """Feature reuse (paper Fig. 5) and feature uniqueness (S5) from first_layers.npz, without torch.
 
-A conv layer's weights [out, in, kh, kw] are read as a representation whose
-examples are the in*kh*kw kernel positions and whose features are the `out`
-filters: X = W.reshape(out, -1).T. CKA is invariant to orthogonal transforms of the
-features, so relabelling or rotating filters does not count as change.
+A conv layer's weights [out, in, kh, kw] become a representation (examples x features)
+in one of two layouts (`LAYOUTS`):
+
+- `study-code` (default): examples are the out*kh*kw (filter, row, column) positions,
+  features the `in` input channels: X = W.transpose(0, 2, 3, 1).reshape(-1, in),
+  (3136 x 3 for ResNet-50's conv1). This is what the study's code computed, so Fig. 5
+  is reproduced with it.
+- `kernel-positions` (tlx's earlier form): examples are the in*kh*kw kernel positions,
+  features the `out` filters: X = W.reshape(out, -1).T (147 x 64 for conv1). CKA's
+  invariance to orthogonal transforms of features then makes relabelled or rotated
+  filters count as unchanged.
 
 - reuse: CKA (linear and RBF) and SVCCA between a layer before and after fine-tuning;
-- uniqueness: CKA between two random halves of one layer's filters (high = the
-  halves encode the same thing, i.e. filters are redundant), mean over `splits`.
+- uniqueness (the study's coefficient): 1 - mean RBF CKA between the 8 contiguous
+  chunks of a layer's filters (28 pairs); higher = more unique filters, 0 for a layer
+  whose chunks are identical;
+- redundancy (tlx's earlier "uniqueness"): linear CKA between two random halves of a
+  layer's filters in the kernel-positions layout, mean over `splits`; higher = the
+  halves encode the same thing.
+
+    >>> layers = load_first_layers("runs/.../first_layers.npz")
+    >>> feature_reuse(layers, threshold=1.0, layout="study-code")
+    >>> uniqueness(layers["conv1.weight"][0]), redundancy(layers["conv1.weight"][0])
 """
 from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 
-from analysis.cka import linear_cka, rbf_cka
+from analysis.cka import cka_pairs, gram_rbf, linear_cka, rbf_cka
 from analysis.errors import AnalysisError
 from analysis.svcca import svcca
 
 LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
+LAYOUTS = ("study-code", "kernel-positions")
+UNIQUENESS_CHUNKS = 8   # the study's: 8 contiguous chunks of filters, 28 pairs
 
 
 def load_first_layers(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -47,9 +65,13 @@ def _read_first_layers(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def as_representation(weight: np.ndarray) -> np.ndarray:
-    """[out, in, kh, kw] -> (in*kh*kw examples, out features)."""
-    return weight.reshape(weight.shape[0], -1).T
+def as_representation(weight: np.ndarray, layout: str = "study-code") -> np.ndarray:
+    """[out, in, kh, kw] -> (examples, features) in `layout` (see the module docstring)."""
+    if layout == "study-code":
+        return weight.transpose(0, 2, 3, 1).reshape(-1, weight.shape[1])
+    if layout == "kernel-positions":
+        return weight.reshape(weight.shape[0], -1).T
+    raise AnalysisError(f"weight layout {layout!r} is not known; use one of {', '.join(LAYOUTS)}")
 
 
 @dataclass(frozen=True)
@@ -61,21 +83,39 @@ class LayerReuse:
     svcca_dims: tuple[int, int]
 
 
-def feature_reuse(layers: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float = 1.0) -> list[LayerReuse]:
+def feature_reuse(layers: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float = 1.0,
+                  layout: str = "study-code") -> list[LayerReuse]:
     out = []
     for name, (init, final) in layers.items():
-        X, Y = as_representation(init), as_representation(final)
+        X, Y = as_representation(init, layout), as_representation(final, layout)
         cca = svcca(X, Y)
         out.append(LayerReuse(name, linear_cka(X, Y), rbf_cka(X, Y, threshold),
                               None if cca.degenerate else cca.mean, cca.dims))
     return out
 
 
-def feature_uniqueness(weight: np.ndarray, splits: int = 10, seed: int = 0) -> tuple[float, float]:
-    """Mean and std over `splits` random halvings of the filters of linear CKA(half A, half B)."""
+def uniqueness(weight: np.ndarray, chunks: int = UNIQUENESS_CHUNKS, threshold: float = 1.0,
+               layout: str = "study-code") -> float:
+    """The study's uniqueness coefficient: 1 - mean RBF CKA over every pair of `chunks` contiguous filter chunks.
+
+    Each chunk (filters [c*m, (c+1)*m), m = out / chunks) is a representation in `layout`; chunks of
+    equal size have the same examples, so CKA compares them. Refused when `out` is not a multiple of
+    `chunks` (unequal chunks have no common examples)."""
+    out_ch = weight.shape[0]
+    if chunks < 2 or out_ch % chunks:
+        raise AnalysisError(f"uniqueness splits the {out_ch} filters into {chunks} equal chunks; "
+                            f"{out_ch} is not a multiple of {chunks} (or {chunks} < 2)")
+    grams = [gram_rbf(as_representation(part, layout), threshold) for part in np.split(weight, chunks)]
+    cka = cka_pairs(grams)
+    return 1.0 - float(np.mean([cka[i, j] for i, j in combinations(range(chunks), 2)]))
+
+
+def redundancy(weight: np.ndarray, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Mean and std over `splits` random halvings of the filters of linear CKA(half A, half B), kernel-positions
+    layout (tlx's earlier 'uniqueness'; higher = more redundant)."""
     if weight.shape[0] < 4:
-        raise AnalysisError(f"feature uniqueness needs at least 4 filters, the layer has {weight.shape[0]}")
-    X = as_representation(weight)
+        raise AnalysisError(f"redundancy needs at least 4 filters, the layer has {weight.shape[0]}")
+    X = as_representation(weight, "kernel-positions")
     rng = np.random.default_rng(seed)
     half = X.shape[1] // 2
     values = []

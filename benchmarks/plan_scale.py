@@ -113,6 +113,7 @@ def make_index(path: Path, rows: int, volumes: int, patients: int, seed: int = 0
         "iop": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([1.0, 0, 0, 0, 1, 0], n)), 6),
         "label_rule": labels, "label_keyword": labels, "label_field": pa.array(np.full(n, "BodyPartExamined")),
         "pixel_offset": pa.array(np.full(n, 1_234, np.int64)), "pixel_length": pa.array(np.full(n, 524_288, np.int64)),
+        "burned_in": pa.nulls(n, pa.string()),
     }
     for name, col in const.items():
         table = table.append_column(name, col)

@@ -3,6 +3,7 @@
     python -m benchmarks.scale_factors                      # CPU: 2 volumes of 130 slices, 256 x 256
     python -m benchmarks.scale_factors --device cuda        # GPU (torch int8 one-hot products), same volumes
     python -m benchmarks.scale_factors --slices 40 --volumes 1   # a quick look
+    python -m benchmarks.scale_factors --estimator paper-text    # plug-in MI (no histogram smoothing)
 
 Measures what one volume costs in `analysis.scale_factors.upper_bound_codes`: every
 pair of its slices (within) plus every slice against all slices of one other volume
@@ -10,7 +11,9 @@ pair of its slices (within) plus every slice against all slices of one other vol
 method, n^2 + n^2 with the one-hot product. Binning (quantize) is timed separately;
 reading and decoding shards is not included (it is I/O, measured by the loader
 benchmarks). Also times the one-hot product on numpy (why it is not the CPU default)
-and gzip/zstd on one volume (S_LB's cost).
+and gzip (level 9, the default, and 6) and zstd on one volume (S_LB's cost). The S_UB
+estimator is the default `study-code` (each joint histogram smoothed: one G C G^T and a
+logarithm per cell on top of the counting) unless --estimator paper-text.
 
 The projection to RadNet-12M (90,663 volumes, 12,034,617 slices: 132.7 per volume)
 multiplies the measured per-volume time by (132.7 / n)^2 (pairs grow quadratically;
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.mi import PairwiseMI, quantize
-from analysis.scale_factors import _resolve_device, lower_bound_volume, upper_bound_codes
+from analysis.scale_factors import ESTIMATORS, STUDY_SIGMA, _resolve_device, lower_bound_volume, upper_bound_codes
 from tlxcore.atomic import write_json_atomic
 
 RADNET_VOLUMES = 90_663
@@ -53,14 +56,14 @@ def ct_like_volume(rng: np.random.Generator, slices: int, size: int) -> np.ndarr
     return out
 
 
-def time_upper_bound(volumes, others, engine: PairwiseMI, device: str) -> dict:
+def time_upper_bound(volumes, others, engine: PairwiseMI, estimator: str) -> dict:
     t_bin = t_mi = 0.0
     evaluations = engine.evaluations
     for volume, other in zip(volumes, others):
         t0 = time.perf_counter()
         codes, other_codes = quantize(volume), quantize(other)
         t1 = time.perf_counter()
-        upper_bound_codes(codes, other_codes, engine)  # returns to the host: the device is synchronised
+        upper_bound_codes(codes, other_codes, engine, estimator)  # returns to the host: the device is synchronised
         t2 = time.perf_counter()
         t_bin += t1 - t0
         t_mi += t2 - t1
@@ -81,6 +84,7 @@ def main(argv=None) -> dict:
                         help="default: bincount (cpu), torch (cuda)")
     parser.add_argument("--baseline-slices", type=int,
                         help="slices of the other volume in the MI baseline (default: all)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="study-code")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/scale_factors.json"))
     args = parser.parse_args(argv)
@@ -90,10 +94,10 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     volumes = [ct_like_volume(rng, args.slices, args.size) for _ in range(args.volumes + 1)]
     others = [v[:args.baseline_slices] for v in volumes[1:] + volumes[:1]]
-    engine = PairwiseMI(64, method, device)
+    engine = PairwiseMI(64, method, device, sigma=STUDY_SIGMA if args.estimator == "study-code" else 0.0)
     if device == "cuda":  # first call pays for CUDA/cuBLAS start-up: not part of the rate
-        upper_bound_codes(quantize(volumes[0][:8]), quantize(others[0][:8]), engine)
-    ub = time_upper_bound(volumes[:args.volumes], others[:args.volumes], engine, device)
+        upper_bound_codes(quantize(volumes[0][:8]), quantize(others[0][:8]), engine, args.estimator)
+    ub = time_upper_bound(volumes[:args.volumes], others[:args.volumes], engine, args.estimator)
 
     # The one-hot product on numpy, on a block of 8 x 8 slice pairs (enough to get its rate).
     onehot = PairwiseMI(64, "onehot", "cpu")
@@ -103,17 +107,18 @@ def main(argv=None) -> dict:
     onehot_rate = 64 / (time.perf_counter() - t0)
 
     lb = {}
-    for compressor in ("gzip", "zstd"):
+    for name, compressor, level in (("gzip", "gzip", None), ("gzip-6", "gzip", 6), ("zstd", "zstd", None)):
         t0 = time.perf_counter()
-        lower_bound_volume(volumes[0], volumes[1], compressor)
-        lb[compressor] = time.perf_counter() - t0
+        lower_bound_volume(volumes[0], volumes[1], compressor, level)
+        lb[name] = time.perf_counter() - t0
 
     per_volume_pairs = ub["mi_evaluations"] / args.volumes
     scale = (RADNET_SLICES / RADNET_VOLUMES / args.slices) ** 2
     projected_s = ub["s_per_volume"] * scale * RADNET_VOLUMES
     result = {
         "benchmark": "scale_factors", "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-        "cpus": os.cpu_count(), "device": device, "method": method, "slices": args.slices, "size": args.size,
+        "cpus": os.cpu_count(), "device": device, "method": method, "estimator": args.estimator,
+        "slices": args.slices, "size": args.size,
         "baseline_slices": args.baseline_slices,
         "upper_bound": ub, "mi_evaluations_per_volume": per_volume_pairs,
         "onehot_numpy_mi_evaluations_per_s": onehot_rate,
@@ -133,14 +138,16 @@ def main(argv=None) -> dict:
 
 def print_table(result: dict, volumes: int) -> None:
     ub, lb = result["upper_bound"], result["lower_bound_s_per_volume"]
-    print(f"S_UB on {result['device']} ({result['method']}), {volumes} volume(s) of {result['slices']} x "
+    print(f"S_UB ({result['estimator']}) on {result['device']} ({result['method']}), {volumes} volume(s) of "
+          f"{result['slices']} x "
           f"{result['size']}x{result['size']}:")
     print(f"  binning        {ub['binning_s_per_volume']:.3f} s/volume")
     print(f"  MI             {ub['mi_s_per_volume']:.3f} s/volume, {ub['mi_evaluations_per_s']:,.0f} MI evaluations/s "
           f"({result['mi_evaluations_per_volume']:,.0f} per volume)")
     print(f"  total          {ub['volumes_per_s']:.4f} volumes/s")
     print(f"  one-hot numpy  {result['onehot_numpy_mi_evaluations_per_s']:,.0f} MI evaluations/s (for comparison)")
-    print(f"S_LB: gzip {lb['gzip']:.2f} s/volume, zstd {lb['zstd']:.2f} s/volume")
+    print(f"S_LB: gzip level 9 {lb['gzip']:.2f} s/volume, level 6 {lb['gzip-6']:.2f} s/volume, "
+          f"zstd {lb['zstd']:.2f} s/volume")
     print(f"projection to RadNet-12M ({RADNET_VOLUMES:,} volumes x {RADNET_SLICES / RADNET_VOLUMES:.1f} slices), "
           f"one process: {result['projection_radnet12m']['upper_bound_hours_one_process']:,.1f} h for S_UB")
 

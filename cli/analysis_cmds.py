@@ -50,8 +50,13 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--convergence-metric", help="Validation metric for convergence (default: the task's headline metric).")
 @click.option("--rbf-threshold", type=float, default=1.0, show_default=True,
               help="RBF CKA bandwidth in units of the median distance.")
-@click.option("--uniqueness-splits", type=int, default=10, show_default=True,
-              help="Random halvings per layer for feature uniqueness.")
+@click.option("--weight-layout", type=click.Choice(["study-code", "kernel-positions"]), default="study-code",
+              show_default=True, help="Conv weights as a representation: the study's (out*kh*kw) x in, or tlx's "
+                                      "kernel positions x filters.")
+@click.option("--uniqueness-chunks", type=int, default=8, show_default=True,
+              help="Uniqueness (the study's): contiguous filter chunks compared pairwise.")
+@click.option("--redundancy-splits", type=int, default=10, show_default=True,
+              help="Redundancy (tlx): random halvings of a layer's filters.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scale-factors", "scale_factors", type=click.Path(dir_okay=False, path_type=Path),
               help="scale_factors.json from `tlx scale-factors` (default: found in --out or RUNS_DIR).")
@@ -63,14 +68,17 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--interpolation", type=click.Choice(["log", "linear"]), default="log", show_default=True,
               help="Interpolate scale-adjusted results in log or linear dataset size.")
 def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, absolute_improvement,
-            convergence_metric, rbf_threshold, uniqueness_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
+            convergence_metric, rbf_threshold, weight_layout, uniqueness_chunks,
+            redundancy_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
             sizes, interpolation):
     """Turn run directories (and/or a published table) into tables, Welch tests and figures.
 
     Reads every config.json below RUNS_DIR (docs/run-format.md) and writes OUT/index.md
-    with result tables, pairwise comparisons, scale-adjusted results, scale factors,
-    convergence, feature reuse and prediction overlap, each figure a PNG and each
-    table a CSV beside it. A section that lacks its inputs says what is missing.
+    with result tables, pairwise comparisons, scale-adjusted results, scale factors and
+    slice utility against distance, convergence, feature reuse and uniqueness, activation
+    similarity (runs with features.npz from `tlx features`), prediction overlap and pixel
+    maps (runs with masks.npz from --save-masks), each figure a PNG and each table a CSV
+    beside it. A section that lacks its inputs says what is missing.
 
     \b
     Example:
@@ -83,7 +91,8 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
     options = ReportOptions(
         ddof=int(ddof), alpha=alpha, patience=patience, min_improvement=min_improvement,
         relative_improvement=not absolute_improvement, convergence_metric=convergence_metric,
-        rbf_threshold=rbf_threshold, uniqueness_splits=uniqueness_splits, seed=seed,
+        rbf_threshold=rbf_threshold, weight_layout=weight_layout, uniqueness_chunks=uniqueness_chunks,
+        redundancy_splits=redundancy_splits, seed=seed,
         scale_factors=str(scale_factors) if scale_factors else None, s_lb=s_lb, s_ub=s_ub,
         scale_pair=_parse_pair(scale_pair), sizes=_parse_sizes(sizes), interpolation=interpolation)
     report = build_report(runs_dir, out_dir, summary, options)
@@ -144,7 +153,15 @@ def _print_report(report) -> None:
 @click.option("--bound", type=click.Choice(["both", "lb", "ub"]), default="both", show_default=True)
 @click.option("--compressor", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
               help="S_LB compressor: gzip as in the paper; zstd is faster and sees across slices.")
-@click.option("--level", type=int, help="Compression level (default: gzip 6, zstd 3).")
+@click.option("--level", type=int, help="Compression level (default: gzip 9 as the study's Python gzip, zstd 3).")
+@click.option("--estimator", type=click.Choice(["study-code", "paper-text"]), default="study-code", show_default=True,
+              help="S_UB as the study's code computed it (smoothed histograms, one MI range per volume, r not "
+                   "clipped, volumes over 300 slices skipped) or as its text describes it.")
+@click.option("--max-slices", type=click.IntRange(min=0),
+              help="S_UB skips volumes with more slices (default: 300 for study-code, none for paper-text; 0: none).")
+@click.option("--dump-pairs", is_flag=True,
+              help="Also write scale_factors_pairs.parquet: (volume, i, j, distance, utility) of every slice pair, "
+                   "for the utility-against-distance plot (Fig. SF4).")
 @click.option("--bins", type=int, default=64, show_default=True, help="Histogram bins per axis for the MI.")
 @click.option("--hu-range", type=(float, float), help="Fixed binning range LO HI (default: each slice's min..max).")
 @click.option("--volumes", type=int, help="Quick estimate: a random sample of this many volumes, with a 95% CI.")
@@ -157,8 +174,8 @@ def _print_report(report) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--method", type=click.Choice(["bincount", "onehot", "torch", "torch-float"]),
               help="How joint histograms are counted (default: bincount on CPU, torch on GPU).")
-def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_range, volumes, baseline_slices, seed,
-                  workers, device, method):
+def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator, max_slices, dump_pairs, bins, hu_range,
+                  volumes, baseline_slices, seed, workers, device, method):
     """Estimate a dataset's scale factors S_LB (compressibility) and S_UB (mutual information).
 
     S says how many CT slices are worth one independent image (paper supplement S4).
@@ -178,7 +195,8 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_r
     from tlxcore.progress import drawn
 
     cfg = ScaleFactorConfig(split=split, lower=bound in ("both", "lb"), upper=bound in ("both", "ub"),
-                            compressor=compressor, level=level, bins=bins, value_range=hu_range, volumes=volumes,
+                            compressor=compressor, level=level, estimator=estimator, max_slices=max_slices,
+                            dump_pairs=dump_pairs, bins=bins, value_range=hu_range, volumes=volumes,
                             baseline_slices=baseline_slices, seed=seed, workers=workers, device=device, method=method)
     with drawn() as progress:
         result = estimate_scale_factors(data_dir, cfg, progress=progress)
@@ -196,6 +214,12 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, bins, hu_r
         if key in result:
             entry = result[key]
             ci = f" (95% CI {entry['ci95'][0]:.4g} – {entry['ci95'][1]:.4g})" if entry["ci95"] else ""
-            console.print(f"{key.upper()} = {entry['value']:.4g}{ci}")
+            if entry["value"] is None:
+                console.print(f"[red]{key.upper()}: no volume to compute it on ({entry.get('volumes_skipped', 0)} "
+                              f"skipped over {entry.get('max_slices')} slices)[/red]")
+                continue
+            skipped = entry.get("volumes_skipped")
+            note = f"; {skipped} volume(s) over {entry['max_slices']} slices skipped" if skipped else ""
+            console.print(f"{key.upper()} = {entry['value']:.4g}{ci}{note}")
     console.print(f"{result['volumes_ok']} volumes, {result['slices_processed']} slices, "
                   f"{result['mi_evaluations']:,} MI evaluations in {result['seconds']:.1f} s -> {path}")

@@ -62,6 +62,9 @@ PLAN_OPTIONS = [
                  help="Write this many slices: whole volumes, class ratio of the full set, same splits."),
     click.option("--subset-margin", type=float, default=0.25, show_default=True,
                  help="Convert this much more than a subset needs (write's filters drop slices)."),
+    click.option("--allow-burned-in", is_flag=True,
+                 help="Keep slices whose header says (or whose ImageType suggests) that their pixels show text "
+                      "or a face; rejected as burned-in by default. Recorded in the manifest."),
 ]
 WRITE_OPTIONS = [
     click.option("--size", default="256", show_default=True, help="Stored slice size: N or HxW pixels."),
@@ -87,11 +90,13 @@ def _apply(options):
     return decorate
 
 
-def _plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size, subset_margin):
+def _plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size, subset_margin,
+                 allow_burned_in=False):
     from datakit.plan import PlanConfig
 
     return PlanConfig(min_slices=min_slices, split_by=split_by, fractions=fractions, seed=seed,
-                      exclude_classes=tuple(exclude_classes), subset_size=subset_size, subset_margin=subset_margin)
+                      exclude_classes=tuple(exclude_classes), subset_size=subset_size, subset_margin=subset_margin,
+                      allow_burned_in=allow_burned_in)
 
 
 def _write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor):
@@ -178,8 +183,8 @@ Example:
 @_apply(WRITE_OPTIONS)
 @resume_option("tlx shard")
 def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, fractions, seed, exclude_classes,
-          subset_size, subset_margin, size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor, workers,
-          resume, keep_staging):
+          subset_size, subset_margin, allow_burned_in, size, codec, zstd_level, min_coverage, samples_per_shard,
+          hu_floor, workers, resume, keep_staging):
     """DICOM tree -> dataset: tlx scan, tlx plan and tlx write in one go (resumable)."""
     from datakit.pipeline import shard as run_shard
     from datakit.write_config import RunOptions
@@ -189,7 +194,7 @@ def shard(dicom_root, out_dir, secret_file, label_rules, min_slices, split_by, f
         summary = run_shard(
             dicom_root, out_dir, secret_file=secret_file, label_rules=label_rules,
             plan_config=_plan_config(min_slices, split_by, fractions, seed, exclude_classes, subset_size,
-                                     subset_margin),
+                                     subset_margin, allow_burned_in),
             write_config=_write_config(size, codec, zstd_level, min_coverage, samples_per_shard, hu_floor),
             options=RunOptions(workers=workers, resume=resume, keep_staging=keep_staging), progress=progress)
     if summary.scan is not None:

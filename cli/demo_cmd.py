@@ -50,10 +50,12 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
               "--batch-size", "64", "--epochs", str(pretrain_epochs), "--loader", "torch", *small],
              pretrain / "done.json"),
     ]
+    run_dirs = []
     for init, init_args in (("demo-simclr", ["--init", str(pretrain / "checkpoints" / "last.pt")]),
                             ("scratch", ["--init", "scratch"])):
         for seed in range(seeds):
             run_dir = runs / "radnet" / init / "finetune" / "frac-1.0" / f"seed-{seed}"
+            run_dirs.append(run_dir)
             steps.append(Step(
                 f"fine-tune radnet from {init}, seed {seed}",
                 [py, "-m", "trainer.finetune", "--task", "radnet", "--data", str(data), *init_args,
@@ -61,9 +63,14 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
                  "--epochs", str(finetune_epochs), "--batch-size", "64", "--optimizer", "adamw", "--lr", "1e-3",
                  *small],
                 run_dir / "result.json"))
+    # a small probe: 64 test images, 4,000 positions, 2 draws (the defaults are sized for ResNet-50 at 256 px)
+    steps.append(Step("save the fine-tuned runs' activations on a probe set",
+                      tlx + ["features", *map(str, run_dirs), "--probe", str(data), "--images", "64", "--points",
+                             "4000", "--repeats", "2", "--device", "cpu"], run_dirs[-1] / "features.npz"))
     report = out / "report"
     steps.append(Step("estimate the dataset's scale factors S_LB and S_UB",
-                      tlx + ["scale-factors", str(data), "--out", str(report)], report / "scale_factors.json"))
+                      tlx + ["scale-factors", str(data), "--out", str(report), "--dump-pairs"],
+                      report / "scale_factors.json"))
     steps.append(Step("analyze the runs", tlx + ["analyze", str(runs), "--out", str(report)], report / "index.md"))
     return steps
 
@@ -98,8 +105,9 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
     2. tlx shard           scan + plan + write to patient-split WebDataset shards, then tlx verify
     3. trainer.simclr      a few epochs of SimCLR pretraining of a tiny ResNet
     4. trainer.finetune    the radnet task from that checkpoint and from scratch, several seeds
-    5. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
-    6. tlx analyze         tables, Welch tests, convergence, feature reuse, prediction overlap
+    5. tlx features        the fine-tuned runs' activations on the test split, for CCA/CKA
+    6. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
+    7. tlx analyze         tables, Welch tests, convergence, feature reuse, activation similarity, overlap
 
     Every step prints the command it runs, so each can be repeated by hand.
     """

@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datakit.burned_in import plan_burned_in_warnings
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
 from datakit.plan import REJECT_SCHEMA
@@ -216,14 +217,18 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
         raise DatakitError(f"{len(missing)} planned volumes are not converted yet (e.g. {missing[0]}); "
                            "run the missing partitions or `tlx write` without --partition")
     meta = gather(staging, volumes, workers)
+    failures = _failures(meta)
+    wanted = pl.concat([plan["row"], meta["source_row"].drop_nulls(), failures["copy"]]).unique()
     index = (pl.scan_parquet(layout.index).select(INDEX_DETAILS).with_row_index("row")
-             .filter(pl.col("row").is_in(pl.Series(plan["row"].cast(pl.UInt32)).implode()))
+             .filter(pl.col("row").is_in(pl.Series(wanted.cast(pl.UInt32)).implode()))
              .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64)))
-    slices = (plan.join(meta.select("row", "key", "code", "reason", "coverage", "pixel_hash", "pos"), on="row",
-                        how="left")
+    # A slice's path and geometry are those of the copy whose pixels are stored (source_row).
+    slices = (plan.join(meta.select("row", "key", "code", "reason", "coverage", "pixel_hash", "pos", "source_row"),
+                        on="row", how="left")
               .join(pvols.select("volume", "patient", "label", "label_rule", "label_keyword", "label_field",
                                  "subset_rank"), on="volume")
-              .join(index, on="row"))
+              .with_columns(src=pl.coalesce("source_row", "row"))
+              .join(index.rename({"row": "src"}), on="src"))
     if slices["key"].null_count() or len(slices) != len(plan):
         raise DatakitError("staged files do not cover every planned slice: the plan changed after conversion "
                            f"began; delete {staging.dir} and run `tlx write` again")
@@ -246,7 +251,7 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
         progress(Tick("shards", written, len(kept), "slices"))
     shard_list = [{"split": t.path.split("/")[1], **infos[t.path]} for t in tasks]
 
-    rejects = _rejects(layout, slices)
+    rejects = _rejects(layout, slices, failures, index.select("row", "path"))
     volumes_table = _volumes(pvols, slices)
     _write_parquet(layout.slices, kept.with_columns(z=pl.col("slice_pos")), SLICE_SCHEMA)
     _write_parquet(layout.volumes, volumes_table, VOLUME_SCHEMA)
@@ -260,11 +265,48 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
     return manifest
 
 
-def _rejects(layout: Layout, slices: pl.DataFrame) -> pl.DataFrame:
-    """Plan rejects (scan and plan stages, in index order), then write rejects by volume and slice."""
-    at_write = slices.filter(pl.col("code").is_not_null()).sort("volume", "slice_index").select(
+def _failures(meta: pl.DataFrame) -> pl.DataFrame:
+    """Every copy write tried for a slice and could not read, but the planned file when no copy
+    could be read (the slice's own code says why): volume, slice_index, k (the try), copy (its
+    index row), code, reason."""
+    rows = []
+    tried = meta.filter(pl.col("failures").list.len() > 0)     # a few rows: a loop is fine
+    for volume, slice_index, row, code, failed in tried.select("volume", "slice_index", "row", "code",
+                                                               "failures").iter_rows():
+        for k, f in enumerate(failed or [], start=1):
+            if not (f["row"] == row and code is not None):
+                rows.append((volume, slice_index, k, f["row"], f["code"], f["reason"]))
+    return pl.DataFrame(rows, schema={"volume": pl.String, "slice_index": pl.Int32, "k": pl.Int64,
+                                      "copy": pl.Int64, "code": pl.String, "reason": pl.String}, orient="row")
+
+
+def _rejects(layout: Layout, slices: pl.DataFrame, failures: pl.DataFrame, paths: pl.DataFrame) -> pl.DataFrame:
+    """Plan rejects (scan and plan stages, in index order), then write rejects by volume and slice:
+    the slice's own (k = 0), then each copy tried that could not be read (`failures`, with the
+    copy's path). A copy write read (it stands in for the planned file) or tried is no longer a
+    `duplicate-sop`; the copies not tried name the copy that was read in `duplicate_of`. `paths`:
+    row -> path of every index row involved."""
+    failures = failures.join(paths.rename({"row": "copy"}), on="copy", how="left")
+    at_write = pl.concat([
+        slices.filter(pl.col("code").is_not_null()).select(
+            "volume", "slice_index", k=pl.lit(0, pl.Int64), path="path", code="code", reason="reason",
+            duplicate_of="duplicate_of"),
+        failures.select("volume", "slice_index", "k", "path", "code", "reason",
+                        duplicate_of=pl.lit(None, pl.String))], how="vertical_relaxed")
+    at_write = at_write.sort("volume", "slice_index", "k").select(
         "path", "volume", stage=pl.lit("write"), code="code", reason="reason", duplicate_of="duplicate_of")
-    return pl.concat([pl.read_parquet(layout.plan_rejects), at_write], how="vertical_relaxed")
+    plan_rejects = pl.read_parquet(layout.plan_rejects)
+    replaced = slices.filter(pl.col("src") != pl.col("row"))
+    if len(replaced) or len(failures):
+        moved = replaced.join(paths.rename({"path": "planned"}), on="row").select("planned", read="path")
+        gone = pl.concat([failures["path"], moved["read"]])
+        needed = (pl.col("code") == "duplicate-sop") & pl.col("path").is_in(gone.implode())
+        plan_rejects = (plan_rejects.filter(~needed)
+                        .join(moved, left_on="duplicate_of", right_on="planned", how="left", maintain_order="left")
+                        .with_columns(duplicate_of=pl.when(pl.col("code") == "duplicate-sop")
+                                      .then(pl.coalesce("read", "duplicate_of")).otherwise("duplicate_of"))
+                        .drop("read"))
+    return pl.concat([plan_rejects, at_write], how="vertical_relaxed")
 
 
 def _volumes(pvols: pl.DataFrame, slices: pl.DataFrame) -> pl.DataFrame:
@@ -307,6 +349,6 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
         **({"subset": subset} if (subset := subset_report(kept, plan_json.get("subset_targets"))) else {}),
         # What was written, not what was planned: write's filters can empty a small split further.
-        "warnings": split_warnings(plan_json["config"]["fractions"], splits),
+        "warnings": split_warnings(plan_json["config"]["fractions"], splits) + plan_burned_in_warnings(plan_json),
         "shards": shard_list,
     }

@@ -7,7 +7,7 @@
 Why a hand-written header walker: scan reads millions of headers, and pydicom's
 element generator builds an object per element of the whole header (a GE or
 Siemens header has hundreds, mostly private) before anything is converted. Here
-the header bytes are walked with struct, only the ~27 values in HEADER_TAGS are
+the header bytes are walked with struct, only the ~29 values in HEADER_TAGS are
 decoded, and the position of the PixelData value falls out for free, so write
 can later read uncompressed pixels with one seek and np.frombuffer. Anything the
 walker cannot follow is handed to pydicom (`read_header_pydicom`), which then
@@ -71,6 +71,8 @@ HEADER_TAGS: dict[int, tuple[str, str]] = {
     0x00280100: ("BitsAllocated", "US"),
     0x00280101: ("BitsStored", "US"),
     0x00280103: ("PixelRepresentation", "US"),
+    0x00280301: ("BurnedInAnnotation", "CS"),             # datakit.burned_in
+    0x00280302: ("RecognizableVisualFeatures", "CS"),
     0x00281052: ("RescaleIntercept", "DS"),
     0x00281053: ("RescaleSlope", "DS"),
 }
@@ -121,6 +123,9 @@ class Header:
     pixel_tag: int = 0                   # PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA, or 0 if none
     pixel_offset: int | None = None      # file offset of the PixelData value (not for deflated files)
     pixel_length: int | None = None      # its length; None when undefined (encapsulated data)
+    # Numeric fields (DS, IS) present with a value that is not a finite number ("NaN", "abc", "-1024x"):
+    # their value reads None like an absent one, so callers that must tell the two apart look here.
+    invalid: frozenset = frozenset()
 
     def get(self, keyword: str, default=None):
         value = self.values.get(keyword)
@@ -232,16 +237,18 @@ def _walk(cur: _Cursor, pos: int, implicit: bool, endian: str, header: Header) -
         if tag in HEADER_TAGS:
             raw[tag] = (vr, cur.get(vpos, length))
         pos = vpos + length
-    header.values = _decode_values(raw, endian)
+    header.values, header.invalid = _decode_values(raw, endian)
 
 
-def _decode_values(raw: dict, endian: str) -> dict:
+def _decode_values(raw: dict, endian: str) -> tuple[dict, frozenset]:
+    """keyword -> value of the raw elements, and the numeric keywords whose value is present but
+    not a finite number (their value is None)."""
     charset = raw.get(0x00080005)
     encodings = None
     if charset is not None:
         terms = [t.strip() for t in charset[1].decode("ascii", "replace").strip(" \0").split("\\")]
         encodings = tuple(t for t in terms if t) or None
-    values = {}
+    values, invalid = {}, set()
     for tag, (vr, data) in raw.items():
         keyword, default_vr = HEADER_TAGS[tag]
         if default_vr == "US":
@@ -254,12 +261,16 @@ def _decode_values(raw: dict, endian: str) -> dict:
             text = data.decode("latin-1")
         text = text.strip(" \0")
         if default_vr in ("DS", "IS"):
-            values[keyword] = _numbers(text, keyword in _MULTI, integer=default_vr == "IS")
+            try:
+                values[keyword] = _numbers(text, keyword in _MULTI, integer=default_vr == "IS")
+            except ValueError:
+                values[keyword] = None
+                invalid.add(keyword)
         elif keyword in _MULTI:
             values[keyword] = tuple(t.strip(" \0") for t in text.split("\\")) if text else None
         else:
             values[keyword] = text or None
-    return values
+    return values, frozenset(invalid)
 
 
 @functools.lru_cache(maxsize=64)
@@ -284,13 +295,15 @@ def _decode_text(data: bytes, encodings: tuple[str, ...]) -> str:
 
 
 def _numbers(text: str, multi: bool, integer: bool):
+    """The number(s) of a DS / IS value; None when it is empty. Raises ValueError when it is present
+    but not finite numbers ("NaN", "inf", "abc", "-1024x"): that is not the same as absent."""
     parts = [p.strip() for p in text.split("\\")] if text else []
-    try:
-        nums = [int(float(p)) if integer else float(p) for p in parts if p]
-    except ValueError:
+    floats = [float(p) for p in parts if p]
+    if not all(math.isfinite(n) for n in floats):
+        raise ValueError(f"not a finite number: {text[:16]!r}")
+    if not floats:
         return None
-    if not all(math.isfinite(n) for n in nums) or not nums:
-        return None
+    nums = [int(n) for n in floats] if integer else floats
     return tuple(nums) if multi else nums[0]
 
 
@@ -447,7 +460,14 @@ def _header_via_pydicom(path) -> Header:
     ts = ts or (IMPLICIT_LE if ds.is_implicit_VR else (EXPLICIT_BE if not ds.is_little_endian else EXPLICIT_LE))
     header = Header(transfer_syntax=ts, media_sop_class=str(meta.get("MediaStorageSOPClassUID", "")) or None
                     if meta is not None else None)
-    header.values = {keyword: _from_pydicom(keyword, ds.get(keyword)) for keyword in KEYWORDS}
+    invalid = set()
+    for keyword in KEYWORDS:
+        try:
+            header.values[keyword] = _from_pydicom(keyword, ds.get(keyword))
+        except ValueError:
+            header.values[keyword] = None
+            invalid.add(keyword)
+    header.invalid = frozenset(invalid)
     endian = "<" if ds.is_little_endian in (True, None) else ">"
     if len(tail) >= 8:
         group, elem = struct.unpack_from(endian + "HH", tail)
@@ -471,13 +491,17 @@ def _from_pydicom(keyword: str, value):
         return int(value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and
                    not isinstance(value, (str, bytes)) else value)
     if vr in ("DS", "IS"):
+        # Present but not finite numbers raises ValueError (read_header_pydicom records it as invalid).
         seq = list(value) if keyword in _MULTI and not isinstance(value, (str, bytes)) else [value]
         try:
-            nums = [int(float(v)) if vr == "IS" else float(v) for v in seq if v is not None and str(v).strip()]
-        except (TypeError, ValueError):
+            floats = [float(v) for v in seq if v is not None and str(v).strip()]
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if not all(math.isfinite(n) for n in floats):
+            raise ValueError("not a finite number")
+        if not floats:
             return None
-        if not nums or not all(math.isfinite(n) for n in nums):
-            return None
+        nums = [int(n) for n in floats] if vr == "IS" else floats
         return tuple(nums) if keyword in _MULTI else nums[0]
     if keyword in _MULTI:
         seq = [value] if isinstance(value, str) else list(value)
@@ -486,8 +510,11 @@ def _from_pydicom(keyword: str, value):
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    """The exception on one line for a reject reason: its type and message, lines joined with "; "
+    (pydicom lists each plugin's failure on a line of its own after a line ending in ':')."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = text.replace(":;", ":")
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- per-file time guard
@@ -536,5 +563,8 @@ def header_row(header: Header) -> dict:
         "rescale_slope": v.get("RescaleSlope"), "rescale_intercept": v.get("RescaleIntercept"),
         "pixel_offset": header.pixel_offset, "pixel_length": header.pixel_length,
         "pixel_tag": header.pixel_tag,
+        # Not an index column: a file whose rescale is invalid is rejected at scan, so only read_hu's
+        # own header reads (no index row, or a file changed since the scan) need it.
+        "invalid_rescale": sorted(k for k in header.invalid if k.startswith("Rescale")) or None,
     }
 

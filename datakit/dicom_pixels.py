@@ -21,16 +21,19 @@ done to the HU image afterwards (floor, coverage, resize) is datakit.hu_slice.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import struct
+import sys
 
 import numpy as np
 
 from datakit.dicom_header import (DEFLATED_LE, EXPLICIT_BE, ITEM_TAG, MAX_PIXEL_BYTES, PIXEL_DATA, SEQ_END_TAG,
                                   UNCOMPRESSED, SliceRejected, check_inflated_size, header_row, one_line,
                                   pydicom_quiet, read_header, shown_term, time_limit)
+from datakit.walk import os_reason
 
 # Compressed transfer syntaxes, decoded by pydicom's decoders
 JPEG_FAMILY = frozenset({
@@ -46,6 +49,7 @@ ENCAPSULATED = JPEG_FAMILY | J2K_FAMILY | {RLE_LOSSLESS}
 
 MAX_SIDE = 8192                      # rows, columns: checked before anything is allocated
 PIXEL_TIMEOUT_S = 30.0               # one read_hu call; see dicom_header.time_limit
+MIN_BITS_STORED = 8                  # CT Image storage: 12-16; old 8-bit exports still pass
 
 
 def decoder_failure(exc: BaseException) -> bool:
@@ -57,6 +61,28 @@ def decoder_failure(exc: BaseException) -> bool:
     if isinstance(exc, SliceRejected):
         return exc.code != "timeout"
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+@contextlib.contextmanager
+def decoder_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while a compressed frame is decoded. The decoders'
+    native code writes to it on corrupt data (pylibjpeg-rle's Rust panic message, with a stack
+    trace when RUST_BACKTRACE is set), which reads like a crash on the terminal although the file
+    only becomes a reject with the decoder's message in its reason. Costs a few microseconds."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):    # no fd 2 (a daemon): nothing to silence
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _value(row, key):
@@ -104,8 +130,14 @@ def pixel_problem(row) -> tuple[str, str] | None:
     stored = _value(row, "bits_stored") or bits
     if not 1 <= stored <= bits:
         return "unsupported-pixels", f"BitsStored={stored} is outside 1..BitsAllocated={bits}"
+    if stored < MIN_BITS_STORED:    # 1 bit of a 12-bit CT value makes a binary image that passes every other check
+        return "unsupported-pixels", f"BitsStored={stored}; a CT slice stores at least {MIN_BITS_STORED} bits (12-16)"
     if _value(row, "pixel_representation") not in (None, 0, 1):
         return "unsupported-pixels", f"PixelRepresentation={_value(row, 'pixel_representation')}; allowed: 0, 1"
+    invalid = _value(row, "invalid_rescale")
+    if invalid:
+        return "bad-rescale", (f"{invalid[0]} is present but not a finite number; HU cannot be computed (the "
+                               "identity applies only when the tag is absent)")
     slope = _value(row, "rescale_slope")
     if slope is not None and slope == 0:
         return "bad-rescale", "RescaleSlope is 0: every pixel would have the same HU"
@@ -123,7 +155,7 @@ def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
         try:
             size = os.stat(path).st_size
         except OSError as exc:
-            raise SliceRejected("unreadable", f"cannot open the file ({exc.strerror})") from exc
+            raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
         if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
             row = header_row(read_header(path, size))
         if (problem := pixel_problem(row)) is not None:
@@ -195,7 +227,8 @@ def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
             _check_codestream_size(data, ts, rows, cols)
         options = {name: _value(row, col) for name, col in _DECODE_OPTIONS.items() if _value(row, col) is not None}
         options.update(number_of_frames=1, pixel_keyword="PixelData")
-        arr = _decode_buffer(get_decoder(ts), data, ts, options)
+        with decoder_stderr_silenced():
+            arr = _decode_buffer(get_decoder(ts), data, ts, options)
         if arr.shape == (rows, cols):
             return arr
     except BaseException as exc:  # a broken file: the slow path reads it as pydicom sees it and names the reject
@@ -269,7 +302,8 @@ def _read_with_pydicom(path, row) -> np.ndarray:
         raise SliceRejected("unsupported-transfer-syntax", f"transfer syntax {shown_term(ts, 64)} is not supported; "
                                                            "supported: see docs/datakit-input.md")
     try:
-        arr = _decode(ds, ts)
+        with decoder_stderr_silenced():
+            arr = _decode(ds, ts)
     except BaseException as exc:  # decoders raise anything on corrupt data; it becomes a reject
         if not decoder_failure(exc):
             raise

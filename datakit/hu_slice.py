@@ -35,6 +35,12 @@ import numpy as np
 AIR_HU = -1024.0
 BODY_THRESHOLD_HU = -500.0
 COVERAGE_MAX_SIDE = 128
+INT16_RANGE = (-32768, 32767)
+# Air to dense bone and contrast: most pixels of any CT slice lie here (metal, and scanner padding when
+# --hu-floor is none, are a minority). Most pixels outside it means the header's pixel format or rescale
+# is wrong (signed data read as unsigned: air at 64512).
+PLAUSIBLE_HU = (-1100.0, 4000.0)
+MIN_PLAUSIBLE_SHARE = 0.5
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -137,6 +143,26 @@ def body_coverage(hu: np.ndarray) -> float:
         inside[0] = False
         body |= inside[bg]
     return float(body.mean())
+
+
+def implausible_hu(hu: np.ndarray) -> str | None:
+    """Why `hu` (after the floor) cannot be a CT slice's HU, else None: values to_int16 would clip
+    (or not finite), a constant image, or most pixels outside PLAUSIBLE_HU (counted on every k-th
+    pixel, as body_coverage samples). Stored as they are, such slices would enter the dataset
+    saturated or shifted without a word."""
+    lo, hi = float(hu.min()), float(hu.max())
+    if not (INT16_RANGE[0] <= lo and hi <= INT16_RANGE[1]):      # NaN fails both comparisons
+        return (f"HU span {lo:.6g}..{hi:.6g}, beyond int16 ({INT16_RANGE[0]}..{INT16_RANGE[1]}): stored pixels would "
+                "be clipped (a wrong PixelRepresentation, BitsStored, RescaleSlope or RescaleIntercept?)")
+    if lo == hi:
+        return f"every pixel is {lo:g} HU: a constant image holds no anatomy"
+    step = -(-max(hu.shape) // COVERAGE_MAX_SIDE)
+    sample = hu[::step, ::step]
+    share = np.count_nonzero((sample >= PLAUSIBLE_HU[0]) & (sample <= PLAUSIBLE_HU[1])) / sample.size
+    if share < MIN_PLAUSIBLE_SHARE:
+        return (f"only {share:.0%} of the pixels lie within {PLAUSIBLE_HU[0]:g}..{PLAUSIBLE_HU[1]:g} HU, where air "
+                f"and anatomy lie (less than {MIN_PLAUSIBLE_SHARE:.0%}): a wrong pixel format or rescale?")
+    return None
 
 
 def to_int16(img: np.ndarray) -> np.ndarray:

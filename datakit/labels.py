@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from datakit.errors import DatakitError
+from datakit.walk import os_reason
 
 CLASSES = ("head", "thorax", "abdomen", "extremities", "pelvis", "spine", "other")
 FIELDS = ("SeriesDescription", "ProtocolName", "BodyPartExamined", "StudyDescription")
@@ -100,7 +101,7 @@ def rules_identity(path: str | Path | None = None) -> dict:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DatakitError(f"label rules file {str(path)!r} cannot be read ({exc.strerror})") from exc
+        raise DatakitError(f"label rules file {str(path)!r} cannot be read ({os_reason(exc)})") from exc
     shipped = path.resolve() == SHIPPED_RULES.resolve()
     return {"name": path.name, "shipped": shipped, "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -112,7 +113,7 @@ def _load(path: str, stamp) -> LabelRules:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DatakitError(f"cannot read label rules {path!r} ({exc.strerror})") from exc
+        raise DatakitError(f"cannot read label rules {path!r} ({os_reason(exc)})") from exc
     except UnicodeDecodeError as exc:
         raise DatakitError(f"label rules {name}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                            "save the file as UTF-8") from exc

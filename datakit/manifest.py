@@ -84,6 +84,11 @@ class Layout:
         return self.work / "plan_rejects.parquet"
 
     @property
+    def plan_copies(self) -> Path:
+        """work/plan_copies.parquet: the other copies (same SOP UID) of planned files, write's fallbacks."""
+        return self.work / "plan_copies.parquet"
+
+    @property
     def plan_json(self) -> Path:
         return self.work / "plan.json"
 

@@ -8,7 +8,9 @@ continued: a stage whose output exists is not run again, so the index is reused 
 from the same root with the same label rules), and the plan too when it was made with the same
 options; write then finishes what is left. Earlier work made with other options is refused
 before anything is replaced: a finished dataset, or a write begun from another plan or with
-other write options. `--resume never` wants an empty (or absent) output folder.
+other write options; so is earlier work made with another pseudonym secret (work/scan.json and
+manifest.json record its fingerprint, datakit.secret). `--resume never` wants an empty (or
+absent) output folder.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from datakit.errors import DatakitError
 from datakit.manifest import Layout, read_json
 from datakit.plan import PlanConfig, PlanSummary, make_plan
-from datakit.resume import check_output_folder
+from datakit.resume import check_output_folder, check_resume_mode, output_lock, refuse_foreign
 from datakit.write import WriteSummary, check_earlier_write, write_dataset
 from datakit.write_config import RunOptions, WriteConfig
 from tlxcore.progress import Progress, silent
@@ -35,25 +37,35 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
           write_config: WriteConfig = WriteConfig(), options: RunOptions = RunOptions(),
           progress: Progress = silent) -> ShardSummary:
     """Run the three stages (see the module docstring); `progress` gets each stage's ticks."""
-    from datakit.scan import check_scan_record, scan
-
     plan_config.check()
     write_config.check()
     root, layout = Path(dicom_root), Layout(out)
     if not root.is_dir():
         raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
+    check_resume_mode(options.resume)
+    refuse_foreign(layout.root)                    # before the lock leaves its file in someone's folder
+    with output_lock(layout.root, "tlx shard"):   # scan, plan and write take it again (reentrant)
+        return _shard(root, layout, secret_file, label_rules, plan_config, write_config, options, progress)
+
+
+def _shard(root: Path, layout: Layout, secret_file, label_rules, plan_config: PlanConfig, write_config: WriteConfig,
+           options: RunOptions, progress: Progress) -> ShardSummary:
+    """shard() once the output folder is locked."""
+    from datakit.scan import check_scan_record, scan
+    from datakit.secret import check_dataset_secret, load_secret
+
     earlier = check_output_folder(layout.root, options.resume, "tlx shard")
+    secret = load_secret(secret_file)        # also on resume: the earlier work must be this secret's
     reuse_index = earlier and layout.index.exists()
     if reuse_index:
-        check_scan_record(layout, root, label_rules)
+        check_scan_record(layout, root, label_rules, secret)
     if earlier:  # before anything is replaced: what write made here must be this run's own
+        if layout.manifest.exists():        # a finished dataset must be this secret's too (its index may be gone)
+            check_dataset_secret(layout.root, secret, fix="use that secret, or a new output folder")
         check_earlier_write(layout, plan_config.to_dict(), write_config)
 
     scan_summary = None
     if not reuse_index:
-        from datakit.pseudonym import load_secret
-
-        secret = load_secret(secret_file)
         scan_summary = scan(root, layout.root, workers=options.workers, secret=secret, label_rules=label_rules,
                             resume=options.resume, progress=progress)
 
@@ -65,3 +77,4 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
 
     options = replace(options, dicom_root=options.dicom_root or str(root))
     return ShardSummary(scan_summary, plan_summary, write_dataset(layout.root, write_config, options, progress))
+

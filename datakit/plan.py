@@ -5,11 +5,16 @@
     work/index.parquet -> work/plan.parquet          one row per slice to convert, volume by volume
                           work/plan_volumes.parquet  one row per series seen, kept or not, with its reason
                           work/plan_rejects.parquet  every file that will not be converted, with its reason
+                          work/plan_copies.parquet   the other copies of a planned file (same SOP UID), in order
                           work/plan.json             the config, the classes, the counts, the subset targets
 
 The steps, in the order they run (one small function each):
-  1. candidates    rows scan accepted; rows without a UID or a label are rejected
-  2. sop dedup     one file per SOPInstanceUID (copies of a file); the smallest path is kept
+  1. candidates    rows scan accepted; rows without a UID or a label are rejected, and rows
+                   whose pixels may show text or a face (datakit.burned_in) unless allowed
+  2. sop dedup     one file per SOPInstanceUID (copies of a file); the smallest path is planned,
+                   the other copies are its fallbacks (work/plan_copies.parquet): write reads the
+                   next copy when one cannot be read
+     matrix        a series mixing matrix sizes keeps its most common one (`mixed_matrix`)
   3. volumes       a volume is a series; a series holding several patients is rejected whole;
                    its label is the label of most of its slices (ties: class order)
   4. slice order   along the slice normal (slice_pos) when every slice has one, else by
@@ -45,10 +50,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datakit.burned_in import ALLOW_HINT, BURNED_IN_REASONS, burned_in_warning
 from datakit.errors import DatakitError
 from datakit.manifest import SPLITS, Layout, read_json
 from datakit.plan_splits import fill_empty_splits, split_warnings
-from datakit.resume import check_resume_mode, differing_options, refuse_foreign
+from datakit.resume import check_resume_mode, differing_options, output_lock, refuse_foreign
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
 
@@ -59,7 +65,8 @@ PAPER_CLASSES = ("head", "thorax", "abdomen", "extremities", "pelvis", "spine", 
 SPLIT_BY = ("patient", "volume")
 ID_COLUMNS = ("patient", "series", "sop")
 # Index columns the decisions read (paths and reasons are read later, for rejected rows only).
-DECISION_COLUMNS = ("reject_code", *ID_COLUMNS, "slice_pos", "instance_number", "label")
+DECISION_COLUMNS = ("reject_code", *ID_COLUMNS, "slice_pos", "instance_number", "label", "burned_in", "rows",
+                    "columns")
 DETAIL_COLUMNS = ("path", "reject_code", "reject_reason", "series", "label_rule", "label_keyword", "label_field")
 
 # `path` and `duplicate_of` are source paths (relative to the DICOM root), for the operator only.
@@ -72,6 +79,7 @@ VOLUME_SCHEMA = pa.schema([
     ("duplicate_positions", pa.int32()), ("partition_unit", pa.int32()), ("subset_rank", pa.int32())])
 
 _POS_UNITS_PER_MM = 1000                # slice positions compared to 1 um
+_MATRIX = 1 << 16                       # matrix key: rows * _MATRIX + columns
 _SLOT_BITS = 40                         # composite sort key: volume code << 40 | position slot
 _SLOT_MID = 1 << (_SLOT_BITS - 1)
 
@@ -89,6 +97,9 @@ class PlanConfig:
     # Phase 1 converts this much more than a subset needs, since the coverage and pixel-duplicate
     # filters of write drop slices; write then cuts each split and class to its exact target.
     subset_margin: float = 0.25
+    # Keep slices whose header says (or whose ImageType suggests) that the pixels show text or a face
+    # (datakit.burned_in); rejected as `burned-in` by default. Recorded in plan.json and the manifest.
+    allow_burned_in: bool = False
 
     def check(self) -> None:
         if self.min_slices < 1:
@@ -141,10 +152,14 @@ class Ids:
         return self.names[column][np.asarray(codes, dtype=np.int64)].tolist()
 
 
-def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
-    """The narrow index: row, rejected, patient/series/sop as uint64, slice_pos, instance_number, label."""
+def require_index(path: Path) -> None:
     if not path.exists():
         raise DatakitError(f"{path} not found: run `tlx scan --dicom-root DIR --out {path.parent.parent}` first")
+
+
+def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
+    """The narrow index: row, rejected, patient/series/sop, slice_pos, instance_number, label, matrix."""
+    require_index(path)
     names = _index_metadata(path).schema.to_arrow_schema().names
     missing = [c for c in (*DECISION_COLUMNS, *DETAIL_COLUMNS) if c not in names]
     if missing:
@@ -155,7 +170,8 @@ def read_index(path: Path) -> tuple[pl.DataFrame, Ids]:
         **{c: pl.col(c).str.to_integer(base=16, dtype=pl.UInt64, strict=False) for c in ID_COLUMNS},
         **{f"{c}_len": pl.col(c).str.len_bytes() for c in ID_COLUMNS},
         slice_pos=pl.col("slice_pos").cast(pl.Float64), instance_number=pl.col("instance_number").cast(pl.Int64),
-        label=pl.col("label").cast(pl.Categorical),
+        label=pl.col("label").cast(pl.Categorical), burned_in=pl.col("burned_in").cast(pl.Categorical),
+        matrix=pl.col("rows").cast(pl.Int64) * _MATRIX + pl.col("columns").cast(pl.Int64),
     ).collect(engine="streaming")
     if parsed.is_empty():
         raise DatakitError(f"{path} lists no files: the scanned folder was empty")
@@ -226,6 +242,17 @@ def candidates(index: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     return cand.filter(~missing_uid & pl.col("label").is_not_null()), rejects
 
 
+def reject_burned_in(cand: pl.DataFrame, allow: bool) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """Step 1b: candidates whose pixels may show text or a face (scan's `burned_in` flag) are
+    rejected as `burned-in`, unless `allow` (--allow-burned-in) keeps them."""
+    flagged = pl.col("burned_in").is_not_null()
+    if allow:
+        return cand, []
+    reason = pl.format("{}; {}", pl.col("burned_in").cast(pl.String).replace_strict(
+        BURNED_IN_REASONS, default="scan flagged its pixels as likely to show text or a face"), pl.lit(ALLOW_HINT))
+    return cand.filter(~flagged), [_reject(cand.filter(flagged), "burned-in", reason)]
+
+
 def sop_copies(cand: pl.DataFrame) -> np.ndarray:
     """Rows whose SOP UID occurs more than once (sorting uint64 beats hashing here)."""
     s = np.sort(cand["sop"].to_numpy())
@@ -235,17 +262,44 @@ def sop_copies(cand: pl.DataFrame) -> np.ndarray:
     return cand.filter(pl.col("sop").is_in(pl.Series(repeated).implode()))["row"].to_numpy()
 
 
-def dedup_sop(cand: pl.DataFrame, copies: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+DUPLICATE_SOP_REASON = ("a copy of the file named in duplicate_of (same SOPInstanceUID), which stands for both: its "
+                        "own row says what became of it; a copy is read only when the files before it cannot be")
+
+
+def dedup_sop(cand: pl.DataFrame, copies: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Step 2: one file per SOPInstanceUID. Copies of a file share the UID; the smallest path
-    is kept so the choice does not depend on the order scan found the files in.
-    `copies` holds row and path of every row whose SOP UID repeats."""
+    is planned so the choice does not depend on the order scan found the files in. The others
+    are its fallbacks, in path order: write reads the next one when a copy cannot be read (a
+    corrupt first copy must not cost the intact one). `copies` holds row and path of every row
+    whose SOP UID repeats. Returns the candidates, the rejects (`duplicate-sop`, until write
+    needs a copy) and the fallbacks (row: the planned file, copy: another, rank: 1, 2, ...)."""
     dups = cand.select("row", "sop", "series").join(copies, on="row").sort("sop", "path")
     first = dups["sop"].is_first_distinct()
-    kept = dups.filter(first).select("sop", kept_path=pl.col("path"))
-    losers = dups.filter(~first).join(kept, on="sop")
-    rejects = _reject(losers, "duplicate-sop", "same SOPInstanceUID as another file (a copy; the file named "
-                      "in duplicate_of is kept)", duplicate_of=pl.col("kept_path"))
-    return cand.filter(~pl.col("row").is_in(losers["row"].implode())), rejects
+    kept = dups.filter(first).select("sop", kept_path=pl.col("path"), kept_row=pl.col("row"))
+    losers = dups.filter(~first).join(kept, on="sop", maintain_order="left")
+    rejects = _reject(losers, "duplicate-sop", DUPLICATE_SOP_REASON, duplicate_of=pl.col("kept_path"))
+    fallbacks = losers.select(row=pl.col("kept_row").cast(pl.Int64), copy=pl.col("row").cast(pl.Int64),
+                              rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("sop"))
+    return cand.filter(~pl.col("row").is_in(losers["row"].implode())), rejects, fallbacks
+
+
+def mixed_matrix(cand: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Step 2b: a series whose slices differ in Rows x Columns (another reconstruction or an
+    overview filed under its UID) keeps its most common matrix (ties: the larger); the other
+    slices are rejected as `mixed-matrix`, since resized to one size they would not be slices of
+    one volume at one spacing."""
+    counts = cand.group_by("series", "matrix").agg(n=pl.len())
+    multi = counts.filter(pl.col("series").is_duplicated())
+    if multi.is_empty():
+        return cand, None
+    major = (multi.sort(["series", "n", "matrix"], descending=[False, True, True], nulls_last=True)
+             .unique("series", keep="first", maintain_order=True).select("series", major="matrix"))
+    odd = cand.join(major, on="series").filter(pl.col("matrix").ne_missing(pl.col("major")))
+    side = [(pl.col(c) // _MATRIX).cast(pl.String) + "x" + (pl.col(c) % _MATRIX).cast(pl.String) for c in
+            ("matrix", "major")]
+    reason = pl.format("its series mixes matrix sizes: this slice is {}, most of the series {}",
+                       *[s.fill_null("unknown") for s in side])
+    return cand.filter(~pl.col("row").is_in(odd["row"].implode())), _reject(odd, "mixed-matrix", reason)
 
 
 def volumes_of(cand: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
@@ -420,25 +474,33 @@ class Plan:
     """The decisions (in memory), before they are written."""
 
     rows: int                     # files found (index rows)
+    fallbacks: pl.DataFrame       # other copies of planned files: row, copy, rank (dedup_sop)
     slices: pl.DataFrame          # planned slices in canonical order: row, vcode, slice_index, order
     vols: pl.DataFrame            # every candidate series: vcode, series, volume, patient_id, label, split, ...
     rejects: pl.DataFrame         # plan rejects: row, series, code, reason
     classes: list[str]
     targets: dict | None
+    burned_in_planned: int = 0    # planned slices flagged by datakit.burned_in (only with allow_burned_in)
 
 
 def decide(index_path: Path, config: PlanConfig) -> Plan:
     index, ids = read_index(index_path)
     cand, rejects = candidates(index)
+    cand, burned = reject_burned_in(cand, config.allow_burned_in)
+    rejects += burned
     classes = class_list(cand["label"].unique().drop_nulls().cast(pl.String).to_list())
     unknown = sorted(set(config.exclude_classes) - set(classes))
     if unknown:
         raise DatakitError(f"--exclude-class {', '.join(unknown)} is not a class of this index; "
                            f"classes: {', '.join(classes)}")
     copies = sop_copies(cand)
+    fallbacks = pl.DataFrame(schema={"row": pl.Int64, "copy": pl.Int64, "rank": pl.Int32})
     if len(copies):
-        cand, sop_rejects = dedup_sop(cand, read_paths(index_path, copies))
+        cand, sop_rejects, fallbacks = dedup_sop(cand, read_paths(index_path, copies))
         rejects.append(sop_rejects)
+    cand, matrix_rejects = mixed_matrix(cand)
+    if matrix_rejects is not None:
+        rejects.append(matrix_rejects)
     vols = volumes_of(cand, classes)
     vols = vols.with_columns(volume=pl.Series(ids.decode("series", vols["series"].to_list()), dtype=pl.String),
                              patient_id=pl.Series(ids.decode("patient", vols["patient"].to_list()), dtype=pl.String))
@@ -478,7 +540,10 @@ def decide(index_path: Path, config: PlanConfig) -> Plan:
     perm = np.random.default_rng([config.seed, 0x5EED]).permutation(len(slices))
     slices = slices.with_columns(order=pl.Series(perm, dtype=pl.Int64))
     rejects = pl.concat([r.cast({"row": pl.UInt32}) for r in rejects]).sort("row")
-    return Plan(len(index), slices, vols, rejects, classes, targets)
+    flagged = cand.filter(pl.col("burned_in").is_not_null())["row"]
+    burned_in_planned = int(slices["row"].is_in(flagged.implode()).sum())
+    fallbacks = fallbacks.filter(pl.col("row").is_in(slices["row"].cast(pl.Int64).implode()))
+    return Plan(len(index), fallbacks, slices, vols, rejects, classes, targets, burned_in_planned)
 
 
 def _with_splits(vols: pl.DataFrame, config: PlanConfig, classes: list[str]) -> pl.DataFrame:
@@ -546,6 +611,7 @@ def write_plan(layout: Layout, plan: Plan, config: PlanConfig) -> pl.DataFrame:
         "partition_unit": pa.array(vols["partition_unit"].fill_null(-1).to_numpy().astype(np.int32)[vcode]),
     })
     _write_parquet(layout.plan, table, use_dictionary=["volume", "split"])
+    _write_parquet(layout.plan_copies, plan.fallbacks.sort("row", "rank").to_arrow())
     label_details, scan_series = write_rejects(layout, plan)
     vols = plan.vols.join(label_details.rename({"row": "label_row"}), on="label_row", how="left")
     volumes = _volume_table(vols, plan.rejects, scan_series, config)
@@ -606,7 +672,8 @@ class PlanSummary:
     subset_targets: dict | None
     volumes_seen: int
     volumes_planned: int
-    warnings: list[str]                        # splits that are empty or have too few patients
+    warnings: list[str]                        # splits that are empty or have too few patients; burned-in kept
+    burned_in_planned: int = 0                 # planned slices flagged as likely to show text or a face
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -626,15 +693,19 @@ def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series, config: 
     return PlanSummary(found=plan.rows, planned=len(plan.slices), rejected_by_code=rejected, by_split=by_split,
                        by_split_label=by_split_label, classes=plan.classes, subset_targets=plan.targets,
                        volumes_seen=len(volumes), volumes_planned=len(planned),
-                       warnings=split_warnings(config.fractions, by_split))
+                       warnings=split_warnings(config.fractions, by_split)
+                       + ([burned_in_warning(plan.burned_in_planned)] if config.allow_burned_in else []),
+                       burned_in_planned=plan.burned_in_planned)
 
 
 def scan_inputs(layout: Layout) -> dict:
     """What of scan's inputs a dataset may name (passed on to its manifest): the label rules'
-    file name and sha256, never the DICOM root. None when the index was not made by `tlx scan`."""
+    file name and sha256 and the secret's fingerprint (datakit.secret), never the DICOM root or
+    the secret. None when the index was not made by `tlx scan`."""
     if not layout.scan_record.exists():
-        return {"label_rules": None}
-    return {"label_rules": read_json(layout.scan_record, "work/scan.json").get("label_rules")}
+        return {"label_rules": None, "secret_fingerprint": None}
+    record = read_json(layout.scan_record, "work/scan.json")
+    return {"label_rules": record.get("label_rules"), "secret_fingerprint": record.get("secret_fingerprint")}
 
 
 def make_plan(dataset_dir, config: PlanConfig = PlanConfig(), resume: str = "auto",
@@ -649,6 +720,13 @@ def make_plan(dataset_dir, config: PlanConfig = PlanConfig(), resume: str = "aut
     check_resume_mode(resume)
     layout = Layout(dataset_dir)
     refuse_foreign(layout.root)
+    require_index(layout.index)              # before the lock, which would create a missing folder
+    with output_lock(layout.root, "tlx plan"):
+        return _make_plan(layout, config, resume, progress)
+
+
+def _make_plan(layout: Layout, config: PlanConfig, resume: str, progress: Progress) -> PlanSummary:
+    """make_plan() once the folder is locked."""
     _check_earlier_plan(layout, config, resume)
     fingerprint = index_fingerprint(layout.index) if layout.index.exists() else None
     progress(Tick("plan", 0, 3, "steps"))

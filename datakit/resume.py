@@ -16,16 +16,49 @@ Either way a folder holding anything that is not part of a tlx dataset (see
 manifest.TOP_LEVEL) is refused: it is not a tlx command's earlier work, and writing into it
 could mix a dataset with someone's files. Temporary files of a killed writer and hidden files
 (the folder lock, .DS_Store) do not count.
+
+One writer per folder: every command that writes a dataset folder (scan, plan, write, shard,
+convert) holds its lock (`output_lock`, tlxcore.lock.folder_lock) while it works, so a second
+one is refused in one line naming the holder's pid; the partitions of one write hold it shared.
+
+    with output_lock(out, "tlx shard"):    # FolderBusy if another live process writes there
+        ...
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from datakit.errors import DatakitError
 from datakit.manifest import Layout
+from tlxcore.lock import folder_lock
 
 RESUME_MODES = ("auto", "never")
+_HELD: dict[Path, int] = {}      # folders whose lock this process holds -> nesting depth
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike, command: str, shared: bool = False) -> Iterator[None]:
+    """Hold the folder's write lock for the block (tlxcore.lock.folder_lock: a second process is
+    refused naming the holder's pid, a dead holder's lock is taken over). Reentrant within the
+    process: `tlx shard` holds it across scan, plan and write, which take it themselves when
+    called alone. `shared`: the partitions of one `tlx write`, which run side by side."""
+    key = Path(folder).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    with folder_lock(folder, command, shared=shared):
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
 
 
 def check_resume_mode(resume: str) -> str:

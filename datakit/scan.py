@@ -27,14 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from datakit.burned_in import burned_in_flag
 from datakit.dicom_header import UNCOMPRESSED, Header, SliceRejected, header_row, read_header, shown_term, time_limit
 from datakit.dicom_pixels import pixel_problem
 from datakit.errors import DatakitError
 from datakit.labels import load_rules, rules_identity
 from datakit.manifest import Layout, read_json
 from datakit.pseudonym import pseudonym
-from datakit.resume import check_output_folder
-from datakit.walk import walk_files
+from datakit.resume import check_output_folder, check_resume_mode, output_lock, refuse_foreign
+from datakit.secret import check_fingerprint, check_strength, fingerprint
+from datakit.walk import os_reason, storable, walk_files
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
@@ -48,6 +50,12 @@ CHUNK = 128                      # files per task: big enough to amortise IPC, s
 ROW_GROUP = 65536                # rows per Parquet row group
 NOT_DICOM = frozenset({"not-dicom", "unreadable", "not-a-file"})   # reject codes of files that are not DICOM
 MIN_AXIAL_COS = 0.8              # |slice normal . z| for axial: gantry tilts up to ~35 degrees stay axial
+# Geometry a CT slice can have (geometry_problem): smaller images, larger fields of view or thicker
+# slices are corrupt headers, and would be resized into the dataset as if they were anatomy.
+MIN_SIDE = 16                    # pixels per side (CT matrices are 256-1024; tests use 32)
+MAX_FOV_MM = 1000.0              # rows x spacing: no CT bore is wider than ~90 cm
+MAX_THICKNESS_MM = 100.0
+MAX_POSITION_MM = 10000.0        # ImagePositionPatient: tables move ~2 m; 10 m is no patient's position
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 CT_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2",       # CT Image Storage
@@ -63,7 +71,7 @@ def _schema():
 
     s, i32, i64, f32, f64 = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64()
     return pa.schema([
-        ("path", s), ("size", i64), ("reject_code", s), ("reject_reason", s),
+        ("path", s), ("path_bytes", pa.binary()), ("size", i64), ("reject_code", s), ("reject_reason", s),
         ("patient", s), ("study", s), ("series", s), ("sop", s),
         ("modality", s), ("sop_class_uid", s), ("image_type", s), ("transfer_syntax", s),
         ("rows", i32), ("columns", i32), ("bits_allocated", i32), ("bits_stored", i32),
@@ -74,6 +82,7 @@ def _schema():
         ("instance_number", i32),
         ("label", s), ("label_rule", s), ("label_keyword", s), ("label_field", s),
         ("pixel_offset", i64), ("pixel_length", i64),
+        ("burned_in", s),                # datakit.burned_in: why the pixels may show text or a face, or null
     ])
 
 
@@ -116,6 +125,8 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
         return "derived", "a derived dose or screen-save image (ImageType), not a CT slice"
     if (problem := pixel_problem(header_row(h))) is not None:
         return problem
+    if (problem := geometry_problem(h)) is not None:
+        return problem
     iop = v.get("ImageOrientationPatient")
     if iop is not None:
         normal = _normal(iop)
@@ -129,6 +140,42 @@ def classify(h: Header, size: int) -> tuple[str, str] | None:
             return "truncated", f"the file ends inside its pixel data ({size} bytes, pixel data needs " \
                                 f"{h.pixel_offset + need})"
     return None
+
+
+def geometry_problem(h: Header) -> tuple[str, str] | None:
+    """('bad-geometry', reason) for a slice whose size, spacing, thickness or orientation cannot be
+    a CT slice's, else None. A present value that is not finite numbers ("NaN", "abc") is bad, not
+    absent: read as absent it would skip the checks it feeds (a NaN orientation skipped not-axial)."""
+    v = h.values
+    broken = [k for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness")
+              if k in h.invalid]
+    if broken:
+        return "bad-geometry", f"{broken[0]} is present but not finite numbers"
+    rows, cols = v["Rows"], v["Columns"]
+    if min(rows, cols) < MIN_SIDE:
+        return "bad-geometry", f"the image is {rows}x{cols} pixels; a CT slice has at least {MIN_SIDE} per side"
+    ipp = v.get("ImagePositionPatient")
+    if ipp is not None and len(ipp) != 3:
+        return "bad-geometry", f"ImagePositionPatient has {len(ipp)} values, not 3"
+    if ipp is not None and max(abs(x) for x in ipp) > MAX_POSITION_MM:
+        return "bad-geometry", (f"ImagePositionPatient {_numbers_text(ipp)} lies more than "
+                                f"{MAX_POSITION_MM / 1000:g} m from the scanner's origin")
+    spacing = v.get("PixelSpacing")
+    if spacing is not None:
+        if len(spacing) != 2 or min(spacing) <= 0:
+            return "bad-geometry", f"PixelSpacing is {_numbers_text(spacing)}; it must be two positive numbers (mm)"
+        fov = max(rows * spacing[0], cols * spacing[1])
+        if fov > MAX_FOV_MM:
+            return "bad-geometry", (f"PixelSpacing {_numbers_text(spacing)} mm gives a field of view of {fov:.0f} mm, "
+                                    f"more than {MAX_FOV_MM:.0f} mm")
+    thickness = v.get("SliceThickness")
+    if thickness is not None and not 0 < thickness <= MAX_THICKNESS_MM:
+        return "bad-geometry", f"SliceThickness is {thickness:g} mm, outside (0, {MAX_THICKNESS_MM:g}] mm"
+    return None
+
+
+def _numbers_text(values) -> str:
+    return "\\".join(f"{x:g}" for x in values)
 
 
 def _normal(iop) -> tuple[float, float, float] | None:
@@ -165,7 +212,7 @@ class _FileScanner:
             row["reject_code"], row["reject_reason"] = exc.code, exc.reason
             return row
         except OSError as exc:
-            row["reject_code"], row["reject_reason"] = "unreadable", f"cannot read the file ({exc.strerror})"
+            row["reject_code"], row["reject_reason"] = "unreadable", f"cannot read the file ({os_reason(exc)})"
             return row
         self._fill(row, h)
         problem = classify(h, size)
@@ -201,6 +248,7 @@ class _FileScanner:
             if normal is not None and ipp and len(ipp) == 3:
                 row["slice_pos"] = sum(p * n for p, n in zip(ipp, normal))
         row["instance_number"] = v.get("InstanceNumber")
+        row["burned_in"] = burned_in_flag(v)
         match = self.label(v)
         row["label"], row["label_rule"], row["label_keyword"], row["label_field"] = \
             match.label, match.rule, match.keyword, match.field
@@ -215,6 +263,8 @@ class _FileScanner:
         rows = [self.row(f.path, f.size) if f.problem is None else
                 {"path": f.path, "size": f.size, "reject_code": f.problem[0], "reject_reason": f.problem[1]}
                 for f in items]
+        for row in rows:
+            row["path"], row["path_bytes"] = storable(row["path"])
         return _to_batch(rows)
 
 
@@ -231,6 +281,9 @@ _WORKER: _FileScanner | None = None
 
 def _init_worker(root: str, secret: bytes, rules_path: str | None) -> None:
     global _WORKER
+    from datakit.write_pool import die_with_parent
+
+    die_with_parent()
     _WORKER = _FileScanner(root, secret, rules_path)
 
 
@@ -255,12 +308,17 @@ def _ordered_map(pool, fn, items: Iterator, window: int) -> Iterator:
     """pool.map in input order with at most `window` tasks in flight, so a walk of millions of files
     is never held in memory at once (Executor.map submits everything up front)."""
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    except BaseException:        # Ctrl-C, an error: the queued tasks go, the pool ends after the running ones
+        for f in pending:
+            f.cancel()
+        raise
 
 
 class _Tally:
@@ -309,9 +367,19 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
         raise DatakitError(f"DICOM root {str(root)!r} is not a folder")
     rules_path = str(label_rules) if label_rules is not None else None
     load_rules(rules_path)                       # a bad rules file fails before any work
+    secret = check_strength(secret, "the secret given to scan")
     layout = Layout(out_dir)
-    if check_output_folder(layout.root, resume, "tlx scan"):
-        check_scan_record(layout, root, rules_path)
+    check_resume_mode(resume)
+    refuse_foreign(layout.root)                  # before the lock leaves its file in someone's folder
+    with output_lock(layout.root, "tlx scan"):
+        if check_output_folder(layout.root, resume, "tlx scan"):
+            check_scan_record(layout, root, rules_path, secret)
+        return _scan(root, layout, workers, secret, rules_path, progress, t0)
+
+
+def _scan(root: Path, layout: Layout, workers: int | None, secret: bytes, rules_path: str | None,
+          progress: Progress, t0: float) -> ScanSummary:
+    """scan() once its output folder is locked and checked."""
     found = walk_files(root)
     first = next(found, None)
     if first is None:
@@ -320,8 +388,9 @@ def scan(dicom_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
     # work/ is operator-side, so the absolute root may be recorded here: `tlx write` reads its
     # pixels from it without being told again. The rules are named by file name and hash only.
     # Written before the index gets its name: `tlx shard` reuses an index it finds, and the
-    # manifest's config.scan comes from this record.
-    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path)}
+    # manifest's config.scan comes from this record. The secret only by its fingerprint (datakit.secret).
+    record = {"dicom_root": os.path.abspath(root), "label_rules": rules_identity(rules_path),
+              "secret_fingerprint": fingerprint(secret)}
     with atomic_write(layout.index) as f:
         tally = _write_index(f, _batches(itertools.chain([first], found), root, secret, rules_path, workers),
                              progress)
@@ -347,7 +416,13 @@ def _batches(found: Iterator, root: Path, secret: bytes, rules_path: str | None,
         scanner = _FileScanner(str(root), secret, rules_path)
         yield from (scanner.batch(c) for c in chunks)
         return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), secret, rules_path)) as pool:
+    import multiprocessing
+
+    # spawn, not fork: a forked worker inherits every descriptor of the parent (the index's temporary
+    # file, the folder lock) and, after a kill -9 of the parent, waited on its pipes for good.
+    # Workers die with the parent (write_pool.die_with_parent).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(str(root), secret, rules_path)) as pool:
         yield from _ordered_map(pool, _scan_chunk, chunks, window=4 * workers)
 
 
@@ -371,11 +446,12 @@ def _write_index(f, batches: Iterator, progress: Progress) -> _Tally:
     return tally
 
 
-def check_scan_record(layout: Layout, root: Path, label_rules) -> None:
-    """The folder's index must come from this root and these rules (work/scan.json records both):
-    resuming with another --dicom-root made write read another folder's files at the same relative
-    paths (PACS exports share layouts) under the index's pseudonyms; other --label-rules were
-    ignored without a word."""
+def check_scan_record(layout: Layout, root: Path, label_rules, secret: bytes) -> None:
+    """The folder's index must come from this root, these rules and this secret (work/scan.json
+    records all three, the secret by its fingerprint): resuming with another --dicom-root made
+    write read another folder's files at the same relative paths (PACS exports share layouts)
+    under the index's pseudonyms; other --label-rules were ignored without a word; another secret
+    gives the same patients other pseudonyms than the datasets it is meant to join."""
     if not layout.scan_record.exists():
         return
     record = read_json(layout.scan_record, "work/scan.json")
@@ -389,6 +465,8 @@ def check_scan_record(layout: Layout, root: Path, label_rules) -> None:
         raise DatakitError(f"{layout.index} was labelled with the rules {used['name']} (sha256 {used['sha256'][:12]}), "
                            f"not {asked['name']} (sha256 {asked['sha256'][:12]}); resume with those rules, or "
                            f"delete {layout.index} to scan again with the new ones")
+    check_fingerprint(record.get("secret_fingerprint"), secret, str(layout.index),
+                      fix="use that secret, or a new output folder")
 
 
 def write_index(rows: list[dict], path: Path) -> None:

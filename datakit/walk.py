@@ -8,6 +8,11 @@ FIFOs, devices: opening a FIFO would block forever) and entries that cannot be
 stat'ed (dangling links, permission errors) are reported with a problem instead
 of being skipped, so scan can account for everything it found. Order is sorted by
 path within each folder, so the walk is deterministic.
+
+Names that are not UTF-8 (a Latin-1 `Pat\xe9` folder from a CD export) come from the walk as
+Python's surrogate-escaped strings, which Parquet cannot store: `storable` gives the index a
+readable `path` ("Pat\\xe9/IM1") and the exact bytes (`path_bytes`), and `source_path` turns an
+index row back into the name on disk.
 """
 from __future__ import annotations
 
@@ -16,6 +21,30 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong, for a reject reason: the system's words ("Permission denied"), else the
+    exception's own text; never "None" (an OSError raised by a library often has no strerror)."""
+    text = exc.strerror or str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200] if text.splitlines() else type(exc).__name__
+
+
+def storable(rel: str) -> tuple[str, bytes | None]:
+    """(path, path_bytes) of a walked path for the index: the path itself and None when it is
+    UTF-8; else its bytes shown with \\xNN escapes, and the exact bytes (lossless)."""
+    try:
+        rel.encode("utf-8")
+        return rel, None
+    except UnicodeEncodeError:
+        raw = os.fsencode(rel)
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def source_path(row) -> str:
+    """The name on disk (relative to the DICOM root) of an index row: its `path_bytes` when set."""
+    raw = row.get("path_bytes")
+    return os.fsdecode(raw) if raw else row["path"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +66,7 @@ def walk_files(root: str | os.PathLike) -> Iterator[Found]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Found(rel or ".", 0, ("unreadable", f"cannot list the folder ({exc.strerror})"))
+            yield Found(rel or ".", 0, ("unreadable", f"cannot list the folder ({os_reason(exc)})"))
             continue
         subfolders = []
         for e in entries:
@@ -45,7 +74,7 @@ def walk_files(root: str | os.PathLike) -> Iterator[Found]:
             try:
                 st = e.stat()                       # follows symlinks
             except OSError as exc:
-                yield Found(path, 0, ("unreadable", f"cannot stat ({exc.strerror}; a dangling link?)"))
+                yield Found(path, 0, ("unreadable", f"cannot stat ({os_reason(exc)}; a dangling link?)"))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in seen:

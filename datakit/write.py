@@ -24,7 +24,7 @@ import fcntl
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from datakit.errors import DatakitError
 from datakit.manifest import Layout, read_json
 from datakit.plan import sample_key_expr
-from datakit.resume import check_resume_mode, differing_options, refuse_foreign
+from datakit.resume import check_resume_mode, differing_options, output_lock, refuse_foreign
 from datakit.write_config import RunOptions, WriteConfig
 from datakit.write_convert import VolumeTask, convert_in_worker, convert_volume, init_worker
 from datakit.write_pool import run_tasks
@@ -98,14 +98,34 @@ def _check_plan(layout: Layout) -> dict:
     return plan_json
 
 
+def _index_rows(layout: Layout, rows: pl.Series) -> pl.DataFrame:
+    """The index columns read_hu needs (and row, path) of the index rows `rows`."""
+    columns = [c for c in pq.read_schema(layout.index).names if c not in NOT_FOR_PIXELS]
+    return (pl.scan_parquet(layout.index).select(columns).with_row_index("row")
+            .filter(pl.col("row").is_in(pl.Series(rows.cast(pl.UInt32)).implode()))
+            .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64)))
+
+
+def _with_copies(layout: Layout, rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` with a `copies` column: the index rows of each file's other copies (same SOP UID), in
+    the order write tries them when the file cannot be read (plan's dedup_sop). Plans made before
+    plan_copies.parquet existed have none."""
+    if not layout.plan_copies.exists():
+        return rows.with_columns(copies=pl.lit(None, pl.List(pl.Struct({"row": pl.Int64}))))
+    fallbacks = pl.read_parquet(layout.plan_copies).filter(pl.col("row").is_in(rows["row"].implode()))
+    if fallbacks.is_empty():
+        return rows.with_columns(copies=pl.lit(None, pl.List(pl.Struct({"row": pl.Int64}))))
+    details = _index_rows(layout, fallbacks["copy"]).rename({"row": "copy"})
+    fields = [pl.col("copy").alias("row"), *(pl.col(c) for c in details.columns if c != "copy")]
+    nested = (fallbacks.join(details, on="copy").sort("row", "rank")
+              .group_by("row", maintain_order=True).agg(copies=pl.struct(fields)))
+    return rows.join(nested, on="row", how="left")
+
+
 def _phase1_tasks(layout: Layout, share: pl.DataFrame, root: Path, config: WriteConfig) -> Iterator[VolumeTask]:
     """One task per volume still to convert, largest first (the pool then ends evenly). The
     index rows are read at once (columnar), the per-slice dicts only as each task is handed out."""
-    names = pq.read_schema(layout.index).names
-    columns = [c for c in names if c not in NOT_FOR_PIXELS]
-    rows = (pl.scan_parquet(layout.index).select(columns).with_row_index("row")
-            .filter(pl.col("row").is_in(pl.Series(share["row"].cast(pl.UInt32)).implode()))
-            .collect(engine="streaming").with_columns(pl.col("row").cast(pl.Int64))
+    rows = (_with_copies(layout, _index_rows(layout, share["row"]))
             .join(share.select("row", "volume", "slice_index", "partition_unit"), on="row")
             .with_columns(key=sample_key_expr()))
     groups = rows.partition_by("partition_unit", "volume", as_dict=True)
@@ -140,6 +160,28 @@ def write_dataset(dataset_dir, config: WriteConfig = WriteConfig(), options: Run
     config.check()
     check_resume_mode(options.resume)
     layout = Layout(dataset_dir)
+    _check_plan(layout)
+    with write_lock(layout, options.partition):
+        return _write(layout, config, options, progress)
+
+
+@contextmanager
+def write_lock(layout: Layout, partition: tuple[int, int]):
+    """The folder's lock (datakit.resume.output_lock): exclusive for a write of the whole plan; the
+    partitions of one write run side by side, so each holds it shared (which still refuses a
+    whole-plan write, plan and scan), plus an exclusive lock of its own partition (two runs of
+    one partition at once, e.g. a requeued array task while its first run lives, would delete each
+    other's temporary files)."""
+    i, n = partition
+    command = "tlx write" + (f" --partition {i}/{n}" if n > 1 else "")
+    with output_lock(layout.root, command, shared=n > 1), ExitStack() as partition_lock:
+        if n > 1:
+            partition_lock.enter_context(output_lock(layout.work / "partitions" / f"{i}-of-{n}", command))
+        yield
+
+
+def _write(layout: Layout, config: WriteConfig, options: RunOptions, progress: Progress) -> WriteSummary:
+    """write_dataset() once the folder is locked."""
     plan_json = _check_plan(layout)
     refuse_foreign(layout.root)
     summary = WriteSummary(dataset=str(layout.root), partition=options.partition)

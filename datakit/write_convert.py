@@ -5,8 +5,10 @@
 Per slice: read_hu (the file is read in full exactly once, here) -> the HU floor (padding
 outside the reconstruction circle becomes air) -> body coverage on the native-resolution HU ->
 area resize to the fixed size -> int16 -> pixel hash of the stored bytes -> encode with the
-chosen codec. A slice that cannot be read is kept in the staged
-file with its reject code and reason, so phase 2 accounts for every planned slice.
+chosen codec. A file that cannot be read is replaced by its next copy (same SOP UID; plan's
+dedup_sop lists them), if it has one; a slice none of whose copies can be read is kept in the
+staged file with its reject code and reason, so phase 2 accounts for every planned slice, and
+every copy tried is listed with its own code (`failures`).
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import pyarrow as pa
 
 from datakit.dicom_header import SliceRejected
 from datakit.dicom_pixels import read_hu
-from datakit.hu_slice import apply_hu_floor, body_coverage, resize_area, to_int16
+from datakit.hu_slice import apply_hu_floor, body_coverage, implausible_hu, resize_area, to_int16
+from datakit.walk import source_path
 from datakit.write_config import CODECS
-from datakit.write_staging import Staging
+from datakit.write_staging import STAGED_SCHEMA, Staging
 
 MEMBER_EXT = {"zstd": "hu.zst", "raw": "hu.raw"}
 PIXEL_HASH_BYTES = 16
@@ -31,7 +34,7 @@ PIXEL_HASH_BYTES = 16
 @dataclass(frozen=True)
 class VolumeTask:
     volume: str
-    rows: list[dict]           # index columns read_hu needs + row, slice_index, key, path
+    rows: list[dict]           # index columns read_hu needs + row, slice_index, key, path, copies (or None)
     dicom_root: str
     size: tuple[int, int]
     codec: str
@@ -82,28 +85,43 @@ def convert_slice(path: Path, row: dict, size: tuple[int, int], encoder: Encoder
                   hu_floor: int | None = None) -> tuple[float, str, bytes]:
     """coverage, pixel hash, payload of one slice; raises SliceRejected."""
     hu = apply_hu_floor(read_hu(path, row), hu_floor)
+    if (why := implausible_hu(hu)) is not None:
+        raise SliceRejected("implausible-hu", why)
     coverage = body_coverage(hu)
     stored = to_int16(resize_area(hu, size)).astype("<i2", copy=False).tobytes()
     return coverage, pixel_hash(stored), encoder.encode(stored)
 
 
+def convert_copies(task: VolumeTask, r: dict, encoder: Encoder) -> dict:
+    """One planned slice: its file, else its copies in order, until one converts. The staged
+    columns of the slice: `source_row` is the index row whose pixels are stored (None when no copy
+    could be read; code and reason are then the planned file's), `failures` every file tried that
+    failed, in order, with its own code and reason."""
+    root = Path(task.dicom_root)
+    failures = []
+    for candidate in [r, *(r.get("copies") or [])]:
+        try:
+            coverage, digest, payload = convert_slice(root / source_path(candidate), candidate, task.size, encoder,
+                                                      task.hu_floor)
+        except SliceRejected as exc:
+            failures.append({"row": candidate["row"], "code": exc.code, "reason": exc.reason})
+            continue
+        return {"source_row": candidate["row"], "code": None, "reason": None, "coverage": coverage,
+                "pixel_hash": digest, "payload": payload, "failures": failures}
+    return {"source_row": None, "code": failures[0]["code"], "reason": failures[0]["reason"], "coverage": None,
+            "pixel_hash": None, "payload": None, "failures": failures}
+
+
 def convert_volume(task: VolumeTask, staging: Staging) -> VolumeResult:
     encoder = Encoder(task.codec, task.zstd_level)
-    root = Path(task.dicom_root)
-    cols = {n: [] for n in ("row", "slice_index", "key", "code", "reason", "coverage", "pixel_hash", "payload")}
+    cols = {n: [] for n in STAGED_SCHEMA.names}
     converted = 0
     for r in sorted(task.rows, key=lambda r: r["slice_index"]):
-        try:
-            coverage, digest, payload = convert_slice(root / r["path"], r, task.size, encoder, task.hu_floor)
-            code = reason = None
-            converted += 1
-        except SliceRejected as exc:
-            coverage, digest, payload, code, reason = None, None, None, exc.code, exc.reason
-        for name, value in (("row", r["row"]), ("slice_index", r["slice_index"]), ("key", r["key"]),
-                            ("code", code), ("reason", reason), ("coverage", coverage),
-                            ("pixel_hash", digest), ("payload", payload)):
-            cols[name].append(value)
-    nbytes = staging.write_volume(task.volume, pa.table(cols))
+        staged = {"row": r["row"], "slice_index": r["slice_index"], "key": r["key"], **convert_copies(task, r, encoder)}
+        converted += staged["code"] is None
+        for name in cols:
+            cols[name].append(staged[name])
+    nbytes = staging.write_volume(task.volume, pa.table(cols, schema=STAGED_SCHEMA))
     return VolumeResult(task.volume, len(task.rows), converted, nbytes)
 
 

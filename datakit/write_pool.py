@@ -40,21 +40,28 @@ def run_tasks(fn: Callable, tasks: Iterable, workers: int, initializer: Callable
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield f.result()
-        except BaseException:
+        except BaseException:  # Ctrl-C, an error: the queued tasks go, the pool ends after the running ones
             for f in pending:
                 f.cancel()
             raise
 
 
 def die_with_parent() -> None:
-    """Linux: ask the kernel to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG),
-    so a kill -9 of `tlx write` never leaves workers writing behind a resumed run's back."""
+    """A pool worker's first act (every datakit pool's initializer calls it). Linux: ask the kernel
+    to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG), so a kill -9 of `tlx write`
+    or `tlx scan` never leaves workers writing behind a resumed run's back; a parent that died
+    while the worker started (before prctl) makes it exit here. Ctrl-C is ignored: the terminal
+    sends it to every process of the job, and the parent, which handles it, ends the pool (a
+    worker that took it would print a traceback of its own)."""
     import ctypes
+    import multiprocessing
     import signal
     import sys
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
+    parent = multiprocessing.parent_process()
+    if os.getppid() == 1 or (parent is not None and parent.pid is not None and os.getppid() != parent.pid):
+        os._exit(1)  # the parent died before prctl took effect (orphans go to init or a subreaper)

@@ -9,7 +9,9 @@
 
 A staged file is an Arrow IPC file with one row per planned slice of the volume: the
 slice's index row, its key, and either its coverage, pixel hash and encoded payload or
-the code and reason it could not be read. The file is complete or absent: a kill at any
+the code and reason it could not be read; `source_row` (the copy of the file whose pixels
+are stored: the planned file itself unless it could not be read) and `failures` (every copy
+tried that could not be read, with its code and reason). The file is complete or absent: a kill at any
 moment loses at most the volumes being converted, and a rerun converts exactly those.
 The files depend only on the plan and the conversion options, never on which partition
 or run made them, which is what makes N partitions + assembly equal one run.
@@ -28,6 +30,8 @@ STAGED_SCHEMA = pa.schema([
     ("row", pa.int64()), ("slice_index", pa.int32()), ("key", pa.string()),
     ("code", pa.string()), ("reason", pa.string()),        # null when the slice was converted
     ("coverage", pa.float32()), ("pixel_hash", pa.string()), ("payload", pa.binary()),
+    ("source_row", pa.int64()),                            # the copy whose pixels are stored (null: none read)
+    ("failures", pa.list_(pa.struct([("row", pa.int64()), ("code", pa.string()), ("reason", pa.string())]))),
 ])
 META_COLUMNS = [n for n in STAGED_SCHEMA.names if n != "payload"]
 
@@ -83,7 +87,12 @@ class Staging:
             return pa.ipc.open_file(source).read_all()
 
     def read_meta(self, volume: str) -> pa.Table:
-        return self._open(volume).select(META_COLUMNS)
+        table = self._open(volume)
+        for name in META_COLUMNS:   # staged before source_row / failures existed: no copy was tried
+            if name not in table.column_names:
+                table = table.append_column(STAGED_SCHEMA.field(name), pa.nulls(table.num_rows,
+                                                                                STAGED_SCHEMA.field(name).type))
+        return table.select(META_COLUMNS)
 
     def read_payloads(self, volume: str) -> pa.ChunkedArray:
         """The payload column, memory-mapped (pages are read only for the slices used)."""

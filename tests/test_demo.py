@@ -27,11 +27,18 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert sorted((r["init"], r["n"]) for r in rows if r["metric"] == "accuracy") == [("demo-simclr", "2"),
                                                                                        ("scratch", "2")]
     index = (out / "report" / "index.md").read_text()
-    for section in ("## Result tables", "## Pairwise comparisons", "## Scale factors", "## Convergence",
-                    "## Feature reuse", "## Prediction overlap"):
+    for section in ("## Result tables", "## Pairwise comparisons", "## Scale factors",
+                    "### Slice utility against slice distance (Fig. SF4)", "## Convergence", "## Feature reuse",
+                    "## Activation similarity", "## Prediction overlap", "## Pixel maps"):
         assert section in index
     assert json.loads((out / "report" / "scale_factors.json").read_text())
+    for table in ("slice_utility.csv", "activation_similarity.csv", "feature_reuse.csv"):
+        assert (out / "report" / table).is_file(), table
+    with open(out / "report" / "activation_similarity.csv") as f:
+        activations = list(csv.DictReader(f))
+    assert {r["comparison"] for r in activations} == {"init ↔ fine-tuned", "random ↔ random",
+                                                      "fine-tuned ↔ fine-tuned"}
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
-    assert again.stdout.count("already done") == 10
+    assert again.stdout.count("already done") == 11

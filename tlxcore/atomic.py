@@ -12,6 +12,7 @@ before the rename, so a power cut cannot leave the new name pointing at empty bl
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 PARTIAL = ".partial-"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def tmp_name(path: str | os.PathLike) -> Path:
@@ -47,8 +49,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE and exc.filename is None:
+            exc.filename = str(path)      # a full disk's error names the file (write() names none)
         raise
 
 

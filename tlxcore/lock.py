@@ -3,13 +3,17 @@
     from tlxcore.lock import folder_lock
     with folder_lock(out, "tlx shard"):       # FolderBusy if another live process holds it
         ...
+    with folder_lock(out, "tlx write --partition 1/4", shared=True):   # partitions run side by side
+        ...
 
 The lock is an flock(2) on `<folder>/.tlx.lock`. The kernel releases it when the holder's
 last descriptor closes, which includes the holder dying by kill -9 or a node reboot: a stale
 lock of a dead process is taken over with no file to delete and no pid to guess. The file
 holds the holder's pid, host and command, for the refusal message only; it stays behind
 after a run (an empty lock, not a sign of a live writer). The descriptor is close-on-exec, so
-spawned workers do not inherit it. Network file systems: flock works on NFSv4 and Lustre
+spawned workers do not inherit it. `shared=True` takes a shared lock instead: any number of shared
+holders (the partitions of one `tlx write` on a SLURM array) exclude every exclusive one, and the
+file names the last shared holder. Network file systems: flock works on NFSv4 and Lustre
 (mounted with flock); on a mount without lock support the lock is taken by nobody, and the
 message says so rather than pretending.
 """
@@ -41,15 +45,16 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold the folder's write lock for the block (the folder is created if missing)."""
+def folder_lock(folder: str | os.PathLike, command: str, shared: bool = False) -> Iterator[Path]:
+    """Hold the folder's write lock for the block (the folder is created if missing); `shared`: a
+    shared lock, held beside other shared holders (see the module docstring)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FolderBusy(f"{folder} is being written by {_holder(path)}; wait for it to finish, "

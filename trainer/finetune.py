@@ -10,7 +10,8 @@
 The run directory (docs/run-format.md) is <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>/
 unless --run-dir says otherwise; it gets config.json, subset.parquet, metrics.jsonl,
 steps.jsonl (trainer/runlog.py, as SimCLR runs), checkpoints/{last,best}.pt, and at the
-end result.json, predictions.parquet and first_layers.npz. A run whose result.json exists
+end result.json, predictions.parquet, first_layers.npz and, for segmentation with
+--save-masks, masks.npz (every test slice's predicted and true classes). A run whose result.json exists
 is complete and is not run again; one with checkpoints/last.pt continues from it
 (`--resume auto`; kill + rerun = one uninterrupted run), which is saved at every epoch's
 end and every `--checkpoint-every` steps (trainer/checkpoint.py).
@@ -19,11 +20,13 @@ What happens, top to bottom (`run`: build, resume, loop, test, write):
 1. the task's defaults (trainer/tasks.py, the paper's Table ST4) for this fraction,
    overridden by every flag given;
 2. the init: scratch, a torchvision-layout state dict or a tlx SimCLR checkpoint,
-   loaded strictly (trainer/task_heads.py); the new head or U-Net decoder on top;
+   loaded strictly (trainer/task_heads.py); the new head or U-Net decoder on top
+   (--decoder: the study's backboned-unet by default, or smp-unet);
    `linear` freezes the encoder and keeps it in eval mode;
 3. the training subset: a nested, stratified fraction of the train split
    (trainer/fractions.py), saved as subset.parquet;
-4. fixed epochs (no early stopping): AdamW or LARS, lr x decay after every epoch,
+4. fixed epochs (no early stopping): AdamW or LARS (--lars-form: the lr inside the
+   momentum buffer by default, as the study), lr x decay after every epoch,
    class-weighted loss; validation after every epoch, the best validation epoch's
    weights kept;
 5. the test split with the best weights: result.json, predictions.parquet, and the
@@ -44,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from datakit.read import TlxDataset, open_dataset
-from tlxcore.atomic import write_json_atomic
+from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
@@ -58,7 +61,8 @@ from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, 
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
-from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
+from trainer.models.unet import DECODERS
+from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
 from trainer.runlog import RunLog, log_every_flag
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task, get_task, parse_class_weights,
@@ -67,7 +71,7 @@ from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
 # (they do not change the result); any other difference is refused.
-FINETUNE_MAY_CHANGE = {"eval_batch_size"}
+FINETUNE_MAY_CHANGE = {"eval_batch_size", "save_masks"}
 
 
 @dataclass
@@ -93,9 +97,17 @@ class FinetuneConfig:
     weight_decay: float | None = opt(None, "weight decay (not on biases and norm parameters) [default: the task's]")
     decay: float | None = opt(None, "lr multiplied by this after every epoch [default: the task's]")
     momentum: float = opt(0.9, "LARS momentum")
+    lars_form: str = opt("study-code", "where LARS applies the lr: study-code (inside the momentum buffer, as "
+                                       "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's)",
+                         choices=LARS_FORMS)
     class_weights: str | None = opt(None, "loss weights: by position (1,3,10) or by name (background=1,*=5)")
     augment: str | None = opt(None, f"one of {', '.join(AUGMENTS)} [default: the task's]")
+    decoder: str = opt("backboned-unet", "segmentation: the study's U-Net decoder (backboned-unet: transposed "
+                                         "convolutions) or tlx's earlier one (smp-unet: nearest upsampling)",
+                       choices=DECODERS)
     decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
+    save_masks: bool = opt(False, "segmentation: also write masks.npz, every test slice's predicted and true class "
+                                  "per pixel (pixel maps in tlx analyze)")
     normalize: str | None = opt(None, "int16/float pixels to [0, 1]: per-slice minmax or a fixed HU window "
                                       "[default: what a tlx init checkpoint was pretrained with, else minmax]",
                                 choices=("minmax", "hu"))
@@ -224,31 +236,39 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], fracti
 
 @torch.no_grad()
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
-             volumes: list[str] | None, jpeg_decoder=None) -> tuple[dict, dict]:
-    """(metrics, predictions.parquet columns) over the whole split, identical on every rank."""
+             volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None) -> tuple[dict, dict]:
+    """(metrics, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
+    `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
     model.eval()
     ids = eval_slice(len(split), env.rank, env.world_size)
     chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
     kind = plan.task.kind
-    seen, outputs, targets = [], [], []
+    seen, outputs, targets, maps = [], [], [], []
     for x, y, i in batches(split, chunks, epoch=0, workers=workers, pin_memory=env.device.type == "cuda",
                            jpeg_decoder=jpeg_decoder):
         with _autocast(env):
             logits = model(_to_device(x, env)).float()
         if kind == "segmentation":  # per-slice overlap counts, not masks: small enough to gather
-            outputs.append(M.dice_counts(logits.argmax(1).cpu().numpy(), y.numpy(), logits.shape[1],
-                                         tuple(plan.regions.values())))
+            pred = logits.argmax(1).cpu().numpy()
+            outputs.append(M.dice_counts(pred, y.numpy(), logits.shape[1], tuple(plan.regions.values())))
+            if masks is not None:   # (classes fit uint8: checked when the run starts)
+                maps.append((pred.astype(np.uint8), y.numpy().astype(np.uint8)))
         else:
             outputs.append((torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)).cpu().numpy())
             targets.append(y.numpy())
         seen.append(i.numpy())
-    parts = [(seen, outputs, targets)]
+    parts = [(seen, outputs, targets, maps)]
     if is_distributed():
         parts = [None] * env.world_size
-        dist.all_gather_object(parts, (seen, outputs, targets))
+        dist.all_gather_object(parts, (seen, outputs, targets, maps))
     sid = np.concatenate([a for p in parts for a in p[0]])
     out = np.concatenate([a for p in parts for a in p[1]])
     keys = [split.keys[i] for i in sid]
+    if masks is not None:
+        order = np.argsort(sid, kind="stable")   # sample order, whatever the ranks' shares
+        masks.update(keys=np.array(keys)[order], classes=np.array(split.dataset.classes),
+                     pred=np.concatenate([m[0] for p in parts for m in p[3]])[order],
+                     target=np.concatenate([m[1] for p in parts for m in p[3]])[order])
     classes = split.dataset.classes
     if kind == "segmentation":
         return M.segmentation_results(out, keys, [volumes[i] for i in sid], classes + list(plan.regions))
@@ -305,6 +325,7 @@ class FinetuneJob:
     eval_batch: int                # per-rank batch of val and test
     first_init: dict               # the first layers as initialised (first_layers.npz)
     config: dict                   # config.json
+    masks: dict | None = None      # --save-masks: filled by the test with masks.npz's arrays
 
 
 @dataclass
@@ -328,7 +349,11 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | N
                          "log_every": 1, "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
     task = get_task(cfg.task, cfg.tasks_file)
+    if cfg.save_masks and task.kind != "segmentation":
+        raise TrainerError(f"--save-masks stores segmentation masks; task {task.name} is {task.kind}")
     dataset = open_dataset(cfg.data)
+    if cfg.save_masks and len(dataset.classes) > 256:
+        raise TrainerError(f"--save-masks stores classes as uint8; {cfg.data} has {len(dataset.classes)} classes")
     if dataset.kind not in task.data_kinds:
         raise TrainerError(f"--task {task.name} trains on datasets of kind {', '.join(task.data_kinds)}; "
                            f"{cfg.data} is of kind {dataset.kind!r}")
@@ -363,14 +388,14 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     steps = steps_per_epoch(data.subset, hp["batch_size"])
     params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
     if hp["optimizer"] == "lars":
-        optimizer = LARS(params, lr=hp["lr"], momentum=cfg.momentum)
+        optimizer = LARS(params, lr=hp["lr"], momentum=cfg.momentum, form=cfg.lars_form)
     else:
         optimizer = torch.optim.AdamW(params, lr=hp["lr"])
     schedule = Schedule("exp-epoch", base_lr=hp["lr"], epochs=hp["epochs"], steps_per_epoch=steps, decay=hp["decay"])
     weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
     config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
     return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
-               cfg.eval_batch_size or per_rank, first_init, config)
+               cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None)
 
 
 def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
@@ -382,7 +407,7 @@ def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset,
     first_init = {f"init/{k}": v.detach().cpu().numpy().copy() for k, v in encoder.state_dict().items() if k in FIRST_LAYERS}
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
     model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
-                      decoder_channels=decoder_channels).to(env.device)
+                      decoder_channels=decoder_channels, decoder=cfg.decoder).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda"
@@ -430,10 +455,21 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
 
 
+def saved_config(saved: dict) -> dict:
+    """A checkpoint's config.json with what runs from before a flag used, where it applied: LARS with the lr
+    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet)."""
+    before = {}
+    if saved.get("optimizer") == "lars":
+        before["lars_form"] = "lr-outside"
+    if saved.get("kind") == "segmentation":
+        before["decoder"] = "smp-unet"
+    return {**before, **saved}
+
+
 def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
     """The state of a checkpoint of this run, loaded into the model and optimizer."""
-    check_same_run(ckpt["config"], job.config, flags=[f.name for f in fields(FinetuneConfig)], source=source,
-                   fix="use another --run-dir, or remove the old run", may_change=FINETUNE_MAY_CHANGE)
+    check_same_run(saved_config(ckpt["config"]), job.config, flags=[f.name for f in fields(FinetuneConfig)],
+                   source=source, fix="use another --run-dir, or remove the old run", may_change=FINETUNE_MAY_CHANGE)
     job.model.encoder.load_state_dict(ckpt["encoder"])
     job.model.head_module().load_state_dict(ckpt[_head_name(job)])
     job.optimizer.load_state_dict(ckpt["optimizer"])
@@ -536,7 +572,7 @@ def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
                            f"best checkpoint exists; check the val split's labels")
     job.model.load_state_dict(state.best["state"])
     return evaluate(job.model, job.data.test, job.plan, job.env, job.eval_batch, job.cfg.workers,
-                    job.data.volumes["test"], job.data.decoder)
+                    job.data.volumes["test"], job.data.decoder, job.masks)
 
 
 def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:
@@ -545,6 +581,9 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table(rows), job.out / "predictions.parquet")
+    if job.masks is not None:   # deflate: class maps are mostly background
+        with atomic_write(job.out / "masks.npz") as f:
+            np.savez_compressed(f, **job.masks)
     final = {f"final/{k}": v.detach().cpu().numpy() for k, v in job.model.encoder.state_dict().items()
              if k in FIRST_LAYERS}
     np.savez(job.out / "first_layers.npz", **job.first_init, **final)

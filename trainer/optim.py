@@ -7,12 +7,20 @@
         set_lr(opt, sched(step))
         ...
 
-LARS (You et al. 2017, as in SimCLR): per tensor, the update direction g + wd * w is
-rescaled by the trust ratio eta * ||w|| / ||g + wd * w||, then enters heavy-ball
-momentum. Biases and normalisation parameters (every tensor with ndim <= 1) get neither
-weight decay nor the trust ratio: they take plain momentum SGD steps. (The study's own
-LARS meant to exclude them too, but the exclusion was dead code: it scaled every
-tensor. That is a deliberate deviation, see docs/trainer.md.)
+LARS (You et al. 2017, as in SimCLR): per tensor, the update direction d = g + wd * w is
+rescaled by the trust ratio eta * ||w|| / ||d||, then enters heavy-ball momentum. Biases
+and normalisation parameters (every tensor with ndim <= 1) get neither weight decay nor
+the trust ratio: they take plain momentum SGD steps. (The study's own LARS meant to
+exclude them too, but the exclusion was dead code: it scaled every tensor. That is a
+deliberate deviation, see docs/trainer.md.)
+
+Where the learning rate goes (`form`, LARS_FORMS):
+- `study-code`: inside the momentum buffer, as TF-SimCLR's LARSOptimizer and the study:
+  v <- m v + lr * ratio * d;  w <- w - v. A change of lr acts on new steps only.
+- `lr-outside`: the buffer accumulates unscaled steps and the current lr multiplies it
+  (torch SGD's convention; tlx before issue 13): v <- m v + ratio * d;  w <- w - lr v.
+  A change of lr rescales the whole remembered momentum at once.
+The two are identical while lr is constant; they part at every lr change.
 
 Schedules are pure functions of the global step, so a resumed run needs only the step:
 - `cosine-epoch`: lr = base * (1 + cos(pi * epoch / epochs)) / 2, constant within an
@@ -33,6 +41,7 @@ from torch import nn
 from trainer.errors import TrainerError
 
 SCHEDULES = ("cosine-epoch", "warmup-cosine", "exp-epoch", "constant")
+LARS_FORMS = ("study-code", "lr-outside")
 
 
 def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -46,12 +55,18 @@ def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise adaptive rate scaling with momentum; groups flagged `lars_exclude` skip decay and trust ratio."""
+    """Layer-wise adaptive rate scaling with momentum; groups flagged `lars_exclude` skip decay and trust ratio.
+
+    `form` says where the learning rate enters (module docstring): `study-code` (the default, the
+    study's and TF-SimCLR's) or `lr-outside`; both trainers pass their --lars-form."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 0.0):
+                 trust_coefficient: float = 0.001, eps: float = 0.0, form: str = "study-code"):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
+        if form not in LARS_FORMS:
+            raise TrainerError(f"LARS form {form!r} is not one of {', '.join(LARS_FORMS)}")
+        self.form = form
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
         super().__init__(params, defaults)
@@ -76,12 +91,15 @@ class LARS(torch.optim.Optimizer):
                                         group["trust_coefficient"] * w_norm / (d_norm + group["eps"]),
                                         torch.ones_like(w_norm))
                     d = d.mul(ratio)
+                inside = self.form == "study-code"
+                if inside:
+                    d = d.mul(group["lr"])
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = d.detach().clone()
+                    state["momentum_buffer"] = d.detach().clone()   # = m * 0 + d: TF's zero-initialised slot
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                p.add_(state["momentum_buffer"], alpha=-1.0 if inside else -group["lr"])
         return loss
 
 

@@ -12,8 +12,8 @@ One GPU, one node, many nodes, a laptop:
 From Python (the demo does this): `trainer.simclr.main(["--data", ..., "--out", ...])`.
 
 Recipes (`--recipe`): `paper` (default) is what the study ran: ResNet-50, 256 px, batch
-4096, LARS lr 0.075 * sqrt(batch) = 4.8, weight decay 1e-6, cosine per epoch over 100
-epochs without warmup, temperature 0.5, the study's Sigmoid projector (-> 256), crop,
+4096, LARS lr 0.075 * sqrt(batch) = 4.8 (applied inside the momentum buffer, as TF-SimCLR
+and the study: --lars-form), weight decay 1e-6, cosine per epoch over 100 epochs without warmup, temperature 0.5, the study's Sigmoid projector (-> 256), crop,
 flip, brightness/contrast jitter, no blur. `simclr` is SimCLR v1: temperature 0.1,
 2048-2048-128 head, lr 0.3 * batch / 256, 10 warmup epochs then cosine per step,
 Gaussian blur p = 0.5. Every value can be overridden by its flag.
@@ -55,14 +55,16 @@ from trainer.knn import knn_probe
 from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
-from trainer.optim import LARS, Schedule, lars_param_groups, set_lr
+from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
 from trainer.runlog import RunLog, log_every_flag
 
 RECIPES = {
     "paper": dict(epochs=100, batch_size=4096, image_size=256, temperature=0.5, weight_decay=1e-6,
-                  projector="paper", schedule="cosine-epoch", warmup_epochs=0.0, blur_p=0.0, lr_rule="sqrt"),
+                  projector="paper", schedule="cosine-epoch", warmup_epochs=0.0, blur_p=0.0, lr_rule="sqrt",
+                  lars_form="study-code"),
     "simclr": dict(epochs=100, batch_size=4096, image_size=256, temperature=0.1, weight_decay=1e-6,
-                   projector="simclr", schedule="warmup-cosine", warmup_epochs=10.0, blur_p=0.5, lr_rule="linear"),
+                   projector="simclr", schedule="warmup-cosine", warmup_epochs=10.0, blur_p=0.5, lr_rule="linear",
+                   lars_form="study-code"),
 }
 
 
@@ -80,6 +82,9 @@ class SimCLRConfig:
     lr: float | None = opt(None, "peak learning rate (recipe: paper 0.075*sqrt(batch), simclr 0.3*batch/256)")
     weight_decay: float | None = opt(None, "LARS weight decay, not on biases/BN (recipe: 1e-6)")
     momentum: float = opt(0.9, "LARS momentum")
+    lars_form: str | None = opt(None, "where LARS applies the lr: study-code (inside the momentum buffer, as "
+                                      "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's) "
+                                      "[default: the recipe's, study-code]", choices=LARS_FORMS)
     temperature: float | None = opt(None, "NT-Xent temperature (recipe: paper 0.5, simclr 0.1)")
     warmup_epochs: float | None = opt(None, "linear warmup (recipe: paper 0, simclr 10)")
     blur_p: float | None = opt(None, "Gaussian blur probability (recipe: paper 0, simclr 0.5)")
@@ -112,7 +117,7 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
     """Fill every unset field from the recipe (and --workers by its rule); the result is what config.json records."""
     r = RECIPES[cfg.recipe]
     cfg = replace(cfg, **{k: r[k] for k in ("epochs", "batch_size", "image_size", "temperature", "weight_decay",
-                                            "warmup_epochs", "blur_p") if getattr(cfg, k) is None})
+                                            "warmup_epochs", "blur_p", "lars_form") if getattr(cfg, k) is None})
     check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
                          "eval_every": 0, "grad_cache_chunk": 0, "workers": 0})
     if cfg.lr is None:
@@ -184,11 +189,16 @@ def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
                          world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
                          **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
     model, net = build_model(cfg, env)
-    optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, form=cfg.lars_form)
     spe = loader.steps_per_epoch
     schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
     return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
                simclr_config(cfg, env, dataset, spe), dataset.split_identity("train"))
+
+
+def saved_config(ckpt: dict) -> dict:
+    """A checkpoint's config.json; one from before --lars-form ran LARS with the lr outside the momentum."""
+    return {"lars_form": "lr-outside", **ckpt["config"]}
 
 
 def resume(job: PretrainJob) -> PretrainState | None:
@@ -202,7 +212,7 @@ def resume(job: PretrainJob) -> PretrainState | None:
                            f"({job.train_data['samples']} samples) than the checkpoint's run ({before['samples']} "
                            f"samples, other shards); use that dataset or a new --out")
     # --data may move (PRETRAIN_MAY_CHANGE), but its training split must be the one the run started on (above)
-    check_same_run(ckpt["config"], job.config, flags=[f.name for f in fields(SimCLRConfig)], source=source,
+    check_same_run(saved_config(ckpt), job.config, flags=[f.name for f in fields(SimCLRConfig)], source=source,
                    fix="a new --out", may_change=PRETRAIN_MAY_CHANGE)
     job.net.encoder.load_state_dict(ckpt["encoder"])
     job.net.projector.load_state_dict(ckpt["projector"])

@@ -10,7 +10,8 @@ an ImageNet state dict or a SimCLR checkpoint) plus a new head.
 Heads (all newly initialised; the encoder may come from a checkpoint):
 - classification and multilabel: one linear layer on the pooled features (the SimCLR
   projector or an ImageNet `fc` is never reused);
-- segmentation: the U-Net decoder of trainer/models/unet.py on the encoder's stages.
+- segmentation: a U-Net decoder of trainer/models/unet.py on the encoder's stages: the
+  study's `backboned-unet` by default, tlx's earlier `smp-unet` on request.
 
 Linear evaluation (`frozen_encoder=True`): the encoder's parameters do not train and
 the encoder stays in eval mode even while the model is in train mode, so its
@@ -40,14 +41,14 @@ KINDS = ("classification", "multilabel", "segmentation")
 
 class TaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, kind: str, num_outputs: int, frozen_encoder: bool = False,
-                 decoder_channels: tuple[int, ...] | None = None):
+                 decoder_channels: tuple[int, ...] | None = None, decoder: str = "backboned-unet"):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
         self.kind, self.frozen_encoder = kind, frozen_encoder
         self.encoder = encoder
         if kind == "segmentation":
-            self.decoder = UNetDecoder(encoder.stage_channels, num_outputs, decoder_channels)
+            self.decoder = UNetDecoder(encoder.stage_channels, num_outputs, decoder_channels, decoder)
         else:
             self.head = nn.Linear(encoder.feature_dim, num_outputs)
         if frozen_encoder:

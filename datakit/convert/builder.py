@@ -28,6 +28,7 @@ Two phases, as in `tlx write` (docs/internals/datakit-stages.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -43,7 +44,7 @@ import numpy as np
 
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, SPLITS, Layout
-from datakit.resume import check_output_folder
+from datakit.resume import check_output_folder, output_lock, refuse_foreign
 from datakit.shards import ShardWriter
 from datakit.write_pool import die_with_parent
 from tlxcore.atomic import atomic_write, is_partial, write_json_atomic
@@ -226,6 +227,21 @@ class DatasetBuilder:
         return [rows[a:b] for a, b in itertools.pairwise(starts)]
 
 
+def locked_output(command: str):
+    """Decorator of a converter `convert_x(options, progress)` whose options have `out`: it runs
+    holding the output folder's lock (datakit.resume.output_lock), so a second conversion into
+    the folder is refused naming the first one's pid. A folder that is not a tlx dataset's is
+    refused before the lock leaves its file there."""
+    def decorate(convert: Callable) -> Callable:
+        @functools.wraps(convert)
+        def locked(o, progress: Progress = silent):
+            refuse_foreign(o.out)
+            with output_lock(o.out, command):
+                return convert(o, progress)
+        return locked
+    return decorate
+
+
 def check_output(out: Path | str, resume: str) -> bool:
     """What --resume allows (datakit.resume); a finished dataset is never written over. True when
     the folder holds an earlier conversion to continue."""
@@ -243,8 +259,12 @@ def _stage_all(stage_fn: Callable, jobs: list[tuple[str, Any]], staging: Path, w
             yield _run_job(stage_fn, job, job_id, staging)
         return
     # Workers die with their parent (as tlx write's): after a kill -9 none keeps staging behind a
-    # resumed run's back.
-    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
+    # resumed run's back. spawn, not fork: a forked worker inherits the parent's descriptors (the
+    # folder lock, files being written).
+    import multiprocessing
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent) as pool:
         futures = [pool.submit(_run_job, stage_fn, job, job_id, staging) for job_id, job in jobs]
         try:
             for f in futures:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     safe_key, stage_reject)
+                                     locked_output, safe_key, stage_reject)
 from datakit.convert.images import list_images
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
@@ -64,11 +64,19 @@ class ClassJob:
     quality: int
 
 
-def _class_images(root: Path, classes: list[str]) -> list[tuple[str, str]]:
-    """(class, path relative to root) of every image in the class folders."""
-    return [(c, f"{c}/{rel}") for c in classes if (root / c).is_dir() for rel in list_images(root / c)]
+def _class_images(root: Path, classes: list[str], tree: str, rejects: list) -> list[tuple[str, str]]:
+    """(class, path relative to root) of every image in the class folders; entries named like
+    images that are no regular file (a FIFO would block its reader forever) go to `rejects`."""
+    out = []
+    for c in classes:
+        if (root / c).is_dir():
+            files, problems = list_images(root / c)
+            out += [(c, f"{c}/{rel}") for rel in files]
+            rejects += [stage_reject(f"{tree}/{c}/{rel}", code, reason) for rel, (code, reason) in problems.items()]
+    return out
 
 
+@locked_output("tlx convert class-folder")
 def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> dict:
     """Convert a class-per-folder image tree; returns the manifest written."""
     check_output(o.out, o.resume)
@@ -88,9 +96,10 @@ def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> 
     if unknown:
         raise DatakitError(f"--classes {unknown[:5]} have no folder below {root} ({len(folders)} class folders)")
     index = {c: i for i, c in enumerate(classes)}
-    train = _class_images(root, classes)
+    not_files: list[dict] = []
+    train = _class_images(root, classes, "train", not_files)
     if o.eval_root:
-        evals = _class_images(Path(o.eval_root), classes)
+        evals = _class_images(Path(o.eval_root), classes, "eval", not_files)
         # half of each class to val, the other half (what assign_splits calls "train") to test
         halves = assign_splits([f"eval/{rel}" for _, rel in evals], 0.5, 0, o.seed,
                                strata={f"eval/{rel}": c for c, rel in evals})
@@ -114,7 +123,7 @@ def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> 
                              samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
                              progress=progress)
     builder.run(stage_class_images, jobs, check_workers(o.workers), what="checking images")
-    return builder.assemble()
+    return builder.assemble(rejects=not_files)
 
 
 def stage_class_images(job: ClassJob, bin_path: Path) -> Staged:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     safe_key, stage_reject)
+                                     locked_output, safe_key, stage_reject)
 from datakit.convert.images import list_images, load_uint8, resize_uint8, zstd_bytes
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
@@ -112,9 +112,10 @@ def _row_labels(row: dict[str, str], o: ImageFolderOptions) -> tuple[str, ...]:
     return tuple(p for p in parts if p and p != o.none_label)
 
 
-def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str]]:
-    """CSV image value -> relative path of the file, and the image files no value names."""
-    files = list_images(root)
+def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str], dict]:
+    """CSV image value -> relative path of the file, the image files no value names, and the entries
+    named like images that are no regular file (list_images)."""
+    files, problems = list_images(root)
     by_rel = set(files)
     by_name: dict[str, list[str]] = {}
     for rel in files:
@@ -129,7 +130,7 @@ def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str
             raise DatakitError(f"image {name!r} of the CSV matches {len(by_name[name])} files below {root} "
                                f"({', '.join(by_name[name][:3])}); give paths relative to --root in the CSV")
     used = set(matched.values())
-    return matched, [rel for rel in files if rel not in used]
+    return matched, [rel for rel in files if rel not in used], problems
 
 
 def _refuse_images_named_twice(matched: dict[str, str]) -> None:
@@ -143,6 +144,7 @@ def _refuse_images_named_twice(matched: dict[str, str]) -> None:
                            f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
 
 
+@locked_output("tlx convert image-folder")
 def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
     check_output(o.out, o.resume)
@@ -160,10 +162,12 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:3]
         raise DatakitError(f"--labels names these images more than once: {dup}")
-    matched, unlabelled = _match_files(root, names)
+    matched, unlabelled, not_files = _match_files(root, names)
     _refuse_images_named_twice(matched)
-    rejects = [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
-               for n in names if n not in matched]
+    rejects = [stage_reject(rel, code, reason) for rel, (code, reason) in sorted(not_files.items())]
+    named_not_files = set(not_files) | {rel.rsplit("/", 1)[-1] for rel in not_files}   # matched as _match_files does
+    rejects += [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
+                for n in names if n not in matched and n not in named_not_files]
     rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]
 
     labels_of = {n: _row_labels(r, o) for n, r in zip(names, rows) if n in matched}

@@ -56,15 +56,21 @@ def zstd_bytes(arr: np.ndarray) -> bytes:
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def list_images(root: Path) -> list[str]:
-    """Image files below `root` (by extension, case-insensitive), as sorted POSIX paths relative to it."""
-    import os
-    found = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if name.lower().endswith(IMAGE_EXTS):
-                found.append((Path(dirpath) / name).relative_to(root).as_posix())
-    return sorted(found)
+def list_images(root: Path) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Image files below `root` (by extension, case-insensitive), as sorted POSIX paths relative to
+    it; and the entries named like images that are no regular file, with (code, reason) as
+    datakit.walk reports them (`not-a-file`: a FIFO, which would block its reader forever, a socket,
+    a device; `unreadable`: a dangling link)."""
+    from datakit.walk import walk_files
+
+    files, problems = [], {}
+    for found in walk_files(root):
+        if found.path.lower().endswith(IMAGE_EXTS):
+            if found.problem is None:
+                files.append(found.path)
+            else:
+                problems[found.path] = found.problem
+    return sorted(files), problems
 
 
 def load_uint8(path: Path | str, channels: int) -> np.ndarray:

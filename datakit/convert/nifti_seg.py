@@ -24,22 +24,24 @@ nearest neighbour for masks). Label values are mapped to class indices by the la
 map; a value not in the map rejects the case (nothing is silently merged).
 
 Splits are by patient: `patient_regex` extracts the patient from the case id (default:
-each case is its own patient, true of LiTS and BraTS). Members per sample: `img.zst`
+each case is its own patient, true of LiTS and BraTS), dealt after staging among the
+patients with a slice (`deal_splits`), so a rejected case never empties a split. Files are
+found by nifti_files (`.nii` and `.nii.gz` alike; every file no case uses is a reject). Members per sample: `img.zst`
 (zstd, int16 or float32, [H, W] or [C, H, W]) and `mask.zst` (zstd, uint8 [H, W]);
 slices.parquet columns are listed in docs/finetune.md.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, safe_key,
-                                    stage_reject)
+from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, locked_output,
+                                     safe_key, stage_reject)
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
+from datakit.convert.nifti_files import Case, find_cases
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
@@ -63,8 +65,9 @@ class NiftiLayout:
 
 def _lits_layouts() -> list[NiftiLayout]:
     lmap = ((0, "background"), (1, "liver"), (2, "tumor"))
-    return [NiftiLayout(f"volume-{{case}}{ext}", f"segmentation-{{case}}{ext}", lmap) for ext in (".nii", ".nii.gz")] \
-        + [NiftiLayout(f"{{case}}{ext}", f"{{case}}{ext}", lmap) for ext in (".nii.gz", ".nii")]
+    # A .nii or .nii.gz pattern matches both suffixes (nifti_files).
+    return [NiftiLayout("volume-{case}.nii", "segmentation-{case}.nii", lmap),
+            NiftiLayout("{case}.nii.gz", "{case}.nii.gz", lmap)]
 
 
 PRESETS: dict[str, dict] = {
@@ -106,12 +109,12 @@ class NiftiSegOptions:
 
 @dataclass(frozen=True)
 class CaseJob:
+    """One case to stage. No split: splits are dealt after staging, among the patients with a
+    slice (a split given only to a patient whose cases are all rejected would end up empty)."""
     case: str
     patient: str
-    split: str
-    images: tuple[str, ...]       # absolute paths, one per modality (or one file)
+    images: tuple[str, ...]       # one per modality (or one file), as nifti_files.find_cases names them
     label: str
-    rel_label: str                # relative to the labels folder (for rejects)
     layout: NiftiLayout
     size: int
     dtype: str
@@ -129,30 +132,6 @@ def parse_label_map(text: str) -> tuple[tuple[int, str], ...]:
     return pairs
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    """`{case}/{case}_seg.nii.gz` -> a regex whose group `case` is the case id (repeats must agree)."""
-    parts = pattern.split("{case}")
-    if len(parts) < 2:
-        raise DatakitError(f"--label-pattern {pattern!r} must contain {{case}}")
-    middle = "".join(re.escape(p) + "(?P=case)" for p in parts[1:-1])
-    return re.compile(re.escape(parts[0]) + "(?P<case>[^/]+?)" + middle + re.escape(parts[-1]))
-
-
-def _find_cases(images: Path, labels: Path, layout: NiftiLayout) -> list[tuple[str, tuple[Path, ...], Path]]:
-    regex = _pattern_regex(layout.label_pattern)
-    found = []
-    for dirpath, _, files in os.walk(labels):
-        for name in files:
-            rel = (Path(dirpath) / name).relative_to(labels).as_posix()
-            m = regex.fullmatch(rel)
-            if m:
-                case = m.group("case")
-                mods = layout.modalities or ("",)
-                imgs = tuple(images / layout.image_pattern.format(case=case, modality=mod) for mod in mods)
-                found.append((case, imgs, labels / rel))
-    return sorted(found)
-
-
 def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     preset = PRESETS[o.preset]["layouts"] if o.preset else []
     if o.label_map:
@@ -164,7 +143,7 @@ def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     else:
         raise DatakitError("say which label value is which class: --classes background,liver,tumor or "
                            "--label-map 0:background,1:liver,2:tumor (or use --preset lits|brats)")
-    base = preset or [NiftiLayout(f"{{case}}{ext}", f"{{case}}{ext}", ()) for ext in (".nii.gz", ".nii")]
+    base = preset or [NiftiLayout("{case}.nii.gz", "{case}.nii.gz", ())]
     layouts = []
     for lay in base:
         changes = {k: v for k, v in (("image_pattern", o.image_pattern), ("label_pattern", o.label_pattern),
@@ -174,6 +153,7 @@ def _layout_from_options(o: NiftiSegOptions) -> list[NiftiLayout]:
     return list(dict.fromkeys(layouts))  # options may make several preset layouts identical
 
 
+@locked_output("tlx convert nifti-seg")
 def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     """Convert a NIfTI segmentation dataset; returns the manifest written."""
     check_output(o.out, o.resume)
@@ -197,15 +177,11 @@ def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
             raise DatakitError(f"--patient-regex {o.patient_regex!r} is not a regular expression ({exc})") from None
     images = Path(o.images)
     labels = Path(o.labels) if o.labels else images
-    layout, cases = _cases_and_layout(o, images, labels)
+    layout, cases, unused = _cases_and_layout(o, images, labels)
     modalities = layout.modalities
     n_channels = len(modalities) if modalities else (len(layout.channels) or 1)
-
-    patient_of = {case: _patient(case, o.patient_regex) for case, _, _ in cases}
-    split_of = assign_splits(list(patient_of.values()), val, test, o.seed)
-    jobs = [(case, CaseJob(case, patient_of[case], split_of[patient_of[case]], tuple(str(p) for p in imgs),
-                           str(lab), lab.relative_to(labels).as_posix(), layout, o.size, dtype, drop_empty))
-            for case, imgs, lab in cases]
+    jobs = [(c.case, CaseJob(c.case, _patient(c.case, o.patient_regex), c.images, c.label, layout, o.size, dtype,
+                             drop_empty)) for c in cases]
 
     classes = [name for _, name in layout.label_map]
     shape = [o.size, o.size] if n_channels == 1 else [n_channels, o.size, o.size]
@@ -221,12 +197,29 @@ def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     builder = DatasetBuilder(o.out, kind="segmentation", members=members, classes=classes, config=config,
                              samples_per_shard=o.samples_per_shard, seed=o.seed, resume=o.resume,
                              progress=progress)
-    builder.run(stage_case, jobs, check_workers(o.workers), what="converting volumes")
-    return builder.assemble()
+    staged = builder.run(stage_case, jobs, check_workers(o.workers), what="converting volumes")
+    deal_splits(staged, val, test, o.seed)
+    return builder.assemble(rejects=unused)
 
 
-def _cases_and_layout(o: NiftiSegOptions, images: Path, labels: Path) -> tuple[NiftiLayout, list]:
-    """The first of the options' layouts under which label volumes are found, and those cases."""
+def deal_splits(staged: list[Staged], val: float, test: float, seed: int) -> None:
+    """Split by patient among the patients with at least one staged slice, so every split with a
+    positive share gets one (convert.splits.assign_splits) even when whole cases were rejected
+    (4 cases gave 3/1/0 patients when the test patient's case was rejected after the split)."""
+    patients = sorted({r["patient"] for s in staged for r in s.rows})
+    if not patients:
+        return                     # assemble says that nothing is left to write
+    split_of = assign_splits(patients, val, test, seed)
+    for s in staged:
+        for r in s.rows:
+            r["split"] = split_of[r["patient"]]
+        for v in s.volumes:
+            v["split"] = split_of[v["patient"]] if v["kept"] else None
+
+
+def _cases_and_layout(o: NiftiSegOptions, images: Path, labels: Path) -> tuple[NiftiLayout, list[Case], list[dict]]:
+    """The first of the options' layouts under which label volumes are found, its cases, and the
+    rejects of every other file below --images and --labels (nifti_files.find_cases)."""
     for what, p in (("--images", images), ("--labels", labels)):
         if not p.is_dir():
             raise DatakitError(f"{what} {p} is not a folder")
@@ -237,9 +230,9 @@ def _cases_and_layout(o: NiftiSegOptions, images: Path, labels: Path) -> tuple[N
             raise DatakitError(f"images and labels are both {images} with the same file pattern; give --labels "
                                f"(e.g. labelsTr/) or distinct --image-pattern and --label-pattern")
     for layout in layouts:
-        cases = _find_cases(images, labels, layout)
+        cases, unused = find_cases(images, labels, layout)
         if cases:
-            return layout, cases
+            return layout, cases, unused
     tried = "; ".join(f"{lay.label_pattern}" for lay in layouts)
     raise DatakitError(f"no label volume under {labels} matches the label pattern(s) {tried}; "
                        f"give --label-pattern (e.g. '{{case}}_seg.nii.gz')")
@@ -289,7 +282,7 @@ class _CaseRejected(Exception):
 def stage_case(job: CaseJob, bin_path: Path) -> Staged:
     """Convert one case (runs in a worker process): read it, map its labels, stage its slices."""
     staged = Staged(job.case)
-    volume = {"volume": job.case, "patient": job.patient, "label": None, "split": job.split,
+    volume = {"volume": job.case, "patient": job.patient, "label": None, "split": None,
               "files": len(job.images) + 1, "slices": 0, "slices_kept": 0, "slices_empty": 0,
               "kept": False, "reason": None}
     staged.volumes.append(volume)
@@ -297,7 +290,7 @@ def stage_case(job: CaseJob, bin_path: Path) -> Staged:
         lab_img, lab, chans = _read_case(job)
         mask_vol = _class_masks(job, lab)
     except _CaseRejected as exc:
-        staged.rejects.append(stage_reject(exc.path or job.rel_label, exc.code, exc.reason, volume=job.case))
+        staged.rejects.append(stage_reject(exc.path or job.label, exc.code, exc.reason, volume=job.case))
         volume.update(reason=exc.reason, split=None)
         return staged
     _stage_slices(job, staged, volume, lab_img, mask_vol, chans, bin_path)
@@ -312,13 +305,13 @@ def _read_case(job: CaseJob):
     """(label image, label volume, image channels), all on the label's grid; raises _CaseRejected."""
     missing = [p for p in job.images if not Path(p).is_file()]
     if missing:
-        raise _CaseRejected("missing-image", f"image file {Path(missing[0]).name} of case {job.case} not found")
+        raise _CaseRejected("no-image", f"case {job.case} has no image file {missing[0]} (.nii or .nii.gz)")
     try:
         for path in (job.label, *job.images):
             if (too_large := _declared_too_large(path)) is not None:
                 raise _CaseRejected("bad-geometry", too_large, path)
         lab_img, lab = _load_canonical(job.label)
-        chans = []
+        chans, sources = [], []
         for path in job.images:
             _, data = _load_canonical(path)
             data = np.asarray(data, dtype=np.float32)
@@ -328,8 +321,10 @@ def _read_case(job: CaseJob):
                     raise _CaseRejected("bad-channels", f"--channels {sel} but {Path(path).name} has "
                                                         f"{data.shape[3]} channels", path)
                 chans += [data[..., c] for c in sel]
+                sources += [path] * len(sel)
             elif data.ndim == 3:
                 chans.append(data)
+                sources.append(path)
             else:
                 raise _CaseRejected("bad-geometry", f"{Path(path).name} has {data.ndim} dimensions, expected 3 or 4",
                                     path)
@@ -338,6 +333,11 @@ def _read_case(job: CaseJob):
     except Exception as exc:  # noqa: BLE001 - an unreadable file rejects its case, with the reason
         raise _CaseRejected("unreadable", f"cannot read case {job.case}: {type(exc).__name__}: {exc}") from exc
     lab = np.asarray(lab)
+    for path, data in ((job.label, lab), *zip(sources, chans)):
+        bad = data.size - np.count_nonzero(np.isfinite(data)) if data.dtype.kind == "f" else 0
+        if bad:
+            raise _CaseRejected("non-finite", f"{bad} of {data.size} voxels are NaN or infinite; the case cannot "
+                                              "be stored (NaN would become 0 without a word)", path)
     if lab.ndim == 4 and lab.shape[3] == 1:
         lab = lab[..., 0]
     if any(c.shape != lab.shape for c in chans):
@@ -387,7 +387,7 @@ def _stage_slices(job: CaseJob, staged: Staged, volume: dict, lab_img, mask_vol:
             mask = resize_mask(mask, job.size)
             pixels = np.bincount(mask.ravel(), minlength=len(names))
             staged.rows.append({
-                "key": f"{safe_key(job.case)}-s{z:04d}", "split": job.split, "patient": job.patient,
+                "key": f"{safe_key(job.case)}-s{z:04d}", "split": None, "patient": job.patient,
                 "volume": job.case, "slice_index": z, "z": float(lab_img.affine[2, 3] + z * lab_img.affine[2, 2]),
                 "pixel_spacing_row": float(zooms[1]), "pixel_spacing_col": float(zooms[0]),
                 "slice_thickness": float(zooms[2]),

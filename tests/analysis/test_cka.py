@@ -119,3 +119,32 @@ def test_svcca_is_degenerate_once_the_directions_fill_the_centred_space():
     assert forced.degenerate
     free = svcca(rng.normal(size=(11, 5)), rng.normal(size=(11, 5)))  # 5 + 5 = 10 dimensions of 10: no forced 1
     assert free.correlations.max() < 1 - 1e-6 and not free.degenerate
+
+
+def test_cca_of_single_columns_is_the_absolute_correlation_and_dead_channels_span_nothing():
+    from analysis.svcca import cca
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(500, 1))
+    y = -0.5 * x + rng.normal(size=(500, 1))
+    assert cca(x, y)[0] == pytest.approx(abs(np.corrcoef(x[:, 0], y[:, 0])[0, 1]), abs=1e-12)
+    X = rng.normal(size=(500, 4))
+    dead = np.c_[X, np.zeros(500)]          # a ReLU channel that never fires on the probe
+    Y = X @ rng.normal(size=(4, 4)) + 0.1 * rng.normal(size=(500, 4))
+    assert cca(dead, Y) == pytest.approx(cca(X, Y), abs=1e-12) and len(cca(dead, Y)) == 4
+    assert cca(X, X @ rng.normal(size=(4, 4))) == pytest.approx(np.ones(4), abs=1e-9)
+
+
+def test_the_covariance_route_gives_what_the_svd_route_gives():
+    """activation similarity uses one pass of covariances; it must equal cca, svcca and linear_cka."""
+    from analysis.svcca import cca, covariance_similarities
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(2000, 16)) * np.linspace(5, 0.1, 16)
+    Y = X @ rng.normal(size=(16, 12)) + 0.5 * rng.normal(size=(2000, 12))
+    Y[:, 3] = 0.0                                                      # a dead channel
+    fast = covariance_similarities(X, Y)
+    assert fast["mean_cca"] == pytest.approx(cca(X, Y).mean(), abs=1e-9)
+    assert fast["svcca"] == pytest.approx(svcca(X, Y).mean, abs=1e-9)
+    assert fast["cka"] == pytest.approx(linear_cka(X, Y), abs=1e-12)
+    assert not fast["svcca_degenerate"]

@@ -58,7 +58,7 @@ def tree(tmp_path_factory):
     (out / "scale_factors.json").write_text(json.dumps({
         "format": "tlx-scale-factors", "version": 1, "s_lb": {"value": S_LB, "ci95": None},
         "s_ub": {"value": S_UB, "ci95": None}}))
-    report = build_report(root, out, options=ReportOptions(uniqueness_splits=3))
+    report = build_report(root, out, options=ReportOptions(redundancy_splits=3))
     return root, out, report, truth
 
 
@@ -146,11 +146,17 @@ def test_convergence_epochs_and_the_run_that_never_converged(tree):
     assert "| radnet / finetune / 100% | scratch | val_accuracy | 2/3 | 7.5 ± 0.5 | seed 2 |" in text
 
 
+def study_layout(W):
+    """The study's layout written out: one row per (filter, row, column), the input channels as columns."""
+    out, _, kh, kw = W.shape
+    return np.array([W[o, :, y, x] for o in range(out) for y in range(kh) for x in range(kw)], dtype=np.float64)
+
+
 def reference_linear_cka(W0, W1):
-    X, Y = W0.reshape(W0.shape[0], -1).T.astype(np.float64), W1.reshape(W1.shape[0], -1).T.astype(np.float64)
-    n = len(X)
-    H = np.eye(n) - 1.0 / n
-    K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
+    """Sample-space CKA <HKH, HLH> / (|HKH| |HLH|) with K = XX^T; HKH = X_c X_c^T (columns centred)."""
+    X, Y = study_layout(W0), study_layout(W1)
+    X, Y = X - X.mean(0), Y - Y.mean(0)
+    K, L = X @ X.T, Y @ Y.T
     return np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L))
 
 
@@ -251,8 +257,8 @@ def test_a_spreadsheets_utf8_csv_with_a_byte_order_mark_is_read(tmp_path):
 
 
 def test_bad_options_are_refused_before_any_work():
-    with pytest.raises(AnalysisError, match="uniqueness_splits must be >= 1, got 0"):
-        ReportOptions(uniqueness_splits=0)
+    with pytest.raises(AnalysisError, match="redundancy_splits must be >= 1, got 0"):
+        ReportOptions(redundancy_splits=0)
     with pytest.raises(AnalysisError, match="rbf_threshold must be > 0, got -1"):
         ReportOptions(rbf_threshold=-1)
 
@@ -302,7 +308,7 @@ def test_what_the_trainer_writes_in_odd_cases(tmp_path):
                              for e in range(1, 13)],
                       first_layers=tiny if seed == 0 else {"init/conv1.weight": tiny["init/conv1.weight"]})
     out = tmp_path / "report"
-    report = build_report(root, out, options=ReportOptions(s_lb=2.0, s_ub=3.0, uniqueness_splits=2))
+    report = build_report(root, out, options=ReportOptions(s_lb=2.0, s_ub=3.0, redundancy_splits=2))
     text = report.index.read_text()
     assert "| 6 | 4 | 0 | 2 | 0 |" in text  # both pretraining runs kept
     assert "left out of the tables): `lits/ct-large/finetune/frac-1/seed-0`: dice_tumor" in text
@@ -332,7 +338,7 @@ def test_unreadable_predictions_or_weights_leave_out_that_run_not_the_report(tmp
     for name in ("predictions.parquet", "first_layers.npz"):
         path = runs[("b", 1)] / name
         path.write_bytes(path.read_bytes()[:100])
-    report = build_report(root, tmp_path / "report", options=ReportOptions(uniqueness_splits=2))
+    report = build_report(root, tmp_path / "report", options=ReportOptions(redundancy_splits=2))
     text = report.index.read_text()
     bad = "radnet/b/finetune/frac-1/seed-1"
     assert any(n.startswith(f"{bad}: left out:") and "cannot be read as predictions" in n
@@ -360,7 +366,7 @@ def test_sample_std_convention_reaches_every_table(tmp_path, monkeypatch):
     for seed, acc in enumerate((0.7, 0.8)):  # converge at epochs 7 and 8
         write_run(root, "radnet", "scratch", seed, metrics={"accuracy": acc}, first_layers=first_layers(rng, 0.5),
                   curve=[{"epoch": e, "train_loss": 1.0 / e, "val_accuracy": min(acc, 0.1 * e)} for e in range(1, 31)])
-    report = build_report(root, tmp_path / "report", options=ReportOptions(ddof=1, uniqueness_splits=2))
+    report = build_report(root, tmp_path / "report", options=ReportOptions(ddof=1, redundancy_splits=2))
     text = report.index.read_text()
     assert "**Std convention:** mean ± std over seeds, std = sample std (ddof=1)" in text
     assert f"| 2/2 | 7.5 ± {math.sqrt(0.5):.1f} |" in text  # sample std of (7, 8), not 0.5

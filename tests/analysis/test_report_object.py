@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("computed") / "report"
-    return compute_report(runs, out, options=ReportOptions(uniqueness_splits=1))
+    return compute_report(runs, out, options=ReportOptions(redundancy_splits=1))
 
 
 def snapshot(rep: Report) -> tuple:
@@ -87,7 +87,7 @@ def hand_built(tmp_path: Path) -> Report:
     p = np.array([[np.nan, pairs[("ct", "scratch")].test.p], [pairs[("scratch", "ct")].test.p, np.nan]])
     rep = Report(tmp_path, tmp_path / "index.md", ReportOptions(alpha=0.5), results=rows, comparisons=comparisons,
                  comparison_panels=[ComparisonPanel(group, "accuracy", ["ct", "scratch"], pairs, delta, p)],
-                 scale=ScaleAdjustment({"lb": ScaleFactor(1.136, 0.01, 2), "ub": ScaleFactor(3.807)},
+                 scale=ScaleAdjustment({"lb": ScaleFactor(1.136, 0.01, 2, "gzip level 9"), "ub": ScaleFactor(3.807)},
                                        "values given by hand"))
     rep.notes["scale factors"].append("2 volume(s) failed")
     return rep
@@ -98,8 +98,8 @@ def test_the_scale_factors_section_renders_from_a_hand_built_report(tmp_path):
     lo, hi = 1.136 - 1.96 * 0.01, 1.136 + 1.96 * 0.01
     assert scale_factors_section(rep) == [
         "## Scale factors", "", "From values given by hand.", "",
-        "| bound | value | 95% CI |", "|---|---|---|",
-        f"| S_LB | 1.136 | {lo:.4g} – {hi:.4g} |", "| S_UB | 3.807 | — |", "",
+        "| bound | value | 95% CI | computed with |", "|---|---|---|---|",
+        f"| S_LB | 1.136 | {lo:.4g} – {hi:.4g} | gzip level 9 |", "| S_UB | 3.807 | — | given by hand |", "",
         "**2 volume(s) failed.**", ""]
     assert not (tmp_path / "index.md").exists()
 

@@ -43,11 +43,13 @@ def test_effective_slices_by_hand():
                    [0.5, 1.7, 2.0]])
     # slice 1: relative MI to slice 0 = (1.25 - 0.5) / 1.5 = 0.5 -> adds 0.5
     # slice 2: to slice 0: 0 (at the baseline), to slice 1: (1.7 - 0.5) / 1.5 = 0.8 -> adds 0.2
-    eff, utility = effective_slices(mi, h, base)
+    eff, utility = effective_slices(mi, h, base, "paper-text")
     np.testing.assert_allclose(utility, [1.0, 0.5, 0.2])
     assert eff == pytest.approx(1.7)
-    assert effective_slices(np.full((4, 4), 2.0), np.full(4, 2.0), np.full(4, 0.5))[0] == 1.0  # identical slices
-    assert effective_slices(np.full((4, 4), 0.5), np.full(4, 2.0), np.full(4, 0.5))[0] == 4.0  # independent ones
+    for estimator in ("paper-text", "study-code"):
+        identical = effective_slices(np.full((4, 4), 2.0), np.full(4, 2.0), np.full(4, 0.5), estimator)
+        independent = effective_slices(np.full((4, 4), 0.5), np.full(4, 2.0), np.full(4, 0.5), estimator)
+        assert (identical[0], independent[0]) == (1.0, 4.0)
 
 
 def test_identical_slices_are_worth_one_slice(full):
@@ -88,21 +90,25 @@ def test_results_do_not_depend_on_workers_and_follow_the_seed(dataset, full):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is an optional accelerator")
-def test_the_gpu_pipeline_gives_the_cpu_results(tmp_path, monkeypatch):
-    """The GPU branch (reader threads prepare, one torch engine finishes) on the CPU build of torch."""
+@pytest.mark.parametrize("estimator", ["study-code", "paper-text"])
+def test_the_gpu_pipeline_gives_the_cpu_results(tmp_path, monkeypatch, estimator):
+    """The GPU branch (reader threads prepare, one torch engine finishes) on the CPU build of torch: the smoothed
+    histograms (study-code) as G C G^T in torch, the plain ones (paper-text) as sums of C log C."""
     import analysis.scale_factors as sf
 
     rng = np.random.default_rng(6)
     root = write_ct_dataset(tmp_path / "data", {f"v{i}": rng.integers(-1000, 1000, (4, 16, 16)).astype(np.int16)
                                                 for i in range(4)})
-    cpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd"))
+    cpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd", estimator=estimator))
     real_engine = sf.PairwiseMI
     devices = []
     monkeypatch.setattr(sf, "_resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device: devices.append((method, device))
-                        or real_engine(bins, method, "cpu"))
-    gpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd", workers=3, device="cuda"))
-    assert devices == [("torch", "cuda")]  # one engine for all volumes, int8 products by default
+    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device, **kw: devices.append((method, device, kw))
+                        or real_engine(bins, method, "cpu", **kw))
+    gpu = estimate_scale_factors(root, ScaleFactorConfig(seed=3, compressor="zstd", workers=3, device="cuda",
+                                                         estimator=estimator))
+    sigma = 1.0 if estimator == "study-code" else 0.0
+    assert devices == [("torch", "cuda", {"sigma": sigma})]  # one engine for all volumes, int8 products by default
     for row, ref in zip(gpu["per_volume"], cpu["per_volume"], strict=True):
         assert row["volume"] == ref["volume"] and row["error"] is None and row["s_lb"] == ref["s_lb"]
         assert row["ub_effective_slices"] == pytest.approx(ref["ub_effective_slices"], abs=1e-9)
@@ -121,7 +127,7 @@ def test_an_int8_product_the_gpu_lacks_is_one_error_before_any_volume_is_read(da
     reads = []
     monkeypatch.setattr(torch, "_int_mm", unsupported)
     monkeypatch.setattr(sf, "_resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device: PairwiseMI(bins, method, "cpu"))
+    monkeypatch.setattr(sf, "PairwiseMI", lambda bins, method, device, **kw: PairwiseMI(bins, method, "cpu", **kw))
     monkeypatch.setattr(sf, "read_slices", lambda *args: reads.append(args))
     with pytest.raises(AnalysisError, match="MI method 'torch' fails on cpu .*CUBLAS_STATUS_NOT_SUPPORTED.*; "
                                             r"try --method torch-float"):

@@ -98,7 +98,7 @@ def test_scan_and_read_hu_survive_damaged_copies(tmp_path):
     for i, path in enumerate(CORPUS[:40]):
         shutil.copyfile(path, root / f"orig{i:03d}")
     warnings.simplefilter("ignore")
-    summary = scan(root, tmp_path / "out", workers=1, secret=b"s")
+    summary = scan(root, tmp_path / "out", workers=1, secret=b"tlx-corpus-test-secret-0123")
     rows = pq.read_table(tmp_path / "out" / INDEX).to_pylist()
     assert len(rows) == summary.files == made + 40
     assert {r["reject_code"] for r in rows} - {None} <= KNOWN_CODES
@@ -122,7 +122,7 @@ def test_scan_codes_for_pydicom_files(tmp_path):
              "MR_truncated.dcm": "not-ct", "README.txt": "not-dicom"}
     for name in picks:
         shutil.copyfile(next(p for p in CORPUS if os.path.basename(p) == name), tmp_path / name)
-    scan(tmp_path, tmp_path / "out", workers=1, secret=b"s")
+    scan(tmp_path, tmp_path / "out", workers=1, secret=b"tlx-corpus-test-secret-0123")
     rows = {r["path"]: r for r in pq.read_table(tmp_path / "out" / INDEX).to_pylist()}
     assert {k: rows[k]["reject_code"] for k in picks} == picks
     ct = rows["CT_small.dcm"]

@@ -15,6 +15,7 @@ from datakit.scan import scan
 from datakit.write import write_dataset
 from datakit.write_config import RunOptions, WriteConfig
 from tests.datakit.write_helpers import PLAN_ARGS, SECRET, WRITE_ARGS, copy_plan
+from tlxcore.lock import LOCK_NAME
 from tlxcore.progress import Tick
 from tlxcore.runtime import default_workers
 
@@ -31,7 +32,7 @@ def _one_line_error(result, pattern: str) -> None:
 
 def _files(folder) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+            if p.is_file() and p.name != LOCK_NAME}      # the lock names the pid of its last holder
 
 
 def test_bare_resume_is_auto_before_or_after_the_dataset_folder(sharded):
@@ -103,18 +104,18 @@ def test_never_wants_an_empty_folder_and_auto_rescans_only_its_own_scan(cohort, 
     (out / "manifest.json.partial-4242").write_bytes(b"{")     # a killed writer's: not foreign, but not empty
     with pytest.raises(DatakitError, match=r"is not empty and --resume is never; choose a new folder, or use "
                                            r"--resume auto to continue the earlier `tlx scan` there"):
-        scan(root, out, workers=1, secret=b"s", resume="never")
+        scan(root, out, workers=1, secret=SECRET.encode(), resume="never")
     (out / "manifest.json.partial-4242").unlink()
-    scan(root, out, workers=1, secret=b"s", resume="never")
+    scan(root, out, workers=1, secret=SECRET.encode(), resume="never")
     index = (out / "work" / "index.parquet").read_bytes()
-    scan(root, out, workers=1, secret=b"s")                    # auto: its own scan of this root, made again
+    scan(root, out, workers=1, secret=SECRET.encode())                    # auto: its own scan of this root, made again
     assert (out / "work" / "index.parquet").read_bytes() == index
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(root / truth["files"][0]["path"], other / "one.dcm")
     with pytest.raises(DatakitError, match=r"index.parquet was scanned from '.*cohort', not '.*other'; resume with "
                                            r"that --dicom-root"):
-        scan(other, out, workers=1, secret=b"s")
+        scan(other, out, workers=1, secret=SECRET.encode())
     assert (out / "work" / "index.parquet").read_bytes() == index
 
 
@@ -138,7 +139,7 @@ def test_scan_progress_ticks_count_files_and_end_at_their_total(cohort, tmp_path
     """While the walk streams its total is unknown; the last tick has it. --workers defaults to the
     cores this process may use (tlxcore.runtime.default_workers)."""
     ticks = []
-    summary = scan(cohort[0], tmp_path, secret=b"s", progress=ticks.append)
+    summary = scan(cohort[0], tmp_path, secret=SECRET.encode(), progress=ticks.append)
     assert summary.workers == default_workers()
     assert ticks and {t.stage for t in ticks} == {"scan"} and {t.unit for t in ticks} == {"files"}
     assert all(t.total is None for t in ticks[:-1])

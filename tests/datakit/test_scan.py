@@ -14,7 +14,7 @@ from datakit.errors import DatakitError
 from datakit.scan import INDEX, scan
 from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
 
-SECRET = b"test-secret"
+SECRET = b"tlx-scan-test-secret-0123"   # 16 bytes at least (datakit.secret)
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +164,14 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch, cohort):
     bad = tmp_path / "rules.toml"
     bad.write_text('[[rule]]\nname = "x"\nlabel = "belly"\nkeywords = ["bauch"]\n')
     result = CliRunner().invoke(cli, ["scan", "--dicom-root", str(root), "--out", str(tmp_path / "o3"),
-                                      "--label-rules", str(bad)], env={"TLX_SECRET": "s"})
+                                      "--label-rules", str(bad)], env={"TLX_SECRET": SECRET.decode()})
     assert result.exit_code == 2 and "label 'belly' is not a class; allowed: head, thorax" in result.output
 
 
 def test_cli_scan_prints_a_summary_table(cohort, tmp_path):
     root, _ = cohort
     result = CliRunner().invoke(cli, ["scan", "--dicom-root", str(root), "--out", str(tmp_path / "d"),
-                                      "--workers", "1"], env={"TLX_SECRET": "s"})
+                                      "--workers", "1"], env={"TLX_SECRET": SECRET.decode()})
     assert result.exit_code == 0, result.output
     assert "candidate: thorax" in result.output and "rejected: scout" in result.output
     assert (tmp_path / "d" / INDEX).exists()

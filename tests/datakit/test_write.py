@@ -323,6 +323,7 @@ def test_scan_records_its_inputs_and_write_needs_no_root_after_a_separate_scan(c
     import hashlib
 
     from datakit.labels import SHIPPED_RULES
+    from datakit.secret import fingerprint
 
     root, _ = cohort
     rules = tmp_path / "my_rules.toml"
@@ -340,9 +341,10 @@ def test_scan_records_its_inputs_and_write_needs_no_root_after_a_separate_scan(c
         assert result.exit_code == 0, result.output
     record = json.loads((out / "work" / "scan.json").read_text())
     mine = {"name": "my_rules.toml", "shipped": False, "sha256": hashlib.sha256(rules.read_bytes()).hexdigest()}
-    assert record == {"dicom_root": str(root), "label_rules": mine}
+    fp = fingerprint(SECRET.encode())          # the secret only by its fingerprint (test_secret.py)
+    assert record == {"dicom_root": str(root), "label_rules": mine, "secret_fingerprint": fp}
     manifest_text = (out / "manifest.json").read_text()
-    assert json.loads(manifest_text)["config"]["scan"] == {"label_rules": mine}
+    assert json.loads(manifest_text)["config"]["scan"] == {"label_rules": mine, "secret_fingerprint": fp}
     assert str(root) not in manifest_text and str(tmp_path) not in manifest_text and "my_rules.toml" in manifest_text
     # tlx shard records the shipped rules the same way.
     shipped = json.loads((sharded[0] / "manifest.json").read_text())["config"]["scan"]["label_rules"]

@@ -1,6 +1,8 @@
 """Helpers of the write-side tests (fixtures are in conftest.py)."""
 import shutil
 
+from tlxcore.lock import LOCK_NAME
+
 SECRET = "tlx-write-test-secret"
 # Options of the reference dataset (conftest's `sharded`); tests that rebuild it from its plan use them too.
 WRITE_ARGS = ["--size", "32", "--samples-per-shard", "16", "--workers", "1"]
@@ -17,6 +19,7 @@ def copy_plan(dataset, dest):
 
 
 def output_files(dataset) -> dict:
-    """Every output file of a dataset (work/ excluded) -> its bytes."""
+    """Every output file of a dataset (work/ and the folder lock, which names its last holder's pid,
+    excluded) -> its bytes."""
     return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
-            if p.is_file() and p.relative_to(dataset).parts[0] != "work"}
+            if p.is_file() and p.relative_to(dataset).parts[0] != "work" and p.name != LOCK_NAME}

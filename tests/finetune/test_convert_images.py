@@ -264,3 +264,43 @@ def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in fresh["shards"]]
     slices = pl.read_parquet(tmp_path / "b" / "slices.parquet")
     assert slices.equals(pl.read_parquet(tmp_path / "fresh" / "slices.parquet"))
+
+
+def _without_hanging(fn, fifos, seconds=60):
+    """Run fn in a thread; if it blocks (a reader stuck on a FIFO), unblock it and fail."""
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:                       # a writer opening and closing releases the stuck reader
+            open(fifo, "wb").close()
+        thread.join(10)
+        pytest.fail("the conversion hung on a FIFO")
+    return out.get("result")
+
+
+def test_a_fifo_is_rejected_as_not_a_file_and_never_opened(tmp_path):
+    """`tlx convert image-folder` hung forever on a FIFO named in the CSV."""
+    import os
+
+    root, csv_path = write_chestxray(tmp_path / "cxr", n_patients=4)
+    named = root / "images_001" / "00000001_000.png"
+    named.unlink()
+    os.mkfifo(named)                              # a row of the CSV names it
+    os.mkfifo(root / "images_001" / "stray.png")
+    m = _without_hanging(lambda: convert_image_folder(ImageFolderOptions(
+        root=str(root), labels=str(csv_path), out=str(tmp_path / "out"), size=16, val=0.25, test=0.25, workers=1)),
+        [named, root / "images_001" / "stray.png"])
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert rejects.select("path", "code").rows() == [("images_001/00000001_000.png", "not-a-file"),
+                                                     ("images_001/stray.png", "not-a-file")]
+    assert sum(s["samples"] for s in m["splits"].values()) == 7
+    classes = write_class_folders(tmp_path / "cls", per_class=4)
+    os.mkfifo(classes / sorted(p.name for p in classes.iterdir())[0] / "pipe.jpg")
+    _without_hanging(lambda: convert_class_folder(ClassFolderOptions(root=str(classes), out=str(tmp_path / "c"),
+                                                                     workers=1)), [])
+    rejects = pl.read_parquet(tmp_path / "c" / "rejects.parquet")
+    assert rejects["code"].to_list() == ["not-a-file"] and rejects["path"][0].endswith("/pipe.jpg")

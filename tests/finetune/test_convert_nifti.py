@@ -133,3 +133,83 @@ def test_a_volume_declaring_an_absurd_size_is_rejected_before_it_is_read(tmp_pat
     assert rejects.select("volume", "code").rows() == [("2", "bad-geometry")]
     assert "declares 1500x1500x1500 voxels, more than the limit" in rejects["reason"][0]
     assert m["splits"]["train"]["volumes"] == 2
+
+
+def _msd_folders(root, cases: dict[str, tuple[str, str]]):
+    """imagesTr/ and labelsTr/ with one case per entry: case -> (image suffix, label suffix)."""
+    from tests.fixtures.task_datasets import _save_nifti, lits_volume
+
+    rng = np.random.default_rng(3)
+    for case, (img_ext, lab_ext) in cases.items():
+        img, lab = lits_volume(rng, (24, 20, 6))
+        if img_ext:
+            _save_nifti(img, root / "imagesTr" / f"{case}{img_ext}")
+        if lab_ext:
+            _save_nifti(lab, root / "labelsTr" / f"{case}{lab_ext}")
+
+
+def test_nii_beside_nii_gz_is_converted_and_every_unused_file_is_reported(tmp_path):
+    """`.nii` files beside `.nii.gz` ones were ignored (12 inputs in no output), and an image X.nii with
+    its label X.nii.gz was reported as 'image file X.nii.gz not found'."""
+    _msd_folders(tmp_path, {"liver_0": (".nii.gz", ".nii.gz"), "liver_1": (".nii.gz", ".nii.gz"),
+                            "liver_2": (".nii", ".nii"), "liver_3": (".nii", ".nii"), "liver_4": (".nii", ".nii.gz"),
+                            "liver_5": (".nii.gz", ".nii"), "orphan": (".nii.gz", None), "lonely": (None, ".nii")})
+    (tmp_path / "imagesTr" / "README.txt").write_text("MSD Task03")
+    import nibabel as nib
+    nib.save(nib.load(str(tmp_path / "labelsTr" / "liver_0.nii.gz")), str(tmp_path / "labelsTr" / "liver_0.nii"))
+    images, labels = f"{tmp_path}/imagesTr", f"{tmp_path}/labelsTr"
+    m = convert_nifti_seg(NiftiSegOptions(images=images, labels=labels, out=str(tmp_path / "out"), preset="lits",
+                                          size=16, val=1, test=1, workers=1))
+    volumes = pl.read_parquet(tmp_path / "out" / "volumes.parquet")
+    assert sorted(volumes.filter("kept")["volume"]) == [f"liver_{i}" for i in range(6)]
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert sorted(rejects.select("path", "code").rows()) == [
+        (f"{images}/README.txt", "unmatched"), (f"{images}/orphan.nii.gz", "no-label"),
+        (f"{labels}/liver_0.nii.gz", "duplicate-case"), (f"{labels}/lonely.nii", "no-image")]
+    assert "case lonely has no image file" in rejects.filter(pl.col("code") == "no-image")["reason"][0]
+    # every file below both folders: used by a kept case or rejected
+    files = {str(p) for p in tmp_path.glob("*Tr/*")}
+    used = {f"{images}/{c}{e}" for c, e in (("liver_0", ".nii.gz"), ("liver_1", ".nii.gz"), ("liver_2", ".nii"),
+                                             ("liver_3", ".nii"), ("liver_4", ".nii"), ("liver_5", ".nii.gz"))}
+    used |= {f"{labels}/{c}{e}" for c, e in (("liver_0", ".nii"), ("liver_1", ".nii.gz"), ("liver_2", ".nii"),
+                                             ("liver_3", ".nii"), ("liver_4", ".nii.gz"), ("liver_5", ".nii"))}
+    assert files == used | set(rejects["path"]) and not used & set(rejects["path"])
+    assert sum(s["samples"] for s in m["splits"].values()) == 36
+
+
+def test_brats_t2_is_reported_as_an_unused_modality(tmp_path):
+    write_brats_cases(tmp_path / "src", n_cases=3)
+    convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "out"), preset="brats",
+                                      size=16, val=1, test=1, workers=1))
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert set(rejects["code"]) == {"unused-modality"} and len(rejects) == 3
+    assert all(p.endswith("_t2.nii.gz") for p in rejects["path"])
+
+
+def test_a_case_with_nan_or_inf_voxels_is_rejected_and_the_others_convert(tmp_path):
+    """NaN voxels became 0 without a word; one case with inf aborted the whole conversion."""
+    import nibabel as nib
+
+    write_lits_cases(tmp_path / "src", n_cases=5)
+    for case, value in ((1, np.nan), (3, np.inf)):
+        path = tmp_path / "src" / f"volume-{case}.nii"
+        data = np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
+        data[3, 4, 2] = value
+        nib.save(nib.Nifti1Image(data, affine=np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    m = convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "out"), preset="lits",
+                                          size=16, val=0, test=0, workers=1))
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert rejects.select("volume", "code").rows() == [("1", "non-finite"), ("3", "non-finite")]
+    assert set(rejects["reason"]) == {"1 of 2880 voxels are NaN or infinite; the case cannot be stored (NaN would "
+                                      "become 0 without a word)"}
+    assert rejects["path"].to_list() == [f"{tmp_path}/src/volume-1.nii", f"{tmp_path}/src/volume-3.nii"]
+    assert m["splits"]["train"]["volumes"] == 3
+
+
+@pytest.mark.parametrize("bad", range(4))
+def test_no_split_is_left_empty_when_a_case_is_rejected(tmp_path, bad):
+    """4 cases gave 3/1/0 patients: splits were dealt before the test patient's case was rejected."""
+    write_lits_cases(tmp_path / "src", n_cases=4, bad_label_case=bad)
+    m = convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(tmp_path / "out"), preset="lits",
+                                          size=8, workers=1))
+    assert {s: m["splits"][s]["patients"] for s in ("train", "val", "test")} == {"train": 1, "val": 1, "test": 1}

@@ -39,7 +39,7 @@ def test_lits_segmentation_dice(tmp_path):
     write_lits_cases(tmp_path / "src", n_cases=8, shape=(32, 32, 8))
     data = tmp_path / "data"
     convert_nifti_seg(NiftiSegOptions(images=str(tmp_path / "src"), out=str(data), preset="lits", size=32, workers=1))
-    result, lines, pred = _run(tmp_path, "lits", data, "--epochs", "6", "--batch-size", "4", "--lr", "5e-3",
+    result, lines, pred = _run(tmp_path, "lits", data, "--epochs", "8", "--batch-size", "4", "--lr", "5e-3",
                                "--normalize", "hu", "--window", "-100", "300")
     m = result["metrics"]
     assert set(m) == {"dice_liver", "dice_liver_volume", "dice_tumor", "dice_tumor_volume", "dice_mean"}

@@ -7,17 +7,44 @@ from trainer.models.unet import UNetDecoder, default_decoder_channels
 from trainer.task_heads import TaskModel, task_loss
 
 
-def test_unet_output_shape_and_skips_from_every_stage():
+@pytest.mark.parametrize("kind", ["backboned-unet", "smp-unet"])
+def test_unet_output_shape_and_skips_from_every_stage(kind):
     enc = build_encoder("resnet-tiny")
-    dec = UNetDecoder(enc.stage_channels, num_classes=3)
+    dec = UNetDecoder(enc.stage_channels, num_classes=3, kind=kind)
     for size in (64, 40):                      # 40 is no multiple of 32: sizes still line up
         x = torch.randn(2, 3, size, size)
         assert dec(enc.forward_stages(x), x.shape[-2:]).shape == (2, 3, size, size)
-    # the first conv of blocks 1-4 sees the upsampled map plus the skip of that stage
-    ins = [b.conv1[0].in_channels for b in dec.blocks]
+    # the conv after the concatenation sees the upsampled map plus the skip of that stage
     widths = default_decoder_channels(enc.feature_dim)
-    assert ins == [256 + 128, widths[0] + 64, widths[1] + 32, widths[2] + 8, widths[3]]
+    if kind == "smp-unet":
+        assert [b.conv1[0].in_channels for b in dec.blocks] == [256 + 128, widths[0] + 64, widths[1] + 32,
+                                                                widths[2] + 8, widths[3]]
+    else:
+        assert [b.conv2.in_channels for b in dec.blocks] == [widths[0] + 128, widths[1] + 64, widths[2] + 32,
+                                                             widths[3] + 8, widths[4]]
     assert default_decoder_channels(2048) == (256, 128, 64, 32, 16)
+
+
+def test_the_study_decoder_has_backboned_unets_layers_and_parameter_count():
+    """backboned_unet.Unet('resnet50', classes=3) with its defaults: 12,987,584 decoder parameters + 51 for the 1x1
+    head; so linear evaluation trains 35.6% of the model (tlx's earlier smp-unet: 9,013,363 and 27.7%)."""
+    enc = build_encoder("resnet50")
+    dec = UNetDecoder(enc.stage_channels, num_classes=3)          # the default: the study's
+    head = sum(p.numel() for p in dec.classifier.parameters())
+    assert sum(p.numel() for p in dec.parameters()) - head == 12_987_584 and head == 51
+    assert dec.classifier.kernel_size == (1, 1) and dec.classifier.bias is not None
+    for block, (cin, cout) in zip(dec.blocks, [(2048, 256), (256, 128), (128, 64), (64, 32), (32, 16)]):
+        up = block.up
+        assert (up.in_channels, up.out_channels, up.kernel_size, up.stride, up.padding, up.bias) == \
+            (cin, cout, (4, 4), (2, 2), (1, 1), None)
+        assert block.conv2.kernel_size == (3, 3) and block.conv2.bias is None
+    model = TaskModel(enc, "segmentation", 3, frozen_encoder=True)
+    trains = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trains == 12_987_635 and round(100 * trains / sum(p.numel() for p in model.parameters()), 1) == 35.6
+    smp = UNetDecoder(enc.stage_channels, num_classes=3, kind="smp-unet")
+    assert sum(p.numel() for p in smp.parameters()) == 9_013_363
+    with pytest.raises(ValueError, match="decoder 'unet' is not one of backboned-unet, smp-unet"):
+        UNetDecoder(enc.stage_channels, 3, kind="unet")
 
 
 def test_weighted_cross_entropy_matches_the_formula():

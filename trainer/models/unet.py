@@ -1,18 +1,28 @@
-"""A U-Net decoder on the ResNet encoder's stages, for 2D segmentation.
+"""U-Net decoders on the ResNet encoder's stages, for 2D segmentation.
 
-    dec = UNetDecoder(encoder.stage_channels, num_classes=3)
+    dec = UNetDecoder(encoder.stage_channels, num_classes=3, kind="backboned-unet")
     logits = dec(encoder.forward_stages(x), out_size=x.shape[-2:])   # [B, 3, H, W]
 
-The encoder gives five maps at strides 2, 4, 8, 16, 32 (stem, layer1..layer4). The
-decoder climbs back up in five blocks: each upsamples x2, concatenates the encoder map
-of that stride (a skip connection from every stage; the last block, at stride 1, has
-none) and applies two 3x3 conv-BN-ReLU. A 3x3 conv maps the last block to class logits.
+The encoder gives five maps at strides 2, 4, 8, 16, 32 (stem after its ReLU, layer1..4).
+Both decoders climb back up in five blocks of widths `channels` (256, 128, 64, 32, 16 for
+ResNet-50), each doubling the resolution and concatenating the encoder map of that
+stride (skips [None, relu, layer1, layer2, layer3]: the last block has none), then map
+the last block to class logits. Every decoder parameter is newly initialised.
 
-The paper calls its network "symmetrical U-Net-like" without giving widths. The widths
-here are those of the widely used ResNet U-Net (segmentation_models_pytorch's Unet:
-256, 128, 64, 32, 16 for ResNet-50, about 9M parameters next to the encoder's 23.5M),
-scaled with the encoder's width for smaller encoders; `channels` overrides them.
-Every decoder parameter is newly initialised (the encoder may be pretrained).
+- `backboned-unet` (default): the study's decoder, the `backboned_unet` package's Unet
+  with its defaults (parametric upsampling, batch norm): per block a transposed 4x4
+  convolution (stride 2, padding 1, no bias) + BN + ReLU, the concatenated skip, one 3x3
+  convolution (no bias) + BN + ReLU; a 1x1 convolution (with bias) as the head. For
+  ResNet-50: 12,987,584 parameters plus the head (51 for 3 classes).
+- `smp-unet` (tlx's earlier decoder): per block nearest-neighbour upsampling, the
+  concatenated skip, two 3x3 convolution + BN + ReLU; a 3x3 convolution as the head, as
+  segmentation_models_pytorch's Unet. 9,013,363 parameters for ResNet-50 and 3 classes.
+
+Narrower encoders get proportionally narrower widths (>= 8); `channels` overrides them.
+An input side that is no multiple of 32 gives odd encoder maps: `smp-unet` resizes to
+each skip's size; `backboned-unet`, whose transposed convolution exactly doubles, keeps
+the top-left part of the doubled map that lies over the skip (the study used 256 px,
+where nothing is cut).
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 RESNET50_DECODER = (256, 128, 64, 32, 16)
+DECODERS = ("backboned-unet", "smp-unet")
 
 
 def default_decoder_channels(feature_dim: int) -> tuple[int, ...]:
@@ -28,12 +39,39 @@ def default_decoder_channels(feature_dim: int) -> tuple[int, ...]:
     return tuple(max(8, c * feature_dim // 2048) for c in RESNET50_DECODER)
 
 
+def _widths(stage_channels: list[int], channels: tuple[int, ...] | None) -> tuple[list[int], list[int], tuple]:
+    """(input width of each block, skip width of each block, block widths)."""
+    if len(stage_channels) != 5:
+        raise ValueError(f"expected 5 encoder stages (stem, layer1..4), got {len(stage_channels)}")
+    channels = tuple(channels or default_decoder_channels(stage_channels[-1]))
+    if len(channels) != 5:
+        raise ValueError(f"decoder needs 5 widths, got {channels}")
+    return [stage_channels[-1]] + list(channels[:-1]), list(stage_channels[3::-1]) + [0], channels
+
+
 class _ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class _UpBlock(nn.Module):
+class _TransposedBlock(nn.Module):
+    """backboned_unet's UpsampleBlock(parametric=True, use_bn=True)."""
+
+    def __init__(self, cin: int, skip: int, cout: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout + skip, cout, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: torch.Size) -> torch.Tensor:
+        x = F.relu(self.bn1(self.up(x)))[..., :size[0], :size[1]]   # 2h >= the finer map's h: cut the overhang
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return F.relu(self.bn2(self.conv2(x)))
+
+
+class _NearestBlock(nn.Module):
     def __init__(self, cin: int, skip: int, cout: int):
         super().__init__()
         self.conv1 = _ConvBNReLU(cin + skip, cout)
@@ -48,17 +86,19 @@ class _UpBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    def __init__(self, stage_channels: list[int], num_classes: int, channels: tuple[int, ...] | None = None):
+    """Five up blocks and a head; `kind` is one of DECODERS (see the module docstring)."""
+
+    def __init__(self, stage_channels: list[int], num_classes: int, channels: tuple[int, ...] | None = None,
+                 kind: str = "backboned-unet"):
         super().__init__()
-        if len(stage_channels) != 5:
-            raise ValueError(f"expected 5 encoder stages (stem, layer1..4), got {len(stage_channels)}")
-        channels = tuple(channels or default_decoder_channels(stage_channels[-1]))
-        if len(channels) != 5:
-            raise ValueError(f"decoder needs 5 widths, got {channels}")
-        skips = list(stage_channels[3::-1]) + [0]   # layer3, layer2, layer1, stem, none
-        ins = [stage_channels[-1]] + list(channels[:-1])
-        self.blocks = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skips, channels))
-        self.classifier = nn.Conv2d(channels[-1], num_classes, 3, padding=1)
+        if kind not in DECODERS:
+            raise ValueError(f"decoder {kind!r} is not one of {', '.join(DECODERS)}")
+        self.kind = kind
+        ins, skips, widths = _widths(stage_channels, channels)
+        block = _TransposedBlock if kind == "backboned-unet" else _NearestBlock
+        self.blocks = nn.ModuleList(block(i, s, o) for i, s, o in zip(ins, skips, widths))
+        self.classifier = (nn.Conv2d(widths[-1], num_classes, 1) if kind == "backboned-unet"
+                           else nn.Conv2d(widths[-1], num_classes, 3, padding=1))
 
     def forward(self, stages: list[torch.Tensor], out_size: torch.Size) -> torch.Tensor:
         x = stages[-1]
