@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-SECRET = "tlx-shard-fuzz"
+SECRET = "tlx-shard-fuzz-secret-0123"   # 16 bytes at least (datakit.secret)
 # Explicit VR little endian element headers of the values the value mutations break.
 DS_TAGS = {"RescaleIntercept": b"\x28\x00\x52\x10DS", "RescaleSlope": b"\x28\x00\x53\x10DS",
            "PixelSpacing": b"\x28\x00\x30\x00DS", "SliceThickness": b"\x18\x00\x50\x00DS",

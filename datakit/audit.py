@@ -18,7 +18,7 @@ is checked for):
 - any other file under the dataset folder (logs, notes): line by line; binary ones cannot
   be read and are findings, as are temporary files of an unfinished write and links;
 - every file's path.
-Not read: `work/` and `rejects.parquet`, which are operator-side (they hold source paths) and
+Not read: `work/`, `rejects.parquet` and the writer's lock `.tlx.lock`, which are operator-side (they hold source paths) and
 never shared (docs/dataset-format.md; `tlx pack`, to come, leaves them out and runs this audit
 first); pixels (tlx does no OCR: burned-in text is handled by datakit.burned_in's flags).
 
@@ -38,10 +38,12 @@ import pyarrow as pa
 from datakit.audit_rules import TextChecker, as_strings, load_deny_list
 from tlxcore.atomic import is_partial
 from tlxcore.progress import Progress, Tick, silent
+from tlxcore.lock import LOCK_NAME
 from tlxcore.runtime import default_workers
 
 OPERATOR_SIDE = {"work": "operator-side intermediates (source paths); never shared",
-                 "rejects.parquet": "the operator's report of rejected files (source paths); never shared"}
+                 "rejects.parquet": "the operator's report of rejected files (source paths); never shared",
+                 LOCK_NAME: "the writer's lock (process id and host of the last writer); never shared"}
 MAX_LISTED = 20          # findings kept per (file, check); the rest are counted
 FLUSH_STRINGS = 1 << 20  # strings checked at once
 MIN_POOL_TARS = 64       # fewer tars are read here: starting worker processes would cost more

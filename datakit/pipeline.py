@@ -43,19 +43,21 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     if not root.is_dir():
         raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
     check_resume_mode(options.resume)
+    from datakit.secret import load_secret
+
+    secret = load_secret(secret_file)              # a weak or missing secret fails before anything is made
     refuse_foreign(layout.root)                    # before the lock leaves its file in someone's folder
     with output_lock(layout.root, "tlx shard"):   # scan, plan and write take it again (reentrant)
-        return _shard(root, layout, secret_file, label_rules, plan_config, write_config, options, progress)
+        return _shard(root, layout, secret, label_rules, plan_config, write_config, options, progress)
 
 
-def _shard(root: Path, layout: Layout, secret_file, label_rules, plan_config: PlanConfig, write_config: WriteConfig,
+def _shard(root: Path, layout: Layout, secret: bytes, label_rules, plan_config: PlanConfig, write_config: WriteConfig,
            options: RunOptions, progress: Progress) -> ShardSummary:
-    """shard() once the output folder is locked."""
+    """shard() once the output folder is locked; also on resume the earlier work must be `secret`'s."""
     from datakit.scan import check_scan_record, scan
-    from datakit.secret import check_dataset_secret, load_secret
+    from datakit.secret import check_dataset_secret
 
     earlier = check_output_folder(layout.root, options.resume, "tlx shard")
-    secret = load_secret(secret_file)        # also on resume: the earlier work must be this secret's
     reuse_index = earlier and layout.index.exists()
     if reuse_index:
         check_scan_record(layout, root, label_rules, secret)

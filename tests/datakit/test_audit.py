@@ -45,7 +45,7 @@ def test_a_dataset_made_by_tlx_shard_passes(sharded, deny_list):
     assert report.clean and report.findings == [] and report.strings > 1000
     shards = sorted(str(p.relative_to(ds)) for p in (ds / "shards").rglob("*.*"))
     assert report.checked == sorted(["manifest.json", "slices.parquet", "volumes.parquet", *shards])
-    assert sorted(report.skipped) == ["rejects.parquet", "work/"]
+    assert sorted(report.skipped) == [".tlx.lock", "rejects.parquet", "work/"]
     # The operator-side files do hold the cohort's names (folder names of its viewer export): not read.
     paths = pl.read_parquet(ds / "rejects.parquet")["path"].to_arrow()
     assert TextChecker(load_deny_list(deny_list)).check(paths)

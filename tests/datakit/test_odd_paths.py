@@ -21,7 +21,7 @@ def test_a_name_that_is_not_utf8_is_kept_and_converted(tmp_path, monkeypatch):
     write_series(type(root)(folder), "1.2.826.11")
     (root / "ok").mkdir()
     (root / "ok" / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"not DICOM")
-    monkeypatch.setenv("TLX_SECRET", "paths-test")
+    monkeypatch.setenv("TLX_SECRET", "tlx-paths-test-secret-0123")
     options = dict(plan_config=PlanConfig(min_slices=3, fractions=(1.0, 0.0, 0.0)),
                    write_config=WriteConfig(size=(16, 16), min_coverage=0.0), options=RunOptions(workers=1))
     summary = shard(root, tmp_path / "data", **options)

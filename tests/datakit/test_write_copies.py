@@ -38,7 +38,7 @@ def corrupt_rle(path):
 
 
 def run_shard(root, out, monkeypatch):
-    monkeypatch.setenv("TLX_SECRET", "copies-test")
+    monkeypatch.setenv("TLX_SECRET", "tlx-copies-test-secret-0123")
     return shard(root, out, plan_config=PlanConfig(min_slices=3, fractions=(1.0, 0.0, 0.0)),
                  write_config=WriteConfig(size=(16, 16), min_coverage=0.0), options=RunOptions(workers=1))
 
@@ -101,7 +101,7 @@ def test_fallbacks_are_byte_identical_across_workers(tmp_path, monkeypatch):
     write_series(tmp_path / "root" / "b", "1.2.826.10")
     corrupt_rle(first[3])
     run_shard(tmp_path / "root", tmp_path / "one", monkeypatch)
-    monkeypatch.setenv("TLX_SECRET", "copies-test")
+    monkeypatch.setenv("TLX_SECRET", "tlx-copies-test-secret-0123")
     shard(tmp_path / "root", tmp_path / "two", plan_config=PlanConfig(min_slices=3, fractions=(1.0, 0.0, 0.0)),
           write_config=WriteConfig(size=(16, 16), min_coverage=0.0), options=RunOptions(workers=2))
     for name in ("manifest.json", "rejects.parquet", "slices.parquet", "shards/train/train-000000.tar"):
