@@ -27,7 +27,7 @@ from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapG
                                      convergence_panels, overlap_groups, pretraining_panel, reuse_cells, reuse_rows,
                                      scale_adjustment, slice_utility_panel)
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
-from analysis.runs import GroupKey, Run, find_runs, headline_metric
+from analysis.runs import GroupKey, Run, find_runs, headline_metric, variant_notes
 from analysis.scale_adjust import SPACES
 from analysis.report_activations import ActivationPanel, activation_panels
 from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
@@ -88,6 +88,7 @@ class Report:
     tool_version: str = "unknown"
     runs: list[Run] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)    # runs left out, one line each
+    variants: list[str] = field(default_factory=list)    # table cells whose runs differ in config: shown apart
     results: list[ResultRow] = field(default_factory=list)
     comparisons: list = field(default_factory=list)
     comparison_panels: list[ComparisonPanel] = field(default_factory=list)
@@ -156,6 +157,7 @@ def compute_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Pa
     if runs_dir is not None:
         rep.runs, rep.problems = find_runs(runs_dir)
         rep.notes["runs"] += rep.problems
+        rep.variants = variant_notes(rep.runs)
     rows = results_from_runs(rep.runs, options.ddof)
     if summary is not None:
         rows = merge(rows, read_summary_csv(summary, options.ddof))

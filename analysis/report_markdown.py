@@ -56,7 +56,17 @@ def header(rep: Report) -> list[str]:
             f"Made by tlx {rep.tool_version} from {' and '.join(inputs)}. Every table below is also a file in this "
             f"folder; formulas and choices are in tlx's docs/analysis.md.", "",
             f"**Std convention:** mean ± std over seeds, std = {convention}; n = number of seeds. "
-            f"Welch tests always use the sample variance (ddof=1), whatever the tables show.", ""]
+            f"Welch tests always use the sample variance (ddof=1), whatever the tables show.", ""] + variants_note(rep)
+
+
+def variants_note(rep: Report) -> list[str]:
+    """The table cells whose runs differ in config (besides the seed): never averaged, each config its own init."""
+    if not rep.variants:
+        return []
+    return ["**Runs of different configs in one table cell:** a cell averages seeds of one config, so the runs "
+            "below are shown apart, each config as its own init `<init> [<what differs>]` in every table and test "
+            "(runs whose config.json differ in anything but the seed, the fold, where and how they ran, and how "
+            "often they saved and logged):", ""] + [f"- {note}" for note in rep.variants] + [""]
 
 
 def runs_section(rep: Report) -> list[str]:

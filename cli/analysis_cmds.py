@@ -109,6 +109,8 @@ def _print_report(report) -> None:
     from analysis.runs import fraction_label
 
     console = Console()
+    for note in report.variants:   # runs of different configs in one cell: shown apart, never averaged
+        console.print(f"[yellow]different configs, shown apart:[/yellow] {note}")
     tables = by_table(report.results)
     settings: dict = {}
     for (group, metric), inits in tables.items():

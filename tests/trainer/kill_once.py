@@ -16,10 +16,10 @@ the victim's agent counts a restart (issue 17's hang); without the pause the sur
 on the closed connection first, their agent counts too, and the counts happen to match.
 
 Every process appends to TLX_TEST_KILL_DIR/processes.jsonl when it starts (rank, the restart count
-its agent gave it) and when it exits normally (the optimizer steps it ran), so a test can tell
-which round resumed where and which agent counted which restart.
+its agent gave it) and when it exits (the optimizer steps it ran and its exit code: 0, or 143 for
+a survivor that torchrun stopped with SIGTERM; a SIGKILLed victim writes nothing), so a test can
+tell which round resumed where and which agent counted which restart.
 """
-import atexit
 import json
 import os
 import runpy
@@ -67,7 +67,14 @@ def _record(event: str, **fields) -> None:
 
 if __name__ == "__main__":
     _record("start", restart_count=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
-    atexit.register(lambda: _record("exit", steps=_steps[0]))
     register_optimizer_step_pre_hook(_maybe_die)  # every optimizer: LARS in simclr, AdamW/SGD in finetune
     module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    code = 1                                      # an exception other than SystemExit
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:                     # exit_on_user_error: 2, or 143 after torchrun's SIGTERM
+        code = 0 if exc.code is None else exc.code
+        raise
+    finally:
+        _record("exit", steps=_steps[0], code=code)
