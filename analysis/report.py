@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.cka import BANDWIDTHS
 from analysis.convergence import ConvergenceRule, RunConvergence
 from analysis.errors import AnalysisError
 from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapGroup, OverlapPanel, PretrainingPanel,
@@ -49,6 +50,7 @@ class ReportOptions:
     relative_improvement: bool = True          # convergence: min_improvement relative to the best so far
     convergence_metric: str | None = None      # validation metric (None: the task's headline metric)
     rbf_threshold: float = 1.0                 # RBF CKA bandwidth, in units of the median distance
+    rbf_bandwidth: str = "study-code"          # which median: the study's CKA code's or Kornblith's (analysis.cka)
     weight_layout: str = "study-code"          # weights as (out*kh*kw) x in (the study's) or kernel positions x filters
     uniqueness_chunks: int = 8                 # the study's uniqueness: contiguous filter chunks compared pairwise
     redundancy_splits: int = 10                # random halvings per layer for tlx's redundancy
@@ -73,6 +75,9 @@ class ReportOptions:
             raise AnalysisError(f"weight_layout {self.weight_layout!r} is not known; use one of {', '.join(LAYOUTS)}")
         if not self.rbf_threshold > 0:  # (checked here once, not as a note for every run's weights)
             raise AnalysisError(f"rbf_threshold must be > 0, got {self.rbf_threshold}")
+        if self.rbf_bandwidth not in BANDWIDTHS:
+            raise AnalysisError(f"rbf_bandwidth {self.rbf_bandwidth!r} is not known; use one of "
+                                f"{', '.join(BANDWIDTHS)}")
         self.rule = ConvergenceRule(self.patience, self.min_improvement, self.relative_improvement)
 
 

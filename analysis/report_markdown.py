@@ -231,6 +231,8 @@ def convergence_section(rep: Report) -> list[str]:
 LAYOUT_TEXT = {"study-code": "the study's layout: (filter, row, column) positions as examples, input channels as "
                               "features",
                "kernel-positions": "kernel positions as examples, filters as features"}
+BANDWIDTH_TEXT = {"study-code": "the root of the median nonzero squared distance, as the study's CKA code",
+                  "kornblith": "the root of the median squared distance, as Kornblith's code"}
 
 
 def reuse_section(rep: Report) -> list[str]:
@@ -238,9 +240,10 @@ def reuse_section(rep: Report) -> list[str]:
     lines = ["## Feature reuse and uniqueness", "",
              f"CKA between each of the first three conv layers before and after fine-tuning (weights from "
              f"first_layers.npz; {LAYOUT_TEXT[opts.weight_layout]}), linear and RBF (bandwidth "
-             f"{opts.rbf_threshold:g} × median distance), and SVCCA (99% variance; n/a where too few examples). "
-             f"Uniqueness (the study's coefficient): 1 − mean RBF CKA between the {opts.uniqueness_chunks} "
-             f"contiguous chunks of a layer's filters (higher = more unique filters). Redundancy (tlx): linear CKA "
+             f"{opts.rbf_threshold:g} × {BANDWIDTH_TEXT[opts.rbf_bandwidth]}), and SVCCA (99% variance; n/a where "
+             f"too few examples). Uniqueness (the study's coefficient): 1 − mean RBF CKA between the "
+             f"{opts.uniqueness_chunks} contiguous chunks of a layer's filters (higher = more unique filters; the "
+             f"spread over the chunk pairs is in feature_reuse.csv). Redundancy (tlx): linear CKA "
              f"between random halves of the filters ({opts.redundancy_splits} splits; higher = more redundant). Both "
              f"for the weights before (init) and after (final) fine-tuning.", ""]
     finetune = [r for r in rep.runs if not r.is_pretraining]

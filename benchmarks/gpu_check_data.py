@@ -70,7 +70,7 @@ def make_dataset(rec: Record, sz: Sizes, work: Path) -> Path:
                f"{made['files']} files, {sz.patients} patients at {sz.matrix}x{sz.matrix}, {t1 - t0:.1f} s")
     if sz.keep_volumes is not None:
         _keep_volumes(cohort, sz.keep_volumes)
-    secret.write_text("gpu-check\n")
+    secret.write_text("tlx-gpu-check-fixed-secret-0123\n")  # fixed: the same splits on every run; 16+ bytes
     t0 = time.perf_counter()
     summary = shard(cohort, data, secret_file=secret, plan_config=PlanConfig(fractions=(0.9, 0.05, 0.05)),
                     write_config=WriteConfig(size=(sz.shard_size, sz.shard_size)), options=RunOptions(workers=n))

@@ -56,11 +56,12 @@ def scale_factors(rec: Record, sz: Sizes, work: Path) -> None:
 def _measure(volumes: list, method: str, device: str) -> dict:
     from analysis.mi import PairwiseMI, quantize
     from analysis.scale_factors import upper_bound_codes
-    from benchmarks.scale_factors import time_upper_bound
+    from benchmarks.scale_factors import STUDY_SIGMA, time_upper_bound
 
-    engine = PairwiseMI(64, method, device)
+    # the default estimator (study-code: smoothed histograms), as `tlx scale-factors` runs it
+    engine = PairwiseMI(64, method, device, sigma=STUDY_SIGMA)
     others = volumes[1:] + volumes[:1]
     upper_bound_codes(quantize(volumes[0][:8]), quantize(others[0][:8]), engine)  # CUDA/cuBLAS start-up
     if device == "cuda":
         torch.cuda.synchronize()
-    return time_upper_bound(volumes[:-1], others[:-1], engine, device)
+    return time_upper_bound(volumes[:-1], others[:-1], engine, "study-code")
