@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
     "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),
+    "export": ("cli.export_cmd:export", "Write a checkpoint's encoder as a plain torchvision-layout .pth/.safetensors."),
     "features": ("cli.features_cmd:features", "Save runs' layer activations on a probe set for CCA/CKA."),
     "demo": ("cli.demo_cmd:demo", "Run the whole pipeline on a small synthetic cohort."),
 }
