@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("cli.datakit_cmds:verify", "Check every shard's bytes and every count of a dataset."),
     "info": ("cli.datakit_cmds:info", "Summarise a dataset: slices/volumes/patients per split and label."),
     "audit": ("cli.audit_cmd:audit", "Search a dataset's shareable files for PHI before sharing it."),
+    "pack": ("cli.pack_cmd:pack", "Make the shareable copy of a dataset (no work/, no source paths), audited."),
     "secret": ("cli.secret_cmd:secret", "Make a strong pseudonym key, or check which datasets it made."),
     "convert": ("cli.convert_cmds:convert", "Convert NIfTI segmentations or image folders to shards."),
     "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
