@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("cli.scan_cmd:scan", "Stage 1: read DICOM headers into index.parquet."),
     "plan": ("cli.datakit_cmds:plan", "Stage 2: filter, dedup, label, split and order (metadata only)."),
     "write": ("cli.datakit_cmds:write", "Stage 3: decode, convert and write shards (resumable, partitionable)."),
+    "show": ("cli.show_cmd:show", "Draw a dataset's samples, or a pretraining run's views, into a PNG grid."),
     "verify": ("cli.datakit_cmds:verify", "Check every shard's bytes and every count of a dataset."),
     "info": ("cli.datakit_cmds:info", "Summarise a dataset: slices/volumes/patients per split and label."),
     "audit": ("cli.audit_cmd:audit", "Search a dataset's shareable files for PHI before sharing it."),
