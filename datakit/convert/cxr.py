@@ -33,7 +33,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
 from datakit.convert.cxr_labels import LSR_RANGE, LabelPolicy
 from datakit.convert.cxr_presets import UNC, CxrFiles, CxrRow, read_source
 from datakit.convert.images import check_image_options, encoded_image, image_member, match_files
-from datakit.convert.splits import assign_splits
+from datakit.convert.splits import patient_splits
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
 
@@ -140,7 +140,7 @@ def convert_cxr(o: CxrOptions, progress: Progress = silent) -> dict:
     labels = renamed(source.labels, tuple(o.rename))
     pick = pick_classes(labels, o.classes)
     classes = [labels[i] for i in pick]
-    split_of = cxr_splits(source.rows, o.val, o.test, o.seed)
+    split_of = patient_splits([(r.patient, r.official) for r in source.rows], o.val, o.test, o.seed)
     matched, unnamed, not_files = match_files(root, [r.candidates for r in source.rows])
     rejects = list(source.rejects) + [stage_reject(rel, code, reason) for rel, (code, reason) in sorted(not_files.items())]
     rejects += [stage_reject(rel, "no-label", f"no row of the {source.preset} label files names this image")
@@ -189,26 +189,6 @@ def _config(o: CxrOptions, source, policy: LabelPolicy, views, classes: list[str
             "split_by": "patient", "official_splits": official, "val": o.val, "test": o.test, "size": o.size,
             "channels": o.channels, "seed": o.seed, "samples_per_shard": o.samples_per_shard,
             "targets": "float32; 1 positive, 0 negative, NaN missing, other values label smoothing"}
-
-
-def cxr_splits(rows: list[CxrRow], val: float, test: float, seed: int) -> dict[str, str]:
-    """patient -> split: the source's own where it gives one (a patient in two of its splits is an
-    error), the splits it lacks drawn per patient from its train patients (or from all)."""
-    official: dict[str, set[str]] = {}
-    for r in rows:
-        official.setdefault(r.patient, set()).add(r.official)
-    mixed = sorted(p for p, s in official.items() if len(s) > 1)
-    if mixed:
-        where = sorted(str(s) for s in official[mixed[0]])
-        raise DatakitError(f"the source's split list puts {len(mixed)} patient(s) into two splits, e.g. patient "
-                           f"{mixed[0]!r} into {' and '.join(where)}; a patient belongs to one split")
-    given = {next(iter(s)) for s in official.values()}
-    if given == {None}:
-        return assign_splits(list(official), val, test, seed)
-    drawn_from = sorted(p for p, s in official.items() if s == {"train"})
-    lacking = (0 if "val" in given else val, 0 if "test" in given else test)
-    draw = assign_splits(drawn_from, *lacking, seed) if any(lacking) else {}
-    return {p: draw.get(p, next(iter(s))) for p, s in official.items()}
 
 
 def stage_cxr(job: CxrJob, bin_path: Path) -> Staged:

@@ -3,6 +3,7 @@ does not say which patient an image belongs to), so no group straddles two split
 
     split_of = assign_splits(groups, val=30, test=30, seed=0)           # 30 patients each
     split_of = assign_splits(groups, val=0.1, test=0.1, seed=0, strata=label_of)
+    split_of = patient_splits([(patient, official_split_or_None), ...], val=0.1, test=0.1, seed=0)
 
 `val`/`test` >= 1 are numbers of groups, < 1 fractions of them (at least one group
 when the fraction is above 0, so a small cohort still gets a val and a test patient).
@@ -46,3 +47,27 @@ def assign_splits(groups: list[str], val: float, test: float, seed: int,
             pos = (j + u) / len(members)
             out[members[i]] = "val" if pos < val else "test" if pos < val + test else "train"
     return out
+
+
+def patient_splits(pairs: list[tuple[str, str | None]], val: float, test: float, seed: int) -> dict[str, str]:
+    """patient -> split from (patient, the source's split or None) per image: the source's own where it
+    gives one (a patient in two of its splits is an error: a split list that leaks), the splits it
+    lacks drawn per patient from its train patients; from all patients when it gives none."""
+    official: dict[str, set] = {}
+    for patient, split in pairs:
+        official.setdefault(patient, set()).add(split)
+    mixed = sorted(p for p, s in official.items() if len(s) > 1)
+    if mixed:
+        where = sorted(str(s) for s in official[mixed[0]])
+        raise DatakitError(f"the source's split list puts {len(mixed)} patient(s) into two splits, e.g. patient "
+                           f"{mixed[0]!r} into {' and '.join(where)}; a patient belongs to one split")
+    given = {next(iter(s)) for s in official.values()}
+    if given == {None}:
+        return assign_splits(list(official), val, test, seed)
+    if None in given:
+        raise DatakitError(f"the source gives a split for some patients and not for others "
+                           f"({sum(s == {None} for s in official.values())} without); give every image its split")
+    drawn_from = sorted(p for p, s in official.items() if s == {"train"})
+    lacking = (0 if "val" in given else val, 0 if "test" in given else test)
+    draw = assign_splits(drawn_from, *lacking, seed) if any(lacking) else {}
+    return {p: draw.get(p, next(iter(s))) for p, s in official.items()}
