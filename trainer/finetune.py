@@ -471,13 +471,14 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
 
 def saved_config(saved: dict) -> dict:
     """A checkpoint's config.json with what runs from before a flag used, where it applied: LARS with the lr
-    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet)."""
+    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet), the
+    cross-entropy segmentation loss (--seg-loss ce)."""
     before = {}
     if saved.get("optimizer") == "lars":
         before["lars_form"] = "lr-outside"
     if saved.get("kind") == "segmentation":
         before["decoder"] = "smp-unet"
-    before["seg_loss"] = "ce"               # the only loss before --seg-loss
+        before["seg_loss"] = "ce"           # the only segmentation loss before --seg-loss
     return {**before, **saved}
 
 
