@@ -35,7 +35,8 @@ def register(convert, common, summary, csv) -> None:
     @click.option("--merge", is_flag=True, help="merge the converted datasets SOURCES ([NAME=]DIR) into one superset")
     @click.option("--merge-labels", type=click.Choice(["intersection", "union"]), default="intersection",
                   show_default=True, help="--merge: the labels every source has, or all (absent ones missing)")
-    @click.option("--labels", type=click.Path(dir_okay=False), help="the preset's label file [default: found in --root]")
+    @click.option("--labels", type=click.Path(dir_okay=False),
+                  help="the preset's label file [default: found in --root]")
     @click.option("--test-labels", type=click.Path(dir_okay=False), help="chexpert: valid.csv (the test split)")
     @click.option("--metadata", type=click.Path(dir_okay=False), help="mimic-cxr: mimic-cxr-2.0.0-metadata.csv")
     @click.option("--split-file", type=click.Path(dir_okay=False), help="mimic-cxr: mimic-cxr-2.0.0-split.csv")
@@ -73,9 +74,9 @@ def register(convert, common, summary, csv) -> None:
                 raise click.UsageError("--merge takes converted datasets as arguments; drop --preset and --root")
             from datakit.convert.cxr_merge import CxrMergeOptions, merge_cxr
             with drawn() as progress:
-                manifest = merge_cxr(CxrMergeOptions(sources=sources, out=out, labels=merge_labels, classes=csv(classes),
-                                                     samples_per_shard=samples_per_shard, seed=seed, workers=workers,
-                                                     resume=resume), progress)
+                manifest = merge_cxr(CxrMergeOptions(
+                    sources=sources, out=out, labels=merge_labels, classes=csv(classes),
+                    samples_per_shard=samples_per_shard, seed=seed, workers=workers, resume=resume), progress)
             return summary(manifest, out)
         if sources or not preset or not root:
             raise click.UsageError("give --preset and --root (or --merge DIR DIR ...)")
@@ -90,11 +91,13 @@ def register(convert, common, summary, csv) -> None:
         summary(manifest, out)
 
     @convert.command("image-mask")
-    @click.option("--root", required=True, type=click.Path(file_okay=False), help="folder below which the patterns look")
+    @click.option("--root", required=True, type=click.Path(file_okay=False),
+                  help="folder below which the patterns look")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
     @click.option("--preset", type=click.Choice(["siim-acr", "montgomery", "drive"]))
     @click.option("--image-pattern", help="images below --root: {id}, {split}, * and **/ (e.g. 'CXR_png/{id}.png')")
-    @click.option("--mask", "masks", multiple=True, help="[CLASS=]PATTERN of mask images (repeatable; one class's are united)")
+    @click.option("--mask", "masks", multiple=True,
+                  help="[CLASS=]PATTERN of mask images (repeatable; one class's are united)")
     @click.option("--fov-pattern", help="field-of-view masks, kept as member fov.zst")
     @click.option("--rle", type=click.Path(dir_okay=False), help="CSV of run-length masks instead of mask images")
     @click.option("--rle-id-col", default="ImageId", show_default=True)
@@ -180,7 +183,8 @@ def register(convert, common, summary, csv) -> None:
     @convert.command("dicom-images")
     @click.option("--root", required=True, type=click.Path(file_okay=False), help="folder of DICOM files (any depth)")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
-    @click.option("--labels", multiple=True, type=click.Path(dir_okay=False), help="label CSV of the train split (repeatable)")
+    @click.option("--labels", multiple=True, type=click.Path(dir_okay=False),
+                  help="label CSV of the train split (repeatable)")
     @click.option("--test-labels", multiple=True, type=click.Path(dir_okay=False), help="label CSV of the test split")
     @click.option("--preset", type=click.Choice(["cbis-ddsm"]))
     @click.option("--image-col", help="CSV column naming the image")

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cli.datakit_cmds:info", "Summarise a dataset: slices/volumes/patients per split and label."),
     "audit": ("cli.audit_cmd:audit", "Search a dataset's shareable files for PHI before sharing it."),
     "secret": ("cli.secret_cmd:secret", "Make a strong pseudonym key, or check which datasets it made."),
-    "convert": ("cli.convert_cmds:convert", "Convert public datasets (NIfTI, images + masks, chest X-rays, ...) to shards."),
+    "convert": ("cli.convert_cmds:convert", "Convert public datasets (NIfTI, masks, chest X-rays, ...) to shards."),
     "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
     "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),

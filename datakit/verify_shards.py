@@ -8,7 +8,8 @@ grouped into samples (key = the name before the first dot, as both readers cut i
 sample's member set against the manifest's, the `.idx` against the tar member by member,
 and the values verify compares with slices.parquet afterwards: `cls` (ascii-int class
 indices), `labels` (the positives of a multi-hot uint8 member, or of a float32 target member:
-values in [0, 1], NaN = missing, whose NaN positions go to `missing`), and with decode=True the pixel hash of an int16 image
+values in [0, 1], NaN = missing, whose NaN positions go to `missing`), and with decode=True the
+pixel hash of an int16 image
 (ct-slices) and the per-class pixel counts of a mask. With decode=True every member is
 also decoded to its declared dtype and shape, by the dataset reader's own decoder
 (datakit.read.decode_member), so verify checks what the trainers will read.

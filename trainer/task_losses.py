@@ -54,7 +54,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - dice[1:].mean() if probs.shape[1] > 1 else 1 - dice.mean()
 
 
-def segmentation_loss(name: str, logits: torch.Tensor, target: torch.Tensor, class_weights, cross_entropy) -> torch.Tensor:
+def segmentation_loss(name: str, logits: torch.Tensor, target: torch.Tensor, class_weights,
+                      cross_entropy) -> torch.Tensor:
     """`name` of SEG_LOSSES; `cross_entropy(logits, target, class_weights)` is the trainer's weighted CE."""
     if name == "ce":
         return cross_entropy(logits, target, class_weights)

@@ -175,7 +175,7 @@ BUILTIN: dict[str, Task] = {t.name: t for t in [
     _binary("pcam", "PatchCamelyon: tumor in a 96x96 lymph node patch; AUC", augment="flip"),
     _binary("cbis-ddsm", "CBIS-DDSM mammograms: malignant or benign; AUC", augment="flip"),
     Task("mrnet", "multilabel", ("multilabel",), "mean_auc", epochs=20, batch_size=32, lr=1e-4, optimizer="adamw",
-         decay=0.97, description="MRNet knee MRI (chosen sagittal slices): abnormal, ACL tear, meniscal tear; mean AUC"),
+         decay=0.97, description="MRNet knee MRI (chosen sagittal slices): abnormal, ACL, meniscus tears; mean AUC"),
 ]}
 
 

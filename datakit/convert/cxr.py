@@ -142,7 +142,8 @@ def convert_cxr(o: CxrOptions, progress: Progress = silent) -> dict:
     classes = [labels[i] for i in pick]
     split_of = patient_splits([(r.patient, r.official) for r in source.rows], o.val, o.test, o.seed)
     matched, unnamed, not_files = match_files(root, [r.candidates for r in source.rows])
-    rejects = list(source.rejects) + [stage_reject(rel, code, reason) for rel, (code, reason) in sorted(not_files.items())]
+    rejects = list(source.rejects)
+    rejects += [stage_reject(rel, code, reason) for rel, (code, reason) in sorted(not_files.items())]
     rejects += [stage_reject(rel, "no-label", f"no row of the {source.preset} label files names this image")
                 for rel in unnamed]
     items = []

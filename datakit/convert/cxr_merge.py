@@ -83,9 +83,9 @@ def _sources(specs: tuple[str, ...]) -> list[tuple[str, object]]:
     for name, ds in out[1:]:
         spec = ds.member("image")[1]
         if (spec.codec, spec.dtype, spec.shape) != (first.codec, first.dtype, first.shape):
-            raise DatakitError(f"--merge: {name} stores {spec.codec} {spec.dtype} images of shape {list(spec.shape or [])}"
-                               f", {out[0][0]} {first.codec} {first.dtype} {list(first.shape or [])}; convert them "
-                               f"with one --size and --channels")
+            raise DatakitError(f"--merge: {name} stores {spec.codec} {spec.dtype} images of shape "
+                               f"{list(spec.shape or [])}, {out[0][0]} {first.codec} {first.dtype} "
+                               f"{list(first.shape or [])}; convert them with one --size and --channels")
     return out
 
 
@@ -120,7 +120,8 @@ def merge_cxr(o: CxrMergeOptions, progress: Progress = silent) -> dict:
         counts = {s: ds.num_samples(s) for s in SPLITS}
         for split, n in counts.items():
             for start in range(0, n, CHUNK):
-                job = MergeJob(name, str(ds.root.resolve()), split, start, min(start + CHUNK, n), mapping, tuple(classes))
+                job = MergeJob(name, str(ds.root.resolve()), split, start, min(start + CHUNK, n), mapping,
+                               tuple(classes))
                 jobs.append((f"{name}/{split}/{start}", job))
         config = ds.manifest.get("config") or {}
         shares.append({"name": name, "preset": config.get("preset"), "label_policy": config.get("label_policy"),
@@ -159,7 +160,8 @@ def stage_merge(job: MergeJob, bin_path: Path) -> Staged:
             targets = np.array([np.nan if j is None else source[j] for j in job.mapping], dtype="<f4")
             kept = set(job.classes)
             staged.rows.append({
-                "key": f"{job.name}-{row['key']}", "split": job.split, "patient": _prefixed(job.name, row.get("patient")),
+                "key": f"{job.name}-{row['key']}", "split": job.split,
+                "patient": _prefixed(job.name, row.get("patient")),
                 "study": _prefixed(job.name, row.get("study")), "view": row.get("view"), "source_dataset": job.name,
                 "labels": [c for c, t in zip(job.classes, targets) if t == 1.0],
                 "missing": [c for c, t in zip(job.classes, targets) if math.isnan(t)],

@@ -139,7 +139,8 @@ def read_mimic(root: Path, f: CxrFiles) -> CxrSource:
         for r in read_csv(split, "--split-file", ["dicom_id", "split"]):
             value = r["split"].strip()
             if value not in MIMIC_SPLITS:
-                raise DatakitError(f"--split-file {split}: split {value[:20]!r} is not one of {', '.join(MIMIC_SPLITS)}")
+                raise DatakitError(f"--split-file {split}: split {value[:20]!r} is not one of "
+                                   f"{', '.join(MIMIC_SPLITS)}")
             official[r["dicom_id"].strip()] = MIMIC_SPLITS[value]
     rows, rejects = [], []
     for r in read_csv(meta, "--metadata", ["dicom_id", "subject_id", "study_id", "ViewPosition"]):
@@ -151,8 +152,9 @@ def read_mimic(root: Path, f: CxrFiles) -> CxrSource:
         if split is not None and dicom not in official:
             raise DatakitError(f"--split-file {split} does not list image {dicom} of {meta.name}; give the split "
                                f"file of this release")
-        rows.append(CxrRow((rel,), _key(dicom), subject, f"{subject}/{study}", r["ViewPosition"].strip().upper() or None,
-                           official.get(dicom), by_study[(subject, study)]))
+        view = r["ViewPosition"].strip().upper() or None
+        rows.append(CxrRow((rel,), _key(dicom), subject, f"{subject}/{study}", view, official.get(dicom),
+                           by_study[(subject, study)]))
     files = {"labels": labels.name, "metadata": meta.name, **({"split_file": split.name} if split else {})}
     return CxrSource("mimic-cxr", list(MIMIC_LABELS), rows, files, rejects)
 

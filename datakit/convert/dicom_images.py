@@ -36,7 +36,8 @@ CHUNK = 32
 MATCHES = {"path": None, "series": "SeriesInstanceUID", "study": "StudyInstanceUID", "sop": "SOPInstanceUID"}
 PRESETS = {"cbis-ddsm": {"image_col": "image file path", "label_col": "pathology", "patient_col": "patient_id",
                          "match": "series", "label_map": ("BENIGN_WITHOUT_CALLBACK=BENIGN",),
-                         "classes": ("BENIGN", "MALIGNANT"), "conflicts": "last-class", "allow_secondary_capture": True}}
+                         "classes": ("BENIGN", "MALIGNANT"), "conflicts": "last-class",
+                         "allow_secondary_capture": True}}
 
 
 @dataclass

@@ -26,7 +26,6 @@ the source's own split through `split_map`; `patient_regex` extracts the patient
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,11 @@ import numpy as np
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
                                      locked_output, safe_key, stage_reject)
 from datakit.convert.image_mask_files import MaskLayout, Pair, check_rle, find_pairs
-from datakit.convert.images import channel_first, check_image_options, image_member, resize_mask, resize_uint8, zstd_bytes
+from datakit.convert.images import (channel_first, check_image_options, image_member, resize_mask, resize_uint8,
+                                    zstd_bytes)
 from datakit.convert.nifti_seg import parse_label_map
 from datakit.convert.rle import FORMS, ORDERS, decode_rle
-from datakit.convert.splits import patient_splits
+from datakit.convert.splits import patient_from_id, patient_splits
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
 
@@ -49,8 +49,10 @@ PRESETS: dict[str, dict] = {
     "montgomery": {"image_pattern": "CXR_png/{id}.png", "mask_patterns": ("lung=ManualMask/leftMask/{id}.png",
                                                                          "lung=ManualMask/rightMask/{id}.png"),
                    "patient_regex": r"MCUCXR_(\d+)"},
-    "drive": {"image_pattern": "{split}/images/{id}_{split}.tif", "mask_patterns": ("vessel={split}/1st_manual/{id}_manual1.gif",),
-              "fov_pattern": "{split}/mask/{id}_{split}_mask.gif", "split_map": "training=train,test=test", "channels": 3},
+    "drive": {"image_pattern": "{split}/images/{id}_{split}.tif",
+              "mask_patterns": ("vessel={split}/1st_manual/{id}_manual1.gif",),
+              "fov_pattern": "{split}/mask/{id}_{split}_mask.gif", "split_map": "training=train,test=test",
+              "channels": 3},
 }
 
 
@@ -171,7 +173,8 @@ def convert_image_mask(o: ImageMaskOptions, progress: Progress = silent) -> dict
     unknown = sorted({p.split_value for p, _ in checked if p.split_value is not None} - set(split_map))
     if unknown:
         raise DatakitError(f"{{split}} values {unknown} are not in --split-map {r['split_map'] or '(none)'}")
-    split_of = patient_splits([(patient, split_map.get(p.split_value)) for p, patient in checked], o.val, o.test, o.seed)
+    official = [(patient, split_map.get(p.split_value)) for p, patient in checked]
+    split_of = patient_splits(official, o.val, o.test, o.seed)
     items = [MaskItem(p, str(root), _key(p, secret), patient, split_of[patient], tuple(classes), label_map, layout,
                       r["channels"], o.size, secret, r["allow_secondary_capture"]) for p, patient in checked]
     jobs = [(f"{c[0].key}..{c[-1].key}", tuple(c)) for c in iter_chunks(sorted(items, key=lambda i: i.key), CHUNK)]
@@ -229,7 +232,7 @@ def inspect_pairs(root: Path, pairs: list[Pair], layout: MaskLayout, secret, r: 
             else:
                 with Image.open(root / pair.image) as im:
                     width, height = im.size
-                patient = _patient(pair.id, r["patient_regex"])
+                patient = patient_from_id(pair.id, r["patient_regex"], "image id")
         except SliceRejected as exc:
             rejects.append(stage_reject(pair.image, exc.code, exc.reason))
             continue
@@ -244,15 +247,6 @@ def inspect_pairs(root: Path, pairs: list[Pair], layout: MaskLayout, secret, r: 
         check_rle(pair, height, width, layout)
         checked.append((pair, patient))
     return checked, rejects
-
-
-def _patient(image_id: str, regex: str | None) -> str:
-    if not regex:
-        return image_id
-    m = re.search(regex, image_id)
-    if not m:
-        raise DatakitError(f"--patient-regex {regex!r} does not match image id {image_id!r}")
-    return m.group("patient") if "patient" in m.re.groupindex else m.group(1) if m.groups() else m.group(0)
 
 
 class _PairRejected(Exception):
@@ -272,8 +266,9 @@ def class_mask(item: MaskItem, height: int, width: int) -> np.ndarray:
         lookup = {v: i for i, (v, _) in enumerate(item.label_map)}
         unknown = sorted(set(np.unique(values).tolist()) - set(lookup))
         if unknown or values.ndim != 2:
-            raise _PairRejected("unknown-label", f"mask values {unknown[:5]} are not in --label-map "
-                                                 f"{dict(item.label_map)}" if unknown else "the mask is not one channel")
+            why = f"mask values {unknown[:5]} are not in --label-map {dict(item.label_map)}" if unknown else \
+                "the mask is not one channel"
+            raise _PairRejected("unknown-label", why)
         table = np.zeros(max(lookup) + 1, np.uint8)
         for v, i in lookup.items():
             table[v] = i

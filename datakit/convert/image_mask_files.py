@@ -163,5 +163,5 @@ def check_rle(pair: Pair, height: int, width: int, layout: MaskLayout) -> None:
             raise DatakitError(f"--rle {layout.rle}: string {n} of image {pair.id} cannot be read: {exc}") from None
         if len(runs) and int((runs[:, 0] + runs[:, 1]).max()) > height * width:
             end = int((runs[:, 0] + runs[:, 1]).max())
-            raise DatakitError(f"--rle {layout.rle}: string {n} of image {pair.id} runs to pixel {end}, longer than the "
-                               f"{height}x{width} image ({height * width} pixels); check --rle-form and the image")
+            raise DatakitError(f"--rle {layout.rle}: string {n} of image {pair.id} runs to pixel {end}, longer than "
+                               f"the {height}x{width} image ({height * width} pixels); check --rle-form and the image")

@@ -170,10 +170,10 @@ def stage_volumes(job: VolumeJob, bin_path: Path) -> Staged:
                 continue
             planes = np.stack([resize_uint8(p, job.size) for p in chosen_slices(volume, job.offsets)])
             hot = np.array([c in item.labels for c in job.classes], np.uint8)
+            image = zstd_bytes(planes[0] if len(planes) == 1 else planes)
             staged.rows.append({"key": item.key, "split": item.split, "source": item.source,
                                 "slices": int(volume.shape[0]), "labels": list(item.labels),
-                                "_payload": {"img.zst": staging.add(zstd_bytes(planes[0] if len(planes) == 1 else planes)),
-                                             "labels": staging.add(hot.tobytes())}})
+                                "_payload": {"img.zst": staging.add(image), "labels": staging.add(hot.tobytes())}})
     finally:
         staging.close()
     return staged

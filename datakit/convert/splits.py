@@ -14,6 +14,8 @@ result depends only on the seed and the set of groups, not on their order.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from datakit.errors import DatakitError
@@ -71,3 +73,17 @@ def patient_splits(pairs: list[tuple[str, str | None]], val: float, test: float,
     lacking = (0 if "val" in given else val, 0 if "test" in given else test)
     draw = assign_splits(drawn_from, *lacking, seed) if any(lacking) else {}
     return {p: draw.get(p, next(iter(s))) for p, s in official.items()}
+
+
+def patient_from_id(source_id: str, regex: str | None, what: str = "case") -> str:
+    """The patient in a case or image id by --patient-regex (its group `patient`, else group 1, else the
+    whole match); the id itself without one (each case its own patient)."""
+    if not regex:
+        return source_id
+    try:
+        m = re.search(regex, source_id)
+    except re.error as exc:
+        raise DatakitError(f"--patient-regex {regex!r} is not a regular expression ({exc})") from None
+    if not m:
+        raise DatakitError(f"--patient-regex {regex!r} does not match {what} {source_id!r}")
+    return m.group("patient") if "patient" in m.re.groupindex else m.group(1) if m.groups() else m.group(0)
