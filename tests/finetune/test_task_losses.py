@@ -88,3 +88,38 @@ def test_study_tasks():
         get_task("pcam").check_classes(["a", "b", "c"])
     assert get_task("siim-acr").seg_loss == "dice+ce" and get_task("drive").metric == "dice_mean_global"
     assert get_task("lits").seg_loss == "ce" and not math.isnan(get_task("mrnet").lr)
+
+
+def _masked_bce_on_a_rank(out_dir: str) -> None:
+    """Rank r's half of one batch (its own share of missing labels); DDP's gradient averaging, by hand."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    layer, x, target = _masked_problem()
+    loss = task_loss("multilabel", layer(x[rank * 4:rank * 4 + 4]), target[rank * 4:rank * 4 + 4])
+    loss.backward()
+    for p in layer.parameters():
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
+    torch.save([p.grad for p in layer.parameters()], f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _masked_problem():
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(3, 4), torch.randn(8, 3)
+    target = (torch.rand(8, 4) > 0.5).float()
+    target[:4][torch.rand(4, 4) < 0.6] = float("nan")           # rank 0's half misses many more labels
+    target[5, 2] = float("nan")
+    return layer, x, target
+
+
+def test_masked_bce_on_two_ranks_equals_one_process(tmp_path):
+    """The mean over observed labels is the global batch's: 2 gloo ranks give one process's gradient."""
+    from tests.trainer.dist_helpers import run_ranks
+    run_ranks(_masked_bce_on_a_rank, str(tmp_path))
+    layer, x, target = _masked_problem()
+    task_loss("multilabel", layer(x), target).backward()
+    for rank in (0, 1):
+        for got, want in zip(torch.load(tmp_path / f"{rank}.pt"), [p.grad for p in layer.parameters()]):
+            assert torch.allclose(got, want, atol=1e-6)
