@@ -1,14 +1,16 @@
 """Checkpoints in the run format (docs/run-format.md), and the one resume vocabulary of both trainers.
 
     from trainer.checkpoint import (check_complete_run, check_same_run, checkpoint_due, find_resume_point,
-                                    load_checkpoint, save_resume_point)
+                                    load_checkpoint, resumed_loss_sum, save_resume_point)
     ckpt, source = find_resume_point(cfg.resume, run_dir, fix="pick a new --out")   # --resume auto|never|PATH
     if ckpt is not None:
         check_same_run(ckpt["config"], config, flags=field_names, source=source, fix="a new --out")
+        loss_sum = resumed_loss_sum(ckpt, env)         # this rank's running loss sum of the epoch
     check_complete_run(run_dir, config, flags=field_names, fix="use another --run-dir")   # result.json present
     if epoch_done or checkpoint_due(step, cfg.checkpoint_every):
         save_resume_point(run_dir / "checkpoints" / "last.pt", env.is_main, "resnet50", encoder.state_dict(),
-                          optimizer=opt.state_dict(), step=step, epoch=epoch, config=config)   # every rank calls it
+                          epoch_loss_sum=loss_sum, optimizer=opt.state_dict(), step=step, epoch=epoch,
+                          config=config)                    # every rank calls it
     ckpt = load_checkpoint(path)                       # TrainerError if not a tlx checkpoint
 
 A checkpoint is a plain dict saved with `torch.save`; `encoder` is a state dict with
@@ -37,7 +39,7 @@ import torch.distributed as dist
 
 from tlxcore.atomic import atomic_write
 from trainer.config import opt
-from trainer.dist import is_distributed
+from trainer.dist import Dist, gather_floats, is_distributed, rank_share
 from trainer.errors import TrainerError, stops_deferred
 from trainer.run_identity import COMPLETE_MAY_CHANGE, MAY_CHANGE, changed_keys, flag_names
 
@@ -85,12 +87,21 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def save_resume_point(path: str | os.PathLike, is_main: bool, model_name: str,
-                      encoder_state: dict[str, torch.Tensor], **entries: Any) -> None:
-    """A checkpoint a run can continue from: the trainer's entries plus every rank's RNG states.
-    Every rank calls it (gathering the RNG states is a collective); rank 0 writes the file."""
-    rng = gather_rng_states()
+                      encoder_state: dict[str, torch.Tensor], *, epoch_loss_sum: float, **entries: Any) -> None:
+    """A checkpoint a run can continue from: the trainer's entries plus every rank's RNG states and
+    every rank's running loss sum of the current epoch (`epoch_loss_sums`; the ranks' sums differ,
+    and `epoch_loss_sum`, rank 0's, stays for readers of older checkpoints). Every rank calls it
+    (the gathers are collectives); rank 0 writes the file. resumed_loss_sum reads the sum back."""
+    rng, loss_sums = gather_rng_states(), gather_floats(epoch_loss_sum)
     if is_main:
-        save_checkpoint(new_checkpoint(model_name, encoder_state, rng=rng, **entries), path)
+        save_checkpoint(new_checkpoint(model_name, encoder_state, rng=rng, epoch_loss_sum=epoch_loss_sum,
+                                       epoch_loss_sums=loss_sums, **entries), path)
+
+
+def resumed_loss_sum(ckpt: dict[str, Any], env: Dist) -> float:
+    """This rank's running loss sum of the epoch a checkpoint stopped in (trainer.dist.rank_share:
+    the ranks' mean on another number of ranks; rank 0's from a checkpoint older than the per-rank list)."""
+    return rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)
 
 
 def find_resume_point(resume: str, run_dir: str | os.PathLike, fix: str) -> tuple[dict[str, Any] | None, Path | None]:

@@ -81,6 +81,18 @@ def leave_stops_to_the_trainer(worker_id: int = 0) -> None:
     killed by signal" with a traceback instead of stopping in one line; the trainer stops its workers itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_trainer_left(sys.excepthook)
+
+
+def _quiet_when_the_trainer_left(hook: Callable) -> Callable:
+    """A worker hands each batch's tensors to its trainer as file descriptors through multiprocessing's
+    resource_sharer thread, which reports any error through sys.excepthook. When the trainer stops (Ctrl-C,
+    SIGTERM) in the middle of such a hand-off, the worker's thread sees the connection reset and would print a
+    traceback under the trainer's one-line message. That error says only that the trainer left: stay quiet."""
+    def hook_unless_left(kind, value, traceback):
+        if not issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError)):
+            hook(kind, value, traceback)
+    return hook_unless_left
 
 
 def exit_on_user_error(main: Callable[[], object]) -> None:

@@ -53,11 +53,12 @@ from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
 from trainer.checkpoint import (OLD_SPELLINGS, check_complete_run, check_same_run, checkpoint_due,
                                 checkpoint_every_flag, find_resume_point, new_checkpoint, restore_rng_states,
-                                resume_flag, save_checkpoint, save_resume_point)
+                                resume_flag, resumed_loss_sum, save_checkpoint, save_resume_point)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, is_distributed, loader_workers, workers_flag
+from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, init_dist, is_distributed,
+                          loader_workers, workers_flag)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
@@ -340,7 +341,7 @@ class FinetuneState:
     step: int = 0
     epoch: int = 0                 # epochs done
     epoch_step: int = 0            # steps done in the current epoch
-    loss_sum: float = 0.0          # the current epoch's training loss, summed over its steps
+    loss_sum: float = 0.0          # the current epoch's training loss on this rank, summed over its steps
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "state": None})
     started: float = field(default_factory=time.time)   # time.time() when the run would have started
 
@@ -490,8 +491,8 @@ def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
     job.model.head_module().load_state_dict(ckpt[_head_name(job)])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
-    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"], ckpt["best"],
-                  started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s counts from the run's start
+    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], resumed_loss_sum(ckpt, job.env),
+                          ckpt["best"], started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s: from the run's start
     job.log.note(f"{job.out}: resuming at epoch {state.epoch + 1}, step {state.step}")
     return state
 
@@ -543,6 +544,7 @@ def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, im
     `images` were trained on (all ranks) since `started`; images_per_s counts the validation's time too."""
     env, metric = job.env, job.plan.task.metric
     train_loss = all_reduce_mean(float(loss_sum) / max(state.epoch_step, 1), env.device)
+    broadcast_buffers(job.model)   # every rank evaluates, and keeps as best, the model rank 0 saves
     val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.eval_batch, job.cfg.workers,
                               job.data.volumes["val"], job.data.decoder)
     state.epoch += 1

@@ -42,7 +42,8 @@ from datakit.read import TlxDataset, open_dataset
 from tlxcore.errors import UserError
 from tlxcore.progress import Progress, drawn, silent
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
-                                find_resume_point, resume_flag, restore_rng_states, save_resume_point)
+                                find_resume_point, restore_rng_states, resume_flag, resumed_loss_sum,
+                                save_resume_point)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
@@ -219,6 +220,7 @@ def resume(job: PretrainJob) -> PretrainState | None:
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
     state = PretrainState(**{f.name: ckpt[f.name] for f in fields(PretrainState)})
+    state.epoch_loss_sum = resumed_loss_sum(ckpt, job.env)  # this rank's own, not rank 0's
     job.log.note(f"resumed from {source} at step {state.step}")
     return state
 
