@@ -109,6 +109,10 @@ def register(convert, common, summary, csv) -> None:
     @click.option("--label-map", help="values of one multi-class mask image: 0:background,1:liver,2:tumor")
     @click.option("--split-map", help="{split} values -> splits, e.g. training=train,test=test")
     @click.option("--patient-regex", help="regex whose group `patient` (or 1) is the patient in an image id")
+    @click.option("--patients", type=click.Path(dir_okay=False),
+                  help="CSV naming each image's patient (columns --patients-id-col, --patient-col)")
+    @click.option("--patients-id-col", default="id", show_default=True, help="--patients: the image id column")
+    @click.option("--patient-col", default="patient", show_default=True, help="--patients: the patient column")
     @SECRET
     @SC
     @click.option("--channels", type=click.Choice(["1", "3"]), help="gray or RGB [default: 1; drive: 3]")
@@ -117,7 +121,8 @@ def register(convert, common, summary, csv) -> None:
     @click.option("--test", default=0.1, show_default=True, help="test patients where the source has no test split")
     @common
     def image_mask(root, out, preset, image_pattern, masks, fov_pattern, rle, rle_id_col, rle_col, rle_class, rle_form,
-                   rle_order, label_map, split_map, patient_regex, secret_file, allow_secondary_capture, channels, size,
+                   rle_order, label_map, split_map, patient_regex, patients, patients_id_col, patient_col,
+                   secret_file, allow_secondary_capture, channels, size,
                    val, test, seed, samples_per_shard, workers, resume):
         """2-D images + masks (mask images, unions, RLE in a CSV, a field of view) -> segmentation shards.
 
@@ -134,7 +139,8 @@ def register(convert, common, summary, csv) -> None:
                 root=root, out=out, preset=preset, image_pattern=image_pattern, mask_patterns=tuple(masks) or None,
                 fov_pattern=fov_pattern, rle=rle, rle_id_col=rle_id_col, rle_col=rle_col, rle_class=rle_class,
                 rle_form=rle_form, rle_order=rle_order, label_map=label_map, split_map=split_map,
-                patient_regex=patient_regex, secret=secret_file, allow_secondary_capture=allow_secondary_capture,
+                patient_regex=patient_regex, patients=patients, patients_id_col=patients_id_col,
+                patient_col=patient_col, secret=secret_file, allow_secondary_capture=allow_secondary_capture,
                 channels=int(channels) if channels else None, size=size, val=val, test=test, seed=seed,
                 samples_per_shard=samples_per_shard, workers=workers, resume=resume), progress)
         summary(manifest, out)

@@ -20,8 +20,9 @@ and right lung masks of ManualMask/ united into class lung, patient = the image'
 vessel from 1st_manual/, the field of view from mask/).
 
 Splits by patient (datakit.convert.splits.patient_splits): `{split}` in the image pattern gives
-the source's own split through `split_map`; `patient_regex` extracts the patient from the id
-(else each image is its own patient; DICOM: PatientID). Members: `img.zst` (zstd uint8 [S, S] or
+the source's own split through `split_map`; `patients` (a CSV: columns `patients_id_col` and
+`patient_col`) names each image's patient, or `patient_regex` extracts it from the id (else each
+image is its own patient; DICOM: PatientID). Members: `img.zst` (zstd uint8 [S, S] or
 [3, S, S]), `mask.zst` (zstd uint8 [S, S] class indices), `fov.zst` (zstd uint8 [S, S], 0/1).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from datakit.convert.images import (channel_first, check_image_options, image_me
                                     zstd_bytes)
 from datakit.convert.nifti_seg import parse_label_map
 from datakit.convert.rle import FORMS, ORDERS, decode_rle
-from datakit.convert.splits import patient_from_id, patient_splits
+from datakit.convert.splits import patient_from_id, patient_splits, patients_from_csv
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
 
@@ -73,6 +74,9 @@ class ImageMaskOptions:
     label_map: str | None = None
     split_map: str | None = None                     # "training=train,test=test"
     patient_regex: str | None = None
+    patients: str | None = None                      # CSV naming each image id's patient
+    patients_id_col: str = "id"
+    patient_col: str = "patient"
     secret: str | None = None                        # secret file for DICOM images (else $TLX_SECRET)
     allow_secondary_capture: bool | None = None
     channels: int | None = None
@@ -165,6 +169,7 @@ def convert_image_mask(o: ImageMaskOptions, progress: Progress = silent) -> dict
         if r["channels"] != 1:
             raise DatakitError("--channels 3: DICOM X-rays are grey; use --channels 1")
         secret = load_secret(o.secret)
+    r["patients"] = _patient_map(o, found.pairs)
     checked, rejects = inspect_pairs(root, found.pairs, layout, secret, r)
     if not checked:
         raise DatakitError(f"no image below {root} is left to convert ({len(found.rejects) + len(rejects)} rejects); "
@@ -188,6 +193,22 @@ def convert_image_mask(o: ImageMaskOptions, progress: Progress = silent) -> dict
     return builder.assemble(rejects=found.rejects + rejects)
 
 
+def _patient_map(o: ImageMaskOptions, pairs: list[Pair]) -> dict[str, str] | None:
+    """image id -> patient of `--patients` (None without it); every image must be listed."""
+    if not o.patients:
+        return None
+    if o.patient_regex:
+        raise DatakitError("give the patients either by --patients or by --patient-regex, not both")
+    if any(p.dicom for p in pairs):
+        raise DatakitError("DICOM images take their patient from the header (pseudonymised); leave out --patients")
+    patients = patients_from_csv(o.patients, o.patients_id_col, o.patient_col)
+    missing = sorted({p.id for p in pairs} - set(patients))
+    if missing:
+        raise DatakitError(f"--patients {o.patients} has no row for {len(missing)} image(s), e.g. {missing[0]!r} "
+                           f"(column {o.patients_id_col!r}); list every image's patient")
+    return patients
+
+
 def _mask_member(size: int, role: str) -> dict:
     return {"role": role, "codec": "zstd", "dtype": "uint8", "byteorder": "little", "shape": [size, size]}
 
@@ -206,7 +227,8 @@ def _config(o: ImageMaskOptions, r: dict, layout: MaskLayout, label_map, secret)
             "masks": [f"{c}={p}" for c, p in layout.mask_patterns], "fov_pattern": layout.fov_pattern,
             "rle": Path(layout.rle).name if layout.rle else None, "rle_form": layout.rle_form if layout.rle else None,
             "rle_order": layout.rle_order if layout.rle else None, "label_map": {str(v): n for v, n in label_map},
-            "split_map": dict(layout.split_map), "patient_regex": r["patient_regex"], "split_by": "patient",
+            "split_map": dict(layout.split_map), "patient_regex": None if o.patients else r["patient_regex"],
+            "patients": Path(o.patients).name if o.patients else None, "split_by": "patient",
             "channels": r["channels"], "size": o.size, "val": o.val, "test": o.test, "seed": o.seed,
             "samples_per_shard": o.samples_per_shard, "allow_secondary_capture": r["allow_secondary_capture"],
             "secret_fingerprint": fingerprint(secret) if secret else None}
@@ -232,21 +254,38 @@ def inspect_pairs(root: Path, pairs: list[Pair], layout: MaskLayout, secret, r: 
             else:
                 with Image.open(root / pair.image) as im:
                     width, height = im.size
-                patient = patient_from_id(pair.id, r["patient_regex"], "image id")
+                patient = r["patients"][pair.id] if r.get("patients") else \
+                    patient_from_id(pair.id, r["patient_regex"], "image id")
         except SliceRejected as exc:
             rejects.append(stage_reject(pair.image, exc.code, exc.reason))
             continue
         except OSError as exc:
             rejects.append(stage_reject(pair.image, "undecodable", f"{type(exc).__name__}: {exc}"))
             continue
-        for rel in [p for _, p in pair.masks] + ([pair.fov] if pair.fov else []):
-            with Image.open(root / rel) as im:
-                if im.size != (width, height):
-                    raise DatakitError(f"mask {rel} is {im.size[0]}x{im.size[1]} (width x height), its image "
-                                       f"{pair.image} {width}x{height}; masks must cover their image pixel for pixel")
+        bad_mask = _check_mask_sizes(root, pair, width, height)
+        if bad_mask:
+            rejects.append(bad_mask)
+            continue
         check_rle(pair, height, width, layout)
         checked.append((pair, patient))
     return checked, rejects
+
+
+def _check_mask_sizes(root: Path, pair: Pair, width: int, height: int) -> dict | None:
+    """A reject when a mask or FOV file cannot be decoded (the image goes with it); DatakitError when one is
+    not of its image's size (a layout error, not one bad file)."""
+    from PIL import Image
+
+    for rel in [p for _, p in pair.masks] + ([pair.fov] if pair.fov else []):
+        try:
+            with Image.open(root / rel) as im:
+                size = im.size
+        except OSError as exc:
+            return stage_reject(pair.image, "undecodable", f"mask {rel}: {type(exc).__name__}: {exc}")
+        if size != (width, height):
+            raise DatakitError(f"mask {rel} is {size[0]}x{size[1]} (width x height), its image "
+                               f"{pair.image} {width}x{height}; masks must cover their image pixel for pixel")
+    return None
 
 
 class _PairRejected(Exception):

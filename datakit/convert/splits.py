@@ -87,3 +87,20 @@ def patient_from_id(source_id: str, regex: str | None, what: str = "case") -> st
     if not m:
         raise DatakitError(f"--patient-regex {regex!r} does not match {what} {source_id!r}")
     return m.group("patient") if "patient" in m.re.groupindex else m.group(1) if m.groups() else m.group(0)
+
+
+def patients_from_csv(path: str, id_col: str, patient_col: str) -> dict[str, str]:
+    """image id -> patient from a CSV's two columns (`--patients FILE`); one-line DatakitError for a missing
+    column, a blank patient, or an id given two patients (its images could not be kept in one split)."""
+    from datakit.convert.tables import read_csv
+
+    out: dict[str, str] = {}
+    for n, row in enumerate(read_csv(path, "--patients", required=[id_col, patient_col]), start=1):
+        image, patient = row[id_col].strip(), row[patient_col].strip()
+        if not image or not patient:
+            raise DatakitError(f"--patients {path} data row {n}: blank {id_col if not image else patient_col!r}; "
+                               f"every row names an image and its patient")
+        if out.setdefault(image, patient) != patient:
+            raise DatakitError(f"--patients {path} gives image {image!r} two patients ({out[image]!r} and "
+                               f"{patient!r}); an image belongs to one patient")
+    return out

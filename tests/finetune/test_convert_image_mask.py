@@ -170,3 +170,69 @@ def test_masks_of_two_classes_that_overlap_reject_their_image(tmp_path):
 def _path(p):
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def _binary_set(root, n=8, size=10):
+    """n gray images c0..c{n-1} with one binary mask each; image i's mask marks rows 0..i."""
+    for i in range(n):
+        Image.fromarray(np.full((size, size), 10 * i, np.uint8)).save(_path(root / "img" / f"c{i}.png"))
+        mask = np.zeros((size, size), np.uint8)
+        mask[:i + 1] = 255
+        Image.fromarray(mask).save(_path(root / "lab" / f"c{i}.png"))
+
+
+def test_a_patient_column_keeps_each_patients_images_in_one_split(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    root = tmp_path / "src"
+    _binary_set(root)
+    want = {f"c{i}": f"p{i // 2}" for i in range(8)}             # 4 patients of 2 images
+    (tmp_path / "patients.csv").write_text("image,subject\n" + "".join(f"{k},{p}\n" for k, p in want.items()))
+    result = CliRunner().invoke(cli, ["convert", "image-mask", "--root", str(root), "--out", str(tmp_path / "o"),
+                                      "--image-pattern", "img/{id}.png", "--mask", "lab/{id}.png", "--patients",
+                                      str(tmp_path / "patients.csv"), "--patients-id-col", "image", "--patient-col",
+                                      "subject", "--size", "10", "--workers", "1", "--val", "1", "--test", "1"])
+    assert result.exit_code == 0, result.output
+    slices = pl.read_parquet(tmp_path / "o" / "slices.parquet")
+    assert dict(zip(slices["key"], slices["patient"])) == want
+    per_patient = slices.group_by("patient").agg(pl.col("split").n_unique(), pl.len())
+    assert per_patient["split"].max() == 1 and per_patient["len"].to_list() == [2] * 4
+    assert sorted(slices.group_by("split").agg(pl.col("patient").n_unique()).rows()) == \
+        [("test", 1), ("train", 2), ("val", 1)]
+    assert {r["key"]: r["pixels_foreground"] for r in slices.to_dicts()} == {f"c{i}": 10 * (i + 1) for i in range(8)}
+    assert verify_dataset(tmp_path / "o", workers=1, decode=True).problems == []
+
+
+def test_bad_patient_lists_are_refused_before_anything_is_written(tmp_path):
+    root = tmp_path / "src"
+    _binary_set(root, n=4)
+    csv_path = tmp_path / "patients.csv"
+    options = {"root": str(root), "out": str(tmp_path / "o"), "image_pattern": "img/{id}.png",
+               "mask_patterns": ("lab/{id}.png",), "patients": str(csv_path), "size": 10, "workers": 1,
+               "val": 0, "test": 0}
+    csv_path.write_text("id,patient\nc0,a\nc1,a\nc2,b\n")
+    with pytest.raises(DatakitError, match=r"^--patients \S+ has no row for 1 image\(s\), e.g. 'c3' \(column 'id'\); "):
+        convert_image_mask(ImageMaskOptions(**options))
+    csv_path.write_text("id,patient\nc0,a\nc1,a\nc2,b\nc3,b\nc0,b\n")
+    with pytest.raises(DatakitError, match=r"gives image 'c0' two patients \('a' and 'b'\); an image belongs to one"):
+        convert_image_mask(ImageMaskOptions(**options))
+    csv_path.write_text("id,person\nc0,a\n")
+    with pytest.raises(DatakitError, match=r"^--patients \S+ has no column\(s\) \['patient'\]; its columns: id, person$"):
+        convert_image_mask(ImageMaskOptions(**options))
+    with pytest.raises(DatakitError, match=r"^give the patients either by --patients or by --patient-regex, not both$"):
+        convert_image_mask(ImageMaskOptions(**options, patient_regex=r"c(\d)"))
+    assert nothing_written(tmp_path / "o")
+
+
+def test_an_undecodable_mask_rejects_its_image(tmp_path):
+    root = tmp_path / "src"
+    _binary_set(root, n=4)
+    (root / "lab" / "c2.png").write_bytes(b"not a png")
+    m = convert_image_mask(ImageMaskOptions(root=str(root), out=str(tmp_path / "o"), image_pattern="img/{id}.png",
+                                            mask_patterns=("lab/{id}.png",), size=10, workers=1, val=0, test=0))
+    assert m["splits"]["train"]["samples"] == 3
+    rejects = pl.read_parquet(tmp_path / "o" / "rejects.parquet")
+    assert rejects.select("path", "code").rows() == [("img/c2.png", "undecodable")]
+    assert rejects["reason"][0].startswith("mask lab/c2.png: UnidentifiedImageError")
+    assert verify_dataset(tmp_path / "o", workers=1, decode=True).problems == []
