@@ -236,3 +236,18 @@ def test_an_undecodable_mask_rejects_its_image(tmp_path):
     assert rejects.select("path", "code").rows() == [("img/c2.png", "undecodable")]
     assert rejects["reason"][0].startswith("mask lab/c2.png: UnidentifiedImageError")
     assert verify_dataset(tmp_path / "o", workers=1, decode=True).problems == []
+
+
+def test_jpeg_images_with_png_masks(tmp_path):
+    root = tmp_path / "src"
+    _binary_set(root, n=3)
+    for i in range(3):                                   # the same images as JPEG: lossy, so only the mask is exact
+        Image.open(root / "img" / f"c{i}.png").convert("RGB").save(root / "img" / f"c{i}.jpg", quality=95)
+        (root / "img" / f"c{i}.png").unlink()
+    m = convert_image_mask(ImageMaskOptions(root=str(root), out=str(tmp_path / "o"), image_pattern="img/{id}.jpg",
+                                            mask_patterns=("lab/{id}.png",), size=10, workers=1, val=0, test=0))
+    assert m["members"]["img.zst"]["shape"] == [10, 10] and m["splits"]["train"]["samples"] == 3
+    for key, (_, s) in read_shards(tmp_path / "o", m).items():
+        i = int(key[1:])
+        assert decoded(s, "mask.zst", 10).sum() == 10 * (i + 1)
+        assert abs(int(np.median(decoded(s, "img.zst", 10))) - 10 * i) <= 2
