@@ -10,11 +10,11 @@ part, MRNet's public validation set, is the test split (its test set is not publ
 gives no patient ids, so the split is per exam (`split_by: exam`).
 
 `slices` picks them around the volume's middle slice m = n // 2: `center` (m: one channel),
-`center3` (m-1, m, m+1: three channels) or offsets such as `-2,0,2` (1 or 3 of them); an offset
-outside the volume is clamped to its first or last slice. Volumes of another dtype than uint8
+`center3` (m-1, m, m+1: three channels) or offsets such as `-2,0,2` (1 or 3 of them); a volume
+an offset would leave is a reject (`too-few-slices`), not padded with a repeated edge slice. Volumes of another dtype than uint8
 are scaled to 0-255 by their own minimum and maximum.
 
-Rejects: `no-label` (a volume a label file does not list), `missing-file` (a listed case without
+Rejects: `no-label` (a volume a label file does not list), `too-few-slices` (see above), `missing-file` (a listed case without
 its volume), `bad-geometry` (not a 3-D array), `undecodable` (not a readable .npy).
 Members: `img.zst` (zstd uint8 [S, S] or [3, S, S]) and `labels` (raw uint8 multi-hot).
 """
@@ -144,10 +144,16 @@ def convert_npy_volumes(o: NpyVolumeOptions, progress: Progress = silent) -> dic
     return builder.assemble(rejects=rejects)
 
 
+def slice_indices(n: int, offsets: tuple[int, ...]) -> list[int] | None:
+    """The indices of the offsets from the middle slice of n, or None when one falls outside the volume
+    (the volume is then a reject: repeating an edge slice would pass off a shorter exam as the chosen view)."""
+    picked = [n // 2 + d for d in offsets]
+    return picked if all(0 <= i < n for i in picked) else None
+
+
 def chosen_slices(volume: np.ndarray, offsets: tuple[int, ...]) -> np.ndarray:
-    """uint8 [len(offsets), H, W]: the slices at the offsets from the middle, clamped into the volume."""
-    n = volume.shape[0]
-    picked = volume[[min(max(n // 2 + d, 0), n - 1) for d in offsets]]
+    """uint8 [len(offsets), H, W]: the slices at the offsets from the middle (all inside the volume)."""
+    picked = volume[slice_indices(volume.shape[0], offsets)]
     if picked.dtype != np.uint8:
         lo, hi = float(volume.min()), float(volume.max())
         scaled = np.zeros(picked.shape) if hi == lo else (picked.astype(np.float64) - lo) * (255.0 / (hi - lo))
@@ -167,6 +173,10 @@ def stage_volumes(job: VolumeJob, bin_path: Path) -> Staged:
             if volume.ndim != 3 or 0 in volume.shape:
                 staged.rejects.append(stage_reject(item.source, "bad-geometry", f"shape {list(volume.shape)} is not "
                                                                                 "[slices, height, width]"))
+                continue
+            if slice_indices(volume.shape[0], job.offsets) is None:
+                staged.rejects.append(stage_reject(item.source, "too-few-slices", f"{volume.shape[0]} slices; the "
+                                                   f"offsets {list(job.offsets)} from the middle slice leave the volume"))
                 continue
             planes = np.stack([resize_uint8(p, job.size) for p in chosen_slices(volume, job.offsets)])
             hot = np.array([c in item.labels for c in job.classes], np.uint8)

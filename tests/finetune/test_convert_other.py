@@ -71,13 +71,21 @@ def test_mrnet_chosen_slices_labels_and_parts(tmp_path):
     for key, (split, s) in read_shards(tmp_path / "o", m).items():
         volume, labels = truth[key]
         n = volume.shape[0]
-        want = np.stack([resize_uint8(volume[min(max(n // 2 + d, 0), n - 1)], 16) for d in (-1, 0, 1)])
+        want = np.stack([resize_uint8(volume[n // 2 + d], 16) for d in (-1, 0, 1)])
         assert np.array_equal(unzstd(s["img.zst"], (3, 16, 16)), want)
         assert {c for c, h in zip(m["classes"], np.frombuffer(s["labels"], np.uint8)) if h} == labels
         assert (split == "test") == key.startswith("valid")
     rejects = pl.read_parquet(tmp_path / "o" / "rejects.parquet")
     assert rejects.select("path", "code").rows() == [("train/sagittal/0099.npy", "no-label")]
     assert verify_dataset(tmp_path / "o", workers=1, decode=True).problems == []
+    np.save(root / "train" / "sagittal" / "0001.npy", np.zeros((2, 16, 16), np.uint8))   # center3 needs 3 slices
+    m = convert_npy_volumes(NpyVolumeOptions(root=str(root), out=str(tmp_path / "short"), slices="center3", size=16,
+                                             workers=1, val=2))
+    assert sum(v["samples"] for v in m["splits"].values()) == 13
+    rejects = pl.read_parquet(tmp_path / "short" / "rejects.parquet").filter(pl.col("code") == "too-few-slices")
+    assert rejects.select("path", "reason").rows() == [
+        ("train/sagittal/0001.npy", "2 slices; the offsets [-1, 0, 1] from the middle slice leave the volume")]
+    assert verify_dataset(tmp_path / "short", workers=1).problems == []
     with pytest.raises(DatakitError, match=r"^--slices '1,2' must be center, center3 or 1 or 3 offsets"):
         convert_npy_volumes(NpyVolumeOptions(root=str(root), out=str(tmp_path / "x"), slices="1,2"))
 
