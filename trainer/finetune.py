@@ -68,8 +68,8 @@ from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
-from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task, get_task, parse_class_weights,
-                           resolve_class_weights, run_dir)
+from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, Task, get_task,
+                           parse_class_weights, resolve_class_weights, run_dir)
 
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
@@ -109,6 +109,8 @@ class FinetuneConfig:
                                          "convolutions) or tlx's earlier one (smp-unet: nearest upsampling)",
                        choices=DECODERS)
     decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
+    seg_loss: str | None = opt(None, "segmentation loss: ce (class-weighted cross-entropy), dice (soft Dice) or "
+                                     "dice+ce [default: the task's]", choices=SEG_LOSSES)
     save_masks: bool = opt(False, "segmentation: also write masks.npz, every test slice's predicted and true class "
                                   "per pixel (pixel maps in tlx analyze)")
     normalize: str | None = opt(None, "int16/float pixels to [0, 1]: per-slice minmax or a fixed HU window "
@@ -157,6 +159,7 @@ class Plan:
     regions: dict[str, tuple[int, ...]]
     normalize: str
     window: tuple[float, float]
+    seg_loss: str = "ce"
 
 
 def default_init_name(init: str) -> str:
@@ -186,6 +189,7 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     _, image_spec = dataset.member("image")
     image_size = cfg.image_size or (image_spec.shape[-1] if image_spec.shape else 224)
     classes = dataset.classes
+    task.check_classes(classes)
     weights = resolve_class_weights(parse_class_weights(cfg.class_weights) if cfg.class_weights
                                     else task.class_weights, classes, strict=cfg.class_weights is not None)
     regions = {}
@@ -200,7 +204,7 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
     return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or "resnet50",
-                image_size, augment, weights, regions, normalize, window)
+                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss)
 
 
 def training_subset(split: LabelledSplit, task: Task, classes: list[str], fraction: float, seed: int):
@@ -278,7 +282,7 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
     target = np.concatenate([a for p in parts for a in p[2]])
     if kind == "classification":
         return M.classification_results(out, target, keys)
-    return M.multilabel_results(out, target, keys, classes, plan.task.exclude_from_mean)
+    return M.multilabel_results(out, target, keys, classes, plan.task.mean_excludes(classes))
 
 
 def _to_device(x: torch.Tensor, env: Dist) -> torch.Tensor:
@@ -451,7 +455,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     head = "decoder" if task.kind == "segmentation" else "head"
     resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp,
                 "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
-                "window": list(plan.window)}
+                "window": list(plan.window), "seg_loss": plan.seg_loss}
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
@@ -468,12 +472,14 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
 
 def saved_config(saved: dict) -> dict:
     """A checkpoint's config.json with what runs from before a flag used, where it applied: LARS with the lr
-    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet)."""
+    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet), the
+    cross-entropy segmentation loss (--seg-loss ce)."""
     before = {}
     if saved.get("optimizer") == "lars":
         before["lars_form"] = "lr-outside"
     if saved.get("kind") == "segmentation":
         before["decoder"] = "smp-unet"
+        before["seg_loss"] = "ce"           # the only segmentation loss before --seg-loss
     return {**before, **saved}
 
 
@@ -516,7 +522,7 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         set_lr(job.optimizer, lr)
         x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
         with _autocast(env):
-            loss = task_loss(kind, job.ddp(x), y, job.weights)
+            loss = task_loss(kind, job.ddp(x), y, job.weights, job.plan.seg_loss)
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         job.optimizer.step()
