@@ -106,6 +106,14 @@ def cpu_points(args: argparse.Namespace) -> dict[int, float]:
     return best
 
 
+def with_baseline(seconds: dict[int, float], baseline: str) -> dict[int, float]:
+    """T(1)'s seconds per step from a single-rank result file, unless this job measured N = 1 itself."""
+    rows = {r["ranks"]: r for r in json.loads(Path(baseline).read_text())["rows"]}
+    if 1 not in rows:
+        raise SystemExit(f"--baseline {baseline}: no single-rank row (run it with one process first)")
+    return {1: rows[1]["seconds_per_step"], **seconds}
+
+
 def table(args: argparse.Namespace, seconds: dict[int, float]) -> list[dict]:
     """Rows with T(N) = images/s and E(N) = T(N) / (N T(1)) (E only where T(1) is known)."""
     rows = []
@@ -155,7 +163,7 @@ def _torchrun_point(args: argparse.Namespace, load_before) -> dict:
     if world > 1:
         dist.destroy_process_group()
     if args.baseline:
-        seconds[1] = json.loads(Path(args.baseline).read_text())["rows"][0]["seconds_per_step"]
+        seconds = with_baseline(seconds, args.baseline)
     result = {"machine": machine(device), "load_before": load_before, "load_after": os.getloadavg(),
               "args": vars(args), "rows": table(args, seconds)}
     if rank == 0:
