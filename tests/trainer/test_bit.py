@@ -11,8 +11,10 @@ from trainer.models.bit import BIT_ARCHS, StdConv2d
 from trainer.models.unet import UNetDecoder
 from trainer.task_heads import TaskModel
 
-# Published parameter counts (timm's model cards of the BiT weights ported from
-# google-research/big_transfer), with the head they were counted with.
+# Published parameter counts, with the head they were counted with: the Hugging Face model
+# cards of timm's ports of the released BiT weights (google-research/big_transfer). The first
+# three were read from the cards for this test; the four 1000-class figures after them are the
+# same cards' values as recalled (docs/bit.md says which is which).
 PUBLISHED = [("bit-r50x1", 21843, 68.3e6), ("bit-r101x1", 21843, 87.2e6), ("bit-r152x4", 1000, 936.5e6),
              ("bit-r50x1", 1000, 25.5e6), ("bit-r50x3", 1000, 217.3e6), ("bit-r101x3", 1000, 387.9e6),
              ("bit-r152x2", 1000, 236.3e6)]
