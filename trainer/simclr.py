@@ -91,6 +91,8 @@ class SimCLRConfig:
     blur_p: float | None = opt(None, "Gaussian blur probability (recipe: paper 0, simclr 0.5)")
     normalize: str = opt("minmax", "pixels to [0, 1]: per-slice min-max, or a fixed HU window", choices=("minmax", "hu"))
     window: tuple[float, float] = opt((-1024.0, 3072.0), "HU window for --normalize hu: LOW HIGH")
+    input_scale: str = opt("unit", "what the encoder sees: unit ([0, 1], as the study) or imagenet (ImageNet "
+                                   "mean/std per channel, CT replicated to 3 channels first)", choices=("unit", "imagenet"))
     loader: str = opt("auto", "data loader; auto = dali on GPU when installed, else torch",
                       choices=("auto", "dali", "torch"))
     workers: int | None = workers_flag()
@@ -185,7 +187,8 @@ def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
     log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
     dataset = open_dataset(cfg.data)
     loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
-    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window)
+    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window,
+                        input_scale=cfg.input_scale)
     loader = make_loader(loader_kind, dataset, "train", global_batch=cfg.batch_size, rank=env.rank,
                          world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
                          **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))

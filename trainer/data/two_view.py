@@ -5,6 +5,7 @@ implementations (torch_loader, dali_loader) subclass it; only `epoch` differs.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -22,21 +23,39 @@ class TwoViewBatch(NamedTuple):
     ids: torch.Tensor
 
 
+def image_member(dataset: TlxDataset) -> tuple[str, bool]:
+    """(the image member's extension, whether it is RGB): int16 (H, W) CT slices, or JPEG images."""
+    ext, spec = dataset.member("image")
+    if spec.codec == "jpeg":
+        return ext, True
+    if spec.shape is None or len(spec.shape) != 2:
+        raise TrainerError(f"image member {ext!r} has shape {spec.shape} and codec {spec.codec}; SimCLR reads "
+                           f"one-channel (H, W) slices or JPEG images")
+    return ext, False
+
+
 class TwoViewLoader:
     """What both loaders share: dataset, sample table, plan; subclasses turn plans into batches."""
 
     def __init__(self, dataset: TlxDataset | str | os.PathLike, split: str, *, global_batch: int, rank: int,
                  world_size: int, seed: int, aug: AugmentConfig, workers: int, device: torch.device):
         self.dataset = dataset if isinstance(dataset, TlxDataset) else open_dataset(dataset)
-        self.ext, spec = self.dataset.member("image")
-        if spec.shape is None or len(spec.shape) != 2:
-            raise TrainerError(f"image member {self.ext!r} has shape {spec.shape}; SimCLR reads one-channel (H, W) slices")
+        self.ext, self.rgb = image_member(self.dataset)
+        aug = replace(aug, rgb=self.rgb)
+        if self.dataset.num_samples(split) == 0:
+            raise TrainerError(f"dataset {self.dataset.root} has no {split} split (or an empty one); SimCLR trains "
+                               f"on the train split of a dataset tlx wrote")
         self.table = self.dataset.sample_table(split)
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.batch = per_rank_batch(global_batch, world_size)
         self.steps_per_epoch = steps_per_epoch(len(self.table), global_batch)
         self.seed, self.aug, self.workers, self.device = seed, aug, workers, device
         self.reader = SampleReader(self.dataset)
+
+    @property
+    def channels(self) -> int:
+        """Channels of a view: 3 for RGB or --input-scale imagenet, else 1 (the model replicates it)."""
+        return 3 if self.rgb or self.aug.input_scale != "unit" else 1
 
     def plan(self, epoch: int, start_step: int = 0) -> np.ndarray:
         """This rank's sample ids for `epoch` from `start_step` on."""
