@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from datakit.read import TlxDataset, open_dataset
+from tlxcore.atomic import atomic_write
 from tlxcore.errors import UserError
 from tlxcore.progress import Progress, drawn, silent
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
@@ -49,13 +51,14 @@ from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
 from trainer.data.two_view import TwoViewLoader
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, loader_workers, workers_flag
-from trainer.errors import TrainerError, exit_on_user_error
+from trainer.errors import TrainerError, exit_on_user_error, stops_deferred
 from trainer.gradcache import grad_cache_step
 from trainer.knn import knn_probe
 from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.pretrain_init import load_pretrain_init
 from trainer.run_guard import RunGuard
 from trainer.runlog import RunLog, log_every_flag
 
@@ -102,8 +105,13 @@ class SimCLRConfig:
     bf16: bool = opt(True, "bf16 autocast on GPU (the loss stays float32)")
     channels_last: bool = opt(True, "channels_last memory format on GPU")
     seed: int = opt(0, "seed of the weights, the data order and the augmentations")
+    init: str = opt("scratch", "start from: scratch, a tlx SimCLR checkpoint (encoder and projector) or a "
+                               "torchvision-layout ResNet state dict (encoder only); loaded strictly")
+    init_epoch: int = opt(0, "start the schedule at this epoch of --epochs (a sequential run continuing --init's "
+                             "schedule: --init <run>/checkpoints/epoch-50.pt --init-epoch 50 --epochs 100)")
     resume: str = resume_flag()
     checkpoint_every: int = checkpoint_every_flag()
+    keep_every: int = opt(0, "also keep checkpoints/epoch-<E>.pt every K epochs (0 = only last.pt)")
     eval_every: int = opt(10, "kNN probe on the val split every N epochs and at the end (0 = off)")
     knn_bank: int = opt(4096, "kNN probe: training samples in the bank")
     knn_queries: int = opt(1024, "kNN probe: val samples classified")
@@ -113,7 +121,7 @@ class SimCLRConfig:
 # config.json keys that may change when a run resumes, besides trainer.checkpoint.MAY_CHANGE; any other
 # difference is refused. per_rank_batch follows the number of ranks, which may change.
 PRETRAIN_MAY_CHANGE = {"data", "loader", "dali_threads", "compile", "eval_every", "knn_bank", "knn_queries",
-                       "per_rank_batch"}
+                       "per_rank_batch", "keep_every", "init_checkpoint"}
 
 
 def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
@@ -122,7 +130,13 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
     cfg = replace(cfg, **{k: r[k] for k in ("epochs", "batch_size", "image_size", "temperature", "weight_decay",
                                             "warmup_epochs", "blur_p", "lars_form") if getattr(cfg, k) is None})
     check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
-                         "eval_every": 0, "grad_cache_chunk": 0, "workers": 0})
+                         "eval_every": 0, "grad_cache_chunk": 0, "workers": 0, "init_epoch": 0, "keep_every": 0})
+    if cfg.init_epoch >= cfg.epochs:
+        raise TrainerError(f"--init-epoch {cfg.init_epoch} is at or past --epochs {cfg.epochs}; the schedule would "
+                           f"have no epoch left (give --init-epoch below --epochs)")
+    if cfg.init_epoch and cfg.init == "scratch":
+        raise TrainerError(f"--init-epoch {cfg.init_epoch} continues another run's schedule; give that run's "
+                           f"checkpoint with --init")
     if cfg.lr is None:
         b = cfg.batch_size
         cfg = replace(cfg, lr=0.075 * math.sqrt(b) if r["lr_rule"] == "sqrt" else 0.3 * b / 256)
@@ -145,13 +159,14 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
     return (torch.compile(model) if cfg.compile else model), net
 
 
-def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_epoch: int) -> dict:
-    """config.json (trainer.config.run_config's shape)."""
+def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_epoch: int, init: dict) -> dict:
+    """config.json (trainer.config.run_config's shape). `init`: what trainer.pretrain_init loaded (or Nones)."""
+    from trainer.finetune import default_init_name
     recipe = RECIPES[cfg.recipe]
-    return run_config(cfg, task="simclr", init="scratch", setting="pretrain", fraction=1.0, seed=cfg.seed,
-                      world_size=env.world_size,
-                      derived={"data_train_samples": dataset.num_samples("train"), "init_checkpoint": None,
-                               "init_sha256": None, "projector": recipe["projector"], "schedule": recipe["schedule"],
+    return run_config(cfg, task="simclr", init=default_init_name(cfg.init), setting="pretrain", fraction=1.0,
+                      seed=cfg.seed, world_size=env.world_size,
+                      derived={"data_train_samples": dataset.num_samples("train"), **init,
+                               "projector": recipe["projector"], "schedule": recipe["schedule"],
                                "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size})
 
 
@@ -193,11 +208,13 @@ def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
                          world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
                          **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
     model, net = build_model(cfg, env)
+    init = ({"init_checkpoint": None, "init_sha256": None, "init_variant": "scratch", "init_loaded": []}
+            if cfg.init == "scratch" else load_pretrain_init(net, cfg.init, cfg.model))
     optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, form=cfg.lars_form)
     spe = loader.steps_per_epoch
     schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
     return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
-               simclr_config(cfg, env, dataset, spe), dataset.split_identity("train"))
+               simclr_config(cfg, env, dataset, spe, init), dataset.split_identity("train"))
 
 
 def saved_config(ckpt: dict) -> dict:
@@ -236,6 +253,14 @@ def save(job: PretrainJob, state: PretrainState) -> None:
                       **asdict(state))
 
 
+def keep_epoch(job: PretrainJob, epoch: int) -> None:
+    """checkpoints/epoch-<epoch>.pt: a copy of the last.pt just written (rank 0), atomically."""
+    if job.env.is_main:
+        ckpts = Path(job.cfg.out) / "checkpoints"
+        with stops_deferred(), atomic_write(ckpts / f"epoch-{epoch}.pt") as f, open(ckpts / "last.pt", "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+
 def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
     """One optimizer step on a batch of view pairs; returns the (rank-local) loss."""
     x1, x2 = (v.contiguous(memory_format=memory_format) for v in (x1, x2))
@@ -269,7 +294,9 @@ def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent, guard: RunG
     if guard is not None:
         guard.hold(cfg.out)
     resumed = resume(job)
-    state = resumed or PretrainState()
+    # --init-epoch: a new run starts where the schedule (and the data order) of epoch init_epoch begins
+    spe = job.loader.steps_per_epoch
+    state = resumed or PretrainState(step=cfg.init_epoch * spe, epoch=cfg.init_epoch)
     job.log.write_config(job.config)
     total = job.schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, job.schedule.total_steps)
     # A finished run keeps its lines (its partial epoch's too); a run started afresh (no checkpoint: a first
@@ -322,6 +349,8 @@ def loop(job: PretrainJob, state: PretrainState, total: int) -> None:
                     loss_sum.zero_()
                 state.epoch, state.wall_s = step // spe, wall()
                 save(job, state)
+                if epoch_done and cfg.keep_every and state.epoch % cfg.keep_every == 0:
+                    keep_epoch(job, state.epoch)
                 t0 = time.perf_counter()
             if stopping:
                 break
