@@ -49,6 +49,9 @@ from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, c
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
+from trainer.data.mixed_loader import MixedTwoViewLoader
+from trainer.data.mixing import parse_mix
+from trainer.data.two_view import image_member
 from trainer.data.two_view import TwoViewLoader
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, loader_workers, workers_flag
 from trainer.errors import TrainerError, exit_on_user_error, stops_deferred
@@ -74,7 +77,10 @@ RECIPES = {
 
 @dataclass
 class SimCLRConfig:
-    data: str = opt(None, "dataset folder written by `tlx shard` (manifest.json inside)", required=True)
+    data: tuple[str, ...] = opt(None, "dataset folder tlx wrote (`tlx shard`: CT slices; `tlx convert class-folder"
+                                      "|image-folder`: RGB JPEG); repeat it to mix datasets (--mix)", required=True)
+    mix: str | None = opt(None, "with several --data: their shares of every batch, e.g. 1,1 (see "
+                                "trainer/data/mixing.py)")
     out: str = opt(None, "run folder (config.json, metrics.jsonl, checkpoints/)", required=True)
     recipe: str = opt("paper", "hyperparameter set; every value below overrides it", choices=tuple(RECIPES))
     model: str = opt("resnet50", "encoder: resnet50, resnet18, resnet-tiny (tests, demo)")
@@ -121,7 +127,7 @@ class SimCLRConfig:
 # config.json keys that may change when a run resumes, besides trainer.checkpoint.MAY_CHANGE; any other
 # difference is refused. per_rank_batch follows the number of ranks, which may change.
 PRETRAIN_MAY_CHANGE = {"data", "loader", "dali_threads", "compile", "eval_every", "knn_bank", "knn_queries",
-                       "per_rank_batch", "keep_every", "init_checkpoint"}
+                       "per_rank_batch", "keep_every", "init_checkpoint", "datasets"}
 
 
 def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
@@ -131,6 +137,7 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
                                             "warmup_epochs", "blur_p", "lars_form") if getattr(cfg, k) is None})
     check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
                          "eval_every": 0, "grad_cache_chunk": 0, "workers": 0, "init_epoch": 0, "keep_every": 0})
+    parse_mix(cfg.mix, len(cfg.data))  # its errors before anything is opened
     if cfg.init_epoch >= cfg.epochs:
         raise TrainerError(f"--init-epoch {cfg.init_epoch} is at or past --epochs {cfg.epochs}; the schedule would "
                            f"have no epoch left (give --init-epoch below --epochs)")
@@ -159,13 +166,16 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
     return (torch.compile(model) if cfg.compile else model), net
 
 
-def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_epoch: int, init: dict) -> dict:
-    """config.json (trainer.config.run_config's shape). `init`: what trainer.pretrain_init loaded (or Nones)."""
+def simclr_config(cfg: SimCLRConfig, env: Dist, datasets: list[dict], steps_per_epoch: int, init: dict) -> dict:
+    """config.json (trainer.config.run_config's shape). `init`: what trainer.pretrain_init loaded (or Nones);
+    `datasets`: what each --data is and how much of a batch it gives."""
     from trainer.finetune import default_init_name
     recipe = RECIPES[cfg.recipe]
     return run_config(cfg, task="simclr", init=default_init_name(cfg.init), setting="pretrain", fraction=1.0,
                       seed=cfg.seed, world_size=env.world_size,
-                      derived={"data_train_samples": dataset.num_samples("train"), **init,
+                      resolved={"data": cfg.data[0] if len(cfg.data) == 1 else list(cfg.data)},
+                      derived={"data_train_samples": sum(d["train_samples"] for d in datasets), "datasets": datasets,
+                               **init,
                                "projector": recipe["projector"], "schedule": recipe["schedule"],
                                "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size})
 
@@ -200,21 +210,34 @@ class PretrainState:
 
 def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
     log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
-    dataset = open_dataset(cfg.data)
+    weights = parse_mix(cfg.mix, len(cfg.data))
+    datasets = [open_dataset(d) for d in cfg.data]
     loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
     aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window,
                         input_scale=cfg.input_scale)
-    loader = make_loader(loader_kind, dataset, "train", global_batch=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
-                         **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
+    common = dict(global_batch=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.seed, aug=aug,
+                  workers=cfg.workers, device=env.device)
+    if len(datasets) == 1:
+        loader = make_loader(loader_kind, datasets[0], "train", **common,
+                             **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
+    elif loader_kind == "dali":
+        raise TrainerError("--loader dali reads one --data; a mixed run (several --data) reads with --loader torch")
+    else:
+        loader = MixedTwoViewLoader(datasets, weights, "train", **common)
     model, net = build_model(cfg, env)
     init = ({"init_checkpoint": None, "init_sha256": None, "init_variant": "scratch", "init_loaded": []}
             if cfg.init == "scratch" else load_pretrain_init(net, cfg.init, cfg.model))
     optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, form=cfg.lars_form)
     spe = loader.steps_per_epoch
     schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
-    return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
-               simclr_config(cfg, env, dataset, spe, init), dataset.split_identity("train"))
+    counts = getattr(loader, "counts", [cfg.batch_size])
+    described = [{"data": path, "kind": ds.kind, "rgb": image_member(ds)[1], "weight": w, "per_batch": n,
+                  "train_samples": ds.num_samples("train"),
+                  "to_unit": "uint8 / 255" if image_member(ds)[1] else cfg.normalize, "input_scale": cfg.input_scale}
+                 for path, ds, w, n in zip(cfg.data, datasets, weights, counts)]
+    identity = [ds.split_identity("train") for ds in datasets]
+    return PretrainJob(cfg, env, log, datasets[0], aug, loader, model, net, optimizer, schedule,
+               simclr_config(cfg, env, described, spe, init), identity[0] if len(identity) == 1 else identity)
 
 
 def saved_config(ckpt: dict) -> dict:
@@ -229,8 +252,9 @@ def resume(job: PretrainJob) -> PretrainState | None:
         return None
     before = ckpt.get("train_data")  # checkpoints older than this check lack train_data
     if before is not None and before != job.train_data:
-        raise TrainerError(f"cannot resume: --data {job.cfg.data!r} holds another training split "
-                           f"({job.train_data['samples']} samples) than the checkpoint's run ({before['samples']} "
+        data = job.cfg.data[0] if len(job.cfg.data) == 1 else list(job.cfg.data)
+        raise TrainerError(f"cannot resume: --data {data!r} holds another training split "
+                           f"({_samples(job.train_data)} samples) than the checkpoint's run ({_samples(before)} "
                            f"samples, other shards); use that dataset or a new --out")
     # --data may move (PRETRAIN_MAY_CHANGE), but its training split must be the one the run started on (above)
     check_same_run(saved_config(ckpt), job.config, flags=[f.name for f in fields(SimCLRConfig)], source=source,
@@ -243,6 +267,10 @@ def resume(job: PretrainJob) -> PretrainState | None:
     state.epoch_loss_sum = resumed_loss_sum(ckpt, job.env)  # this rank's own, not rank 0's
     job.log.note(f"resumed from {source} at step {state.step}")
     return state
+
+
+def _samples(identity: dict | list) -> str:
+    return str(identity["samples"]) if isinstance(identity, dict) else "+".join(str(i["samples"]) for i in identity)
 
 
 def save(job: PretrainJob, state: PretrainState) -> None:
@@ -366,6 +394,10 @@ def end_epoch(job: PretrainJob, state: PretrainState, lr: float, wall_s: float, 
            "wall_s": wall_s}
     if partial:
         row["partial"] = True
+    if isinstance(job.loader, MixedTwoViewLoader):  # what the epoch's steps drew from each --data (all ranks)
+        counts = job.loader.source_counts(epoch - 1, state.step - (epoch - 1) * job.loader.steps_per_epoch)
+        row["source_samples"] = counts
+        row["source_fractions"] = [c / sum(counts) for c in counts]
     if cfg.eval_every and env.is_main and (epoch % cfg.eval_every == 0 or partial or epoch == cfg.epochs):
         try:
             row["val_knn_accuracy"] = knn_probe(job.net.encoder, job.dataset, job.aug, env.device, cfg.knn_bank,

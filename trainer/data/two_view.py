@@ -21,6 +21,7 @@ class TwoViewBatch(NamedTuple):
     view1: torch.Tensor
     view2: torch.Tensor
     ids: torch.Tensor
+    sources: torch.Tensor | None = None   # (b,) int64 dataset index of each sample (mixed runs only)
 
 
 def image_member(dataset: TlxDataset) -> tuple[str, bool]:
@@ -34,6 +35,14 @@ def image_member(dataset: TlxDataset) -> tuple[str, bool]:
     return ext, False
 
 
+def split_table(dataset: TlxDataset, split: str):
+    """The split's sample table; TrainerError when the dataset has no such split (or an empty one)."""
+    if dataset.num_samples(split) == 0:
+        raise TrainerError(f"dataset {dataset.root} has no {split} split (or an empty one); SimCLR trains on the "
+                           f"train split of a dataset tlx wrote")
+    return dataset.sample_table(split)
+
+
 class TwoViewLoader:
     """What both loaders share: dataset, sample table, plan; subclasses turn plans into batches."""
 
@@ -42,10 +51,7 @@ class TwoViewLoader:
         self.dataset = dataset if isinstance(dataset, TlxDataset) else open_dataset(dataset)
         self.ext, self.rgb = image_member(self.dataset)
         aug = replace(aug, rgb=self.rgb)
-        if self.dataset.num_samples(split) == 0:
-            raise TrainerError(f"dataset {self.dataset.root} has no {split} split (or an empty one); SimCLR trains "
-                               f"on the train split of a dataset tlx wrote")
-        self.table = self.dataset.sample_table(split)
+        self.table = split_table(self.dataset, split)
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.batch = per_rank_batch(global_batch, world_size)
         self.steps_per_epoch = steps_per_epoch(len(self.table), global_batch)
