@@ -43,17 +43,13 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    # the closed form of torchvision's six-sector table: channel n in (r, g, b) = (5, 3, 1) is
+    # v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6; the same values (for h, s, v
+    # in [0, 1]) in 8 tensor ops instead of ~40, which matters for small views on CPU workers
     h, s, v = x.unbind(-3)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    mask = (i.unsqueeze(-3) == torch.arange(6, device=x.device).view(-1, 1, 1)).to(x.dtype)
-    table = torch.stack((torch.stack((v, q, p, p, t, v), -3), torch.stack((t, v, v, q, p, p), -3),
-                         torch.stack((p, p, t, v, v, q), -3)), -4)
-    return torch.einsum("...ijk,...xijk->...xjk", mask, table)
+    n = torch.tensor((5.0, 3.0, 1.0), dtype=x.dtype, device=x.device).view(3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)
+    return v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
 
 
 def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
