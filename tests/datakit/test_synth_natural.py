@@ -18,7 +18,7 @@ def _digest(folder):
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
-    a, b, c = (synth_natural(tmp_path / n, per_class=3, size=32, seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    a, _, _ = (synth_natural(tmp_path / n, per_class=3, size=32, seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
     assert a["files"] == 30 and a["classes"] == list(CLASSES)
     da, db, dc = (_digest(tmp_path / n) for n in "abc")
     assert len(da) == 30 and da == db

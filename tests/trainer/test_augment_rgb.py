@@ -9,8 +9,20 @@ from PIL import Image, ImageEnhance
 
 from tests.fixtures.datasets import make_natural_dataset
 from tests.fixtures.optional import need
-from trainer.data.augment import (BRIGHTNESS, CONTRAST, FLIP, GRAY, HUE, ORDER, SATURATION, AugmentConfig,
-                                  apply_view, draw_views, scale_input, to_unit)
+from trainer.data.augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    FLIP,
+    GRAY,
+    HUE,
+    ORDER,
+    SATURATION,
+    AugmentConfig,
+    apply_view,
+    draw_views,
+    scale_input,
+    to_unit,
+)
 from trainer.data.colour import adjust_hue, jitter
 from trainer.data.loader import make_loader
 from trainer.errors import TrainerError
@@ -69,15 +81,15 @@ def test_each_view_applies_its_own_parameters():
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.random((3, 32, 40), dtype=np.float32))
     p = _draws(RGB, 300)
-    gray = [v for v in p if v[GRAY]][0]
+    gray = next(v for v in p if v[GRAY])
     out = apply_view(x, gray, RGB)
     assert out.shape == (3, 16, 16) and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
-    plain = [v for v in p if not v[GRAY] and v[BRIGHTNESS] == 1 and v[CONTRAST] == 1][0]
+    plain = next(v for v in p if not v[GRAY] and v[BRIGHTNESS] == 1 and v[CONTRAST] == 1)
     top, left, bottom, right = (int(v) for v in plain[:4])
     ref = torch.nn.functional.interpolate(x[None, :, top:bottom, left:right], size=(16, 16), mode="bilinear",
                                           align_corners=False, antialias=True)[0]
     assert torch.equal(apply_view(x, plain, RGB), ref.flip(-1) if plain[FLIP] else ref)
-    jit = [v for v in p if not v[GRAY] and v[BRIGHTNESS] != 1][0]
+    jit = next(v for v in p if not v[GRAY] and v[BRIGHTNESS] != 1)
     no_jitter = jit.copy()
     no_jitter[[BRIGHTNESS, CONTRAST, SATURATION, HUE]] = 1, 1, 1, 0
     assert not torch.equal(apply_view(x, jit, RGB), apply_view(x, no_jitter, RGB))

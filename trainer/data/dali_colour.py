@@ -10,8 +10,8 @@ DALI pipeline definition.
 """
 from __future__ import annotations
 
-import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
+from nvidia.dali import fn
 
 from trainer.data.augment import BRIGHTNESS, CONTRAST, GRAY, HUE, ORDER, SATURATION
 from trainer.data.colour import LUMA

@@ -13,8 +13,8 @@ replicated to 3 channels when any dataset is RGB. Augmentation parameters are ke
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import numpy as np
 import torch
