@@ -3,6 +3,7 @@
     python -m benchmarks.loader_throughput                       # synthetic 256 px CT shards (zstd and raw)
     python -m benchmarks.loader_throughput --data data/ --batch 256 --workers 8 --steps 50
     python -m benchmarks.loader_throughput --device cuda ...     # DALI on the GPU (default: cuda if present)
+    python -m benchmarks.loader_throughput --kind rgb            # synthetic RGB JPEGs (tlx synth --kind natural)
 
 Reports two-view samples/s per loader (after warm-up batches), and, to show what the
 zstd decision costs, single-core read + decode rates of one slice for each codec. The
@@ -32,6 +33,12 @@ def synthetic(root: Path, samples: int, size: int, codec: str) -> Path:
     return make_ct_dataset(root / codec, splits={"train": samples}, shard_size=128, image_size=size, codec=codec)
 
 
+def synthetic_rgb(root: Path, samples: int, size: int) -> Path:
+    """JPEGs of `tlx synth --kind natural` through `tlx convert class-folder` (80 % of them train)."""
+    from tests.fixtures.datasets import make_natural_dataset
+    return make_natural_dataset(root / "jpeg", per_class=max(1, round(samples / 8)), size=size)
+
+
 def machine(device: torch.device) -> str:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     return f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
@@ -56,7 +63,7 @@ def decode_rate(data: Path, n: int = 300) -> float:
 
 
 def loader_rate(kind: str, data: Path, args, device: torch.device) -> float:
-    aug = AugmentConfig(image_size=args.image_size, blur_p=args.blur_p)
+    aug = AugmentConfig(image_size=args.image_size, blur_p=args.blur_p)  # the loader sets rgb per dataset
     kw = {"threads": args.threads} if kind == "dali" else {}
     loader = make_loader(kind, data, "train", global_batch=args.batch, rank=0, world_size=1, seed=0, aug=aug,
                          workers=args.workers, device=device, **kw)
@@ -72,7 +79,7 @@ def loader_rate(kind: str, data: Path, args, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     rate = (steps - args.warmup) * args.batch / (time.perf_counter() - t)
-    assert batch.view1.shape == (args.batch, 1, args.image_size, args.image_size)
+    assert batch.view1.shape == (args.batch, loader.channels, args.image_size, args.image_size)
     it.close()
     loader.close()
     return rate
@@ -82,6 +89,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="a tlx dataset (default: synthetic shards in a temporary folder)")
+    p.add_argument("--kind", choices=("ct", "rgb"), default="ct",
+                   help="synthetic data: ct (int16 slices, zstd and raw) or rgb (JPEG, the natural-image path)")
     p.add_argument("--samples", type=int, default=640, help="synthetic: training samples")
     p.add_argument("--source-size", type=int, default=256, help="synthetic: stored slice size")
     p.add_argument("--image-size", type=int, default=256, help="view size")
@@ -101,6 +110,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             datasets = {"given": Path(args.data)}
+        elif args.kind == "rgb":
+            datasets = {"jpeg": synthetic_rgb(Path(tmp), args.samples, args.source_size)}
         else:
             datasets = {c: synthetic(Path(tmp), args.samples, args.source_size, c) for c in ("zstd", "raw")}
         main_data = next(iter(datasets.values()))
@@ -110,7 +121,7 @@ def main(argv=None) -> dict:
             for kind in args.loaders.split(","):
                 result["loaders"][kind] = max(result["loaders"].get(kind, 0.0), loader_rate(kind, main_data, args, device))
     print(f"machine: {result['machine']}")
-    print(f"batch {args.batch}, views {args.image_size}px from {args.source_size}px, workers {args.workers}, "
+    print(f"{args.data or args.kind}: batch {args.batch}, views {args.image_size}px from {args.source_size}px, workers {args.workers}, "
           f"blur p {args.blur_p}, device {device}")
     for kind, rate in result["loaders"].items():
         print(f"  {kind:6s} loader: {rate:9.1f} two-view samples/s")

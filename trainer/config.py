@@ -88,6 +88,12 @@ def build_parser(cls: type, description: str | None = None, epilog: str | None =
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
+        if typing.get_origin(tp) is tuple and typing.get_args(tp)[-1] is Ellipsis:  # a repeatable flag
+            kwargs.update(action="append", type=_scalar_parser(typing.get_args(tp)[0], False))
+            if not meta.get("required"):
+                raise TypeError(f"config field {f.name}: a repeatable flag must be required (append has no default)")
+            parser.add_argument(flag, **kwargs)
+            continue
         if typing.get_origin(tp) is tuple:
             args = typing.get_args(tp)
             kwargs.update(nargs=len(args), type=_scalar_parser(args[0], False), metavar=tuple(a.__name__.upper() for a in args))

@@ -90,7 +90,8 @@ class FinetuneConfig:
     out: str = opt("runs", "root of the run directories")
     run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
     model: str | None = opt(None, "encoder [default: the init checkpoint's model, else resnet50]")
-    image_size: int | None = opt(None, "input size [default: the dataset's stored size; 224 for JPEG datasets]")
+    image_size: int | None = opt(None, "input size [default: a tlx init checkpoint's pretraining view size, else the "
+                                       "dataset's stored size; 224 for JPEG datasets]")
     epochs: int | None = opt(None, "epochs [default: the task's]")
     max_steps: int | None = opt(None, "stop after this many optimizer steps in all (tests, demos); "
                                       "the lr schedule still follows --epochs")
@@ -187,7 +188,8 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
         raise TrainerError(f"--augment {augment!r} is not one of: {', '.join(AUGMENTS)} "
                            f"(segmentation: none, flip)")
     _, image_spec = dataset.member("image")
-    image_size = cfg.image_size or (image_spec.shape[-1] if image_spec.shape else 224)
+    # the size the encoder was pretrained at (a tlx checkpoint says), else the dataset's stored size
+    image_size = cfg.image_size or (pretrain or {}).get("image_size") or (image_spec.shape[-1] if image_spec.shape else 224)
     classes = dataset.classes
     task.check_classes(classes)
     weights = resolve_class_weights(parse_class_weights(cfg.class_weights) if cfg.class_weights

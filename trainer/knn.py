@@ -12,11 +12,13 @@ are comparable. Runs on the calling rank only.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.augment import AugmentConfig, normalize
+from trainer.data.augment import AugmentConfig, scale_input, to_unit
 from datakit.read import SampleReader, TlxDataset
 from trainer.errors import TrainerError
 
@@ -34,14 +36,16 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, dataset: TlxDataset, split: str, ids: np.ndarray, aug: AugmentConfig,
           device: torch.device, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    image_ext, _ = dataset.member("image")
+    image_ext, spec = dataset.member("image")
+    aug = replace(aug, rgb=spec.codec == "jpeg")  # JPEG datasets are RGB (and their images differ in size)
     label_ext, _ = dataset.member("label")
     table, reader = dataset.sample_table(split), SampleReader(dataset)
     feats, labels = [], []
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
-        x = torch.stack([torch.from_numpy(normalize(reader.read(table, int(i), image_ext), aug)) for i in chunk])
-        x = F.interpolate(x[:, None], size=(aug.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        x = torch.stack([scale_input(F.interpolate(torch.from_numpy(to_unit(reader.read(table, int(i), image_ext), aug))[None],
+                                                   size=(aug.image_size,) * 2, mode="bilinear", antialias=True,
+                                                   align_corners=False)[0], aug) for i in chunk])
         feats.append(F.normalize(encoder(x.to(device).expand(-1, 3, -1, -1)).float(), dim=1))
         labels.append(torch.tensor([reader.read(table, int(i), label_ext) for i in chunk], device=device))
     reader.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from datakit.read import TlxDataset, open_dataset
+from tlxcore.atomic import atomic_write
 from tlxcore.errors import UserError
 from tlxcore.progress import Progress, drawn, silent
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
@@ -47,15 +49,19 @@ from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, c
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
+from trainer.data.mixed_loader import MixedTwoViewLoader
+from trainer.data.mixing import parse_mix
+from trainer.data.two_view import image_member
 from trainer.data.two_view import TwoViewLoader
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, loader_workers, workers_flag
-from trainer.errors import TrainerError, exit_on_user_error
+from trainer.errors import TrainerError, exit_on_user_error, stops_deferred
 from trainer.gradcache import grad_cache_step
 from trainer.knn import knn_probe
 from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.pretrain_init import load_pretrain_init
 from trainer.run_guard import RunGuard
 from trainer.runlog import RunLog, log_every_flag
 
@@ -71,7 +77,10 @@ RECIPES = {
 
 @dataclass
 class SimCLRConfig:
-    data: str = opt(None, "dataset folder written by `tlx shard` (manifest.json inside)", required=True)
+    data: tuple[str, ...] = opt(None, "dataset folder tlx wrote (`tlx shard`: CT slices; `tlx convert class-folder"
+                                      "|image-folder`: RGB JPEG); repeat it to mix datasets (--mix)", required=True)
+    mix: str | None = opt(None, "with several --data: their shares of every batch, e.g. 1,1 (see "
+                                "trainer/data/mixing.py)")
     out: str = opt(None, "run folder (config.json, metrics.jsonl, checkpoints/)", required=True)
     recipe: str = opt("paper", "hyperparameter set; every value below overrides it", choices=tuple(RECIPES))
     model: str = opt("resnet50", "encoder: resnet50, resnet18, resnet-tiny (tests, demo)")
@@ -91,6 +100,8 @@ class SimCLRConfig:
     blur_p: float | None = opt(None, "Gaussian blur probability (recipe: paper 0, simclr 0.5)")
     normalize: str = opt("minmax", "pixels to [0, 1]: per-slice min-max, or a fixed HU window", choices=("minmax", "hu"))
     window: tuple[float, float] | None = opt(None, "HU window for --normalize hu: LOW HIGH [default: -1024 3072]")
+    input_scale: str = opt("unit", "what the encoder sees: unit ([0, 1], as the study) or imagenet (ImageNet "
+                                   "mean/std per channel, CT replicated to 3 channels first)", choices=("unit", "imagenet"))
     loader: str = opt("auto", "data loader; auto = dali on GPU when installed, else torch",
                       choices=("auto", "dali", "torch"))
     workers: int | None = workers_flag()
@@ -100,8 +111,13 @@ class SimCLRConfig:
     bf16: bool = opt(True, "bf16 autocast on GPU (the loss stays float32)")
     channels_last: bool = opt(True, "channels_last memory format on GPU")
     seed: int = opt(0, "seed of the weights, the data order and the augmentations")
+    init: str = opt("scratch", "start from: scratch, a tlx SimCLR checkpoint (encoder and projector) or a "
+                               "torchvision-layout ResNet state dict (encoder only); loaded strictly")
+    init_epoch: int = opt(0, "start the schedule at this epoch of --epochs (a sequential run continuing --init's "
+                             "schedule: --init <run>/checkpoints/epoch-50.pt --init-epoch 50 --epochs 100)")
     resume: str = resume_flag()
     checkpoint_every: int = checkpoint_every_flag()
+    keep_every: int = opt(0, "also keep checkpoints/epoch-<E>.pt every K epochs (0 = only last.pt)")
     eval_every: int = opt(10, "kNN probe on the val split every N epochs and at the end (0 = off)")
     knn_bank: int = opt(4096, "kNN probe: training samples in the bank")
     knn_queries: int = opt(1024, "kNN probe: val samples classified")
@@ -111,7 +127,7 @@ class SimCLRConfig:
 # config.json keys that may change when a run resumes, besides trainer.checkpoint.MAY_CHANGE; any other
 # difference is refused. per_rank_batch follows the number of ranks, which may change.
 PRETRAIN_MAY_CHANGE = {"data", "loader", "dali_threads", "compile", "eval_every", "knn_bank", "knn_queries",
-                       "per_rank_batch"}
+                       "per_rank_batch", "keep_every", "init_checkpoint", "datasets"}
 
 
 HU_WINDOW = (-1024.0, 3072.0)   # the window of --normalize hu unless --window says otherwise
@@ -123,7 +139,14 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
     cfg = replace(cfg, **{k: r[k] for k in ("epochs", "batch_size", "image_size", "temperature", "weight_decay",
                                             "warmup_epochs", "blur_p", "lars_form") if getattr(cfg, k) is None})
     check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
-                         "eval_every": 0, "grad_cache_chunk": 0, "workers": 0})
+                         "eval_every": 0, "grad_cache_chunk": 0, "workers": 0, "init_epoch": 0, "keep_every": 0})
+    parse_mix(cfg.mix, len(cfg.data))  # its errors before anything is opened
+    if cfg.init_epoch >= cfg.epochs:
+        raise TrainerError(f"--init-epoch {cfg.init_epoch} is at or past --epochs {cfg.epochs}; the schedule would "
+                           f"have no epoch left (give --init-epoch below --epochs)")
+    if cfg.init_epoch and cfg.init == "scratch":
+        raise TrainerError(f"--init-epoch {cfg.init_epoch} continues another run's schedule; give that run's "
+                           f"checkpoint with --init")
     if cfg.window is not None and cfg.normalize != "hu":   # it would be recorded, and do nothing
         raise TrainerError(f"--window {cfg.window[0]:g} {cfg.window[1]:g} has no effect with --normalize "
                            f"{cfg.normalize}; add --normalize hu, or leave --window out")
@@ -150,13 +173,17 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
     return (torch.compile(model) if cfg.compile else model), net
 
 
-def simclr_config(cfg: SimCLRConfig, env: Dist, dataset: TlxDataset, steps_per_epoch: int) -> dict:
-    """config.json (trainer.config.run_config's shape)."""
+def simclr_config(cfg: SimCLRConfig, env: Dist, datasets: list[dict], steps_per_epoch: int, init: dict) -> dict:
+    """config.json (trainer.config.run_config's shape). `init`: what trainer.pretrain_init loaded (or Nones);
+    `datasets`: what each --data is and how much of a batch it gives."""
+    from trainer.finetune import default_init_name
     recipe = RECIPES[cfg.recipe]
-    return run_config(cfg, task="simclr", init="scratch", setting="pretrain", fraction=1.0, seed=cfg.seed,
-                      world_size=env.world_size,
-                      derived={"data_train_samples": dataset.num_samples("train"), "init_checkpoint": None,
-                               "init_sha256": None, "projector": recipe["projector"], "schedule": recipe["schedule"],
+    return run_config(cfg, task="simclr", init=default_init_name(cfg.init), setting="pretrain", fraction=1.0,
+                      seed=cfg.seed, world_size=env.world_size,
+                      resolved={"data": cfg.data[0] if len(cfg.data) == 1 else list(cfg.data)},
+                      derived={"data_train_samples": sum(d["train_samples"] for d in datasets), "datasets": datasets,
+                               **init,
+                               "projector": recipe["projector"], "schedule": recipe["schedule"],
                                "steps_per_epoch": steps_per_epoch, "per_rank_batch": cfg.batch_size // env.world_size})
 
 
@@ -190,18 +217,34 @@ class PretrainState:
 
 def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
     log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
-    dataset = open_dataset(cfg.data)
+    weights = parse_mix(cfg.mix, len(cfg.data))
+    datasets = [open_dataset(d) for d in cfg.data]
     loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
-    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window)
-    loader = make_loader(loader_kind, dataset, "train", global_batch=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, seed=cfg.seed, aug=aug, workers=cfg.workers, device=env.device,
-                         **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
+    aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window,
+                        input_scale=cfg.input_scale)
+    common = dict(global_batch=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.seed, aug=aug,
+                  workers=cfg.workers, device=env.device)
+    if len(datasets) == 1:
+        loader = make_loader(loader_kind, datasets[0], "train", **common,
+                             **({"threads": cfg.dali_threads} if loader_kind == "dali" else {}))
+    elif loader_kind == "dali":
+        raise TrainerError("--loader dali reads one --data; a mixed run (several --data) reads with --loader torch")
+    else:
+        loader = MixedTwoViewLoader(datasets, weights, "train", **common)
     model, net = build_model(cfg, env)
+    init = ({"init_checkpoint": None, "init_sha256": None, "init_variant": "scratch", "init_loaded": []}
+            if cfg.init == "scratch" else load_pretrain_init(net, cfg.init, cfg.model))
     optimizer = LARS(lars_param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, form=cfg.lars_form)
     spe = loader.steps_per_epoch
     schedule = Schedule(RECIPES[cfg.recipe]["schedule"], cfg.lr, cfg.epochs, spe, cfg.warmup_epochs)
-    return PretrainJob(cfg, env, log, dataset, aug, loader, model, net, optimizer, schedule,
-               simclr_config(cfg, env, dataset, spe), dataset.split_identity("train"))
+    counts = getattr(loader, "counts", [cfg.batch_size])
+    described = [{"data": path, "kind": ds.kind, "rgb": image_member(ds)[1], "weight": w, "per_batch": n,
+                  "train_samples": ds.num_samples("train"),
+                  "to_unit": "uint8 / 255" if image_member(ds)[1] else cfg.normalize, "input_scale": cfg.input_scale}
+                 for path, ds, w, n in zip(cfg.data, datasets, weights, counts)]
+    identity = [ds.split_identity("train") for ds in datasets]
+    return PretrainJob(cfg, env, log, datasets[0], aug, loader, model, net, optimizer, schedule,
+               simclr_config(cfg, env, described, spe, init), identity[0] if len(identity) == 1 else identity)
 
 
 def saved_config(ckpt: dict) -> dict:
@@ -216,8 +259,9 @@ def resume(job: PretrainJob) -> PretrainState | None:
         return None
     before = ckpt.get("train_data")  # checkpoints older than this check lack train_data
     if before is not None and before != job.train_data:
-        raise TrainerError(f"cannot resume: --data {job.cfg.data!r} holds another training split "
-                           f"({job.train_data['samples']} samples) than the checkpoint's run ({before['samples']} "
+        data = job.cfg.data[0] if len(job.cfg.data) == 1 else list(job.cfg.data)
+        raise TrainerError(f"cannot resume: --data {data!r} holds another training split "
+                           f"({_samples(job.train_data)} samples) than the checkpoint's run ({_samples(before)} "
                            f"samples, other shards); use that dataset or a new --out")
     # --data may move (PRETRAIN_MAY_CHANGE), but its training split must be the one the run started on (above)
     check_same_run(saved_config(ckpt), job.config, flags=[f.name for f in fields(SimCLRConfig)], source=source,
@@ -232,12 +276,24 @@ def resume(job: PretrainJob) -> PretrainState | None:
     return state
 
 
+def _samples(identity: dict | list) -> str:
+    return str(identity["samples"]) if isinstance(identity, dict) else "+".join(str(i["samples"]) for i in identity)
+
+
 def save(job: PretrainJob, state: PretrainState) -> None:
     """checkpoints/last.pt (every rank calls it)."""
     save_resume_point(Path(job.cfg.out) / "checkpoints" / "last.pt", job.env.is_main, job.cfg.model,
                       job.net.encoder.state_dict(), projector=job.net.projector.state_dict(),
                       optimizer=job.optimizer.state_dict(), config=job.config, train_data=job.train_data,
                       **asdict(state))
+
+
+def keep_epoch(job: PretrainJob, epoch: int) -> None:
+    """checkpoints/epoch-<epoch>.pt: a copy of the last.pt just written (rank 0), atomically."""
+    if job.env.is_main:
+        ckpts = Path(job.cfg.out) / "checkpoints"
+        with stops_deferred(), atomic_write(ckpts / f"epoch-{epoch}.pt") as f, open(ckpts / "last.pt", "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
 
 
 def train_step(model, optimizer, x1, x2, autocast, memory_format=torch.contiguous_format, grad_cache_chunk=0):
@@ -273,7 +329,9 @@ def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent, guard: RunG
     if guard is not None:
         guard.hold(cfg.out)
     resumed = resume(job)
-    state = resumed or PretrainState()
+    # --init-epoch: a new run starts where the schedule (and the data order) of epoch init_epoch begins
+    spe = job.loader.steps_per_epoch
+    state = resumed or PretrainState(step=cfg.init_epoch * spe, epoch=cfg.init_epoch)
     job.log.write_config(job.config)
     total = job.schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, job.schedule.total_steps)
     # A finished run keeps its lines (its partial epoch's too); a run started afresh (no checkpoint: a first
@@ -326,6 +384,8 @@ def loop(job: PretrainJob, state: PretrainState, total: int) -> None:
                     loss_sum.zero_()
                 state.epoch, state.wall_s = step // spe, wall()
                 save(job, state)
+                if epoch_done and cfg.keep_every and state.epoch % cfg.keep_every == 0:
+                    keep_epoch(job, state.epoch)
                 t0 = time.perf_counter()
             if stopping:
                 break
@@ -341,6 +401,10 @@ def end_epoch(job: PretrainJob, state: PretrainState, lr: float, wall_s: float, 
            "wall_s": wall_s}
     if partial:
         row["partial"] = True
+    if isinstance(job.loader, MixedTwoViewLoader):  # what the epoch's steps drew from each --data (all ranks)
+        counts = job.loader.source_counts(epoch - 1, state.step - (epoch - 1) * job.loader.steps_per_epoch)
+        row["source_samples"] = counts
+        row["source_fractions"] = [c / sum(counts) for c in counts]
     if cfg.eval_every and env.is_main and (epoch % cfg.eval_every == 0 or partial or epoch == cfg.epochs):
         try:
             row["val_knn_accuracy"] = knn_probe(job.net.encoder, job.dataset, job.aug, env.device, cfg.knn_bank,

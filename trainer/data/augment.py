@@ -22,10 +22,20 @@ One view, in order (torchvision's SimCLR pipeline, per sample rather than per ba
    uniform in [0.1, 2] pixels, kernel ~10% of image_size (odd).
 Hue, saturation and random grayscale leave a slice replicated to three gray channels
 unchanged (its saturation is 0, its hue undefined, its grayscale itself), so they are
-not computed.
+not computed for CT.
 
-Normalisation to [0, 1] comes before the crop: `minmax` (per slice; a constant slice
-becomes all zeros instead of dividing by zero) or `hu` (a fixed window, clipped).
+RGB images (`rgb=True`: the jpg datasets of `tlx convert class-folder` / `image-folder`) get
+the study's full set instead of step 3: with p = 0.8 colour jitter (brightness, contrast,
+saturation 0.8, hue 0.2) in a random order drawn per sample, with torchvision's formulas
+(trainer/data/colour.py: clamped after each op); then grayscale with p = 0.2; then step 4.
+The extra parameters are drawn after the CT ones, so a CT view is unchanged by them.
+
+Normalisation to [0, 1] comes before the crop: for CT `minmax` (per slice; a constant slice
+becomes all zeros instead of dividing by zero) or `hu` (a fixed window, clipped); for RGB
+uint8 / 255. `input_scale` is what the encoder then sees: `unit` ([0, 1], as in the study)
+or `imagenet` (minus ImageNet's mean, over its std, per channel; a CT view replicated to 3
+channels first).
+
 """
 from __future__ import annotations
 
@@ -37,9 +47,11 @@ import numpy as np
 from trainer.errors import TrainerError
 
 NORMALIZE = ("minmax", "hu")
-# Layout of one view's parameter vector.
-TOP, LEFT, BOTTOM, RIGHT, FLIP, BRIGHTNESS, CONTRAST, SIGMA = range(8)
-PARAMS = 8
+INPUT_SCALES = ("unit", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Layout of one view's parameter vector (ORDER..ORDER+3: the jitter's op order, RGB only).
+TOP, LEFT, BOTTOM, RIGHT, FLIP, BRIGHTNESS, CONTRAST, SIGMA, SATURATION, HUE, GRAY, ORDER = range(12)
+PARAMS = ORDER + 4
 NO_BLUR_SIGMA = 1e-3  # a Gaussian this narrow is the identity (DALI wants a sigma for every sample)
 
 
@@ -56,10 +68,17 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     normalize: str = "minmax"
     window: tuple[float, float] = (-1024.0, 3072.0)
+    rgb: bool = False                 # the study's RGB set (colour jitter, grayscale); set per dataset by the loader
+    saturation: float = 0.8
+    hue: float = 0.2
+    gray_p: float = 0.2
+    input_scale: str = "unit"
 
     def __post_init__(self):
         if self.normalize not in NORMALIZE:
             raise TrainerError(f"--normalize {self.normalize!r} is not one of {', '.join(NORMALIZE)}")
+        if self.input_scale not in INPUT_SCALES:
+            raise TrainerError(f"--input-scale {self.input_scale!r} is not one of {', '.join(INPUT_SCALES)}")
         if not self.window[1] > self.window[0]:
             raise TrainerError(f"--window {self.window[0]:g} {self.window[1]:g}: the upper bound must exceed the lower")
 
@@ -67,6 +86,20 @@ class AugmentConfig:
     def blur_kernel(self) -> int:
         """Odd kernel size, about 10% of the image size (SimCLR)."""
         return max(3, int(0.1 * self.image_size) // 2 * 2 + 1)
+
+
+def to_unit(pixels: np.ndarray, aug: AugmentConfig) -> np.ndarray:
+    """A decoded image member as float32 (C, H, W) in [0, 1]: CT (H, W) int16 -> (1, H, W) by `normalize`;
+    a JPEG (uint8, (H, W, 3) or gray (H, W)) / 255, replicated to 3 channels when `aug.rgb`."""
+    if pixels.dtype != np.uint8:
+        return normalize(pixels, aug)[None]
+    x = (pixels.astype(np.float32) / 255.0)
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    if aug.rgb and x.shape[0] == 1:
+        x = np.repeat(x, 3, 0)
+    if x.shape[0] not in (1, 3):
+        raise TrainerError(f"an image has {x.shape[0]} channels; SimCLR takes gray or RGB")
+    return np.ascontiguousarray(x)
 
 
 def normalize(hu: np.ndarray, aug: AugmentConfig) -> np.ndarray:
@@ -110,6 +143,14 @@ def draw_view(rng: np.random.Generator, shape: tuple[int, int], aug: AugmentConf
     blur = rng.random() < aug.blur_p
     sigma = rng.uniform(*aug.blur_sigma)
     p[SIGMA] = sigma if blur else 0.0
+    p[SATURATION], p[ORDER:ORDER + 4] = 1.0, (0, 1, 2, 3)
+    if aug.rgb:  # drawn after the CT parameters, which stay what they were
+        s = rng.uniform(max(0.0, 1 - aug.saturation), 1 + aug.saturation)
+        h = rng.uniform(-aug.hue, aug.hue)
+        order = rng.permutation(4)
+        if jitter:
+            p[SATURATION], p[HUE], p[ORDER:ORDER + 4] = s, h, order
+        p[GRAY] = rng.random() < aug.gray_p
     return p
 
 
@@ -139,11 +180,29 @@ def apply_view(x, p: np.ndarray, aug: AugmentConfig):
     if p[FLIP]:
         v = v.flip(-1)
     b, c = float(p[BRIGHTNESS]), float(p[CONTRAST])
-    if (b, c) != (1.0, 1.0):
+    if aug.rgb:
+        from trainer.data.colour import grayscale, jitter
+        if (b, c, p[SATURATION], p[HUE]) != (1.0, 1.0, 1.0, 0.0):
+            v = jitter(v, b, c, float(p[SATURATION]), float(p[HUE]), [int(o) for o in p[ORDER:ORDER + 4]])
+        if p[GRAY]:
+            v = grayscale(v).expand(3, -1, -1)
+    elif (b, c) != (1.0, 1.0):
         v = (b * (c * v + (1 - c) * v.mean())).clamp_(0.0, 1.0)
     if p[SIGMA] > 0:
         k = gaussian_kernel(float(p[SIGMA]), aug.blur_kernel)
         pad = aug.blur_kernel // 2
+        n = v.shape[0]
         v = F.pad(v[None], (pad, pad, pad, pad), mode="reflect")
-        v = F.conv2d(F.conv2d(v, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))[0]
-    return v
+        v = F.conv2d(F.conv2d(v, k.view(1, 1, 1, -1).repeat(n, 1, 1, 1), groups=n),
+                     k.view(1, 1, -1, 1).repeat(n, 1, 1, 1), groups=n)[0]
+    return scale_input(v, aug)
+
+
+def scale_input(v, aug: AugmentConfig):
+    """`input_scale`: [0, 1] as is (unit), or ImageNet's mean/std per channel (a 1-channel view made 3 first)."""
+    if aug.input_scale == "unit":
+        return v
+    import torch
+    mean = torch.tensor(IMAGENET_MEAN, dtype=v.dtype, device=v.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=v.dtype, device=v.device).view(3, 1, 1)
+    return (v.expand(3, *v.shape[1:]) - mean) / std

@@ -21,6 +21,11 @@ another epoch rebuilds it.
 
 `device` cpu runs the same graph in DALI's CPU-only mode (device_id=None): what CI
 tests. Interface: trainer/data/two_view.py.
+
+RGB (jpg) datasets: the workers pass the JPEG bytes through, with the views' parameters
+drawn from the image size in the JPEG header; DALI decodes them (nvJPEG, `device="mixed"`,
+on the GPU; libjpeg-turbo in CPU-only mode), then the same crop, resize and flip, then the
+RGB colour jitter and grayscale (trainer/data/dali_colour.py) instead of the CT jitter.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ from typing import Iterator
 
 import torch
 
-from trainer.data.augment import BOTTOM, BRIGHTNESS, CONTRAST, FLIP, LEFT, RIGHT, SIGMA, TOP, AugmentConfig
+from trainer.data.augment import (BOTTOM, BRIGHTNESS, CONTRAST, FLIP, IMAGENET_MEAN, IMAGENET_STD, LEFT, RIGHT, SIGMA,
+                                  TOP, AugmentConfig)
 from trainer.data.dali_source import PlanSource
 from trainer.data.two_view import TwoViewBatch, TwoViewLoader
 from trainer.errors import TrainerError
@@ -48,17 +54,16 @@ def _build_pipeline(source: PlanSource, batch: int, aug: AugmentConfig, device_i
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=device_id, seed=seed,
                   py_num_workers=max(1, workers), py_start_method="spawn", prefetch_queue_depth=2)
     def two_views():
-        hu, sid, p1, p2 = fn.external_source(source=source, num_outputs=4, batch=False, parallel=True,
-                                             dtype=[types.INT16, types.INT64, types.FLOAT, types.FLOAT],
-                                             layout=["HWC", None, None, None])
+        pixels, sid, p1, p2 = fn.external_source(source=source, num_outputs=4, batch=False, parallel=True,
+                                                 dtype=[types.UINT8 if aug.rgb else types.INT16, types.INT64,
+                                                        types.FLOAT, types.FLOAT],
+                                                 layout=[None if aug.rgb else "HWC", None, None, None])
         on_dev = (lambda node: node.gpu()) if gpu else (lambda node: node)
-        x = fn.cast(on_dev(hu), dtype=types.FLOAT)  # int16 crosses to the GPU (DALI's torch bridge has no uint16)
-        if aug.normalize == "hu":
-            lo, hi = aug.window
-            x = dmath.clamp((x - lo) / (hi - lo), 0.0, 1.0)
+        if aug.rgb:  # JPEG bytes: nvJPEG on the GPU ("mixed"), libjpeg-turbo in CPU-only mode
+            x = fn.decoders.image(pixels, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            x = fn.cast(x, dtype=types.FLOAT) / 255.0
         else:
-            lo, hi = fn.reductions.min(x), fn.reductions.max(x)
-            x = (x - lo) / dmath.max(hi - lo, 1e-6)  # constant slice -> zeros
+            x = _ct_unit(fn.cast(on_dev(pixels), dtype=types.FLOAT), aug, fn, dmath)  # int16 crosses to the GPU
 
         def view(p):
             # p is on the CPU: DALI takes per-sample operator arguments from CPU nodes only. Cut the crop,
@@ -68,15 +73,33 @@ def _build_pipeline(source: PlanSource, batch: int, aug: AugmentConfig, device_i
                          end=fn.cast(p[BOTTOM:RIGHT + 1], dtype=types.INT32), axis_names="HW")
             v = fn.resize(v, size=[aug.image_size, aug.image_size], interp_type=types.INTERP_LINEAR, antialias=True)
             v = fn.flip(v, horizontal=fn.cast(p[FLIP], dtype=types.INT32))
-            b, c = on_dev(p[BRIGHTNESS]), on_dev(p[CONTRAST])
-            v = dmath.clamp(b * (c * v + (1.0 - c) * fn.reductions.mean(v)), 0.0, 1.0)
+            if aug.rgb:
+                from trainer.data.dali_colour import dali_rgb_jitter
+                v = dali_rgb_jitter(v, p, on_dev)
+            else:
+                b, c = on_dev(p[BRIGHTNESS]), on_dev(p[CONTRAST])
+                v = dmath.clamp(b * (c * v + (1.0 - c) * fn.reductions.mean(v)), 0.0, 1.0)
             if aug.blur_p > 0:
                 v = fn.gaussian_blur(v, sigma=p[SIGMA], window_size=aug.blur_kernel)
+            if aug.input_scale == "imagenet":
+                if not aug.rgb:
+                    v = fn.cat(v, v, v, axis=2)
+                return fn.crop_mirror_normalize(v, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN),
+                                                std=list(IMAGENET_STD))
             return fn.transpose(v, perm=[2, 0, 1])  # HWC -> CHW
 
         return view(p1), view(p2), sid
 
     return two_views()
+
+
+def _ct_unit(x, aug: AugmentConfig, fn, dmath):
+    """HU -> [0, 1] by --normalize (as trainer.data.augment.normalize)."""
+    if aug.normalize == "hu":
+        lo, hi = aug.window
+        return dmath.clamp((x - lo) / (hi - lo), 0.0, 1.0)
+    lo, hi = fn.reductions.min(x), fn.reductions.max(x)
+    return (x - lo) / dmath.max(hi - lo, 1e-6)  # constant slice -> zeros
 
 
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:

@@ -43,7 +43,23 @@ class PlanSource:
         if self._table is None:
             self._table = SampleTable.load(self.table_dir)
         sid = int(self._plan[1][i])
-        hu = self.reader.read(self._table, sid, self.ext)
-        params = draw_views(self.seed, epoch, sid, hu.shape, self.aug)
+        if self.aug.rgb:  # JPEG bytes for DALI's decoder; the crop boxes need only the header's size
+            t = self._table
+            data = self.reader.read_bytes(t.shard_paths[t.shard[sid]], int(t.offset[self.ext][sid]),
+                                          int(t.size[self.ext][sid]))
+            pixels, shape = np.frombuffer(data, np.uint8), jpeg_shape(data)
+        else:
+            hu = self.reader.read(self._table, sid, self.ext)
+            pixels, shape = hu[:, :, None], hu.shape
+        params = draw_views(self.seed, epoch, sid, shape, self.aug)
         params[:, SIGMA] = np.where(params[:, SIGMA] > 0, params[:, SIGMA], NO_BLUR_SIGMA)
-        return hu[:, :, None], np.array([sid], np.int64), params[0], params[1]
+        return pixels, np.array([sid], np.int64), params[0], params[1]
+
+
+def jpeg_shape(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's header (PIL reads no pixels for this)."""
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return im.height, im.width

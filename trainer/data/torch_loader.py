@@ -2,7 +2,7 @@
 
 For machines without DALI (and CPU runs). Each worker reads its samples' bytes at the
 offsets of the `.idx` files (one positioned read per sample), decodes them by the
-manifest's codec, normalises, and draws both views with per-sample parameters
+manifest's codec (JPEG with PIL), normalises, and draws both views with per-sample parameters
 (trainer/data/augment.py). Interface: trainer/data/two_view.py.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.data.augment import apply_view, draw_views, normalize
+from trainer.data.augment import apply_view, draw_views, to_unit
 from trainer.data.two_view import TwoViewBatch, TwoViewLoader
 from trainer.errors import leave_stops_to_the_trainer
 
@@ -29,9 +29,8 @@ class _TwoViews(Dataset):
 
     def __getitem__(self, i: int):
         sid = int(self.ids[i])
-        hu = self.reader.read(self.table, sid, self.ext)
-        params = draw_views(self.seed, self.epoch, sid, hu.shape, self.aug)
-        x = torch.from_numpy(normalize(hu, self.aug))[None]
+        x = torch.from_numpy(to_unit(self.reader.read(self.table, sid, self.ext), self.aug))
+        params = draw_views(self.seed, self.epoch, sid, tuple(x.shape[-2:]), self.aug)
         return apply_view(x, params[0], self.aug), apply_view(x, params[1], self.aug), sid
 
 
