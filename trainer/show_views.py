@@ -42,7 +42,11 @@ def show_views(run: str | os.PathLike, out: str | os.PathLike, samples: int = 8,
         raise TrainerError(f"{run} is a {config.get('setting', 'unknown')!r} run; `tlx show` draws the views of "
                            f"pretraining (SimCLR) runs, and the samples of datasets")
     aug = augment_config(config)
-    loader = make_loader("torch", data or config["data"], "train", global_batch=samples, rank=0, world_size=1,
+    sources = config["data"] if isinstance(config["data"], list) else [config["data"]]
+    if data is None and len(sources) > 1:   # a mixture (--data A --data B): one dataset's views at a time
+        raise TrainerError(f"{run} mixes {len(sources)} datasets ({', '.join(map(str, sources))}); give the one "
+                           f"to draw with --data")
+    loader = make_loader("torch", data or sources[0], "train", global_batch=samples, rank=0, world_size=1,
                          seed=int(config.get("seed", 0)), aug=aug, workers=0, device=torch.device("cpu"))
     try:
         batch = next(iter(loader.epoch(epoch)))

@@ -10,7 +10,7 @@ from PIL import Image
 from cli.main import cli
 from datakit.errors import DatakitError
 from datakit.show import show_dataset, to_display
-from tests.fixtures.datasets import CLASSES, make_ct_dataset
+from tests.fixtures.datasets import CLASSES, make_ct_dataset, make_natural_dataset
 from trainer.errors import TrainerError
 from trainer.show_views import show_views
 
@@ -83,3 +83,18 @@ def test_a_finetuning_run_is_refused(tmp_path):
 def test_the_cli_draws_a_dataset(ds, tmp_path):
     result = CliRunner().invoke(cli, ["show", str(ds), "--out", str(tmp_path / "d.png"), "--split", "val"])
     assert result.exit_code == 0 and "wrote " in result.output and (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_an_rgb_run_and_dataset_are_drawn_in_colour(tmp_path):
+    natural = make_natural_dataset(tmp_path / "nat", per_class=4, size=32)
+    shown = show_dataset(natural, tmp_path / "n.png", splits=["train"], per_label=1)
+    assert len(shown.rows) >= 2   # a row per class of the train split
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"setting": "pretrain", "data": [str(natural), "elsewhere"],
+                                                 "image_size": 32, "seed": 0}))
+    with pytest.raises(TrainerError, match=r"mixes 2 datasets .*; give the one to draw with --data"):
+        show_views(run, tmp_path / "v.png")
+    show_views(run, tmp_path / "v.png", samples=2, data=natural)
+    rgb = np.asarray(Image.open(tmp_path / "v.png").convert("RGB"), dtype=np.float32)
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).mean() > 1   # colour, not grey
