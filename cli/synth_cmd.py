@@ -10,6 +10,7 @@ from cli.datakit_cmds import WORKERS
 Example:
   tlx synth --out cohort/ --patients 40               # 512x512 slices, about 2 GB
   tlx synth --out small/ --patients 8 --matrix 64 --seed 1
+  tlx synth --out mix/ --patients 20 --seed 4 --syntax-mix realistic   # 80/15/5 % LE / JPEG lossless / other
 """)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="New (or empty) folder for the cohort.")
@@ -17,8 +18,11 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical files.")
 @click.option("--matrix", type=click.IntRange(32, 1024), default=512, show_default=True,
               help="Slice size in pixels (smaller is faster; 64 for quick tests).")
+@click.option("--syntax-mix", type=click.Choice(["traps", "realistic"]), default="traps", show_default=True,
+              help="traps: one volume per special transfer syntax, the rest explicit VR LE; realistic: about "
+                   "80/15/5 % of slices explicit VR LE / JPEG lossless / other syntaxes, as PACS exports.")
 @WORKERS
-def synth(out, patients, seed, matrix, workers):
+def synth(out, patients, seed, matrix, syntax_mix, workers):
     """Generate a synthetic CT cohort: phantoms in HU written as real DICOM files.
 
     Patients with studies and series of head, thorax, abdomen, pelvis, knee, spine and
@@ -33,7 +37,8 @@ def synth(out, patients, seed, matrix, workers):
     from tlxcore.progress import drawn
 
     with drawn() as progress:
-        summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers, progress=progress)
+        summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers, progress=progress,
+                               syntax_mix=syntax_mix)
     Console().print(f"wrote {summary['files']} files ({summary['series']} series, {summary['patients']} patients) "
                     f"to {out}; ground truth in {out}/cohort.json")
     Console().print(", ".join(f"{k}: {v}" for k, v in summary["by_kind"].items()))
