@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from datakit.burned_in import plan_burned_in_warnings
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
+from datakit.pixel_hash import PIXEL_HASH
 from datakit.plan import REJECT_SCHEMA
 from datakit.plan_splits import split_warnings
 from datakit.shards import ShardWriter, index_path_for, sha256_file
@@ -341,9 +342,10 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
         "members": {
             MEMBER_EXT[config.codec]: {"role": "image", "codec": config.codec, "dtype": "int16",
                                        "byteorder": "little", "shape": [h, w], "units": "HU",
-                                       **({"level": config.zstd_level} if config.codec == "zstd" else {})},
+                                       **({"level": config.zstd_level} if config.codec != "raw" else {})},
             "cls": {"role": "label", "codec": "ascii-int"}},
         "classes": classes,
+        "pixel_hash": PIXEL_HASH,
         "splits": splits,
         "files": {"found": found, "kept": len(kept), "rejected": len(rejects),
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
