@@ -395,28 +395,48 @@ def _walk_deflated(compressed: bytes, header: Header) -> None:
 def check_inflated_size(path) -> None:
     """Raise SliceRejected if `path` is deflated and its data set inflates to more than MAX_INFLATED_BYTES.
     Inflates in bounded steps and keeps nothing; a file it cannot follow is left to pydicom."""
+    _inflate(path, keep=False)
+
+
+def inflate_dataset(path) -> bytes | None:
+    """The inflated data set of a deflated file (explicit VR little endian, from its first element
+    after the file meta), inflated once in bounded steps: SliceRejected past MAX_INFLATED_BYTES.
+    None when the file is not deflated or cannot be followed (pydicom then decides)."""
+    return _inflate(path, keep=True)
+
+
+def walk_dataset(data: bytes, header: "Header") -> None:
+    """Walk an inflated data set (explicit VR LE) into `header`, up to its PixelData."""
+    _walk(_Cursor(None, len(data), data), 0, False, "<", header)
+
+
+def _inflate(path, keep: bool) -> bytes | None:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(_CHUNK)
         kind = sniff(head)
         if kind is None:
-            return
+            return None
         try:
             pos, ts, _ = _file_meta(_Cursor(f, size, head), head, kind)
         except (HeaderError, struct.error):
-            return
+            return None
         if ts != DEFLATED_LE:
-            return
+            return None
         f.seek(pos)
-        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        inflater, total, parts = zlib.decompressobj(-zlib.MAX_WBITS), 0, []
         try:
             while not inflater.eof and (chunk := inflater.unconsumed_tail or f.read(1 << 20)):
-                total += len(inflater.decompress(chunk, 1 << 24))
+                part = inflater.decompress(chunk, 1 << 24)
+                total += len(part)
                 if total > MAX_INFLATED_BYTES:
                     raise SliceRejected("undecodable", f"the deflated data set inflates to more than "
                                                        f"{MAX_INFLATED_BYTES // 2**20} MiB (a corrupt file)")
+                if keep:
+                    parts.append(part)
         except zlib.error:
-            return
+            return None
+    return b"".join(parts) if keep else None
 
 
 @contextlib.contextmanager

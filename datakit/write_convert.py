@@ -2,9 +2,10 @@
 
     result = convert_volume(task)      # runs in a worker process (or inline with --workers 1)
 
-Per slice: read_hu (the file is read in full exactly once, here) -> the HU floor (padding
-outside the reconstruction circle becomes air) -> body coverage on the native-resolution HU ->
-area resize to the fixed size -> int16 -> pixel hash of the stored bytes -> encode with the
+Per slice: read_hu (the file is read in full exactly once, here; whole-number HU, nearly every CT
+slice's, stay in int16) -> the HU floor (padding outside the reconstruction circle becomes air) ->
+body coverage on the native-resolution HU -> area resize to the fixed size, rounded to int16 ->
+pixel hash of the stored bytes -> encode with the
 chosen codec (zstd-shuffle by default: the int16 bytes split into a plane of low and one of high
 bytes, then zstd with a content checksum). A file that cannot be read is replaced by its next copy (same SOP UID; plan's
 dedup_sop lists them), if it has one; a slice none of whose copies can be read is kept in the
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from datakit.dicom_header import SliceRejected
 from datakit.dicom_pixels import read_hu
-from datakit.hu_slice import apply_hu_floor, body_coverage, implausible_hu, resize_area, to_int16
+from datakit.hu_slice import apply_hu_floor, body_coverage, implausible_hu, resize_to_int16
 from datakit.pixel_hash import pixel_hash
 from datakit.walk import source_path
 from datakit.write_config import CODECS
@@ -88,11 +89,11 @@ def byte_shuffle(arr: np.ndarray) -> np.ndarray:
 def convert_slice(path: Path, row: dict, size: tuple[int, int], encoder: Encoder,
                   hu_floor: int | None = None) -> tuple[float, str, bytes]:
     """coverage, pixel hash, payload of one slice; raises SliceRejected."""
-    hu = apply_hu_floor(read_hu(path, row), hu_floor)
+    hu = apply_hu_floor(read_hu(path, row, exact=True), hu_floor)     # whole HU stay integers (int16 mostly)
     if (why := implausible_hu(hu)) is not None:
         raise SliceRejected("implausible-hu", why)
     coverage = body_coverage(hu)
-    stored = to_int16(resize_area(hu, size)).astype("<i2", copy=False)
+    stored = resize_to_int16(hu, size).astype("<i2", copy=False)
     return coverage, pixel_hash(stored), encoder.encode(stored)
 
 
