@@ -349,16 +349,41 @@ def _read_with_pydicom(path, row) -> np.ndarray:
     return arr
 
 
+# The decoding plugins tlx asks pydicom for, per transfer syntax, fastest first (CPU time per 512x512
+# CT slice, benchmarks/RESULTS.md); the first one installed is used, and when it fails on a file the
+# others get their turn (pydicom's own order). Only lossless syntaxes get a plugin chosen by speed
+# (every lossless decoder must give the same pixels; tested on pydicom's files); lossy ones keep the
+# order pydicom had before python-gdcm was installed beside it, since lossy decoders may round
+# differently. python-gdcm is optional (`pip install tlx[gdcm]`).
+JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+J2K_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201"})
+PLUGIN_ORDER = {
+    **dict.fromkeys(JPEG_LOSSLESS, ("gdcm", "pylibjpeg")),     # libjpeg 19.6 ms, gdcm 12.2 ms (CPU)
+    **dict.fromkeys(JPEG_LS, ("pyjpegls", "pylibjpeg", "gdcm")),   # CharLS 8.5, gdcm 10.8, libjpeg ~35 ms
+    **dict.fromkeys(J2K_LOSSLESS, ("pylibjpeg", "pillow", "gdcm")),  # openjpeg 40.0, pillow 42.3, gdcm 47.8
+}
+LOSSY_ORDER = ("pillow", "pylibjpeg", "pydicom")
+
+
 @functools.lru_cache(maxsize=None)
 def preferred_plugin(ts: str) -> str | None:
-    """The decoding plugin tlx asks pydicom for, where pydicom's default is slow: for JPEG-LS it
-    tries pylibjpeg (libjpeg) first, which decodes a 512x512 CT slice ~4x slower than CharLS
-    (pyjpegls), with identical output (benchmarks/RESULTS.md). None: pydicom's own choice."""
-    if ts not in JPEG_LS:
-        return None
-    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+    """The plugin tlx asks pydicom for first when decoding `ts` (PLUGIN_ORDER; lossy syntaxes: pydicom's
+    order without gdcm), or None: pydicom's own choice (RLE, for which there is no choice to make)."""
+    from pydicom.pixels import get_decoder
 
-    return "pyjpegls" if "pyjpegls" in JPEGLSLosslessDecoder.available_plugins else None
+    try:
+        available = get_decoder(ts).available_plugins
+    except (NotImplementedError, ValueError):
+        return None
+    return first_available(plugin_order(ts), available)
+
+
+def plugin_order(ts: str) -> tuple[str, ...]:
+    return PLUGIN_ORDER.get(ts, LOSSY_ORDER if ts in JPEG_FAMILY | J2K_FAMILY else ())
+
+
+def first_available(order: tuple[str, ...], available) -> str | None:
+    return next((p for p in order if p in available), None)
 
 
 def _decode(ds, ts: str) -> np.ndarray:
