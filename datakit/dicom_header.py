@@ -273,20 +273,30 @@ def _decode_values(raw: dict, endian: str) -> tuple[dict, frozenset]:
     return values, frozenset(invalid)
 
 
+# pydicom's codecs (pydicom.charset.python_encoding) of the character sets nearly every CT export uses:
+# the default repertoire, Latin-1 and UTF-8 (a test keeps them equal to pydicom's). They let scan decode
+# text without importing pydicom (0.45 s of CPU per scan worker); other sets go to pydicom.
+COMMON_CODECS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "UTF8"}
+
+
 @functools.lru_cache(maxsize=64)
 def _single_codec(encodings: tuple[str, ...]) -> str | None:
     """The Python codec of a single-byte or UTF-8 character set, or None (ISO 2022 code extensions)."""
+    if len(encodings) != 1:
+        return None
+    if encodings[0] in COMMON_CODECS:
+        return COMMON_CODECS[encodings[0]]
     from pydicom.charset import python_encoding
 
-    return python_encoding.get(encodings[0]) if len(encodings) == 1 else None
+    return python_encoding.get(encodings[0])
 
 
 def _decode_text(data: bytes, encodings: tuple[str, ...]) -> str:
-    from pydicom.charset import convert_encodings, decode_bytes
-
     codec = _single_codec(encodings)
     if codec is not None:
         return data.decode(codec, "replace")
+    from pydicom.charset import convert_encodings, decode_bytes
+
     try:
         with pydicom_quiet():     # its warnings quote the character set value, which may run on into names
             return decode_bytes(data, convert_encodings(list(encodings)), set())
