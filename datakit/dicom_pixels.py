@@ -159,25 +159,27 @@ def read_hu(path: str | os.PathLike, row=None, exact: bool = False) -> np.ndarra
     (or if the file changed since the scan) the header is read here. `exact`: whole-number
     HU come back as int16 or int32 (see the module docstring), others as float32.
     """
-    with time_limit(PIXEL_TIMEOUT_S):
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
-        if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
+    if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
+        with time_limit(PIXEL_TIMEOUT_S):
             row = header_row(read_header(path, size))
-        if (problem := pixel_problem(row)) is not None:
-            raise SliceRejected(*problem)
-        ts, offset = _value(row, "transfer_syntax"), _value(row, "pixel_offset")
-        if ts in UNCOMPRESSED and offset is not None and _value(row, "pixel_length") is not None:
-            stored = _read_native(path, row, size)
-        elif ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
-            stored = _read_encapsulated(path, row, ts, offset)
-        elif ts == DEFLATED_LE:
-            stored = _read_deflated(path, row)
-        else:
-            stored = _read_with_pydicom(path, row)
-        return _to_hu(stored, row, exact)
+    if (problem := pixel_problem(row)) is not None:
+        raise SliceRejected(*problem)
+    ts, offset = _value(row, "transfer_syntax"), _value(row, "pixel_offset")
+    if ts in UNCOMPRESSED and offset is not None and _value(row, "pixel_length") is not None:
+        stored = _read_native(path, row, size)   # one bounded read and a view: nothing that could hang
+    else:
+        with time_limit(PIXEL_TIMEOUT_S):       # decoders (and pydicom) on crafted data can spin
+            if ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
+                stored = _read_encapsulated(path, row, ts, offset)
+            elif ts == DEFLATED_LE:
+                stored = _read_deflated(path, row)
+            else:
+                stored = _read_with_pydicom(path, row)
+    return _to_hu(stored, row, exact)
 
 
 def _native_dtype(row) -> np.dtype:
@@ -468,15 +470,18 @@ def _to_hu(stored: np.ndarray, row, exact: bool = False) -> np.ndarray:
 
 
 def _whole_hu(stored: np.ndarray, intercept: int) -> np.ndarray:
-    """stored + intercept in int16 when every value the stored dtype can hold fits there, else int32."""
-    info = np.iinfo(stored.dtype)
-    lo, hi = int(stored.min()) if stored.size else 0, int(stored.max()) if stored.size else 0
-    if info.bits <= 16 and -32768 <= lo + intercept and hi + intercept <= 32767:
-        hu = stored.astype(np.int16)         # values lie in int16 (checked): a plain conversion
-    else:
-        hu = stored.astype(np.int32)
-        if info.bits > 32 or not (-2**31 <= lo + intercept and hi + intercept < 2**31):
-            return (stored.astype(np.float64) + intercept).astype(np.float32)   # 32-bit data near its limits
-    if intercept:
-        hu += hu.dtype.type(intercept)
+    """stored + intercept in int16 when the values fit there, else int32 (or float32 for 32-bit data
+    near its limits). Signed 16-bit data with intercept 0 (about half of all CT) is returned as it is."""
+    if stored.dtype == np.int16 and not intercept:
+        return stored
+    lo, hi = (int(stored.min()), int(stored.max())) if stored.size else (0, 0)
+    if stored.dtype.itemsize <= 2 and -32768 <= lo + intercept and hi + intercept <= 32767 and hi <= 32767:
+        # The values and the results fit int16: one addition in int16 (the bits of an unsigned array
+        # below 32768 are those of the same int16 values).
+        as16 = stored.view(np.int16) if stored.dtype == np.uint16 else stored.astype(np.int16)
+        return np.add(as16, np.int16(intercept)) if intercept else as16
+    if stored.dtype.itemsize > 4 or not (-2**31 <= lo + intercept and hi + intercept < 2**31):
+        return (stored.astype(np.float64) + intercept).astype(np.float32)
+    hu = stored.astype(np.int32)
+    hu += np.int32(intercept)
     return hu

@@ -55,6 +55,7 @@ PLAUSIBLE_HU = (-1100.0, 4000.0)
 MIN_PLAUSIBLE_SHARE = 0.5
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)     # scipy's default: passed, not rebuilt
 
 
 def _box_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -141,7 +142,7 @@ def body_coverage(hu: np.ndarray) -> float:
         raise ValueError(f"body_coverage wants a non-empty 2-D image, got shape {hu.shape}")
     step = -(-max(hu.shape) // COVERAGE_MAX_SIDE)
     body = hu[::step, ::step] > BODY_THRESHOLD_HU
-    labels, n = ndimage.label(body)
+    labels, n = ndimage.label(body, structure=_FOUR)
     if n == 0:
         return 0.0
     if n > 1:
