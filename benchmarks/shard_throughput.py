@@ -175,7 +175,7 @@ def breakdown(cohort: Path, work: Path) -> dict:
         make_plan(ds)
         stages["plan"] = time.process_time() - t0
         t0 = time.process_time()
-        summary = write_dataset(ds, options=RunOptions(workers=1, dicom_root=str(cohort)))
+        summary = write_dataset(ds, options=RunOptions(workers=1, dicom_root=str(cohort), keep_staging=True))
         stages["write"] = time.process_time() - t0
     finally:
         for name, fn in saved.items():
@@ -194,6 +194,53 @@ def breakdown(cohort: Path, work: Path) -> dict:
             "shares": shares,
             "read_hu_ms_by_syntax": {ts: {"slices": count_ts[ts], "ms": round(by_ts[ts] / count_ts[ts] * 1000, 3)}
                                      for ts in sorted(by_ts)}}
+
+
+def assembly_scaling(ds: Path, repeats: int = 3) -> dict:
+    """Phase 2 alone, from the staged volumes the breakdown run kept, with 1 and 2 workers (threads),
+    interleaved: wall and CPU seconds (best of `repeats`). Equal wall times mean it is bound by I/O
+    and the serial decisions, not by the shard writing the workers share."""
+    from datakit.assemble import assemble
+    from datakit.manifest import Layout
+    from datakit.write_config import WriteConfig
+
+    layout = Layout(ds)
+    best = {w: {"wall_s": float("inf"), "cpu_s": float("inf")} for w in (1, 2)}
+    for _ in range(repeats):
+        for w in (1, 2):
+            for p in layout.final_outputs():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            t0, c0 = time.perf_counter(), time.process_time()
+            assemble(layout, WriteConfig(), w, "benchmark")
+            best[w]["wall_s"] = min(best[w]["wall_s"], round(time.perf_counter() - t0, 3))
+            best[w]["cpu_s"] = min(best[w]["cpu_s"], round(time.process_time() - c0, 3))
+    return {f"workers {w}": v for w, v in best.items()}
+
+
+def reader_checks(ds: Path, repeats: int = 50) -> dict:
+    """What datakit.read's shard check costs on first open: a fresh SampleReader reads the first sample
+    of every shard, with check none, size (the default) and sha256; CPU per shard opened, best of
+    `repeats`, and the sha256 rate."""
+    from datakit.read import SampleReader, open_dataset
+
+    tds = open_dataset(ds)
+    ext, _ = tds.member("image")
+    tables = [tds.sample_table(s) for s in ("train", "val", "test") if tds.num_samples(s)]
+    firsts = [(t, int(i)) for t in tables for i in np.unique(t.shard, return_index=True)[1]]
+    out = {"shards": len(firsts), "bytes": sum(s.bytes for s in tds.shards)}
+    for check in ("none", "size", "sha256"):
+        best = float("inf")
+        for _ in range(repeats if check != "sha256" else 3):
+            reader = SampleReader(tds, check=check)
+            t0 = time.process_time()
+            for table, i in firsts:
+                reader.read(table, i, ext)
+            best = min(best, time.process_time() - t0)
+            reader.close()
+        out[f"{check}_ms_per_shard"] = round(best / len(firsts) * 1000, 4)
+    sha = (out["sha256_ms_per_shard"] - out["size_ms_per_shard"]) * len(firsts) / 1000
+    out["sha256_mb_per_s"] = round(out["bytes"] / 1e6 / sha, 1) if sha > 0 else None
+    return out
 
 
 def codec_figures(ds: Path, limit: int = 400, repeats: int = 3) -> dict:
@@ -246,10 +293,18 @@ def report(r: dict) -> None:
         print("shares: " + ", ".join(f"{k} {v:.1%}" for k, v in b["shares"].items()))
         print("read_hu ms by syntax: " + ", ".join(f"{k} {v['ms']} ({v['slices']})"
                                                  for k, v in b["read_hu_ms_by_syntax"].items()))
+    if "assembly" in r:
+        print("assembly alone: " + ", ".join(f"{k}: {v['wall_s']} s wall, {v['cpu_s']} s CPU"
+                                             for k, v in r["assembly"].items()))
     if "codec" in r:
         print("\ncodec on " + str(r["codec"]["slices"]) + " stored slices: " + "; ".join(
             f"{k}: ratio {v['ratio']}, enc {v['encode_ms']} ms, dec {v['decode_ms']} ms"
             for k, v in r["codec"].items() if k != "slices"))
+    if "reader_checks" in r:
+        c = r["reader_checks"]
+        print(f"shard check on first open ({c['shards']} shards, {c['bytes'] / 1e6:.0f} MB): none "
+              f"{c['none_ms_per_shard']} ms, size {c['size_ms_per_shard']} ms, sha256 {c['sha256_ms_per_shard']} ms "
+              f"per shard ({c['sha256_mb_per_s']} MB/s)")
     print(f"\ntarget tlx-1 >= {TARGET} x ceiling: {r['met']}")
 
 
@@ -302,7 +357,9 @@ def main(argv=None) -> dict:
                                 "files": len(listing["all_files"])}
         if not args.no_breakdown:
             r["breakdown"] = breakdown(cohort, work)
+            r["assembly"] = assembly_scaling(work / "tlx-breakdown")
             r["codec"] = codec_figures(work / "tlx-1")
+            r["reader_checks"] = reader_checks(work / "tlx-1")
     r.update(machine=f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, {platform.processor()}",
              python=platform.python_version(), date=time.strftime("%Y-%m-%d"))
     r["met"] = r["ratios"]["tlx-1"]["x_ceiling_median"] >= TARGET

@@ -168,6 +168,11 @@ def test_coverage_equals_its_plain_definition_bit_for_bit():
                 img[d < r * rng.uniform(0.2, 0.8)] = -850.0          # a lung: a hole to fill
         img[rng.random((h, w)) < rng.uniform(0, 0.05)] = 100.0        # speckle: many small regions
         images.append(img)
+    tie = np.full((128, 128), -1000.0)                      # two bodies of one size: the first in row order
+    tie[70:90, 10:30], tie[20:40, 60:80] = 40.0, 40.0
+    tie[25:35, 65:75] = -900.0                               # only the second (reached first) has a hole
+    images.append(tie)
     for img in images:
         for hu in (img.astype(np.float32), np.rint(img).astype(np.int16)):
             assert body_coverage(hu) == _coverage_as_defined(hu)
+    assert body_coverage(tie) == 400 / 128 ** 2
