@@ -21,6 +21,8 @@ Every file is read once before the first round (page cache).
   pydicom-wds, litdata, monai   peers: the same 256 x 256 int16 zstd-3 payloads (shard_peers.py)
   imports          `python -c` importing what `tlx shard` imports: the fixed cost of a run
   scan, headers    `tlx scan --workers 1` against pydicom dcmread(stop_before_pixels) of every file
+  tlx-1-baseline   with --baseline DIR: `tlx shard --workers 1` of another tlx checkout (say, the
+                   commit before a change), interleaved with the rest
 
 Then, in this process: the share of each stage and per-slice step in an instrumented `tlx shard
 --workers 1` (CPU time), read_hu against pydicom per transfer syntax, and the payload codecs on the
@@ -51,10 +53,11 @@ IMPORTS = ("import cli.main, datakit.pipeline, datakit.write_convert, datakit.as
 
 
 def _cpu_of(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(CPU seconds of the process and its children, wall seconds)."""
+    """(CPU seconds of the process and its children, wall seconds). Runs in the folder of the code
+    under test (env's PYTHONPATH): `python -m` puts the working folder first on sys.path."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd, check=True, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
@@ -94,17 +97,22 @@ def commands(cohort: Path, work: Path, variants: list[str]) -> dict[str, list[st
     return out
 
 
-def rounds(cohort: Path, work: Path, variants: list[str], n_rounds: int) -> dict:
+def rounds(cohort: Path, work: Path, variants: list[str], n_rounds: int, baseline: Path | None = None) -> dict:
     """Every variant once per round, in an order rotated by one each round; CPU, wall and load of every run."""
     env = {**os.environ, "TLX_QUIET": "1", "TLX_SECRET": SECRET, "PYTHONPATH": os.getcwd()}
     cmds = commands(cohort, work, variants)
+    envs = {v: env for v in variants}
+    if baseline is not None:
+        cmds["tlx-1-baseline"] = [*commands(cohort, work, ["tlx-1"])["tlx-1"][:-4], "--out",
+                                  str(work / "tlx-1-baseline"), "--workers", "1"]
+        envs["tlx-1-baseline"] = {**env, "PYTHONPATH": str(baseline)}
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(n_rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             shutil.rmtree(work / v, ignore_errors=True)
             load = os.getloadavg()[0]
-            cpu, wall = _cpu_of(cmds[v], env)
+            cpu, wall = _cpu_of(cmds[v], envs[v])
             runs[v].append({"round": r, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "load_1min": load,
                             "load_1min_after": os.getloadavg()[0]})
             if v != "tlx-1":
@@ -318,12 +326,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated of {', '.join(PEERS)}, or none")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented run and the codec table")
+    ap.add_argument("--baseline", type=Path, default=None, help="another tlx checkout: adds variant tlx-1-baseline")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/shard_throughput.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("TLX_QUIET", "1")
     peers = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
     variants = ["ceiling", "ceiling-default", "tlx-1", "tlx-2", "imports", "scan", "headers", *peers]
+    if args.baseline is not None:
+        variants.append("tlx-1-baseline")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         cohort = args.cohort
@@ -338,7 +349,7 @@ def main(argv=None) -> dict:
         for p in cohort.rglob("*"):        # the page cache: every variant reads from memory
             if p.is_file():
                 p.read_bytes()
-        runs = rounds(cohort, work, variants, args.rounds)
+        runs = rounds(cohort, work, variants, args.rounds, args.baseline)
         loads = [x[k] for rs in runs.values() for x in rs for k in ("load_1min", "load_1min_after")]
         from collections import Counter
 
