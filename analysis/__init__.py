@@ -16,14 +16,16 @@ only the CLI draws. Formulas: docs/analysis.md.
     results.py         result rows, published summary tables, pairwise comparisons
     stats.py           describe (mean, std, ddof), welch, welch_from_summary
     scale_adjust.py    interpolate_at_scale: "LB-adj." / "UB-adj." results
-    scale_factors.py   estimate_scale_factors: S_LB (compression) and S_UB (MI, study-code or paper-text) of a dataset
+    scale_factors.py   estimate_scale_factors: S_LB (compression; study-code or per-volume) and S_UB (MI; study-code or
+                       paper-text) of a dataset
     mi.py              quantize, PairwiseMI: batched joint-histogram mutual information (plain or smoothed)
     slice_utility.py   utility against slice distance from the dumped slice pairs (Fig. SF4)
     dataset.py         CTDataset, read_slices: the volumes of a tlx dataset, on top of datakit.read
     convergence.py     time_to_convergence
-    cka.py             linear_cka, rbf_cka, unbiased_cka, MinibatchCKA, cka_pairs
+    cka.py             linear_cka, rbf_cka (the study's or Kornblith's bandwidth), unbiased_cka, MinibatchCKA, cka_pairs
     svcca.py           svcca, cca, covariance_similarities
-    weights.py         feature_reuse, uniqueness (the study's), redundancy (tlx's) from first_layers.npz; both layouts
+    weights.py         feature_reuse, uniqueness(_values) (the study's), redundancy (tlx's) from first_layers.npz; both
+                       layouts
     activations.py     features.npz (`tlx features`): CCA, SVCCA, CKA of two models' activations
     report_activations.py  which models the activation similarity section compares
     overlap.py         prediction_overlap, prediction_similarity

@@ -5,6 +5,7 @@ for weights) by features (neurons, channels, filters). Rows must correspond.
 
     >>> linear_cka(X, Y)                  # feature space, O(n p^2): cheap for many examples
     >>> rbf_cka(X, Y, threshold=1.0)      # Gaussian kernel, bandwidth = threshold * median distance
+    >>> rbf_cka(X, Y, bandwidth="study-code")   # the median rule of the study's CKA code (gram_rbf)
     >>> unbiased_cka(X, Y)                # debiased HSIC (Song et al. 2012), for small n
     >>> cka_pairs([K1, K2, K3])           # CKA of every pair of Gram matrices, each centred once
     >>> acc = MinibatchCKA()              # Nguyen et al. 2021: unbiased HSIC averaged over minibatches,
@@ -50,22 +51,43 @@ def gram_linear(X) -> np.ndarray:
     return X @ X.T
 
 
-def gram_rbf(X, threshold: float = 1.0) -> np.ndarray:
-    """exp(-d^2 / (2 sigma^2)) with sigma = threshold * sqrt(median squared distance), as in Kornblith's code."""
+BANDWIDTHS = ("kornblith", "study-code")
+
+
+def gram_rbf(X, threshold: float = 1.0, bandwidth: str = "kornblith") -> np.ndarray:
+    """exp(-d^2 / (2 sigma^2)), sigma = threshold * sqrt(m), m a median of the squared distances d^2:
+
+    - `kornblith` (Kornblith et al.'s code): the median of all n^2 entries, the zero diagonal included;
+    - `study-code` (the CudaCKA class of jayroxis/CKA-similarity, which the study's
+      pkgs/CKA/paper_eval_featsim.ipynb imports as gpuCKA): torch.median of the nonzero entries, i.e. the lower
+      of the two middle values, so the diagonal and exact duplicates are left out.
+    """
     if not threshold > 0:
         raise AnalysisError(f"RBF threshold must be > 0, got {threshold}")
+    if bandwidth not in BANDWIDTHS:
+        raise AnalysisError(f"RBF bandwidth rule {bandwidth!r} is not known; use one of {', '.join(BANDWIDTHS)}")
     X = np.asarray(X, dtype=np.float64)
     sq = np.einsum("ij,ij->i", X, X)
     d2 = X @ X.T          # becomes the squared distances, then the kernel, in place (n^2 memory once)
     d2 *= -2.0
     d2 += sq[:, None]
     d2 += sq[None, :]
-    np.maximum(d2, 0.0, out=d2)
-    median = np.median(d2)
-    if median == 0:
+    np.fill_diagonal(d2, 0.0)   # exactly, as the study's diag(G) - G leaves it (rounding may not)
+    median = _study_median(d2) if bandwidth == "study-code" else np.median(np.maximum(d2, 0.0))
+    if not median > 0:
         raise AnalysisError("RBF CKA is undefined when most examples are identical (median distance 0)")
+    np.maximum(d2, 0.0, out=d2)
     d2 *= -1.0 / (2 * threshold**2 * median)
     return np.exp(d2, out=d2)
+
+
+def _study_median(d2: np.ndarray) -> float:
+    """torch.median(d2[d2 != 0]): the lower middle value of the nonzero squared distances (0 if there are none)."""
+    nonzero = d2[d2 != 0]
+    if not len(nonzero):
+        return 0.0
+    k = (len(nonzero) - 1) // 2
+    return float(np.partition(nonzero, k)[k])
 
 
 def _center(K: np.ndarray) -> np.ndarray:
@@ -94,9 +116,10 @@ def cka_pairs(grams: list) -> np.ndarray:
     return flat @ flat.T
 
 
-def rbf_cka(X, Y, threshold: float = 1.0) -> float:
+def rbf_cka(X, Y, threshold: float = 1.0, bandwidth: str = "kornblith") -> float:
+    """Biased CKA of RBF Gram matrices, each with its own bandwidth (gram_rbf's rules)."""
     X, Y = _pair(X, Y)
-    return cka_from_grams(gram_rbf(X, threshold), gram_rbf(Y, threshold))
+    return cka_from_grams(gram_rbf(X, threshold, bandwidth), gram_rbf(Y, threshold, bandwidth))
 
 
 def _u_center(K: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.cka import BANDWIDTHS
 from analysis.convergence import ConvergenceRule, RunConvergence
 from analysis.errors import AnalysisError
 from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapGroup, OverlapPanel, PretrainingPanel,
@@ -27,7 +28,7 @@ from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapG
                                      convergence_panels, overlap_groups, pretraining_panel, reuse_cells, reuse_rows,
                                      scale_adjustment, slice_utility_panel)
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
-from analysis.runs import GroupKey, Run, find_runs, headline_metric
+from analysis.runs import GroupKey, Run, find_runs, headline_metric, variant_notes
 from analysis.scale_adjust import SPACES
 from analysis.report_activations import ActivationPanel, activation_panels
 from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
@@ -49,6 +50,7 @@ class ReportOptions:
     relative_improvement: bool = True          # convergence: min_improvement relative to the best so far
     convergence_metric: str | None = None      # validation metric (None: the task's headline metric)
     rbf_threshold: float = 1.0                 # RBF CKA bandwidth, in units of the median distance
+    rbf_bandwidth: str = "study-code"          # which median: the study's CKA code's or Kornblith's (analysis.cka)
     weight_layout: str = "study-code"          # weights as (out*kh*kw) x in (the study's) or kernel positions x filters
     uniqueness_chunks: int = 8                 # the study's uniqueness: contiguous filter chunks compared pairwise
     redundancy_splits: int = 10                # random halvings per layer for tlx's redundancy
@@ -73,6 +75,9 @@ class ReportOptions:
             raise AnalysisError(f"weight_layout {self.weight_layout!r} is not known; use one of {', '.join(LAYOUTS)}")
         if not self.rbf_threshold > 0:  # (checked here once, not as a note for every run's weights)
             raise AnalysisError(f"rbf_threshold must be > 0, got {self.rbf_threshold}")
+        if self.rbf_bandwidth not in BANDWIDTHS:
+            raise AnalysisError(f"rbf_bandwidth {self.rbf_bandwidth!r} is not known; use one of "
+                                f"{', '.join(BANDWIDTHS)}")
         self.rule = ConvergenceRule(self.patience, self.min_improvement, self.relative_improvement)
 
 
@@ -88,6 +93,7 @@ class Report:
     tool_version: str = "unknown"
     runs: list[Run] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)    # runs left out, one line each
+    variants: list[str] = field(default_factory=list)    # table cells whose runs differ in config: shown apart
     results: list[ResultRow] = field(default_factory=list)
     comparisons: list = field(default_factory=list)
     comparison_panels: list[ComparisonPanel] = field(default_factory=list)
@@ -156,6 +162,7 @@ def compute_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Pa
     if runs_dir is not None:
         rep.runs, rep.problems = find_runs(runs_dir)
         rep.notes["runs"] += rep.problems
+        rep.variants = variant_notes(rep.runs)
     rows = results_from_runs(rep.runs, options.ddof)
     if summary is not None:
         rows = merge(rows, read_summary_csv(summary, options.ddof))

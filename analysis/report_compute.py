@@ -27,7 +27,7 @@ from analysis.scale_factors import RESULT_NAME, ScaleFactor, load_results, pairs
 from analysis.scale_factors import from_values as scale_factors_from_values
 from analysis.slice_utility import SliceUtilityPanel, slice_utility
 from analysis.stats import Summary, describe
-from analysis.weights import LAYERS, feature_reuse, load_first_layers, redundancy, uniqueness
+from analysis.weights import LAYERS, feature_reuse, load_first_layers, redundancy, uniqueness_values
 
 if TYPE_CHECKING:
     from analysis.report import ReportOptions
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 Curve = tuple[list[int], list[float]]
 REUSE_STATS = ("linear_cka", "rbf_cka", "svcca", "uniqueness_init", "uniqueness_final", "redundancy_init",
                "redundancy_final")
+# feature_reuse.csv also has uniqueness_init_sd / uniqueness_final_sd: the spread over the chunk pairs of one run
+# (np.std, the study's error bar), not a statistic over runs
 
 
 def by_group(runs: list[Run]) -> dict[GroupKey, dict[str, list[Run]]]:
@@ -252,14 +254,18 @@ def reuse_rows(runs: list[Run], options: ReportOptions, notes: list[str]) -> lis
 def _run_reuse(run: Run, options: ReportOptions, notes: list[str]) -> list[dict]:
     layers = load_first_layers(run.first_layers)
     rows = []
-    for k, reuse in enumerate(feature_reuse(layers, options.rbf_threshold, options.weight_layout)):
+    for k, reuse in enumerate(feature_reuse(layers, options.rbf_threshold, options.weight_layout,
+                                            options.rbf_bandwidth)):
         row = {"path": run.rel, "task": run.task, "setting": run.setting, "fraction": run.fraction,
                "init": run.init, "seed": run.seed, "layer": reuse.layer, "layout": options.weight_layout,
+               "rbf_bandwidth": options.rbf_bandwidth,
                "linear_cka": reuse.linear_cka, "rbf_cka": reuse.rbf_cka, "svcca": reuse.svcca}
         for when, w in zip(("init", "final"), layers[reuse.layer]):
-            row[f"uniqueness_{when}"] = _or_note(lambda: uniqueness(w, options.uniqueness_chunks, options.rbf_threshold,
-                                                                    options.weight_layout),
-                                                 f"{run.rel}: {reuse.layer} ({when}): uniqueness", notes)
+            values = _or_note(lambda: uniqueness_values(w, options.uniqueness_chunks, options.rbf_threshold,
+                                                        options.weight_layout, options.rbf_bandwidth),
+                              f"{run.rel}: {reuse.layer} ({when}): uniqueness", notes)
+            row[f"uniqueness_{when}"] = None if values is None else float(np.mean(values))
+            row[f"uniqueness_{when}_sd"] = None if values is None else float(np.std(values))
             # fewer than 4 filters cannot be split into halves
             row[f"redundancy_{when}"] = (redundancy(w, options.redundancy_splits, options.seed + k)[0]
                                          if w.shape[0] >= 4 else None)
@@ -267,7 +273,7 @@ def _run_reuse(run: Run, options: ReportOptions, notes: list[str]) -> list[dict]
     return rows
 
 
-def _or_note(compute: Callable[[], float], what: str, notes: list[str]) -> float | None:
+def _or_note(compute: Callable[[], np.ndarray], what: str, notes: list[str]) -> np.ndarray | None:
     """A value, or None and a note saying why it is n/a (e.g. filters that do not split into equal chunks)."""
     try:
         return compute()

@@ -56,7 +56,17 @@ def header(rep: Report) -> list[str]:
             f"Made by tlx {rep.tool_version} from {' and '.join(inputs)}. Every table below is also a file in this "
             f"folder; formulas and choices are in tlx's docs/analysis.md.", "",
             f"**Std convention:** mean ± std over seeds, std = {convention}; n = number of seeds. "
-            f"Welch tests always use the sample variance (ddof=1), whatever the tables show.", ""]
+            f"Welch tests always use the sample variance (ddof=1), whatever the tables show.", ""] + variants_note(rep)
+
+
+def variants_note(rep: Report) -> list[str]:
+    """The table cells whose runs differ in config (besides the seed): never averaged, each config its own init."""
+    if not rep.variants:
+        return []
+    return ["**Runs of different configs in one table cell:** a cell averages seeds of one config, so the runs "
+            "below are shown apart, each config as its own init `<init> [<what differs>]` in every table and test "
+            "(runs whose config.json differ in anything but the seed, the fold, where and how they ran, and how "
+            "often they saved and logged):", ""] + [f"- {note}" for note in rep.variants] + [""]
 
 
 def runs_section(rep: Report) -> list[str]:
@@ -221,6 +231,8 @@ def convergence_section(rep: Report) -> list[str]:
 LAYOUT_TEXT = {"study-code": "the study's layout: (filter, row, column) positions as examples, input channels as "
                               "features",
                "kernel-positions": "kernel positions as examples, filters as features"}
+BANDWIDTH_TEXT = {"study-code": "the root of the median nonzero squared distance, as the study's CKA code",
+                  "kornblith": "the root of the median squared distance, as Kornblith's code"}
 
 
 def reuse_section(rep: Report) -> list[str]:
@@ -228,9 +240,10 @@ def reuse_section(rep: Report) -> list[str]:
     lines = ["## Feature reuse and uniqueness", "",
              f"CKA between each of the first three conv layers before and after fine-tuning (weights from "
              f"first_layers.npz; {LAYOUT_TEXT[opts.weight_layout]}), linear and RBF (bandwidth "
-             f"{opts.rbf_threshold:g} × median distance), and SVCCA (99% variance; n/a where too few examples). "
-             f"Uniqueness (the study's coefficient): 1 − mean RBF CKA between the {opts.uniqueness_chunks} "
-             f"contiguous chunks of a layer's filters (higher = more unique filters). Redundancy (tlx): linear CKA "
+             f"{opts.rbf_threshold:g} × {BANDWIDTH_TEXT[opts.rbf_bandwidth]}), and SVCCA (99% variance; n/a where "
+             f"too few examples). Uniqueness (the study's coefficient): 1 − mean RBF CKA between the "
+             f"{opts.uniqueness_chunks} contiguous chunks of a layer's filters (higher = more unique filters; the "
+             f"spread over the chunk pairs is in feature_reuse.csv). Redundancy (tlx): linear CKA "
              f"between random halves of the filters ({opts.redundancy_splits} splits; higher = more redundant). Both "
              f"for the weights before (init) and after (final) fine-tuning.", ""]
     finetune = [r for r in rep.runs if not r.is_pretraining]

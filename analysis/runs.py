@@ -5,7 +5,14 @@
     >>> runs[0].curve                                                 # metrics.jsonl rows, by epoch
 
 Nothing here raises for one bad run in a big tree: a run that cannot be used is
-left out and its reason goes into `problems`, which every report prints.
+left out and its reason goes into `problems`, which every report prints. A folder
+with no usable run at all is an AnalysisError ("no runs found under X").
+
+A table cell (task, setting, fraction, init) averages seeds of one config. Runs of a
+cell whose configs differ in anything but the seed, the fold or the keys that do not
+change a result (VARY_FREELY) are separated, not averaged: each config becomes its own
+`variant`, which `run.init` shows ("scratch [lr=0.002]"), so it gets its own column in
+every table and test, and `variant_notes(runs)` says which cells were split and why.
 
 Both shapes of config.json that trainers have written are read: the flat one (every
 flag at the top level beside the run-contract keys) and the older finetune one that
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +33,12 @@ from analysis.errors import AnalysisError
 REQUIRED = {"task": str, "init": str, "setting": str, "fraction": (int, float), "seed": int}
 PRETRAIN = "pretrain"
 HEADLINE_METRICS = ("accuracy", "mean_auc", "dice_mean")  # the number a task is judged by, in this order
+# config.json keys in which the runs of one table cell may differ: the seed and fold a cell averages over, and
+# what does not change a run's result (where and how it ran, how often it saved and logged: the keys the
+# trainers let change when a run resumes, docs/run-format.md; `--max-steps` is not among them here, as it
+# cuts a run short). Any other difference separates runs into variants.
+VARY_FREELY = frozenset({"seed", "fold", "out", "run_dir", "device", "workers", "resume", "checkpoint_every",
+                         "log_every", "world_size", "tool_version", "flags_set", "eval_batch_size", "save_masks"})
 
 
 @dataclass(frozen=True, order=True)
@@ -64,6 +78,7 @@ class Run:
     features: Path | None = None        # features.npz (`tlx features`): activations on a probe set
     masks: Path | None = None           # masks.npz (segmentation test runs with --save-masks)
     declared_metric: str | None = None  # the task's own headline metric (result.json/config.json "metric")
+    variant: str = ""  # how this run's config differs from others of its cell ("lr=0.002"); "" when none does
 
     @property
     def task(self) -> str:
@@ -71,7 +86,8 @@ class Run:
 
     @property
     def init(self) -> str:
-        return self.config["init"]
+        """The init's name, and the run's variant where its cell holds runs of several configs."""
+        return self.config["init"] + (f" [{self.variant}]" if self.variant else "")
 
     @property
     def setting(self) -> str:
@@ -184,28 +200,90 @@ def load_run(path: Path, root: Path) -> Run:
 
 
 def find_runs(root: Path | str) -> tuple[list[Run], list[str]]:
-    """Every run below `root` (sorted by path), and one line per run that had to be left out."""
+    """Every run below `root` (sorted by path), each config of a cell its own variant (separate_variants),
+    and one line per run that had to be left out. AnalysisError when there is no usable run."""
     root = Path(root)
     if not root.is_dir():
         raise AnalysisError(f"runs folder {root} does not exist")
-    runs: list[Run] = []
+    loaded: list[Run] = []
     problems: list[str] = []
-    seen: dict[tuple, str] = {}
-    for config in sorted(root.rglob("config.json")):
-        rel = config.parent.relative_to(root).as_posix() or "."
+    configs = sorted(root.rglob("config.json"))
+    for config in configs:
         try:
-            run = load_run(config.parent, root)
+            loaded.append(load_run(config.parent, root))
         except (OSError, ValueError) as exc:
-            problems.append(f"{rel}: left out: {exc}")
-            continue
+            problems.append(f"{config.parent.relative_to(root).as_posix() or '.'}: left out: {exc}")
+    if not loaded:
+        raise AnalysisError(f"no runs found under {root}: " + (
+            f"{len(configs)} config.json, none usable ({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})"
+            if configs else "no config.json below it (every run folder holds one: docs/run-format.md)"))
+    separate_variants(loaded)
+    runs: list[Run] = []
+    seen: dict[tuple, str] = {}
+    for run in loaded:
         # Pretraining runs all say init "scratch": only their folders tell them apart.
-        ident = (run.task, run.init, run.setting, run.fraction, run.seed) + ((rel,) if run.is_pretraining else ())
+        ident = (run.task, run.init, run.setting, run.fraction, run.seed) + ((run.rel,) if run.is_pretraining else ())
         if ident in seen:
-            problems.append(f"{rel}: left out: same task/init/setting/fraction/seed as {seen[ident]}")
+            problems.append(f"{run.rel}: left out: same task/init/setting/fraction/seed and config as {seen[ident]}")
             continue
-        seen[ident] = rel
+        seen[ident] = run.rel
         runs.append(run)
     return runs, problems
+
+
+def _value(v) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def separate_variants(runs: list[Run]) -> None:
+    """Set `variant` on the fine-tuning runs of every table cell (task, setting, fraction, init) that holds
+    runs of more than one config. Compared: the keys all runs of the cell hold (a key written by newer trainers
+    only is not), but VARY_FREELY. The label names up to three keys that differ, or numbers the configs."""
+    cells: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        if not run.is_pretraining:
+            cells[(run.group, run.config["init"])].append(run)
+    for members in cells.values():
+        shared = sorted(set.intersection(*(set(r.config) for r in members)) - VARY_FREELY)
+        configs: dict[str, list[Run]] = defaultdict(list)
+        for run in members:
+            configs[_value({k: run.config[k] for k in shared})].append(run)
+        if len(configs) < 2:
+            continue
+        differ = [k for k in shared if len({_value(r.config[k]) for r in members}) > 1]
+        labels = [variant_label(group[0].config, differ) for group in configs.values()]
+        if len(set(labels)) < len(labels):   # shortened values that collide: number the configs instead
+            labels = [f"config {i}" for i in range(1, len(labels) + 1)]
+        for label, group in zip(labels, configs.values()):
+            for run in group:
+                run.variant = label
+
+
+def variant_label(config: dict, keys: list[str], shown: int = 3, width: int = 20) -> str:
+    """"lr=0.002, epochs=50": the first `shown` keys and their values, each value cut to `width` characters."""
+    def short(v) -> str:
+        text = v if isinstance(v, str) else _value(v)
+        return text if len(text) <= width else text[:width - 1] + "…"
+    more = f", +{len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(f"{k}={short(config[k])}" for k in keys[:shown]) + more
+
+
+def variant_notes(runs: list[Run]) -> list[str]:
+    """One line per table cell whose runs were separated into variants: its configs and what differs."""
+    cells: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.variant:
+            cells[(run.group, run.config["init"])][run.init].append(run)
+    notes = []
+    for (group, init), variants in sorted(cells.items()):
+        members = [r for group_runs in variants.values() for r in group_runs]
+        shared = set.intersection(*(set(r.config) for r in members)) - VARY_FREELY
+        differ = sorted(k for k in shared if len({_value(r.config[k]) for r in members}) > 1)
+        notes.append(f"{group.label()} / {init}: {len(members)} runs of {len(variants)} configs that differ in "
+                     f"{', '.join(differ)}; shown apart as "
+                     + ", ".join(f"`{name}` ({len(rs)} run{'s' if len(rs) > 1 else ''})"
+                                 for name, rs in sorted(variants.items())))
+    return notes
 
 
 def headline_metric(names, declared: str | None = None) -> str:

@@ -3,23 +3,31 @@
 Neighbouring slices of a scan are alike, so N slices carry the information of fewer
 than N independent images. S = slices / effective independent slices, bounded two ways:
 
-- S_LB (compressibility): per volume, compressed bytes per slice of an equally large
-  set of random slices of other volumes over those of the whole volume in slice
-  order. A compressor only finds the redundancy its window reaches (gzip: 32 KiB,
-  less than one 256x256 int16 slice, so it sees almost none between slices; zstd
-  level 3: 2 MiB), hence a lower bound.
+- S_LB (compressibility): per volume, the compressed bytes of the whole volume in slice
+  order against those of as many random slices. Two forms (`lb_estimator`): `study-code`
+  (default; the study's compressibility script) draws the random slices with replacement
+  from every slice of the split (the volume's own included) and gives S_LB = total random
+  bytes / total volume bytes; `per-volume` (tlx's earlier form) draws them without
+  replacement from the other volumes and weighs volumes by their slices like S_UB. A
+  compressor only finds the redundancy its window reaches (gzip: 32 KiB, less than one
+  256x256 int16 slice, so it sees almost none between slices; zstd level 3: 2 MiB), hence
+  a lower bound.
 - S_UB (mutual information): slices of a volume are added one by one in random
   order; each adds 1 - (highest relative MI to the slices already added), with MI
-  relative between the mean MI to slices of a random other volume (0) and the MI of
-  a slice with itself (1). Effective slices = the sum of those utilities. Two
-  estimators (`estimator`): `study-code` (default) as the study's code computed its
-  3.807 (Gaussian-smoothed joint histograms, one MI_max and MI_min per volume, r not
-  clipped, volumes over 300 slices skipped), `paper-text` as its text describes it
-  (plug-in MI, per-slice normalisation, r clipped to [0, 1], every volume).
+  relative between a baseline MI (0) and the MI of a slice with itself (1). Effective
+  slices = the sum of those utilities. Two estimators (`estimator`): `study-code`
+  (default) as the study's S_UB script computed its 3.807: Gaussian-smoothed joint
+  histograms; MI_max = the self-MI of the volume's first slice; MI_min = the mean MI of
+  its first 101 slices, each with one random slice of a baseline volume drawn from the
+  volumes at or after it in a random order of the split (so possibly itself); r not
+  clipped; volumes over 300 slices skipped and volumes whose effective slices fall
+  outside (0, n) dropped. `paper-text` as the text describes it: plug-in MI, per-slice
+  normalisation against all slices of a random other volume, r clipped to [0, 1], every
+  volume.
 
-For both, a volume of n slices is worth n / S_v effective slices, and the dataset's
-S = total slices / total effective slices. Everything random (slice order, the other
-volume, the random slices, the volume sample) comes from `seed` and the volume's
+A volume of n slices is worth n / S_v effective slices, and S_UB (and the per-volume S_LB)
+= total slices / total effective slices. Everything random (slice order, the baseline
+volume and slices, the random slices, the volume sample) comes from `seed` and the volume's
 position, so results do not depend on the number of workers.
 
     >>> result = estimate_scale_factors("data/", ScaleFactorConfig(volumes=200, workers=8))
@@ -49,10 +57,12 @@ from tlxcore.progress import Progress, Tick, silent
 
 RESULT_FORMAT = "tlx-scale-factors"
 RESULT_VERSION = 1
-COMPRESSORS = {"gzip": 9, "zstd": 3}  # name -> default level (Python's gzip.compress default, as the study; zstd's)
+COMPRESSORS = {"gzip": 9, "zstd": 3}  # name -> default level (gzip.open's default, as the study; zstd's)
 ESTIMATORS = ("study-code", "paper-text")  # S_UB: as the study's code computed it, or as its text describes it
+LB_ESTIMATORS = ("study-code", "per-volume")  # S_LB: the study's sampling and sums, or tlx's earlier per-volume form
 STUDY_SIGMA = 1.0          # study-code: Gaussian smoothing of each joint histogram, in bins
 STUDY_MAX_SLICES = 300     # study-code: longer volumes were skipped
+STUDY_BASELINE_SLICES = 101  # study-code: MI_min from the first 101 slices (its baseline loop stops after i == 100)
 DEVICES = ("cpu", "cuda", "auto")
 STAGE = "scale factors"  # the progress stage: ticks count volumes
 Z95 = 1.959963984540054
@@ -64,6 +74,7 @@ class ScaleFactorConfig:
     lower: bool = True                    # compute S_LB
     upper: bool = True                    # compute S_UB
     compressor: str = "gzip"              # S_LB compressor: gzip (as in the paper) or zstd (faster, wider window)
+    lb_estimator: str = "study-code"      # S_LB: study-code or per-volume (see the module docstring)
     estimator: str = "study-code"         # S_UB: study-code or paper-text (see the module docstring)
     max_slices: int | None = None         # S_UB skips longer volumes (None: 300 for study-code, no limit for
                                           # paper-text; 0: no limit)
@@ -72,7 +83,7 @@ class ScaleFactorConfig:
     bins: int = 64                        # histogram bins per axis (64x64 joint histograms, as in the paper)
     value_range: tuple[float, float] | None = None  # fixed binning range (HU); None: each slice's min..max
     volumes: int | None = None            # process a random sample of this many volumes (None: all)
-    baseline_slices: int | None = None    # slices of the random other volume for the MI baseline (None: all)
+    baseline_slices: int | None = None    # paper-text: slices of the random other volume for the baseline (None: all)
     seed: int = 0
     workers: int = 1                      # processes (CPU) or reader threads (GPU)
     device: str = "cpu"                   # cpu | cuda | auto (cuda when torch sees a GPU)
@@ -83,6 +94,13 @@ class ScaleFactorConfig:
             raise AnalysisError(f"compressor {self.compressor!r} is not known; use one of {sorted(COMPRESSORS)}")
         if self.estimator not in ESTIMATORS:
             raise AnalysisError(f"estimator {self.estimator!r} is not known; use one of {', '.join(ESTIMATORS)}")
+        if self.lb_estimator not in LB_ESTIMATORS:
+            raise AnalysisError(f"S_LB estimator {self.lb_estimator!r} is not known; use one of "
+                                f"{', '.join(LB_ESTIMATORS)}")
+        if self.baseline_slices is not None and self.estimator == "study-code":
+            raise AnalysisError(f"baseline_slices is for the paper-text estimator; study-code compares each of a "
+                                f"volume's first {STUDY_BASELINE_SLICES} slices with one random baseline slice, as the "
+                                f"study's code did")
         if self.max_slices is not None and self.max_slices < 0:
             raise AnalysisError(f"max_slices must be >= 0 (0: no limit) or None, got {self.max_slices}")
         if self.device not in DEVICES:
@@ -133,23 +151,31 @@ def lower_bound_volume(volume: np.ndarray, random_slices: np.ndarray, compressor
     return c_vol, c_rand, (c_rand / len(random_slices)) / (c_vol / len(volume))
 
 
+class NoScale(AnalysisError):
+    """study-code: MI_max <= MI_min, so r has no scale; the volume is left out of S_UB (see relative_mi)."""
+
+
 def relative_mi(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray, estimator: str = "study-code"
                 ) -> np.ndarray:
     """r_ij, how much of slice i slice j already holds, between 0 (a random slice) and 1 (itself).
 
-    mi: (n, n) MI between slices; self_mi: (n,) MI of each slice with itself; baseline: (n,)
-    mean MI of each slice to the slices of a random other volume.
-    - paper-text: r_ij = (mi_ij - baseline_i) / (self_mi_i - baseline_i), clipped to [0, 1]; a
-      slice whose self-MI does not exceed its baseline carries nothing a random slice would not: r = 1.
-    - study-code: one MI_max = mean(self_mi) and MI_min = mean(baseline) for the whole volume,
-      r_ij = (mi_ij - MI_min) / (MI_max - MI_min), not clipped (so a utility may leave [0, 1]);
-      MI_max <= MI_min is refused (there is no scale to measure on).
+    mi: (n, n) MI between slices; self_mi: MI of slices with themselves; baseline: MI of slices with
+    slices of a baseline volume.
+    - paper-text: self_mi (n,) and baseline (n,) per slice (baseline_i: the mean MI of slice i to the
+      baseline volume's slices); r_ij = (mi_ij - baseline_i) / (self_mi_i - baseline_i), clipped to
+      [0, 1]; a slice whose self-MI does not exceed its baseline carries nothing a random slice would
+      not: r = 1.
+    - study-code: one MI_max = mean(self_mi) and MI_min = mean(baseline) for the whole volume (the study's
+      code passes one self-MI, its first slice's, and one MI per baseline pair), r_ij = (mi_ij - MI_min) /
+      (MI_max - MI_min), not clipped (so a utility may leave [0, 1]). MI_max <= MI_min raises NoScale: the
+      study's code divided by zero there (NaN effective slices: the volume dropped) or went on with r's
+      sign reversed.
     """
     if estimator == "study-code":
         mi_max, mi_min = float(np.mean(self_mi)), float(np.mean(baseline))
         if not mi_max > mi_min:
-            raise AnalysisError(f"MI_max {mi_max:.6g} <= MI_min {mi_min:.6g}: the volume's slices share no more "
-                                f"with themselves than with a random other volume's")
+            raise NoScale(f"MI_max {mi_max:.6g} <= MI_min {mi_min:.6g}: the volume's first slice shares no more "
+                          f"with itself than its slices share with the baseline volume's")
         return (mi - mi_min) / (mi_max - mi_min)
     if estimator != "paper-text":
         raise AnalysisError(f"estimator {estimator!r} is not known; use one of {', '.join(ESTIMATORS)}")
@@ -176,17 +202,32 @@ def effective_slices(mi: np.ndarray, self_mi: np.ndarray, baseline: np.ndarray,
 
 
 def relative_mi_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI,
-                      estimator: str = "study-code") -> np.ndarray:
-    """r of binned slices (see analysis.mi.quantize; the engine smooths or not) against a baseline volume."""
+                      estimator: str = "study-code", order: np.ndarray | None = None) -> np.ndarray:
+    """r of binned slices (see analysis.mi.quantize; the engine smooths or not) in the order they are added.
+
+    codes[k] is slice order[k] of the volume (order None: slice order). paper-text: other_codes are the
+    baseline volume's slices, each slice's baseline its mean MI to all of them. study-code: other_codes[i]
+    is the one random baseline slice of the volume's i-th slice in slice order (i < len(other_codes));
+    MI_max is the self-MI of slice 0."""
     mi = engine.within(codes)
-    return relative_mi(mi, np.diag(mi).copy(), engine.between(codes, other_codes).mean(1), estimator)
+    if estimator != "study-code":
+        return relative_mi(mi, np.diag(mi).copy(), engine.between(codes, other_codes).mean(1), estimator)
+    position = np.argsort(order) if order is not None else np.arange(len(codes))  # slice -> row of codes
+    baseline = engine.paired(codes[position[:len(other_codes)]], other_codes)
+    return relative_mi(mi, np.array([mi[position[0], position[0]]]), baseline, estimator)
 
 
 def upper_bound_codes(codes: np.ndarray, other_codes: np.ndarray, engine: PairwiseMI,
-                      estimator: str = "study-code") -> tuple[float, float]:
-    """(effective slices, S_UB_v) from binned slices, in the order they are added."""
-    eff = float(utilities(relative_mi_codes(codes, other_codes, engine, estimator)).sum())
+                      estimator: str = "study-code", order: np.ndarray | None = None) -> tuple[float, float]:
+    """(effective slices, S_UB_v) from binned slices, in the order they are added (see relative_mi_codes)."""
+    eff = float(utilities(relative_mi_codes(codes, other_codes, engine, estimator, order)).sum())
     return eff, len(codes) / eff
+
+
+def study_keeps(effective: float, slices: int) -> bool:
+    """The study's S_UB script kept a volume only when 0 < effective slices < slices (else it returned 0, 0):
+    a one-slice volume, or one whose unclipped utilities sum to n or more or to 0 or less, is left out."""
+    return 0 < effective < slices
 
 
 def slice_pairs(rel: np.ndarray, order: np.ndarray, slice_index: np.ndarray) -> dict[str, np.ndarray]:
@@ -211,9 +252,10 @@ class VolumeTask:
     volume: str
     refs: SliceRefs          # the volume's slices, in slice order
     order: np.ndarray        # random order in which slices are added (S_UB)
-    other_volume: str
-    other_refs: SliceRefs    # slices of a random other volume (S_UB baseline)
-    random_refs: SliceRefs   # random slices of other volumes (S_LB)
+    other_volume: str        # the S_UB baseline volume (study-code: possibly the volume itself)
+    other_refs: SliceRefs    # its slices (paper-text: all or a sample; study-code: the partner of each of the
+                             # volume's first 101 slices, in slice order)
+    random_refs: SliceRefs   # random slices for S_LB (study-code: any of the split's; per-volume: other volumes')
     slice_index: np.ndarray  # slices.parquet's slice_index of the volume's slices, in slice order
 
 
@@ -229,19 +271,32 @@ def plan_tasks(ds: CTDataset, cfg: ScaleFactorConfig) -> tuple[list[int], Callab
         chosen = list(range(n_vol))
     total_rows = int(ds.slice_counts.sum())
     starts = np.r_[0, np.cumsum(ds.slice_counts)]
+    # study-code: the study's script shuffled its volumes and gave the k-th one the baseline
+    # np.random.randint(k, N): a volume at or after it in that order, itself included
+    shuffled = np.random.default_rng([cfg.seed, 3]).permutation(n_vol)
+    rank = np.empty(n_vol, dtype=np.int64)
+    rank[shuffled] = np.arange(n_vol)
 
     def make(v: int) -> VolumeTask:
         rng = np.random.default_rng([cfg.seed, 2, v])  # the volume's own stream: independent of workers
         n = int(ds.slice_counts[v])
         order = rng.permutation(n)
-        u = int(rng.integers(n_vol - 1))
-        u += u >= v
-        other = ds.refs(u)
-        if cfg.baseline_slices is not None and cfg.baseline_slices < len(other):
-            other = other.take(np.sort(rng.choice(len(other), cfg.baseline_slices, replace=False)))
-        k = min(n, total_rows - n)
-        rows = rng.choice(total_rows - n, k, replace=False)
-        rows = rows + np.where(rows >= starts[v], n, 0)  # skip over the volume's own rows
+        if cfg.estimator == "study-code":
+            u = int(shuffled[rng.integers(rank[v], n_vol)])
+            other = ds.refs(u)
+            other = other.take(rng.integers(len(other), size=min(n, STUDY_BASELINE_SLICES)))  # with replacement
+        else:
+            u = int(rng.integers(n_vol - 1))
+            u += u >= v
+            other = ds.refs(u)
+            if cfg.baseline_slices is not None and cfg.baseline_slices < len(other):
+                other = other.take(np.sort(rng.choice(len(other), cfg.baseline_slices, replace=False)))
+        if cfg.lb_estimator == "study-code":
+            rows = rng.integers(total_rows, size=n)  # random.choice over every slice file, n times
+        else:
+            k = min(n, total_rows - n)
+            rows = rng.choice(total_rows - n, k, replace=False)
+            rows = rows + np.where(rows >= starts[v], n, 0)  # skip over the volume's own rows
         return VolumeTask(v, ds.volumes[v], ds.refs(v), order, ds.volumes[u], other, ds.global_refs(rows),
                           ds.slice_indices(v))
 
@@ -262,6 +317,7 @@ class VolumeResult:
     s_ub: float | None = None
     mi_evaluations: int = 0
     ub_skipped: bool = False     # S_UB not computed: more slices than the estimator's limit
+    ub_dropped: str | None = None  # study-code: computed but left out of S_UB as the study's code left it out (why)
     error: str | None = None
     pairs: dict | None = field(default=None, repr=False)   # --dump-pairs: slice_pairs' columns (not in the CSV)
 
@@ -299,10 +355,20 @@ def _finish(prepared: _Prepared, cfg: ScaleFactorConfig, engine: PairwiseMI) -> 
     if cfg.upper and result.error is None and not result.ub_skipped:
         try:
             before = engine.evaluations
-            rel = relative_mi_codes(prepared.codes, prepared.other_codes, engine, cfg.estimator)
+            try:
+                rel = relative_mi_codes(prepared.codes, prepared.other_codes, engine, cfg.estimator,
+                                        prepared.task.order)
+            except NoScale as exc:
+                result.ub_dropped = str(exc)
+                return result
+            finally:
+                result.mi_evaluations = engine.evaluations - before
             result.ub_effective_slices = float(utilities(rel).sum())
+            if cfg.estimator == "study-code" and not study_keeps(result.ub_effective_slices, result.slices):
+                result.ub_dropped = (f"effective slices {result.ub_effective_slices:.6g} not in (0, {result.slices}): "
+                                     f"the study's code left such volumes out")
+                return result
             result.s_ub = result.slices / result.ub_effective_slices
-            result.mi_evaluations = engine.evaluations - before
             if cfg.dump_pairs:
                 result.pairs = slice_pairs(rel, prepared.task.order, prepared.task.slice_index)
         except Exception as exc:  # noqa: BLE001 - recorded in the result and reported, never dropped
@@ -402,7 +468,7 @@ class _WorkerCall:
 
 # ---------------------------------------------------------------- from volumes to the dataset
 
-def aggregate(slices: np.ndarray, effective: np.ndarray, population: int) -> dict:
+def aggregate(slices: np.ndarray, effective: np.ndarray, population: float) -> dict:
     """S = sum(slices) / sum(effective) over the processed volumes, with a 95% CI when they are a sample.
 
     The CI is the ratio estimator's (Cochran, Sampling Techniques, 3rd ed., ch. 6):
@@ -453,10 +519,7 @@ def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None =
         "seconds": round(time.perf_counter() - started, 3),
     }
     if cfg.lower:
-        effective = slices / np.array([r.s_lb for r in ok]) if ok else np.array([])
-        out["s_lb"] = aggregate(slices, effective, len(ds))
-        out["s_lb"].update(compressor=cfg.compressor, level=COMPRESSORS[cfg.compressor] if cfg.level is None
-                           else cfg.level)
+        out["s_lb"] = _lower_summary(ok, len(ds), cfg)
     if cfg.upper:
         out["s_ub"] = _upper_summary(ok, ds, cfg)
     out["per_volume"] = [{k: v for k, v in asdict(r).items() if k != "pairs"} for r in results]
@@ -465,16 +528,40 @@ def estimate_scale_factors(data_dir: Path | str, cfg: ScaleFactorConfig | None =
     return out
 
 
+def _lower_summary(ok: list[VolumeResult], population: int, cfg: ScaleFactorConfig) -> dict:
+    """S_LB over the volumes that worked. study-code: total random bytes / total volume bytes, as the study's
+    compressibility script summed them (its CI: the ratio estimator of those sums). per-volume: total slices /
+    total effective slices n_v / S_LB,v."""
+    slices = np.array([r.slices for r in ok], dtype=np.float64)
+    if cfg.lb_estimator == "study-code":
+        summary = aggregate(np.array([r.lb_random_bytes for r in ok]), np.array([r.lb_volume_bytes for r in ok]),
+                            population)
+        if ok:  # aggregate weighs by its first argument; this one is per slice, as for the other estimators
+            summary["slice_weighted_mean"] = float(np.sum(slices * [r.s_lb for r in ok]) / slices.sum())
+    else:
+        summary = aggregate(slices, slices / np.array([r.s_lb for r in ok]) if ok else np.array([]), population)
+    summary.update(estimator=cfg.lb_estimator, compressor=cfg.compressor,
+                   level=COMPRESSORS[cfg.compressor] if cfg.level is None else cfg.level)
+    return summary
+
+
 def _upper_summary(ok: list[VolumeResult], ds: CTDataset, cfg: ScaleFactorConfig) -> dict:
     """S_UB over the volumes it was computed for; skipped volumes (over the slice limit) are out of the sample and
-    of the population alike, so a sampled CI is the one of the volumes the estimator covers."""
+    of the population alike, so a sampled CI is the one of the volumes the estimator covers. The population
+    shrinks by the share of computed volumes the study-code estimator dropped (which unprocessed ones it would
+    drop is not known): with every volume processed there is no sampling error."""
     limit = cfg.slice_limit
-    used = [r for r in ok if not r.ub_skipped]
+    computed = [r for r in ok if not r.ub_skipped]
+    used = [r for r in computed if r.ub_dropped is None]
     population = int(np.sum(ds.slice_counts <= limit)) if limit is not None else len(ds)
+    if computed:
+        population = population * len(used) / len(computed)
     summary = aggregate(np.array([r.slices for r in used]), np.array([r.ub_effective_slices for r in used]),
                         population)
     summary.update(estimator=cfg.estimator, smoothing_sigma=cfg.sigma, max_slices=limit,
-                   volumes_skipped=sum(r.ub_skipped for r in ok), bins=cfg.bins, baseline_slices=cfg.baseline_slices)
+                   volumes_skipped=sum(r.ub_skipped for r in ok),
+                   volumes_dropped=sum(r.ub_dropped is not None for r in ok), bins=cfg.bins,
+                   baseline_slices=STUDY_BASELINE_SLICES if cfg.estimator == "study-code" else cfg.baseline_slices)
     return summary
 
 
@@ -529,12 +616,14 @@ class ScaleFactor:
 
 def _how(bound: str, entry: dict) -> str:
     if bound == "lb":
-        return f"{entry['compressor']} level {entry['level']}" if "compressor" in entry else ""
+        how = f"{entry['compressor']} level {entry['level']}" if "compressor" in entry else ""
+        return how + (f", estimator {entry['estimator']}" if "estimator" in entry else "")
     if "estimator" not in entry:  # files of tlx before the study-code estimator: the paper's text
         return "estimator not recorded (paper-text: files written before study-code existed)"
-    skipped = entry.get("volumes_skipped") or 0
-    return f"estimator {entry['estimator']}" + (f", {skipped} volume(s) over {entry['max_slices']} slices skipped"
-                                                if skipped else "")
+    skipped, dropped = entry.get("volumes_skipped") or 0, entry.get("volumes_dropped") or 0
+    return (f"estimator {entry['estimator']}"
+            + (f", {skipped} volume(s) over {entry['max_slices']} slices skipped" if skipped else "")
+            + (f", {dropped} volume(s) dropped as the study's code dropped them" if dropped else ""))
 
 
 def load_results(path: Path | str) -> dict[str, ScaleFactor]:

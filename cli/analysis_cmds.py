@@ -50,6 +50,9 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--convergence-metric", help="Validation metric for convergence (default: the task's headline metric).")
 @click.option("--rbf-threshold", type=float, default=1.0, show_default=True,
               help="RBF CKA bandwidth in units of the median distance.")
+@click.option("--rbf-bandwidth", type=click.Choice(["study-code", "kornblith"]), default="study-code",
+              show_default=True, help="Which median: of the nonzero squared distances, torch's lower median (the "
+                                      "study's CKA code), or of all of them (Kornblith's code).")
 @click.option("--weight-layout", type=click.Choice(["study-code", "kernel-positions"]), default="study-code",
               show_default=True, help="Conv weights as a representation: the study's (out*kh*kw) x in, or tlx's "
                                       "kernel positions x filters.")
@@ -68,7 +71,7 @@ def _parse_pair(value: str | None) -> tuple[str, str] | None:
 @click.option("--interpolation", type=click.Choice(["log", "linear"]), default="log", show_default=True,
               help="Interpolate scale-adjusted results in log or linear dataset size.")
 def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, absolute_improvement,
-            convergence_metric, rbf_threshold, weight_layout, uniqueness_chunks,
+            convergence_metric, rbf_threshold, rbf_bandwidth, weight_layout, uniqueness_chunks,
             redundancy_splits, seed, scale_factors, s_lb, s_ub, scale_pair,
             sizes, interpolation):
     """Turn run directories (and/or a published table) into tables, Welch tests and figures.
@@ -91,7 +94,8 @@ def analyze(runs_dir, out_dir, summary, ddof, alpha, patience, min_improvement, 
     options = ReportOptions(
         ddof=int(ddof), alpha=alpha, patience=patience, min_improvement=min_improvement,
         relative_improvement=not absolute_improvement, convergence_metric=convergence_metric,
-        rbf_threshold=rbf_threshold, weight_layout=weight_layout, uniqueness_chunks=uniqueness_chunks,
+        rbf_threshold=rbf_threshold, rbf_bandwidth=rbf_bandwidth, weight_layout=weight_layout,
+        uniqueness_chunks=uniqueness_chunks,
         redundancy_splits=redundancy_splits, seed=seed,
         scale_factors=str(scale_factors) if scale_factors else None, s_lb=s_lb, s_ub=s_ub,
         scale_pair=_parse_pair(scale_pair), sizes=_parse_sizes(sizes), interpolation=interpolation)
@@ -109,6 +113,8 @@ def _print_report(report) -> None:
     from analysis.runs import fraction_label
 
     console = Console()
+    for note in report.variants:   # runs of different configs in one cell: shown apart, never averaged
+        console.print(f"[yellow]different configs, shown apart:[/yellow] {note}")
     tables = by_table(report.results)
     settings: dict = {}
     for (group, metric), inits in tables.items():
@@ -154,9 +160,15 @@ def _print_report(report) -> None:
 @click.option("--compressor", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
               help="S_LB compressor: gzip as in the paper; zstd is faster and sees across slices.")
 @click.option("--level", type=int, help="Compression level (default: gzip 9 as the study's Python gzip, zstd 3).")
+@click.option("--lb-estimator", type=click.Choice(["study-code", "per-volume"]), default="study-code",
+              show_default=True,
+              help="S_LB as the study's code computed it (random slices drawn with replacement from the whole split; "
+                   "total random bytes over total volume bytes) or tlx's per-volume form (random slices of other "
+                   "volumes; weighed by slices).")
 @click.option("--estimator", type=click.Choice(["study-code", "paper-text"]), default="study-code", show_default=True,
-              help="S_UB as the study's code computed it (smoothed histograms, one MI range per volume, r not "
-                   "clipped, volumes over 300 slices skipped) or as its text describes it.")
+              help="S_UB as the study's code computed it (smoothed histograms; MI_max of the first slice, MI_min of "
+                   "the first 101 against a random baseline volume's slices; r not clipped; volumes over 300 slices "
+                   "skipped, those with effective slices outside (0, n) dropped) or as its text describes it.")
 @click.option("--max-slices", type=click.IntRange(min=0),
               help="S_UB skips volumes with more slices (default: 300 for study-code, none for paper-text; 0: none).")
 @click.option("--dump-pairs", is_flag=True,
@@ -166,7 +178,7 @@ def _print_report(report) -> None:
 @click.option("--hu-range", type=(float, float), help="Fixed binning range LO HI (default: each slice's min..max).")
 @click.option("--volumes", type=int, help="Quick estimate: a random sample of this many volumes, with a 95% CI.")
 @click.option("--baseline-slices", type=int,
-              help="Slices of the random other volume for the MI baseline (default: all of them).")
+              help="paper-text: slices of the random other volume for the MI baseline (default: all of them).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=default_workers, show_default="the cores this process may use",
               help="Processes (CPU) or reader threads (GPU).")
@@ -174,8 +186,8 @@ def _print_report(report) -> None:
               help="auto: the GPU when torch sees one.")
 @click.option("--method", type=click.Choice(["bincount", "onehot", "torch", "torch-float"]),
               help="How joint histograms are counted (default: bincount on CPU, torch on GPU).")
-def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator, max_slices, dump_pairs, bins, hu_range,
-                  volumes, baseline_slices, seed, workers, device, method):
+def scale_factors(data_dir, out_dir, split, bound, compressor, level, lb_estimator, estimator, max_slices, dump_pairs,
+                  bins, hu_range, volumes, baseline_slices, seed, workers, device, method):
     """Estimate a dataset's scale factors S_LB (compressibility) and S_UB (mutual information).
 
     S says how many CT slices are worth one independent image (paper supplement S4).
@@ -195,7 +207,8 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator,
     from tlxcore.progress import drawn
 
     cfg = ScaleFactorConfig(split=split, lower=bound in ("both", "lb"), upper=bound in ("both", "ub"),
-                            compressor=compressor, level=level, estimator=estimator, max_slices=max_slices,
+                            compressor=compressor, level=level, lb_estimator=lb_estimator, estimator=estimator,
+                            max_slices=max_slices,
                             dump_pairs=dump_pairs, bins=bins, value_range=hu_range, volumes=volumes,
                             baseline_slices=baseline_slices, seed=seed, workers=workers, device=device, method=method)
     with drawn() as progress:
@@ -216,10 +229,13 @@ def scale_factors(data_dir, out_dir, split, bound, compressor, level, estimator,
             ci = f" (95% CI {entry['ci95'][0]:.4g} – {entry['ci95'][1]:.4g})" if entry["ci95"] else ""
             if entry["value"] is None:
                 console.print(f"[red]{key.upper()}: no volume to compute it on ({entry.get('volumes_skipped', 0)} "
-                              f"skipped over {entry.get('max_slices')} slices)[/red]")
+                              f"skipped over {entry.get('max_slices')} slices, {entry.get('volumes_dropped', 0)} "
+                              f"dropped)[/red]")
                 continue
-            skipped = entry.get("volumes_skipped")
+            skipped, dropped = entry.get("volumes_skipped"), entry.get("volumes_dropped")
             note = f"; {skipped} volume(s) over {entry['max_slices']} slices skipped" if skipped else ""
+            note += (f"; {dropped} volume(s) dropped as the study's code dropped them (ub_dropped in the volumes "
+                     f"CSV)") if dropped else ""
             console.print(f"{key.upper()} = {entry['value']:.4g}{ci}{note}")
     console.print(f"{result['volumes_ok']} volumes, {result['slices_processed']} slices, "
                   f"{result['mi_evaluations']:,} MI evaluations in {result['seconds']:.1f} s -> {path}")

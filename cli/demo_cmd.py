@@ -2,10 +2,13 @@
 
 Each step is the command a user would type, run as a subprocess (so the demo
 exercises exactly the documented entry points) and skipped when its output is
-already there, so an interrupted demo continues where it stopped.
+already there, so an interrupted demo continues where it stopped. The options that
+shape its outputs are kept in <out>/demo.json: a demo folder made with others is
+refused, not taken as done (its steps would be skipped and its old report shown).
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -20,6 +23,7 @@ from cli.main import UserError
 
 # Synthetic data only: a fixed key is fine here. Real data needs the user's own TLX_SECRET.
 DEMO_SECRET = "tlx-demo-secret-for-synthetic-data-only"
+OPTIONS_FILE = "demo.json"   # the options below that change a demo's outputs (--workers does not)
 
 
 @dataclass
@@ -75,6 +79,23 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
     return steps
 
 
+def same_demo(out: Path, steps: list[Step], options: dict[str, int]) -> None:
+    """Continue only the demo these options make: UserError naming the options that differ from
+    <out>/demo.json's, or when steps are done but no demo.json says with which options; else record them."""
+    path = out / OPTIONS_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = [f"--{k.replace('_', '-')} {saved.get(k)} (now {v})" for k, v in options.items() if saved.get(k) != v]
+        if changed:
+            raise UserError(f"{out} holds a demo made with {', '.join(changed)}; rerun with its options to continue "
+                            f"it, or pick another --out")
+        return
+    if any(step.done_when.exists() for step in steps):
+        raise UserError(f"{out} holds demo steps but no {OPTIONS_FILE} saying with which options they were made; "
+                        f"pick another --out, or remove {out}")
+    path.write_text(json.dumps(options, indent=1) + "\n")
+
+
 def as_typed(argv: list[str]) -> str:
     """The command line a user would type for a step."""
     if argv[1:3] == ["-m", "cli.main"]:
@@ -114,13 +135,15 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
     from rich.console import Console
 
     console = Console()
+    out.mkdir(parents=True, exist_ok=True)
+    steps = demo_steps(out, patients, pretrain_epochs, finetune_epochs, seeds, workers)
+    same_demo(out, steps, {"patients": patients, "pretrain_epochs": pretrain_epochs,
+                           "finetune_epochs": finetune_epochs, "seeds": seeds})
     env = dict(os.environ)
     if not env.get("TLX_SECRET"):
         env["TLX_SECRET"] = DEMO_SECRET
         console.print("[dim]TLX_SECRET not set: using a fixed demo key (fine for synthetic data only)[/dim]")
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    steps = demo_steps(out, patients, pretrain_epochs, finetune_epochs, seeds, workers)
     for i, step in enumerate(steps, 1):
         if step.done_when.exists():
             console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]")

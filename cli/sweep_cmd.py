@@ -14,7 +14,8 @@ def _print_table(sweep) -> None:
     from trainer.sweep import run_state, state_rows
 
     fractions, rows = state_rows(sweep.runs)
-    table = Table(title=f"{sweep.path.name}: complete/seeds per data fraction (+started)", title_justify="left")
+    table = Table(title=f"{sweep.path.name}: complete/seeds per data fraction (+started, !other options)",
+                  title_justify="left")
     for col in ("task", "init", "setting"):
         table.add_column(col, no_wrap=True)
     for f in fractions:
@@ -27,8 +28,9 @@ def _print_table(sweep) -> None:
                 shown.append("")
                 continue
             total = sum(c.values())
-            colour = "green" if c["complete"] == total else "yellow" if c["complete"] or c["started"] else "white"
-            extra = f" +{c['started']}" if c["started"] else ""
+            colour = ("red" if c["differs"] else "green" if c["complete"] == total
+                      else "yellow" if c["complete"] or c["started"] else "white")
+            extra = (f" +{c['started']}" if c["started"] else "") + (f" !{c['differs']}" if c["differs"] else "")
             shown.append(f"[{colour}]{c['complete']}/{total}{extra}[/{colour}]")
         table.add_row(task, init, setting, *shown)
     states = [run_state(r) for r in sweep.runs]
@@ -38,7 +40,9 @@ def _print_table(sweep) -> None:
     console = Console(stderr=True, width=max(Console(stderr=True).width, names + 12 * len(fractions) + 16))
     console.print(table)
     console.print(f"{len(states)} runs: {states.count('complete')} complete, {states.count('started')} started, "
-                  f"{states.count('pending')} pending  (runs under {sweep.out})")
+                  f"{states.count('pending')} pending  (runs under {sweep.out})"
+                  + (f"; {states.count('differs')} made with other options than the matrix's" if "differs" in states
+                     else ""))
 
 
 @click.command()
@@ -51,8 +55,10 @@ def sweep(matrix_file, run_, emit, dry_run, keep_going):
     """Expand an experiment matrix (tasks x inits x settings x fractions x seeds) into runs.
 
     Without --run or --emit it only shows the state of the matrix; complete runs
-    (result.json present) are always skipped, started ones resume. The file format is
-    in docs/finetune.md, with an example in docs/experiments.example.toml.
+    (result.json present) are always skipped, started ones resume. A complete or
+    started run whose config.json holds other options than the matrix gives it is
+    shown as `!`, and --run and --emit refuse, naming the options. The file format
+    is in docs/finetune.md, with an example in docs/experiments.example.toml.
 
     \b
     Example:
@@ -61,12 +67,14 @@ def sweep(matrix_file, run_, emit, dry_run, keep_going):
       tlx sweep experiments.toml --run                   # run them here, sequentially
       tlx sweep experiments.toml --emit slurm > sweep.sh && sbatch sweep.sh
     """
-    from trainer.sweep import load_sweep, pending, run_sequentially, slurm_script
+    from trainer.sweep import load_sweep, pending, refuse_differing, run_sequentially, slurm_script
 
     if run_ and emit:
         raise click.UsageError("--run and --emit are exclusive: run here, or write a script for SLURM")
     s = load_sweep(matrix_file)
     _print_table(s)
+    if run_ or emit:
+        refuse_differing(s)
     todo = pending(s.runs)
     if emit == "slurm":
         script = slurm_script(s, todo)

@@ -42,3 +42,23 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
     assert again.stdout.count("already done") == 11
+
+
+def test_a_demo_folder_made_with_other_options_is_refused(tmp_path):
+    """`tlx demo --patients 40` into a 30-patient demo skipped every step as done and showed the old report."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text(json.dumps({"patients": 30, "pretrain_epochs": 2, "finetune_epochs": 3, "seeds": 2}))
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--patients", "40", "--seeds", "3"])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (f"Error: {out} holds a demo made with --patients 30 (now 40), --seeds 2 "
+                                               f"(now 3); rerun with its options to continue it, or pick another --out")
+    (out / "demo.json").unlink()
+    (out / "cohort").mkdir()
+    (out / "cohort" / "cohort.json").write_text("{}")     # a step done by a tlx that kept no demo.json
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out)])
+    assert result.exit_code == 2 and "holds demo steps but no demo.json saying with which options" in result.output
+    assert not (out / "demo.json").exists()

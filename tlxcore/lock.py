@@ -30,6 +30,23 @@ from typing import Iterator
 from tlxcore.errors import UserError
 
 LOCK_NAME = ".tlx.lock"
+# Descriptors of the locks this process holds. A forked child (a torch DataLoader worker, a fork-context
+# pool) inherits them whatever close-on-exec says, and the flock lives while any copy is open: a child that
+# outlives its parent by seconds (a worker noticing its parent died) would keep the folder locked against
+# the parent's own restart. Each child closes its copies at once (closing a copy leaves the parent's lock).
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class FolderBusy(UserError):
@@ -63,8 +80,10 @@ def folder_lock(folder: str | os.PathLike, command: str, shared: bool = False) -
                 raise FolderBusy(f"cannot lock {folder}: its file system does not support locks "
                                  f"({os.strerror(exc.errno)}); write to a local or lock-capable file system") from None
             raise
+        _HELD.add(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command})\n".encode())
         yield path
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock

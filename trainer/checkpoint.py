@@ -1,13 +1,16 @@
 """Checkpoints in the run format (docs/run-format.md), and the one resume vocabulary of both trainers.
 
-    from trainer.checkpoint import (check_same_run, checkpoint_due, find_resume_point, load_checkpoint,
-                                    save_resume_point)
+    from trainer.checkpoint import (check_complete_run, check_same_run, checkpoint_due, find_resume_point,
+                                    load_checkpoint, resumed_loss_sum, save_resume_point)
     ckpt, source = find_resume_point(cfg.resume, run_dir, fix="pick a new --out")   # --resume auto|never|PATH
     if ckpt is not None:
         check_same_run(ckpt["config"], config, flags=field_names, source=source, fix="a new --out")
+        loss_sum = resumed_loss_sum(ckpt, env)         # this rank's running loss sum of the epoch
+    check_complete_run(run_dir, config, flags=field_names, fix="use another --run-dir")   # result.json present
     if epoch_done or checkpoint_due(step, cfg.checkpoint_every):
         save_resume_point(run_dir / "checkpoints" / "last.pt", env.is_main, "resnet50", encoder.state_dict(),
-                          optimizer=opt.state_dict(), step=step, epoch=epoch, config=config)   # every rank calls it
+                          epoch_loss_sum=loss_sum, optimizer=opt.state_dict(), step=step, epoch=epoch,
+                          config=config)                    # every rank calls it
     ckpt = load_checkpoint(path)                       # TrainerError if not a tlx checkpoint
 
 A checkpoint is a plain dict saved with `torch.save`; `encoder` is a state dict with
@@ -24,10 +27,11 @@ CHECKPOINT_EVERY). Both trainers take the two flags from `resume_flag` and
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -35,8 +39,9 @@ import torch.distributed as dist
 
 from tlxcore.atomic import atomic_write
 from trainer.config import opt
-from trainer.dist import is_distributed
-from trainer.errors import TrainerError
+from trainer.dist import Dist, gather_floats, is_distributed, rank_share
+from trainer.errors import TrainerError, stops_deferred
+from trainer.run_identity import COMPLETE_MAY_CHANGE, MAY_CHANGE, changed_keys, flag_names
 
 FORMAT = "tlx-checkpoint"
 VERSION = 1
@@ -49,10 +54,7 @@ CHECKPOINT_EVERY = 250
 RESUME_CHOICES = ("auto", "never")  # or a checkpoint path
 # Spellings of earlier versions: refused with one line naming the new one (trainer.config.parse_config).
 OLD_SPELLINGS = {"--ckpt-every": "--checkpoint-every", "--resume none": "--resume never"}
-# config.json keys that may differ between a run and its resumption in both trainers: where and how it
-# runs, how often it saves and logs, not what it computes. Each trainer adds its own (check_same_run).
-MAY_CHANGE = frozenset({"out", "run_dir", "device", "workers", "max_steps", "resume", "checkpoint_every",
-                        "log_every", "world_size", "tool_version"})
+
 
 
 def resume_flag() -> Any:
@@ -79,18 +81,27 @@ def new_checkpoint(model_name: str, encoder_state: dict[str, torch.Tensor], **en
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """Atomic torch.save (call it on rank 0 only)."""
-    with atomic_write(path) as f:
+    """Atomic torch.save (call it on rank 0 only); Ctrl-C and SIGTERM wait until the file is written."""
+    with stops_deferred(), atomic_write(path) as f:
         torch.save(ckpt, f)
 
 
 def save_resume_point(path: str | os.PathLike, is_main: bool, model_name: str,
-                      encoder_state: dict[str, torch.Tensor], **entries: Any) -> None:
-    """A checkpoint a run can continue from: the trainer's entries plus every rank's RNG states.
-    Every rank calls it (gathering the RNG states is a collective); rank 0 writes the file."""
-    rng = gather_rng_states()
+                      encoder_state: dict[str, torch.Tensor], *, epoch_loss_sum: float, **entries: Any) -> None:
+    """A checkpoint a run can continue from: the trainer's entries plus every rank's RNG states and
+    every rank's running loss sum of the current epoch (`epoch_loss_sums`; the ranks' sums differ,
+    and `epoch_loss_sum`, rank 0's, stays for readers of older checkpoints). Every rank calls it
+    (the gathers are collectives); rank 0 writes the file. resumed_loss_sum reads the sum back."""
+    rng, loss_sums = gather_rng_states(), gather_floats(epoch_loss_sum)
     if is_main:
-        save_checkpoint(new_checkpoint(model_name, encoder_state, rng=rng, **entries), path)
+        save_checkpoint(new_checkpoint(model_name, encoder_state, rng=rng, epoch_loss_sum=epoch_loss_sum,
+                                       epoch_loss_sums=loss_sums, **entries), path)
+
+
+def resumed_loss_sum(ckpt: dict[str, Any], env: Dist) -> float:
+    """This rank's running loss sum of the epoch a checkpoint stopped in (trainer.dist.rank_share:
+    the ranks' mean on another number of ranks; rank 0's from a checkpoint older than the per-rank list)."""
+    return rank_share(ckpt.get("epoch_loss_sums"), ckpt["epoch_loss_sum"], env)
 
 
 def find_resume_point(resume: str, run_dir: str | os.PathLike, fix: str) -> tuple[dict[str, Any] | None, Path | None]:
@@ -112,13 +123,32 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], *, flags: Iterabl
                    fix: str, may_change: Iterable[str] = ()) -> None:
     """Resume only the run that wrote the checkpoint: TrainerError naming every config.json key (as
     its flag where it is one) whose value differs, except MAY_CHANGE and `may_change`. A key the
-    saved config lacks (a checkpoint older than the key) is not compared."""
-    skip, flags = MAY_CHANGE | set(may_change), set(flags)
-    changed = [k for k in now if k in saved and k not in skip and saved[k] != now[k]]
+    saved config lacks (a checkpoint older than the key) is not compared (trainer/run_identity.py)."""
+    changed = changed_keys(saved, now, MAY_CHANGE | set(may_change))
     if changed:
-        names = ", ".join(f"--{k.replace('_', '-')}" if k in flags else k for k in changed)
-        raise TrainerError(f"cannot resume from {source}: {names} differ from the checkpoint's run; "
-                           f"use the same values, or {fix}")
+        raise TrainerError(f"cannot resume from {source}: {flag_names(changed, flags)} differ from the checkpoint's "
+                           f"run; use the same values, or {fix}")
+
+
+def check_complete_run(run_dir: str | os.PathLike, now: dict[str, Any], *, flags: Iterable[str], fix: str,
+                       may_change: Iterable[str] = (), older: Callable[[dict], dict] | None = None) -> None:
+    """A run folder whose result.json exists holds the result of its config.json's options: TrainerError
+    naming every key that differs from `now` (as check_same_run, but --max-steps counts: COMPLETE_MAY_CHANGE),
+    or when config.json cannot tell. `fix` ends the refusal ("use another --run-dir"); `older` fills in what a
+    config.json from before a flag meant (the trainer's saved_config)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainerError(f"{run_dir} holds a result.json but no readable config.json ({unreadable(exc)}), so "
+                           f"which options made it is unknown; {fix}") from None
+    saved = {**saved["args"], **saved} if isinstance(saved.get("args"), dict) else saved   # the older finetune shape
+    saved = older(saved) if older is not None else saved
+    changed = changed_keys(saved, now, COMPLETE_MAY_CHANGE | set(may_change))
+    if changed:
+        raise TrainerError(f"{run_dir} holds a complete run made with other options: {flag_names(changed, flags)} "
+                           f"differ from its config.json; give the values it was made with to read its result, "
+                           f"or {fix}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

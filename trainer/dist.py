@@ -8,6 +8,8 @@
 Launched by `torchrun`, the environment holds RANK, WORLD_SIZE and LOCAL_RANK (and the
 rendezvous address); launched by plain `python`, none of them is set and this is a
 single process (rank 0 of 1) with no process group. GPUs talk NCCL, CPUs talk gloo.
+A rank that cannot meet its peers within $TLX_DIST_TIMEOUT seconds (default 300) raises
+TrainerError saying which rank waited for what (trainer/dist_join.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch.distributed as dist
 
 from tlxcore.runtime import default_workers
 from trainer.config import opt
+from trainer.dist_join import join_process_group, join_timeout_s
 from trainer.errors import TrainerError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -59,13 +62,9 @@ def init_dist(device: str = "auto") -> Dist:
     backend = None
     if world_size > 1:
         backend = "nccl" if device == "cuda" else "gloo"
-        # torchrun keeps its key-value store across `--max-restarts` restarts, so a restarted rank can
-        # read the dead attempt's connection addresses and fail with "Connection refused" (seen with
-        # gloo, torch 2.13). Keys under a per-attempt prefix keep every attempt to itself.
-        store, _, _ = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend, store=dist.PrefixStore(f"tlx-attempt-{attempt}", store),
-                                rank=rank, world_size=world_size)
+        # One token per torchrun round, agreed through the store, and a deadline for meeting the
+        # peers: see trainer/dist_join.py for why and how.
+        join_process_group(backend, dev, rank, world_size, join_timeout_s())
     return Dist(rank, local_rank, world_size, dev, backend)
 
 
@@ -91,6 +90,39 @@ def workers_flag():
     """The `--workers` field of a trainer's config dataclass (None until resolved by loader_workers)."""
     return opt(None, "data loading processes per rank, 0: in the training process [default: the cores this "
                      f"rank may use (its affinity mask over the ranks on its node), at most {MAX_LOADER_WORKERS}]")
+
+
+def gather_floats(value: float) -> list[float]:
+    """Every rank's `value`, in rank order (a collective: every rank calls it); [value] in one process."""
+    if not is_distributed():
+        return [float(value)]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, float(value))
+    return out
+
+
+def rank_share(per_rank: list[float] | None, fallback: float, env: Dist) -> float:
+    """This rank's entry of what gather_floats saved in a checkpoint (e.g. its running loss sum).
+
+    Resumed on another number of ranks, every rank carries the saved ranks' mean, so that the mean
+    over ranks at the end of the epoch is still right. `fallback` (a checkpoint written before the
+    per-rank list existed held rank 0's value only) is used when there is no list.
+    """
+    if not per_rank:
+        return fallback
+    return per_rank[env.rank] if len(per_rank) == env.world_size else sum(per_rank) / len(per_rank)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics); a no-op in one process.
+
+    DDP copies rank 0's buffers at the start of every training forward, not after the last one, so
+    without this each rank would evaluate its share with statistics of its own, and not the model
+    that rank 0 saves (best.pt, last.pt), which is also what a resumed run starts from.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = None) -> float:

@@ -12,7 +12,8 @@ unless --run-dir says otherwise; it gets config.json, subset.parquet, metrics.js
 steps.jsonl (trainer/runlog.py, as SimCLR runs), checkpoints/{last,best}.pt, and at the
 end result.json, predictions.parquet, first_layers.npz and, for segmentation with
 --save-masks, masks.npz (every test slice's predicted and true classes). A run whose result.json exists
-is complete and is not run again; one with checkpoints/last.pt continues from it
+is complete and is not run again (with other options than its config.json's it is refused, naming
+them: trainer/run_identity.py); one with checkpoints/last.pt continues from it
 (`--resume auto`; kill + rerun = one uninterrupted run), which is saved at every epoch's
 end and every `--checkpoint-every` steps (trainer/checkpoint.py).
 
@@ -50,18 +51,21 @@ from datakit.read import TlxDataset, open_dataset
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
-from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
-                                find_resume_point, new_checkpoint, restore_rng_states, resume_flag, save_checkpoint,
-                                save_resume_point)
+from trainer.checkpoint import (OLD_SPELLINGS, check_complete_run, check_same_run, checkpoint_due,
+                                checkpoint_every_flag, find_resume_point, new_checkpoint, restore_rng_states,
+                                resume_flag, resumed_loss_sum, save_checkpoint, save_resume_point)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, is_distributed, loader_workers, workers_flag
+from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, init_dist, is_distributed,
+                          loader_workers, workers_flag)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.run_guard import RunGuard
+from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task, get_task, parse_class_weights,
@@ -69,8 +73,8 @@ from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, Task
 
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
-# (they do not change the result); any other difference is refused.
-FINETUNE_MAY_CHANGE = {"eval_batch_size", "save_masks"}
+# (they do not change the result; any other difference is refused): FINETUNE_MAY_CHANGE, in
+# trainer/run_identity.py, where `tlx sweep` reads it without torch.
 
 
 @dataclass
@@ -131,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                        epilog=__doc__.split("\n\n", 1)[1], old_spellings=OLD_SPELLINGS)
     env = init_dist(cfg.device)
     try:
-        with drawn(enabled=env.is_main) as progress:
-            return run(cfg, env, progress)
+        with drawn(enabled=env.is_main) as progress, RunGuard(env, "trainer.finetune") as guard:
+            return run(cfg, env, progress, guard)
     finally:
         close_dist(env)
 
@@ -333,7 +337,7 @@ class FinetuneState:
     step: int = 0
     epoch: int = 0                 # epochs done
     epoch_step: int = 0            # steps done in the current epoch
-    loss_sum: float = 0.0          # the current epoch's training loss, summed over its steps
+    loss_sum: float = 0.0          # the current epoch's training loss on this rank, summed over its steps
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "state": None})
     started: float = field(default_factory=time.time)   # time.time() when the run would have started
 
@@ -342,8 +346,9 @@ class FinetuneState:
         return time.time() - self.started
 
 
-def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | None:
-    """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere."""
+def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunGuard | None = None) -> dict | None:
+    """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere.
+    `guard`: the run folder's lock is taken there before the run reads or writes it (trainer/run_guard.py)."""
     check_at_least(cfg, {"epochs": 1, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
                          "log_every": 1, "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
@@ -360,12 +365,18 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent) -> dict | N
     plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
                                                          cfg.fraction, cfg.seed)
+    if guard is not None:
+        guard.hold(out)
     log = RunLog(out, enabled=env.is_main, progress=progress)
-    if (out / "result.json").exists():
-        log.note(f"{out}: complete (result.json present); not run again")
-        return json.loads((out / "result.json").read_text()) if env.is_main else None
-    ckpt, source = find_resume_point(cfg.resume, out, fix="use another --run-dir")
+    complete = (out / "result.json").exists()
+    ckpt, source = (None, None) if complete else find_resume_point(cfg.resume, out, fix="use another --run-dir")
     job = build(cfg, env, plan, dataset, init_state, init_info, log)
+    if complete:   # its result, if it was made with these options (all of config.json compared)
+        check_complete_run(out, job.config, flags=[f.name for f in fields(FinetuneConfig)],
+                           fix="use another --run-dir, or remove the old run", may_change=FINETUNE_MAY_CHANGE,
+                           older=saved_config)
+        log.note(f"{out}: complete (result.json present, same options); not run again")
+        return json.loads((out / "result.json").read_text()) if env.is_main else None
     state = resume(job, ckpt, source) if ckpt is not None else FinetuneState()
     log.write_config(job.config)
     log.resume_at(epochs_done=state.epoch, step=state.step)   # lines logged after the checkpoint are logged again
@@ -449,7 +460,8 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
         "kind": task.kind, "metric": task.metric, "classes": dataset.classes, "steps_per_epoch": steps,
         "regions": {k: list(v) for k, v in plan.regions.items()}, "encoder_frozen": linear,
         "trains": head if linear else f"encoder and {head}",
-        "encoder_bn": "eval (statistics frozen)" if linear else "train"}
+        "encoder_bn": "eval (statistics frozen)" if linear else "train",
+        "flags_set": set_flags(cfg, ignore=MAY_CHANGE | FINETUNE_MAY_CHANGE)}
     return run_config(cfg, task=task.name, init=plan.init_name, setting=cfg.setting, fraction=cfg.fraction,
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
 
@@ -473,8 +485,8 @@ def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
     job.model.head_module().load_state_dict(ckpt[_head_name(job)])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
-    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], ckpt["epoch_loss_sum"], ckpt["best"],
-                  started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s counts from the run's start
+    state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], resumed_loss_sum(ckpt, job.env),
+                          ckpt["best"], started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s: from the run's start
     job.log.note(f"{job.out}: resuming at epoch {state.epoch + 1}, step {state.step}")
     return state
 
@@ -526,6 +538,7 @@ def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, im
     `images` were trained on (all ranks) since `started`; images_per_s counts the validation's time too."""
     env, metric = job.env, job.plan.task.metric
     train_loss = all_reduce_mean(float(loss_sum) / max(state.epoch_step, 1), env.device)
+    broadcast_buffers(job.model)   # every rank evaluates, and keeps as best, the model rank 0 saves
     val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.eval_batch, job.cfg.workers,
                               job.data.volumes["val"], job.data.decoder)
     state.epoch += 1

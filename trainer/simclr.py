@@ -42,7 +42,8 @@ from datakit.read import TlxDataset, open_dataset
 from tlxcore.errors import UserError
 from tlxcore.progress import Progress, drawn, silent
 from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
-                                find_resume_point, resume_flag, restore_rng_states, save_resume_point)
+                                find_resume_point, restore_rng_states, resume_flag, resumed_loss_sum,
+                                save_resume_point)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
@@ -55,6 +56,7 @@ from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.run_guard import RunGuard
 from trainer.runlog import RunLog, log_every_flag
 
 RECIPES = {
@@ -218,6 +220,7 @@ def resume(job: PretrainJob) -> PretrainState | None:
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
     state = PretrainState(**{f.name: ckpt[f.name] for f in fields(PretrainState)})
+    state.epoch_loss_sum = resumed_loss_sum(ckpt, job.env)  # this rank's own, not rank 0's
     job.log.note(f"resumed from {source} at step {state.step}")
     return state
 
@@ -250,20 +253,25 @@ def main(argv: list[str] | None = None) -> dict:
                                old_spellings=OLD_SPELLINGS))
     env = init_dist(cfg.device)
     try:
-        with drawn(enabled=env.is_main) as progress:
-            return train(cfg, env, progress)
+        with drawn(enabled=env.is_main) as progress, RunGuard(env, "trainer.simclr") as guard:
+            return train(cfg, env, progress, guard)
     finally:
         close_dist(env)
 
 
-def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent) -> dict:
-    """The run, continued from its checkpoint when --resume finds one, up to --max-steps or the last epoch."""
+def train(cfg: SimCLRConfig, env: Dist, progress: Progress = silent, guard: RunGuard | None = None) -> dict:
+    """The run, continued from its checkpoint when --resume finds one, up to --max-steps or the last epoch.
+    `guard`: the run folder's lock is taken there before the run reads or writes it (trainer/run_guard.py)."""
     job = build(cfg, env, progress)
+    if guard is not None:
+        guard.hold(cfg.out)
     resumed = resume(job)
     state = resumed or PretrainState()
     job.log.write_config(job.config)
     total = job.schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, job.schedule.total_steps)
-    if resumed is not None and state.step < total:  # a finished run keeps its lines (its partial epoch's too)
+    # A finished run keeps its lines (its partial epoch's too); a run started afresh (no checkpoint: a first
+    # attempt killed before its first one) drops what an earlier attempt logged, or its steps would appear twice.
+    if resumed is None or state.step < total:
         job.log.resume_at(epochs_done=state.step // job.loader.steps_per_epoch, step=state.step)
     first_step = state.step
     loop(job, state, total)

@@ -2,6 +2,7 @@
 
     sweep = load_sweep("experiments.toml")
     for run in sweep.runs: run.run_dir, run_state(run), sweep.command(run)
+    refuse_differing(sweep)            # TrainerError if a run folder holds a run of other options
     failures = run_sequentially(sweep, pending(sweep.runs))
     print(slurm_script(sweep, pending(sweep.runs)))
 
@@ -23,7 +24,10 @@ Relative paths (out, data, inits, tasks_file) are relative to the file's folder,
 the same file means the same runs wherever the command is typed. A run's directory is
 trainer.finetune's default, <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>; a run is
 complete when its result.json exists (skipped), started when checkpoints/last.pt exists
-(it resumes), else pending. No torch here: planning a sweep is instant.
+(it resumes), else pending; either of the first two `differs` when its config.json holds
+other options than the matrix gives it (trainer/sweep_check.py): then `--run` and `--emit`
+refuse, naming the options, rather than skip or resume a run that is not the one asked for.
+No torch here: planning a sweep is instant.
 """
 from __future__ import annotations
 
@@ -36,13 +40,14 @@ from itertools import product
 from pathlib import Path
 
 from trainer.errors import TrainerError
+from trainer.sweep_check import differences
 from trainer.tasks import SETTINGS, format_fraction, get_task, run_dir
 
 TOP_KEYS = {"out", "launcher", "tasks_file", "data", "inits", "args", "matrix", "slurm"}
 MATRIX_KEYS = {"tasks", "inits", "settings", "fractions", "seeds", "args"}
 # Flags the matrix sets itself; [args] may not set them.
 RESERVED = {"task", "data", "init", "init-name", "setting", "fraction", "seed", "out", "run-dir", "tasks-file"}
-STATES = ("complete", "started", "pending")
+STATES = ("complete", "started", "differs", "pending")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,13 @@ class SweepRun:
     data: str
     args: tuple[str, ...]
     run_dir: Path
+    tasks_file: str | None = None
+
+    def flags(self) -> list[str]:
+        """trainer.finetune's flags for this run, but --out (the run folder says where)."""
+        return ["--task", self.task, "--data", self.data, "--init", self.init, "--init-name", self.init_name,
+                "--setting", self.setting, "--fraction", format_fraction(self.fraction), "--seed", str(self.seed),
+                *(["--tasks-file", self.tasks_file] if self.tasks_file else []), *self.args]
 
 
 @dataclass
@@ -68,10 +80,7 @@ class Sweep:
     slurm: dict = field(default_factory=dict)
 
     def command(self, run: SweepRun) -> list[str]:
-        return [*self.launcher, "--task", run.task, "--data", run.data, "--init", run.init,
-                "--init-name", run.init_name, "--setting", run.setting, "--fraction", format_fraction(run.fraction),
-                "--seed", str(run.seed), "--out", str(self.out),
-                *(["--tasks-file", self.tasks_file] if self.tasks_file else []), *run.args]
+        return [*self.launcher, *run.flags(), "--out", str(self.out)]
 
 
 def _flags(args: dict, where: str) -> tuple[str, ...]:
@@ -151,7 +160,7 @@ def load_sweep(path: Path | str) -> Sweep:
             raise TrainerError(f"{where}: seeds must be integers, got {seeds}")
         for task, name, setting, fraction, seed in product(tasks, names, settings, fractions, seeds):
             run = SweepRun(task, name, inits.get(name, "scratch"), setting, float(fraction), seed, data[task], args,
-                           run_dir(out, task, name, setting, float(fraction), seed))
+                           run_dir(out, task, name, setting, float(fraction), seed), tasks_file)
             if run.run_dir in runs and runs[run.run_dir] != run:
                 raise TrainerError(f"{where}: {run.run_dir} is also made by an earlier block with other flags; "
                                    f"one directory, one run")
@@ -160,16 +169,34 @@ def load_sweep(path: Path | str) -> Sweep:
 
 
 def run_state(run: SweepRun) -> str:
-    if (run.run_dir / "result.json").exists():
-        return "complete"
-    if (run.run_dir / "checkpoints" / "last.pt").exists():
-        return "started"
-    return "pending"
+    complete = (run.run_dir / "result.json").exists()
+    if not complete and not (run.run_dir / "checkpoints" / "last.pt").exists():
+        return "pending"
+    if run_differences(run):
+        return "differs"
+    return "complete" if complete else "started"
+
+
+def run_differences(run: SweepRun) -> list[str]:
+    """How the run folder's options differ from the matrix's (trainer/sweep_check.py); [] when they do not."""
+    return differences(run.run_dir, run.flags(), run.task, run.fraction, run.tasks_file)
 
 
 def pending(runs: list[SweepRun]) -> list[SweepRun]:
     """The runs not complete yet (started ones resume from their last checkpoint)."""
-    return [r for r in runs if run_state(r) != "complete"]
+    return [r for r in runs if run_state(r) in ("started", "pending")]
+
+
+def refuse_differing(sweep: Sweep) -> None:
+    """TrainerError naming the runs whose folders hold other options than the matrix gives them (complete or
+    started ones: skipping or resuming them would report a run that is not the one asked for)."""
+    differ = [r for r in sweep.runs if run_state(r) == "differs"]
+    if differ:
+        first = differ[0]
+        raise TrainerError(f"{len(differ)} run folder(s) under {sweep.out} hold runs made with other options than "
+                           f"{sweep.path.name} gives them, e.g. {first.run_dir.relative_to(sweep.out)}: "
+                           f"{'; '.join(run_differences(first))}; give the matrix a new `out`, or remove those "
+                           f"runs, or set the options they were made with")
 
 
 def state_rows(runs: list[SweepRun]) -> tuple[list[str], list[tuple[str, str, str, dict]]]:

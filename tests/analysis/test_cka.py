@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis.cka import MinibatchCKA, activation_cka, cka_from_grams, linear_cka, rbf_cka, unbiased_cka
+from analysis.cka import MinibatchCKA, activation_cka, cka_from_grams, gram_rbf, linear_cka, rbf_cka, unbiased_cka
 from analysis.errors import AnalysisError
 from analysis.svcca import svcca
 
@@ -148,3 +148,22 @@ def test_the_covariance_route_gives_what_the_svd_route_gives():
     assert fast["svcca"] == pytest.approx(svcca(X, Y).mean, abs=1e-9)
     assert fast["cka"] == pytest.approx(linear_cka(X, Y), abs=1e-12)
     assert not fast["svcca_degenerate"]
+
+
+def test_the_two_rbf_bandwidth_rules_by_hand():
+    """Points 0, 1, 3, 7: squared distances 1, 4, 9, 16, 36, 49 (each twice off the diagonal).
+    study-code (the study's CudaCKA: torch.median of the nonzero entries, the lower middle value of 12): 9;
+    kornblith (np.median of all 16 entries, 4 zeros): (4 + 9) / 2 = 6.5. A plain median of the nonzero
+    entries would be 12.5: neither."""
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    d2 = (x - x.T) ** 2
+    assert np.allclose(gram_rbf(x, bandwidth="study-code"), np.exp(-d2 / (2 * 9.0)), atol=1e-15)
+    assert np.allclose(gram_rbf(x), np.exp(-d2 / (2 * 6.5)), atol=1e-15)          # the library default
+    assert np.allclose(gram_rbf(x, 2.0, "study-code"), np.exp(-d2 / (2 * 4 * 9.0)), atol=1e-15)
+    y = x ** 1.5
+    assert rbf_cka(x, y, bandwidth="study-code") == pytest.approx(
+        reference_cka(gram_rbf(x, bandwidth="study-code"), gram_rbf(y, bandwidth="study-code")))
+    with pytest.raises(AnalysisError, match="RBF bandwidth rule 'mean' is not known; use one of kornblith, study-code"):
+        gram_rbf(x, bandwidth="mean")
+    with pytest.raises(AnalysisError, match="median distance 0"):
+        gram_rbf(np.zeros((3, 2)), bandwidth="study-code")

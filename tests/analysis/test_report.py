@@ -11,6 +11,7 @@ from scipy import stats
 
 from analysis.errors import AnalysisError
 from analysis.report import ReportOptions, build_report
+from analysis.weights import uniqueness_values
 from cli.main import cli
 from tests.analysis.synthetic import first_layers, write_run
 
@@ -170,6 +171,10 @@ def test_feature_reuse_is_the_cka_of_the_weights(tree):
             expected = reference_linear_cka(arrays[f"init/{layer}"], arrays[f"final/{layer}"])
             assert row["linear_cka"][0] == pytest.approx(expected, abs=1e-6)
             assert 0 < row["rbf_cka"][0] <= 1 and 0 < row["uniqueness_final"][0] < 1
+            pairs = uniqueness_values(arrays[f"final/{layer}"])       # the study's 28 chunk pairs, its bandwidth
+            assert row["uniqueness_final"][0] == pytest.approx(pairs.mean(), abs=1e-9)
+            assert row["uniqueness_final_sd"][0] == pytest.approx(pairs.std(), abs=1e-9)
+            assert row["rbf_bandwidth"][0] == "study-code"
     # more change (seed 1: 1.3 x noise) leaves less of the initial weights
     s0 = reuse.filter((pl.col("init") == "scratch") & (pl.col("seed") == 0))["linear_cka"].to_list()
     s1 = reuse.filter((pl.col("init") == "scratch") & (pl.col("seed") == 1))["linear_cka"].to_list()
@@ -261,6 +266,8 @@ def test_bad_options_are_refused_before_any_work():
         ReportOptions(redundancy_splits=0)
     with pytest.raises(AnalysisError, match="rbf_threshold must be > 0, got -1"):
         ReportOptions(rbf_threshold=-1)
+    with pytest.raises(AnalysisError, match="rbf_bandwidth 'mean' is not known; use one of kornblith, study-code"):
+        ReportOptions(rbf_bandwidth="mean")
 
 
 def test_demo_sized_tree_through_the_cli(tmp_path):

@@ -73,3 +73,68 @@ def test_step_counter_is_read_as_step_under_either_name(tmp_path):
         assert [(row["epoch"], row["step"]) for row in run.curve] == [(1, 10), (2, 20)], run.init
         assert all("steps" not in row for row in run.curve)
     assert curve_row({"epoch": 1, "step": 5, "steps": 7}) == {"epoch": 1, "step": 5, "steps": 7}  # step is kept
+
+
+def test_an_empty_or_wrong_folder_is_refused(tmp_path):
+    """`tlx analyze` on a folder without runs exited 0 with an empty report."""
+    import pytest
+    from click.testing import CliRunner
+
+    from analysis.errors import AnalysisError
+    from cli.main import cli
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnalysisError, match=rf"^no runs found under {tmp_path / 'empty'}: no config.json below it"):
+        find_runs(tmp_path / "empty")
+    bad = tmp_path / "bad" / "a"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text('{"task": "radnet"}')
+    with pytest.raises(AnalysisError, match=r"^no runs found under .*bad: 1 config.json, none usable \(a: left out: "
+                                            r"config.json lacks 'init'"):
+        find_runs(tmp_path / "bad")
+    result = CliRunner().invoke(cli, ["analyze", str(tmp_path / "empty"), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (f"Error: no runs found under {tmp_path / 'empty'}: no config.json below "
+                                               f"it (every run folder holds one: docs/run-format.md)")
+    assert not (tmp_path / "report" / "index.md").exists()
+
+
+def test_runs_of_one_cell_with_different_configs_are_shown_apart_never_averaged(tmp_path):
+    """Old 1e-3 runs and new 2e-3 runs of one task/init/setting/fraction were averaged into one cell. Now each
+    config is its own init; seeds, where and how a run ran, and keys only some runs hold do not split a cell."""
+    from analysis.report import compute_report
+    from analysis.report_markdown import render_index
+    from analysis.results import results_from_runs
+    root = tmp_path / "runs"
+    for seed, lr, acc, extra in ((0, 1e-3, 0.80, {"workers": 8, "device": "cuda", "world_size": 8}),
+                                 (1, 1e-3, 0.82, {"workers": 2, "tool_version": "0.9", "out": "elsewhere"}),
+                                 (2, 2e-3, 0.60, {}), (3, 2e-3, 0.62, {"data_kind": "ct-slices"})):
+        write_run(root, "radnet", "scratch", seed, metrics={"accuracy": acc}, lr=lr, epochs=2, **extra)
+    write_run(root / "again", "radnet", "scratch", 0, metrics={"accuracy": 0.5}, lr=2e-3, epochs=2)  # seed 0 twice
+    write_run(root, "radnet", "imagenet", 0, metrics={"accuracy": 0.7}, lr=1e-3, epochs=2)
+    write_run(root, "radnet", "imagenet", 1, metrics={"accuracy": 0.9}, lr=1e-3, epochs=2, max_steps=None)
+    runs, problems = find_runs(root)
+    assert problems == []
+    assert sorted((r.init, r.seed) for r in runs) == [
+        ("imagenet", 0), ("imagenet", 1), ("scratch [lr=0.001]", 0), ("scratch [lr=0.001]", 1),
+        ("scratch [lr=0.002]", 0), ("scratch [lr=0.002]", 2), ("scratch [lr=0.002]", 3)]
+    rows = {(r.init, r.summary.n): round(r.summary.mean, 6) for r in results_from_runs(runs)}
+    assert rows == {("imagenet", 2): 0.8, ("scratch [lr=0.001]", 2): 0.81, ("scratch [lr=0.002]", 3): 0.573333}
+    report = compute_report(root, tmp_path / "report")
+    assert report.variants == ["radnet / finetune / 100% / scratch: 5 runs of 2 configs that differ in lr; shown "
+                               "apart as `scratch [lr=0.001]` (2 runs), `scratch [lr=0.002]` (3 runs)"]
+    index = render_index(report)
+    assert "**Runs of different configs in one table cell:**" in index and f"- {report.variants[0]}" in index
+    assert index.index("Runs of different configs") < index.index("## Runs")   # at the top, before any table
+
+
+def test_variant_labels_name_what_differs_or_number_the_configs(tmp_path):
+    root = tmp_path / "runs"
+    for seed, sha in ((0, "a" * 64), (1, "a" * 63 + "b")):
+        write_run(root, "radnet", "radnet-1.28M", seed, metrics={"accuracy": 0.5}, init_sha256=sha, epochs=1)
+    runs, _ = find_runs(root)
+    assert [r.init for r in runs] == ["radnet-1.28M [config 1]", "radnet-1.28M [config 2]"]   # cut values collide
+    write_run(root, "radnet", "radnet-1.28M", 0, metrics={"accuracy": 0.5}, init_sha256="c" * 64, epochs=1)
+    write_run(root, "radnet", "radnet-1.28M", 1, metrics={"accuracy": 0.5}, init_sha256="d" * 64, epochs=2)
+    runs, _ = find_runs(root)
+    assert [r.init for r in runs] == ["radnet-1.28M [epochs=1, init_sha256=ccccccccccccccccccc…]",
+                                      "radnet-1.28M [epochs=2, init_sha256=ddddddddddddddddddd…]"]

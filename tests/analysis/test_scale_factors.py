@@ -73,13 +73,24 @@ def test_independent_slices_are_worth_about_one_each(full):
 
 def test_dataset_factor_is_total_slices_over_total_effective_slices(full):
     rows = full["per_volume"]
-    n = sum(r["slices"] for r in rows)
-    assert full["s_ub"]["value"] == pytest.approx(n / sum(r["ub_effective_slices"] for r in rows))
-    assert full["s_lb"]["value"] == pytest.approx(n / sum(r["slices"] / r["s_lb"] for r in rows))
+    kept = [r for r in rows if r["ub_dropped"] is None]
+    assert full["s_ub"]["value"] == pytest.approx(sum(r["slices"] for r in kept)
+                                                  / sum(r["ub_effective_slices"] for r in kept))
+    # S_LB as the study's code summed it: all random bytes over all volume bytes
+    assert full["s_lb"]["value"] == pytest.approx(sum(r["lb_random_bytes"] for r in rows)
+                                                  / sum(r["lb_volume_bytes"] for r in rows))
     assert full["s_ub"]["ci95"] is None  # every volume was used: no sampling error
     assert (full["volumes_ok"], full["volumes_failed"], full["slices_processed"]) == (6, [], 6 * SLICES)
-    # within-volume pairs once each, plus every slice against all slices of one other volume
-    assert full["mi_evaluations"] == 6 * (SLICES * (SLICES - 1) // 2 + SLICES * SLICES)
+    # within-volume pairs once each, plus each slice against its one baseline slice (study-code)
+    assert full["mi_evaluations"] == 6 * (SLICES * (SLICES - 1) // 2 + SLICES)
+    # paper-text: every slice against all slices of one other volume; per-volume S_LB: slices over effective slices
+    text = estimate_scale_factors(full["dataset"], ScaleFactorConfig(seed=3, estimator="paper-text",
+                                                                    lb_estimator="per-volume"))
+    rows = text["per_volume"]
+    n = sum(r["slices"] for r in rows)
+    assert text["s_ub"]["value"] == pytest.approx(n / sum(r["ub_effective_slices"] for r in rows))
+    assert text["s_lb"]["value"] == pytest.approx(n / sum(r["slices"] / r["s_lb"] for r in rows))
+    assert text["mi_evaluations"] == 6 * (SLICES * (SLICES - 1) // 2 + SLICES * SLICES)
 
 
 def test_results_do_not_depend_on_workers_and_follow_the_seed(dataset, full):
@@ -136,7 +147,8 @@ def test_an_int8_product_the_gpu_lacks_is_one_error_before_any_volume_is_read(da
 
 
 def test_a_sample_of_volumes_gives_a_confidence_interval(dataset):
-    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, baseline_slices=3, compressor="zstd"))
+    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, baseline_slices=3, compressor="zstd",
+                                                                 estimator="paper-text"))
     assert result["volumes_sampled"] == 4 and result["volumes_in_split"] == 6
     lo, hi = result["s_ub"]["ci95"]
     assert lo < result["s_ub"]["value"] < hi
@@ -163,7 +175,8 @@ def test_a_volume_that_fails_is_reported_not_dropped(tmp_path):
     with open(idx.with_suffix(".tar"), "r+b") as f:
         f.seek(offset)
         f.write(b"\xff" * size)
-    result = estimate_scale_factors(root, ScaleFactorConfig(lower=False, baseline_slices=1))
+    result = estimate_scale_factors(root, ScaleFactorConfig(lower=False, baseline_slices=1,
+                                                            estimator="paper-text"))
     failed = {f["volume"]: f for f in result["volumes_failed"]}
     assert "v2" in failed and "DatakitError" in failed["v2"]["error"]       # datakit.read names shard and sample
     assert "sample v2-s0001: member 'hu.zst' (zstd) does not decode" in failed["v2"]["error"]
@@ -228,7 +241,7 @@ def test_a_damaged_dataset_is_a_one_line_error(tmp_path):
 def test_cli_writes_json_that_analyze_reads(tmp_path, dataset):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["scale-factors", str(dataset), "--out", str(out), "--workers", "1",
-                                      "--device", "cpu", "--baseline-slices", "2"])
+                                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     factors = load_results(out / "scale_factors.json")
     saved = json.loads((out / "scale_factors.json").read_text())
@@ -260,8 +273,8 @@ def test_write_results_round_trip(tmp_path, full):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_progress_ticks_count_every_volume_up_to_the_total(dataset, workers):
     ticks = []
-    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, workers=workers, lower=False,
-                                                               baseline_slices=2), progress=ticks.append)
+    result = estimate_scale_factors(dataset, ScaleFactorConfig(volumes=4, workers=workers, lower=False),
+                                    progress=ticks.append)
     assert [t.done for t in ticks] == [0, 1, 2, 3, 4]  # a start tick, then one per volume, none lost or repeated
     assert {(t.stage, t.total, t.unit) for t in ticks} == {("scale factors", 4, "volumes")}
     assert ticks[-1].done == ticks[-1].total == result["volumes_sampled"] == result["volumes_ok"]
@@ -282,7 +295,7 @@ def test_progress_names_the_volumes_that_failed(tmp_path):
 
 def test_the_cli_draws_the_progress_as_log_lines_and_quiet_silences_them(tmp_path, dataset):
     args = ["scale-factors", str(dataset), "--out", str(tmp_path), "--workers", "1", "--device", "cpu",
-            "--bound", "ub", "--volumes", "3", "--baseline-slices", "2"]
+            "--bound", "ub", "--volumes", "3"]
     shown = CliRunner().invoke(cli, args, env={"TLX_QUIET": "0"})  # not a terminal: lines as in a job log
     assert shown.exit_code == 0, shown.output
     assert "scale factors  3/3 volumes  100%  elapsed" in shown.output

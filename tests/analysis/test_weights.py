@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
+from analysis.cka import gram_rbf
 from analysis.errors import AnalysisError
-from analysis.weights import as_representation, feature_reuse, redundancy, uniqueness
+from analysis.weights import as_representation, feature_reuse, redundancy, uniqueness, uniqueness_values
 
 
 def test_the_study_layout_is_filter_positions_by_input_channels():
@@ -27,24 +28,43 @@ def test_uniqueness_of_identical_chunks_is_zero():
     assert uniqueness(np.tile(chunk, (8, 1, 1, 1)), layout="kernel-positions") == pytest.approx(0.0, abs=1e-12)
 
 
-def _rbf(points):
-    """exp(-d^2 / (2 median d^2)) over every entry of the squared-distance matrix, written out."""
+def _rbf(points, median):
+    """exp(-d^2 / (2 m)) with m the given median of the squared distances, written out."""
     d2 = np.array([[(a - b) ** 2 for b in points] for a in points], dtype=np.float64)
-    return np.exp(-d2 / (2 * np.median(d2)))
+    return np.exp(-d2 / (2 * median))
+
+
+def _one_minus_cka(K, L):
+    H = np.eye(len(K)) - 1.0 / len(K)
+    Kc, Lc = H @ K @ H, H @ L @ H
+    return 1.0 - np.sum(Kc * Lc) / math.sqrt(np.sum(Kc * Kc) * np.sum(Lc * Lc))
 
 
 def test_uniqueness_against_a_hand_computed_two_chunk_example():
-    # two filters of one input channel and 1 x 3 kernels: each chunk (one filter) is 3 examples x 1 feature
+    # two filters of one input channel and 1 x 3 kernels: the study layout has 6 rows (filter, column) x 1 channel,
+    # cut into 2 chunks of 3 rows = one filter each
     w = np.array([[[[0.0, 1.0, 3.0]]], [[[0.0, 2.0, 1.0]]]])
-    # squared distances of filter 0: 1, 9, 4 (median over the 9 entries: 1); filter 1: 4, 1, 1 (median 1)
-    K = np.exp(-np.array([[0, 1, 9], [1, 0, 4], [9, 4, 0]]) / 2.0)
-    L = np.exp(-np.array([[0, 4, 1], [4, 0, 1], [1, 1, 0]]) / 2.0)
-    assert np.allclose(K, _rbf([0.0, 1.0, 3.0])) and np.allclose(L, _rbf([0.0, 2.0, 1.0]))
-    H = np.eye(3) - 1.0 / 3
-    Kc, Lc = H @ K @ H, H @ L @ H
-    expected = 1.0 - np.sum(Kc * Lc) / math.sqrt(np.sum(Kc * Kc) * np.sum(Lc * Lc))
-    assert uniqueness(w, chunks=2) == pytest.approx(expected, abs=1e-12)
-    assert 0.0 < expected < 1.0
+    # filter 0: squared distances 1, 9, 4. The study's CKA code (CudaCKA) takes torch.median of the nonzero
+    # entries [1, 1, 4, 4, 9, 9]: the lower middle value, 4. Kornblith's median over all 9 entries (3 zeros): 1.
+    # filter 1: squared distances 4, 1, 1: nonzero [1, 1, 1, 1, 4, 4] -> 1; all 9 entries -> 1.
+    study = _one_minus_cka(_rbf([0.0, 1.0, 3.0], 4.0), _rbf([0.0, 2.0, 1.0], 1.0))
+    kornblith = _one_minus_cka(_rbf([0.0, 1.0, 3.0], 1.0), _rbf([0.0, 2.0, 1.0], 1.0))
+    assert uniqueness(w, chunks=2) == pytest.approx(study, abs=1e-12)             # the default: the study's
+    assert uniqueness(w, chunks=2, bandwidth="kornblith") == pytest.approx(kornblith, abs=1e-12)
+    assert 0.0 < study < 1.0 and abs(study - kornblith) > 1e-3
+    assert uniqueness_values(w, chunks=2).tolist() == pytest.approx([study])      # one pair: the mean is its value
+
+
+def test_uniqueness_values_are_the_28_pairs_and_their_spread_is_the_studys_error_bar():
+    w = np.random.default_rng(3).normal(size=(16, 2, 3, 3))
+    values = uniqueness_values(w)
+    assert len(values) == 28                                        # 8 chunks: 28 pairs (i < j)
+    assert uniqueness(w) == pytest.approx(values.mean()) and 0 < values.std() < values.mean()
+    # the study cut the rows of the (out*kh*kw) x in matrix: with 16 filters, chunk 1 is filters 2 and 3
+    X = as_representation(w)
+    first = uniqueness_values(w, chunks=8)[0]                         # chunks 0 and 1
+    assert first == pytest.approx(_one_minus_cka(gram_rbf(X[:18], bandwidth="study-code"),
+                                                 gram_rbf(X[18:36], bandwidth="study-code")))
 
 
 def test_random_filters_are_unique_by_the_study_and_not_redundant_by_tlx():
@@ -55,9 +75,14 @@ def test_random_filters_are_unique_by_the_study_and_not_redundant_by_tlx():
     assert redundancy(w, splits=10, seed=0)[0] == pytest.approx(0.18, abs=0.03)
 
 
-def test_uniqueness_refuses_chunks_that_do_not_divide_the_filters():
-    with pytest.raises(AnalysisError, match="the 12 filters into 8 equal chunks; 12 is not a multiple of 8"):
+def test_uniqueness_refuses_chunks_that_do_not_divide_the_rows():
+    # the study's feature_uniqueness raised for rows that do not split evenly; 12 * 3 * 3 = 108 rows
+    with pytest.raises(AnalysisError, match="the 108 rows .filter positions. into 8 equal chunks; 108 is not a multi"):
         uniqueness(np.ones((12, 3, 3, 3)))
+    with pytest.raises(AnalysisError, match="the 12 filters into 8 equal chunks; 12 is not a multiple of 8"):
+        uniqueness(np.ones((12, 3, 3, 3)), layout="kernel-positions")
+    # 12 filters of 2 x 2 kernels are 48 rows: the study's code cut them into 8 chunks of 6 (mid-filter) and so do we
+    assert len(uniqueness_values(np.random.default_rng(0).normal(size=(12, 3, 2, 2)))) == 28
 
 
 def test_reuse_of_an_unchanged_layer_is_one_in_both_layouts_and_the_layouts_differ_after_a_change():

@@ -52,3 +52,29 @@ def test_lock_is_released_after_the_block_and_reentrant_in_sequence(tmp_path):
     with folder_lock(tmp_path / "new", "y"):
         pass
     assert time.monotonic() - t0 < 1
+
+
+FORK_AND_DIE = """
+import multiprocessing, os, sys, time
+from tlxcore.lock import folder_lock
+with folder_lock(sys.argv[1], "parent"):
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # a DataLoader worker, say
+    child.start()
+    print(child.pid, flush=True)
+    os._exit(0)          # the holder dies (kill -9, a node failure) while its forked child lives on
+"""
+
+
+def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
+    """A fork copies every descriptor, close-on-exec or not, and an flock lives while any copy is open: a
+    data-loader worker outliving its trainer by seconds kept the folder locked against the trainer's own
+    restart. Forked children close their copies."""
+    p = subprocess.Popen([sys.executable, "-c", FORK_AND_DIE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    assert p.wait(timeout=60) == 0
+    try:
+        os.kill(child, 0)                       # the child is still alive
+        with folder_lock(tmp_path, "restart") as path:
+            assert f"pid {os.getpid()}" in path.read_text()
+    finally:
+        os.kill(child, signal.SIGKILL)

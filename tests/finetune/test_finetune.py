@@ -10,10 +10,12 @@ import torch
 
 import trainer.finetune as ft
 from trainer.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
-from trainer.errors import TrainerError
+from tlxcore.lock import FolderBusy
+from trainer.errors import RunInterrupted, TrainerError
 from trainer.models import build_encoder
 from trainer.task_heads import TaskModel, load_init, read_init, sha256_file
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held
 
 TINY = ["--model", "resnet-tiny", "--device", "cpu", "--workers", "0", "--optimizer", "adamw"]
 
@@ -98,6 +100,42 @@ def test_a_complete_run_is_not_run_again(radnet_run, ct):
     assert again == result and (run / "metrics.jsonl").stat().st_mtime_ns == before
 
 
+def test_a_complete_run_with_other_options_is_refused_naming_them(radnet_run, ct, tmp_path):
+    """A new --lr (or fewer epochs, or a --max-steps that cut it short) into a complete run was skipped as
+    complete and its old result returned; all of config.json is compared now, as on resume."""
+    run, result = radnet_run
+    args = ["--task", "radnet", "--data", str(ct), "--out", str(run.parents[4]), "--epochs", "8", "--batch-size",
+            "8", "--lr", "3e-3", "--seed", "1", *TINY]
+    before = (run / "result.json").read_bytes()
+    for flag, value, names in (("--lr", "2e-3", "--lr"), ("--epochs", "2", "--epochs"),
+                               ("--batch-size", "16", "--batch-size, steps_per_epoch")):
+        with pytest.raises(TrainerError, match=rf"^{run} holds a complete run made with other options: {names} "
+                                               r"differ from its config.json; give the values it was made with to "
+                                               r"read its result, or use another --run-dir, or remove the old run$"):
+            ft.main([*args, flag, value])
+    with pytest.raises(TrainerError, match=r"complete run made with other options: --max-steps differ"):
+        ft.main([*args, "--max-steps", "5"])
+    # what may change on resume may change here too: where and how it runs, how often it logs
+    assert ft.main([*args, "--log-every", "3", "--eval-batch-size", "5", "--checkpoint-every", "0"]) == result
+    assert (run / "result.json").read_bytes() == before
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["flags_set"] == ["batch_size", "data", "epochs", "lr", "model", "optimizer", "seed", "task"]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "result.json").write_text(json.dumps(result))
+    with pytest.raises(TrainerError, match=rf"^{lone} holds a result.json but no readable config.json "
+                                           r"\(FileNotFoundError: .*\), so which options made it is unknown"):
+        ft.main([*args, "--run-dir", str(lone)])
+
+
+def test_a_second_run_into_a_run_folder_being_written_is_refused(ct, tmp_path):
+    run = tmp_path / "run"
+    with held(run, "trainer.finetune") as holder:
+        with pytest.raises(FolderBusy, match=rf"^{run} is being written by pid {holder.pid} on .*\(trainer.finetune\)"):
+            ft.main(["--task", "radnet", "--data", str(ct), "--run-dir", str(run), "--epochs", "1", *TINY])
+        assert sorted(p.name for p in run.iterdir()) == [".tlx.lock"]
+
+
 def _comparable(run):
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     for l in lines:
@@ -119,7 +157,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
         return real_loss(*a, **kw)
 
     monkeypatch.setattr(ft, "task_loss", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match=rf"^interrupted: rerun the same command to continue {tmp_path / 'resumed'} "
+                                             r"from its last checkpoint \(--resume auto\)$"):   # Ctrl-C: one line
         ft.main([*args, "--run-dir", str(tmp_path / "resumed")])
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
     monkeypatch.setattr(ft, "task_loss", real_loss)

@@ -38,6 +38,13 @@ def test_the_study_decoder_has_backboned_unets_layers_and_parameter_count():
         assert (up.in_channels, up.out_channels, up.kernel_size, up.stride, up.padding, up.bias) == \
             (cin, cout, (4, 4), (2, 2), (1, 1), None)
         assert block.conv2.kernel_size == (3, 3) and block.conv2.bias is None
+    # per block, from backboned_unet's UpsampleBlock (pkgs/backboned_unet/backboned_unet/unet.py in the study's
+    # repository): ConvTranspose2d(cin, cout, 4) + BN(cout) + Conv2d(cout + skip, cout, 3) + BN(cout), no biases;
+    # skips from infer_skip_channels for resnet50: layer3 1024, layer2 512, layer1 256, relu 64, None 0
+    by_hand = [cin * cout * 16 + 2 * cout + (cout + skip) * cout * 9 + 2 * cout
+               for cin, cout, skip in [(2048, 256, 1024), (256, 128, 512), (128, 64, 256), (64, 32, 64), (32, 16, 0)]]
+    assert by_hand == [11_338_752, 1_262_080, 315_648, 60_544, 10_560] and sum(by_hand) == 12_987_584
+    assert [sum(p.numel() for p in b.parameters()) for b in dec.blocks] == by_hand
     model = TaskModel(enc, "segmentation", 3, frozen_encoder=True)
     trains = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trains == 12_987_635 and round(100 * trains / sum(p.numel() for p in model.parameters()), 1) == 35.6

@@ -1,4 +1,5 @@
 """`tlx sweep`: matrix expansion, deterministic directories, skipping, SLURM script, sequential runs."""
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -8,7 +9,9 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from trainer.errors import TrainerError
-from trainer.sweep import load_sweep, pending, run_state, slurm_script, state_rows
+from trainer.sweep import load_sweep, pending, refuse_differing, run_differences, run_state, slurm_script, state_rows
+from trainer.sweep_check import differences, given_flags
+from trainer.tasks import get_task
 from tests.fixtures.datasets import make_ct_dataset
 
 MATRIX = """
@@ -56,30 +59,36 @@ def test_expansion_names_and_flags(tmp_path):
     cmd = sweep.command(sweep.runs[-1])
     assert cmd[cmd.index("--task") + 1] == "lits" and cmd[cmd.index("--data") + 1] == "/abs/lits"
     # [args] then the block's own args, which win (workers 2 over 0); bools become bare flags
-    assert cmd[-8:] == ["--workers", "2", "--window", "-200", "300", "--epochs", "5", "--allow-partial-init"]
+    assert cmd[-10:] == ["--workers", "2", "--window", "-200", "300", "--epochs", "5", "--allow-partial-init",
+                         "--out", str(tmp_path / "runs")]
     assert load_sweep(_write(tmp_path)).runs == sweep.runs   # deterministic
+
+
+def _made(run, result=True, **config):
+    """A run folder as trainer.finetune leaves it: config.json (here only `config`'s keys: a key config.json
+    lacks is not compared), and result.json (complete) or checkpoints/last.pt (started)."""
+    (run.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.json").write_text(json.dumps({"task": run.task, "seed": run.seed, **config}))
+    (run.run_dir / ("result.json" if result else "checkpoints/last.pt")).write_text("{}")
 
 
 def test_states_skip_complete_and_resume_started(tmp_path):
     sweep = load_sweep(_write(tmp_path))
     done, started = sweep.runs[0], sweep.runs[1]
-    (done.run_dir).mkdir(parents=True)
-    (done.run_dir / "result.json").write_text("{}")
-    (started.run_dir / "checkpoints").mkdir(parents=True)
-    (started.run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    _made(done)
+    _made(started, result=False)
     assert (run_state(done), run_state(started), run_state(sweep.runs[2])) == ("complete", "started", "pending")
     todo = pending(sweep.runs)
     assert len(todo) == 16 and done not in todo and started in todo
     fractions, rows = state_rows(sweep.runs)
     assert fractions == ["1.0", "0.01"]
     assert rows[0][:3] == ("radnet", "scratch", "finetune")
-    assert rows[0][3]["1.0"] == {"complete": 1, "started": 1, "pending": 0}
+    assert rows[0][3]["1.0"] == {"complete": 1, "started": 1, "differs": 0, "pending": 0}
 
 
 def test_slurm_script_has_one_array_task_per_incomplete_run(tmp_path):
     sweep = load_sweep(_write(tmp_path))
-    (sweep.runs[0].run_dir).mkdir(parents=True)
-    (sweep.runs[0].run_dir / "result.json").write_text("{}")
+    _made(sweep.runs[0])
     script = slurm_script(sweep, pending(sweep.runs))
     assert script.startswith("#!/bin/bash\n")
     assert "#SBATCH --array=0-15\n" in script and "#SBATCH --partition=gpu\n" in script
@@ -113,27 +122,74 @@ def test_bad_matrix_files_say_what_is_wrong(tmp_path, text, message):
         load_sweep(_write(tmp_path, text))
 
 
-def test_run_sequentially_then_everything_is_skipped(tmp_path, monkeypatch):
+def test_options_of_a_run_folder_are_compared_with_the_matrix(tmp_path):
+    """What config.json records (resolved values, flags_set) against the flags the matrix gives (trainer/sweep_check.py)."""
+    sweep = load_sweep(_write(tmp_path))
+    run = sweep.runs[0]                       # radnet, scratch, finetune, 1.0, seed 0; workers 0, window -200 300
+    radnet = get_task("radnet").hyperparameters(1.0)
+    same = {"init": "scratch", "init_name": "scratch", "init_checkpoint": None, "fraction": 1.0, "setting": "finetune",
+            "window": [-200.0, 300.0], "workers": 3, "epochs": radnet["epochs"], "lr": radnet["lr"],
+            "flags_set": ["data", "epochs", "init_name", "task", "window"], "out": "elsewhere", "log_every": 7}
+    _made(run, **same)
+    assert run_differences(run) == [] and run_state(run) == "complete"   # workers, out, log_every may differ
+    _made(run, **{**same, "window": [-100.0, 300.0], "epochs": 3, "flags_set": ["epochs", "image_size", "window"],
+                  "image_size": 64, "max_steps": 5})
+    assert run_differences(run) == ["--window (the run: [-100.0, 300.0], the matrix: -200 300)",
+                                    f"--epochs (the run: 3, the matrix: the task's default {radnet['epochs']})",
+                                    "--image-size (the run: 64, the matrix: its default)"]
+    assert run_state(run) == "differs" and run not in pending(sweep.runs)
+    with pytest.raises(TrainerError, match=r"^1 run folder\(s\) under .*runs hold runs made with other options than "
+                                           r"experiments.toml gives them, e.g. radnet/scratch/finetune/frac-1.0/seed-0: "
+                                           r"--window \(the run: \[-100.0, 300.0\], the matrix: -200 300\); --epochs"):
+        refuse_differing(sweep)
+    (run.run_dir / "config.json").unlink()        # cannot tell: not taken for the run asked for
+    assert run_differences(run) == ["no readable config.json, so its options are unknown"]
+    # an init checkpoint replaced since the run started; class weights are recorded per class, resolved
+    pre = next(r for r in sweep.runs if r.init_name == "radnet-1.28M" and r.fraction == 1.0)
+    Path(pre.init).parent.mkdir(parents=True)
+    Path(pre.init).write_bytes(b"weights v1")
+    digest = hashlib.sha256(b"weights v1").hexdigest()
+    _made(pre, init_checkpoint=pre.init, init_sha256=digest, classes=["a", "b"], class_weights=[1.0, 5.0])
+    assert run_differences(pre) == []
+    assert differences(pre.run_dir, [*pre.flags(), "--class-weights", "b=5,*=1"], "radnet", 1.0, None) == []
+    assert differences(pre.run_dir, [*pre.flags(), "--class-weights", "1,4"], "radnet", 1.0, None) == \
+        ["--class-weights (the run: [1.0, 5.0], the matrix: 1,4)"]
+    Path(pre.init).write_bytes(b"weights v2")
+    assert run_differences(pre) == ["--init (its file changed since the run started: another init_sha256)"]
+    assert given_flags(["--epochs", "2", "--window", "-1", "1", "--no-compile", "--allow-partial-init"]) == \
+        {"epochs": ["2"], "window": ["-1", "1"], "compile": False, "allow_partial_init": True}
+
+
+def test_run_sequentially_then_everything_is_skipped_until_the_matrix_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the runs are subprocesses: see conftest.py
     make_ct_dataset(tmp_path / "ct", splits={"train": 12, "val": 6, "test": 6}, num_classes=3)
-    f = _write(tmp_path, '[data]\nradnet = "ct"\n[args]\nmodel = "resnet-tiny"\ndevice = "cpu"\nworkers = 0\n'
-                         'epochs = 1\nbatch-size = 4\noptimizer = "adamw"\n'
-                         '[[matrix]]\ntasks = ["radnet"]\ninits = ["scratch"]\nseeds = [0, 1]\n')
+    text = ('[data]\nradnet = "ct"\n[args]\nmodel = "resnet-tiny"\ndevice = "cpu"\nworkers = 0\n'
+            'epochs = 1\nbatch-size = 4\noptimizer = "adamw"\n'
+            '[[matrix]]\ntasks = ["radnet"]\ninits = ["scratch"]\nseeds = [0, 1]\n')
+    f = _write(tmp_path, text)
     dry = CliRunner().invoke(cli, ["sweep", str(f), "--run", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.count("-m trainer.finetune --task radnet") == 2
-    done = tmp_path / "runs/radnet/scratch/finetune/frac-1.0/seed-1"
-    done.mkdir(parents=True)
-    (done / "result.json").write_text('{"metrics": {"accuracy": 0.5}}')     # complete already: skipped
     result = CliRunner().invoke(cli, ["sweep", str(f), "--run"])
     assert result.exit_code == 0, result.output
-    assert "[1/1] " in result.output and "seed-0" in result.output and "seed-1" not in result.output
+    assert "[1/2] " in result.output and "[2/2] " in result.output
     res = json.loads((tmp_path / "runs/radnet/scratch/finetune/frac-1.0/seed-0/result.json").read_text())
     assert 0 <= res["metrics"]["accuracy"] <= 1
     again = CliRunner().invoke(cli, ["sweep", str(f), "--run"])
     assert again.exit_code == 0 and "2 runs: 2 complete, 0 started, 0 pending" in again.output
+    assert "[1/" not in again.output                                   # nothing run again
     emitted = CliRunner().invoke(cli, ["sweep", str(f), "--emit", "slurm"])
     assert emitted.exit_code == 2 and "every run of experiments.toml is complete" in emitted.output
+    # 1-epoch runs were "complete" for a 2-epoch matrix, and skipped: now refused, naming the option
+    _write(tmp_path, text.replace("epochs = 1", "epochs = 2"))
+    shown = CliRunner().invoke(cli, ["sweep", str(f)])
+    assert shown.exit_code == 0 and "2 made with other options than the matrix's" in " ".join(shown.output.split())
+    for extra in (["--run"], ["--emit", "slurm"], ["--run", "--dry-run"]):
+        refused = CliRunner().invoke(cli, ["sweep", str(f), *extra])
+        assert refused.exit_code == 2, refused.output
+        assert re.search(r"Error: 2 run folder\(s\) under .* hold runs made with other options than experiments.toml "
+                         r"gives them, e.g. radnet/scratch/finetune/frac-1.0/seed-0: --epochs \(the run: 1, the "
+                         r"matrix: 2\); give the matrix a new `out`", " ".join(refused.output.split()))
 
 
 def test_the_documented_example_file_expands(tmp_path):

@@ -1,4 +1,5 @@
-"""torchrun entry for the restart test: trainer.simclr, but rank 1 dies hard once, at optimizer step TLX_TEST_CRASH_AT.
+"""torchrun entry for the restart test: trainer.simclr (through its command-line entry, exit_on_user_error), but
+rank 1 dies hard once, at optimizer step TLX_TEST_CRASH_AT.
 
 A marker file makes it crash only in the first attempt; torchrun --max-restarts then restarts every rank and
 they resume from checkpoints/last.pt on their own (--resume auto).
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from trainer import simclr
+from trainer.errors import exit_on_user_error
 from trainer.optim import LARS
 
 _step = LARS.step
@@ -25,4 +27,4 @@ def _step_or_die(self, *args, **kwargs):
 
 if __name__ == "__main__":
     LARS.step = _step_or_die
-    simclr.main(sys.argv[1:])
+    exit_on_user_error(lambda: simclr.main(sys.argv[1:]))   # as `python -m trainer.simclr` runs it

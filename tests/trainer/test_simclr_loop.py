@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held
 from tests.fixtures.optional import need
 from trainer import simclr
 from trainer.checkpoint import load_checkpoint
@@ -23,6 +24,7 @@ from datakit.errors import DatakitError
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
 from trainer.optim import LARS
+from tlxcore.lock import FolderBusy
 
 GOLDEN = Path(__file__).with_name("golden_simclr_losses.json")
 # 37 train samples, global batch 8: 4 steps per epoch; 3 epochs = 12 steps.
@@ -76,19 +78,24 @@ def test_run_directory_follows_the_run_format(straight):
     assert [p.name for p in (straight / "checkpoints").iterdir()] == ["last.pt"]
 
 
-def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
-    out = tmp_path / "crashed"
+def _crash_at_step(n, monkeypatch, argv):
+    """simclr.main(argv) dying inside optimizer step n (RuntimeError, as a node failure would stop it)."""
     real_step, calls = LARS.step, []
 
-    def step_or_crash(self, *a, **k):  # dies inside step 8, after the checkpoint of step 6 (mid-epoch 2)
+    def step_or_crash(self, *a, **k):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == n:
             raise RuntimeError("simulated node failure")
         return real_step(self, *a, **k)
     monkeypatch.setattr(LARS, "step", step_or_crash)
     with pytest.raises(RuntimeError, match="simulated node failure"):
-        simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+        simclr.main(argv)
     monkeypatch.setattr(LARS, "step", real_step)
+
+
+def test_crash_and_resume_is_bit_for_bit(ds, straight, tmp_path, monkeypatch):
+    out = tmp_path / "crashed"
+    _crash_at_step(8, monkeypatch, ["--data", str(ds), "--out", str(out), *ARGS])  # after the checkpoint of step 6
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6
     assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS])["step"] == 12   # --resume auto
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(out / "checkpoints" / "last.pt")
@@ -114,6 +121,30 @@ def test_rerunning_a_stopped_run_keeps_its_partial_epoch_line(ds, tmp_path):
     assert _lines(out / "metrics.jsonl") == [row]
     simclr.main([*args, "--max-steps", "4"])                             # going on: the epoch's full line replaces it
     assert [(m["epoch"], m["step"], m.get("partial")) for m in _lines(out / "metrics.jsonl")] == [(1, 4, None)]
+
+
+def test_a_restart_without_a_checkpoint_starts_the_logs_afresh(ds, straight, tmp_path, monkeypatch):
+    """A first attempt killed before its first checkpoint left its steps.jsonl lines, and the restart (a new
+    run: nothing to resume) appended its own: steps 1-2 twice (35 lines for 30 steps in the issue)."""
+    out = tmp_path / "run"
+    _crash_at_step(3, monkeypatch, ["--data", str(ds), "--out", str(out), *ARGS])   # before the first checkpoint
+    assert [s["step"] for s in _lines(out / "steps.jsonl")] == [1, 2] and not (out / "checkpoints").exists()
+    simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+    assert [s["step"] for s in _lines(out / "steps.jsonl")] == list(range(1, 13))    # each step once
+    assert [s["loss"] for s in _lines(out / "steps.jsonl")] == [s["loss"] for s in _lines(straight / "steps.jsonl")]
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_second_trainer_into_a_run_folder_being_written_is_refused(ds, tmp_path):
+    """Two trainers into one --out: one crashed, the other wrote interleaved logs. The second is now refused
+    in one line naming the first's pid, before it reads or writes anything there."""
+    out = tmp_path / "run"
+    with held(out, "trainer.simclr") as holder:
+        with pytest.raises(FolderBusy, match=rf"^{out} is being written by pid {holder.pid} on .* \(trainer.simclr\); "
+                                             r"wait for it to finish"):
+            simclr.main(["--data", str(ds), "--out", str(out), *ARGS])
+        assert sorted(p.name for p in out.iterdir()) == [".tlx.lock"]     # nothing read or written
+    assert simclr.main(["--data", str(ds), "--out", str(out), *ARGS, "--max-steps", "1"])["step"] == 1
 
 
 def test_golden_loss_curve(straight):
@@ -227,9 +258,11 @@ def test_torchrun_two_ranks_restart_after_a_hard_crash(ds, tmp_path):
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.getcwd()])}
     # One restart is all it may take: without trainer.dist's per-attempt store prefix, restarted ranks
     # read the dead attempt's addresses and fail ("connectFullMesh failed ... Connection refused").
+    # --workers 1: rank 0's data-loader worker inherits its run-folder lock and gets torchrun's SIGTERM with it;
+    # the restarted rank 0 must still get the lock (tlxcore.lock: forked children close their copy)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
            str(Path(__file__).with_name("crash_once.py")), "--data", str(ds), "--out", str(out), *ARGS,
-           "--max-steps", "8"]
+           "--max-steps", "8", "--workers", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "crashed").exists()                       # it did crash once

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
 from datakit.read import SampleReader, TlxDataset
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, leave_stops_to_the_trainer
 
 TARGET_ROLE = {"classification": "label", "multilabel": "labels", "segmentation": "mask"}
 EVAL_CROP = 0.875  # natural images: resize to size / 0.875, centre crop size (224 of 256)
@@ -178,7 +178,8 @@ def batches(split: LabelledSplit, plan: np.ndarray, epoch: int, workers: int, pi
     split.encoded = jpeg_decoder is not None
     loader = DataLoader(split, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory and not split.encoded,
                         persistent_workers=False, prefetch_factor=4 if workers else None,
-                        collate_fn=_collate_encoded if split.encoded else None)
+                        collate_fn=_collate_encoded if split.encoded else None,
+                        worker_init_fn=leave_stops_to_the_trainer)
     for batch in loader:
         if jpeg_decoder is None:
             yield batch
