@@ -6,7 +6,9 @@ variant that benchmarks/shard_throughput runs in a fresh process (its CPU time, 
 FILES.json: {"files": [path, ...], "syntaxes": [transfer syntax UID, ...]}, the slices tlx's plan
 converts (peers do no scan, no dedup, no split, no coverage: they are handed the right files).
 Every peer stores what tlx stores: the slice in HU, area-resized to 256 x 256, rounded to int16,
-zstd level 3, one sample per slice, 5000 samples per shard.
+zstd level 3, one sample per slice, 5000 samples per shard. Every peer decodes with the plugins tlx
+picks (same_plugins: pydicom's decoders keep only that plugin), so the rows compare the work around
+the decoders, not the decoders.
 
   ceiling         pydicom dcmread + pixel_array of each file, with the decoding plugins tlx picks
                   (datakit.dicom_pixels.preferred_plugin), nothing else: merely reading the files
@@ -44,6 +46,22 @@ def ceiling(files, syntaxes, out, same_plugins=True):
         ds.pixel_array
 
 
+def same_plugins(syntaxes) -> None:
+    """Leave each syntax's pydicom decoder only the plugin tlx asks for first, so that code which calls
+    plain `pixel_array` (the peers, MONAI's PydicomReader) decodes as tlx does. Once per process."""
+    from pydicom.pixels import get_decoder
+
+    from datakit.dicom_pixels import preferred_plugin
+
+    for ts in set(syntaxes):
+        plugin = preferred_plugin(ts)
+        if plugin is None:
+            continue
+        decoder = get_decoder(ts)
+        for other in [p for p in decoder.available_plugins if p != plugin]:
+            decoder.remove_plugin(other)
+
+
 def _slice_to_payload(hu: np.ndarray, compressor) -> bytes:
     """HU float -> 256 x 256 BOX resize (PIL, as the obvious script does) -> int16 -> zstd-3."""
     from PIL import Image
@@ -65,22 +83,25 @@ def pydicom_wds(files, syntaxes, out):
     import webdataset as wds
     import zstandard
 
+    same_plugins(syntaxes)
     c = zstandard.ZstdCompressor(level=3)
     with wds.ShardWriter(str(Path(out) / "shard-%06d.tar"), maxcount=PER_SHARD, verbose=0) as sink:
         for i, path in enumerate(files):
             sink.write({"__key__": f"s{i:07d}", "hu.zst": _slice_to_payload(_pydicom_hu(path), c), "cls": b"0"})
 
 
-def _litdata_item(path):
+def _litdata_item(item):
     import zstandard
 
+    path, ts = item
+    same_plugins([ts])
     return {"hu": _slice_to_payload(_pydicom_hu(path), zstandard.ZstdCompressor(level=3)), "cls": 0}
 
 
 def litdata(files, syntaxes, out):
     from litdata import optimize
 
-    optimize(fn=_litdata_item, inputs=list(files), output_dir=str(Path(out) / "litdata"), chunk_size=PER_SHARD,
+    optimize(fn=_litdata_item, inputs=list(zip(files, syntaxes)), output_dir=str(Path(out) / "litdata"), chunk_size=PER_SHARD,
              num_workers=1, verbose=False, reorder_files=False)
 
 
@@ -89,6 +110,7 @@ def monai(files, syntaxes, out):
     import zstandard
     from monai.transforms import LoadImage, Resize
 
+    same_plugins(syntaxes)
     load = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True)
     resize = Resize((SIZE, SIZE), mode="area")
     c = zstandard.ZstdCompressor(level=3)

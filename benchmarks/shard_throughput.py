@@ -48,8 +48,8 @@ import numpy as np
 SECRET = "benchmark-secret-0123456789abcdef"
 TARGET = 0.7
 PEERS = ("pydicom-wds", "litdata", "monai")
-IMPORTS = ("import cli.main, datakit.pipeline, datakit.write_convert, datakit.assemble, scipy.ndimage, "
-           "pydicom.pixels, zstandard, xxhash")
+IMPORTS = ("import cli.main, datakit.pipeline, datakit.write_convert, datakit.assemble, pydicom.pixels, zstandard, "
+           "xxhash, numpy; from datakit.components import label; label(numpy.ones((2, 2), bool), numpy.ones((3, 3), bool))")
 
 
 def _cpu_of(cmd: list[str], env: dict) -> tuple[float, float]:

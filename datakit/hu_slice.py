@@ -136,13 +136,13 @@ def apply_hu_floor(hu: np.ndarray, floor: float | None) -> np.ndarray:
 
 def body_coverage(hu: np.ndarray) -> float:
     """Fraction of the image inside the body (definition in the module docstring)."""
-    from scipy import ndimage
+    from datakit.components import label
 
     if hu.ndim != 2 or hu.size == 0:
         raise ValueError(f"body_coverage wants a non-empty 2-D image, got shape {hu.shape}")
     step = -(-max(hu.shape) // COVERAGE_MAX_SIDE)
     body = hu[::step, ::step] > BODY_THRESHOLD_HU
-    labels, n = ndimage.label(body, structure=_FOUR)
+    labels, n = label(body, _FOUR)
     if n == 0:
         return 0.0
     if n > 1:
@@ -151,7 +151,7 @@ def body_coverage(hu: np.ndarray) -> float:
         body = labels == int(sizes.argmax())
     # Holes: background components (8-connected, so a diagonal gap still leads outside) off the border.
     # Coverage = everything but the background components that touch the border.
-    bg, nbg = ndimage.label(~body, structure=_EIGHT)
+    bg, nbg = label(~body, _EIGHT)
     outside = np.zeros(nbg + 1, dtype=bool)
     for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
         outside[edge] = True
