@@ -48,7 +48,7 @@ def ceiling(files, syntaxes, out, same_plugins=True):
 
 def same_plugins(syntaxes) -> None:
     """Leave each syntax's pydicom decoder only the plugin tlx asks for first, so that code which calls
-    plain `pixel_array` (the peers, MONAI's PydicomReader) decodes as tlx does. Once per process."""
+    plain `pixel_array` (the peers, MONAI's PydicomReader) decodes as tlx does; calling it again is cheap."""
     from pydicom.pixels import get_decoder
 
     from datakit.dicom_pixels import preferred_plugin
@@ -101,8 +101,8 @@ def _litdata_item(item):
 def litdata(files, syntaxes, out):
     from litdata import optimize
 
-    optimize(fn=_litdata_item, inputs=list(zip(files, syntaxes)), output_dir=str(Path(out) / "litdata"), chunk_size=PER_SHARD,
-             num_workers=1, verbose=False, reorder_files=False)
+    optimize(fn=_litdata_item, inputs=list(zip(files, syntaxes)), output_dir=str(Path(out) / "litdata"),
+             chunk_size=PER_SHARD, num_workers=1, verbose=False, reorder_files=False)
 
 
 def monai(files, syntaxes, out):
