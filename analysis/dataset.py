@@ -24,7 +24,7 @@ from datakit.errors import DatakitError
 from datakit.read import SPLITS as DATASET_SPLITS
 from datakit.read import SampleReader, TlxDataset, open_dataset
 
-CODECS = ("zstd", "raw")
+CODECS = ("zstd-shuffle", "zstd", "raw")
 SPLITS = (*DATASET_SPLITS, "all")
 VERIFY = "run `tlx verify` on the dataset"
 
@@ -195,8 +195,7 @@ def read_slices(refs: SliceRefs, member: ImageMember) -> np.ndarray:
     out = np.empty((len(refs), *member.shape), dtype=member.numpy_dtype.newbyteorder("="))
     try:
         for i, (path, offset, size) in enumerate(zip(refs.paths, refs.offsets, refs.sizes)):
-            data = reader.read_bytes(Path(path), int(offset), int(size))
-            out[i] = reader.decode(member.ext, data).reshape(member.shape)
+            out[i] = reader.read_member(Path(path), int(offset), int(size), member.ext).reshape(member.shape)
     finally:
         reader.close()
     return out

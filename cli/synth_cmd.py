@@ -12,6 +12,7 @@ Example:
   tlx synth --out cohort/ --patients 40               # 512x512 slices, about 2 GB
   tlx synth --out small/ --patients 8 --matrix 64 --seed 1
   tlx synth --kind natural --out natural/ --per-class 40 --matrix 64   # then: tlx convert class-folder
+  tlx synth --out mix/ --patients 20 --seed 4 --syntax-mix realistic   # 80/15/5 % LE / JPEG lossless / other
 """)
 @click.option("--kind", type=click.Choice(["ct", "natural"]), default="ct", show_default=True,
               help="ct: DICOM CT cohort; natural: 10 classes of coloured shapes on textures, JPEG in class folders.")
@@ -23,8 +24,11 @@ Example:
               help="Image size in pixels [default: 512 for ct, 64 for natural] (smaller is faster; 64 for quick tests).")
 @click.option("--per-class", type=click.IntRange(min=1), default=40, show_default=True,
               help="--kind natural: images per class.")
+@click.option("--syntax-mix", type=click.Choice(["traps", "realistic"]), default="traps", show_default=True,
+              help="--kind ct. traps: one volume per special transfer syntax, the rest explicit VR LE; realistic: "
+                   "about 80/15/5 % of slices explicit VR LE / JPEG lossless / other syntaxes, as PACS exports.")
 @WORKERS
-def synth(kind, out, patients, seed, matrix, per_class, workers):
+def synth(kind, out, patients, seed, matrix, per_class, syntax_mix, workers):
     """Generate a synthetic CT cohort: phantoms in HU written as real DICOM files.
 
     Patients with studies and series of head, thorax, abdomen, pelvis, knee, spine and
@@ -48,7 +52,8 @@ def synth(kind, out, patients, seed, matrix, per_class, workers):
         return
 
     with drawn() as progress:
-        summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers, progress=progress)
+        summary = synth_cohort(out, patients=patients, seed=seed, matrix=matrix, workers=workers, progress=progress,
+                               syntax_mix=syntax_mix)
     Console().print(f"wrote {summary['files']} files ({summary['series']} series, {summary['patients']} patients) "
                     f"to {out}; ground truth in {out}/cohort.json")
     Console().print(", ".join(f"{k}: {v}" for k, v in summary["by_kind"].items()))

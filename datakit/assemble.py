@@ -15,14 +15,17 @@ conversion was split or killed.
                the exact cut of a subset
   3. place     kept slices per split in the plan's global shuffle order, fixed
                `samples_per_shard` per shard
-  4. shards    written in parallel; a shard already under its final name was finished
-               by an interrupted run (renamed only once complete) and is kept
+  4. shards    written in parallel by threads (the work is reading memory-mapped staged
+               payloads, writing and hashing: all of it outside the GIL; worker processes
+               would each import polars and pyarrow first, 0.5 s apiece, for a few shards);
+               a shard already under its final name was finished by an interrupted run
+               (renamed only once complete) and is kept
   5. tables    slices.parquet, volumes.parquet, rejects.parquet
   6. manifest  written last: its presence means the dataset is complete
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +37,12 @@ import pyarrow.parquet as pq
 from datakit.burned_in import plan_burned_in_warnings
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
+from datakit.pixel_hash import PIXEL_HASH
 from datakit.plan import REJECT_SCHEMA
 from datakit.plan_splits import class_warnings, split_warnings
 from datakit.shards import ShardWriter, index_path_for, sha256_file
 from datakit.write_config import WriteConfig
 from datakit.write_convert import MEMBER_EXT
-from datakit.write_pool import run_tasks
 from datakit.write_staging import Staging
 from tlxcore.atomic import atomic_write, is_partial, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
@@ -181,6 +184,22 @@ def write_shard(task: ShardTask) -> dict:
             "bytes": path.stat().st_size, "sha256": digest or sha256_file(path)}
 
 
+def _in_threads(fn, tasks: list, workers: int):
+    """fn(task) for every task on `workers` threads, results as they finish; an error cancels the rest."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, t) for t in tasks]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
 def _tidy_shards(layout: Layout, keep: set[str]) -> None:
     """Remove temporary files of killed runs (shards, and the tables and manifest beside them, which
     only assembly writes) and shards that are not part of this dataset."""
@@ -245,7 +264,7 @@ def assemble(layout: Layout, config: WriteConfig, workers: int, tool_version: st
     _tidy_shards(layout, {t.path for t in tasks})
     infos, written = {}, 0
     progress(Tick("shards", 0, len(kept), "slices"))
-    for info in run_tasks(write_shard, tasks, workers):
+    for info in _in_threads(write_shard, tasks, workers):
         infos[info["path"]] = info
         written += info["samples"]
         progress(Tick("shards", written, len(kept), "slices"))
@@ -341,9 +360,10 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
         "members": {
             MEMBER_EXT[config.codec]: {"role": "image", "codec": config.codec, "dtype": "int16",
                                        "byteorder": "little", "shape": [h, w], "units": "HU",
-                                       **({"level": config.zstd_level} if config.codec == "zstd" else {})},
+                                       **({"level": config.zstd_level} if config.codec != "raw" else {})},
             "cls": {"role": "label", "codec": "ascii-int"}},
         "classes": classes,
+        "pixel_hash": PIXEL_HASH,
         "splits": splits,
         "files": {"found": found, "kept": len(kept), "rejected": len(rejects),
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},

@@ -1,6 +1,7 @@
 """Reading one CT slice's pixels in Hounsfield units, from the index row scan wrote for it.
 
     hu = read_hu(path, row)            # float32 HU (rows, cols); raises SliceRejected(code, reason)
+    hu = read_hu(path, row, exact=True)  # the same values, as int16/int32 where they are whole numbers
     problem = pixel_problem(row)       # (code, reason) if the declared pixel format is unusable, else None
 
 Why read_hu skips pydicom for uncompressed data: with the index row's
@@ -13,7 +14,11 @@ gigabytes; with the index row it is decoded straight from the PixelData value
 read by dcmread + pixel_array, which decides.
 
 HU = stored value * RescaleSlope + RescaleIntercept (identity when the tags are
-absent, as DICOM defines for a missing Modality LUT). The photometric
+absent, as DICOM defines for a missing Modality LUT). With slope 1 and a whole intercept
+(nearly every CT) HU are whole numbers: `exact=True` keeps them in an integer array (int16
+where the stored bits and the intercept allow, else int32), which is what write's phase 1
+works on (half the bytes of float32; datakit.hu_slice takes either); the values are those of
+the float32 array, element for element. The photometric
 interpretation (MONOCHROME1 or 2) only affects display, not HU.
 
 The header side (read_header, header_row, SliceRejected) is datakit.dicom_header; what is
@@ -31,8 +36,10 @@ import sys
 import numpy as np
 
 from datakit.dicom_header import (DEFLATED_LE, EXPLICIT_BE, ITEM_TAG, MAX_PIXEL_BYTES, PIXEL_DATA, SEQ_END_TAG,
-                                  UNCOMPRESSED, SliceRejected, check_inflated_size, header_row, one_line,
-                                  pydicom_quiet, read_header, shown_term, time_limit)
+                                  UNCOMPRESSED, Header, HeaderError, SliceRejected, check_inflated_size, header_row,
+                                  inflate_dataset, one_line, pydicom_quiet, read_header, shown_term, time_limit,
+                                  walk_dataset)
+from datakit.dicom_header import EXPLICIT_LE as EXPLICIT_LE_TS
 from datakit.walk import os_reason
 
 # Compressed transfer syntaxes, decoded by pydicom's decoders
@@ -144,32 +151,35 @@ def pixel_problem(row) -> tuple[str, str] | None:
     return None
 
 
-def read_hu(path: str | os.PathLike, row=None) -> np.ndarray:
+def read_hu(path: str | os.PathLike, row=None, exact: bool = False) -> np.ndarray:
     """One slice in Hounsfield units: float32, (rows, cols). Raises SliceRejected(code, reason).
 
     `row` is the file's index.parquet row (a mapping); with it, uncompressed pixels are
     read straight from `pixel_offset` without parsing the header again. Without it
-    (or if the file changed since the scan) the header is read here.
+    (or if the file changed since the scan) the header is read here. `exact`: whole-number
+    HU come back as int16 or int32 (see the module docstring), others as float32.
     """
-    with time_limit(PIXEL_TIMEOUT_S):
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
-        if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise SliceRejected("unreadable", f"cannot open the file ({os_reason(exc)})") from exc
+    if row is None or (_value(row, "size") is not None and _value(row, "size") != size):
+        with time_limit(PIXEL_TIMEOUT_S):
             row = header_row(read_header(path, size))
-        if (problem := pixel_problem(row)) is not None:
-            raise SliceRejected(*problem)
-        ts, offset = _value(row, "transfer_syntax"), _value(row, "pixel_offset")
-        if ts in UNCOMPRESSED and offset is not None and _value(row, "pixel_length") is not None:
-            stored = _read_native(path, row, size)
-        elif ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
-            stored = _read_encapsulated(path, row, ts, offset)
-        else:
-            if ts == DEFLATED_LE:
-                check_inflated_size(path)
-            stored = _read_with_pydicom(path, row)
-        return _to_hu(stored, row)
+    if (problem := pixel_problem(row)) is not None:
+        raise SliceRejected(*problem)
+    ts, offset = _value(row, "transfer_syntax"), _value(row, "pixel_offset")
+    if ts in UNCOMPRESSED and offset is not None and _value(row, "pixel_length") is not None:
+        stored = _read_native(path, row, size)   # one bounded read and a view: nothing that could hang
+    else:
+        with time_limit(PIXEL_TIMEOUT_S):       # decoders (and pydicom) on crafted data can spin
+            if ts in ENCAPSULATED and offset is not None and _value(row, "pixel_length") is None:
+                stored = _read_encapsulated(path, row, ts, offset)
+            elif ts == DEFLATED_LE:
+                stored = _read_deflated(path, row)
+            else:
+                stored = _read_with_pydicom(path, row)
+    return _to_hu(stored, row, exact)
 
 
 def _native_dtype(row) -> np.dtype:
@@ -197,17 +207,45 @@ def _read_native(path, row, size: int) -> np.ndarray:
 
 
 def _mask_stored(arr: np.ndarray, row) -> np.ndarray:
-    """Keep the BitsStored low bits (high bits may hold overlays or junk) and sign-extend signed data."""
+    """Keep the BitsStored low bits (high bits may hold overlays or junk) and sign-extend signed data,
+    in the array's own width and native byte order (0.03 ms for 512x512 against 0.2 in int64)."""
     bits = arr.dtype.itemsize * 8
     stored = _value(row, "bits_stored") or bits
     if stored >= bits:
         return arr
-    unsigned = arr.view(arr.dtype.str.replace("i", "u"))       # same bytes, same byte order
-    values = unsigned.astype(np.int64) & ((1 << stored) - 1)
-    if _value(row, "pixel_representation") == 1:
-        sign = 1 << (stored - 1)
-        values = (values ^ sign) - sign
-    return values
+    signed = _value(row, "pixel_representation") == 1
+    out = arr.astype(np.dtype(f"=i{arr.dtype.itemsize}" if signed else f"=u{arr.dtype.itemsize}"))
+    if signed:             # shift the sign bit to the top and back (arithmetic shift): the low bits, sign-extended
+        out <<= bits - stored
+        out >>= bits - stored
+    else:
+        out &= (1 << stored) - 1
+    return out
+
+
+def _read_deflated(path, row) -> np.ndarray:
+    """A deflated explicit VR LE file: the data set inflated once (bounded: a file that inflates past
+    MAX_INFLATED_BYTES is refused while inflating), its PixelData found by the header walker, the
+    pixels viewed in the inflated bytes. Before, the file was inflated twice (once to check its size,
+    once by pydicom): 1.9 ms of a slice's time. A file the walker cannot follow goes to pydicom."""
+    inflated = inflate_dataset(path)
+    if inflated is not None:
+        header = Header(EXPLICIT_LE_TS, None)
+        try:
+            walk_dataset(inflated, header)
+        except (HeaderError, struct.error, UnicodeDecodeError):
+            header.pixel_tag = None
+        if header.pixel_tag == PIXEL_DATA and header.pixel_length is not None:
+            rows, cols = _value(row, "rows"), _value(row, "columns")
+            dtype = _native_dtype({**dict(row), "transfer_syntax": EXPLICIT_LE_TS})
+            need = rows * cols * dtype.itemsize
+            have = min(header.pixel_length, len(inflated) - header.pixel_offset)
+            if have < need:
+                raise SliceRejected("truncated", f"PixelData holds {have} bytes; {rows}x{cols} at "
+                                                 f"{dtype.itemsize * 8} bits needs {need}")
+            pixels = np.frombuffer(inflated, dtype=dtype, count=rows * cols, offset=header.pixel_offset)
+            return _mask_stored(pixels.reshape(rows, cols), row)
+    return _read_with_pydicom(path, row)
 
 
 def _read_encapsulated(path, row, ts: str, offset: int) -> np.ndarray:
@@ -313,16 +351,41 @@ def _read_with_pydicom(path, row) -> np.ndarray:
     return arr
 
 
+# The decoding plugins tlx asks pydicom for, per transfer syntax, fastest first (CPU time per 512x512
+# CT slice, benchmarks/RESULTS.md); the first one installed is used, and when it fails on a file the
+# others get their turn (pydicom's own order). Only lossless syntaxes get a plugin chosen by speed
+# (every lossless decoder must give the same pixels; tested on pydicom's files); lossy ones keep the
+# order pydicom had before python-gdcm was installed beside it, since lossy decoders may round
+# differently. python-gdcm is optional (`pip install tlx[gdcm]`).
+JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+J2K_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201"})
+PLUGIN_ORDER = {
+    **dict.fromkeys(JPEG_LOSSLESS, ("gdcm", "pylibjpeg")),     # libjpeg 19.6 ms, gdcm 12.2 ms (CPU)
+    **dict.fromkeys(JPEG_LS, ("pyjpegls", "pylibjpeg", "gdcm")),   # CharLS 8.5, gdcm 10.8, libjpeg ~35 ms
+    **dict.fromkeys(J2K_LOSSLESS, ("pylibjpeg", "pillow", "gdcm")),  # openjpeg 40.0, pillow 42.3, gdcm 47.8
+}
+LOSSY_ORDER = ("pillow", "pylibjpeg", "pydicom")
+
+
 @functools.lru_cache(maxsize=None)
 def preferred_plugin(ts: str) -> str | None:
-    """The decoding plugin tlx asks pydicom for, where pydicom's default is slow: for JPEG-LS it
-    tries pylibjpeg (libjpeg) first, which decodes a 512x512 CT slice ~4x slower than CharLS
-    (pyjpegls), with identical output (benchmarks/RESULTS.md). None: pydicom's own choice."""
-    if ts not in JPEG_LS:
-        return None
-    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+    """The plugin tlx asks pydicom for first when decoding `ts` (PLUGIN_ORDER; lossy syntaxes: pydicom's
+    order without gdcm), or None: pydicom's own choice (RLE, for which there is no choice to make)."""
+    from pydicom.pixels import get_decoder
 
-    return "pyjpegls" if "pyjpegls" in JPEGLSLosslessDecoder.available_plugins else None
+    try:
+        available = get_decoder(ts).available_plugins
+    except (NotImplementedError, ValueError):
+        return None
+    return first_available(plugin_order(ts), available)
+
+
+def plugin_order(ts: str) -> tuple[str, ...]:
+    return PLUGIN_ORDER.get(ts, LOSSY_ORDER if ts in JPEG_FAMILY | J2K_FAMILY else ())
+
+
+def first_available(order: tuple[str, ...], available) -> str | None:
+    return next((p for p in order if p in available), None)
 
 
 def _decode(ds, ts: str) -> np.ndarray:
@@ -389,16 +452,36 @@ def _jpeg_size(frag: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _to_hu(stored: np.ndarray, row) -> np.ndarray:
+def _to_hu(stored: np.ndarray, row, exact: bool = False) -> np.ndarray:
     slope = _value(row, "rescale_slope")
     intercept = _value(row, "rescale_intercept")
     slope = 1.0 if slope is None else float(slope)
     intercept = 0.0 if intercept is None else float(intercept)
     if slope == 1 and intercept.is_integer():
-        # The common CT case, exact in float32 (stored values and HU fit in 24 bits).
+        # The common CT case: whole HU, exact in float32 too (stored values and HU fit in 24 bits).
+        if exact and stored.dtype.kind in "iu":
+            return _whole_hu(stored, int(intercept))
         hu = stored.astype(np.float32)
         if intercept:
             hu += np.float32(intercept)
         return hu
     # Otherwise in float64 and rounded once, so HU do not depend on the order of float32 roundings.
     return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _whole_hu(stored: np.ndarray, intercept: int) -> np.ndarray:
+    """stored + intercept in int16 when the values fit there, else int32 (or float32 for 32-bit data
+    near its limits). Signed 16-bit data with intercept 0 (about half of all CT) is returned as it is."""
+    if stored.dtype == np.int16 and not intercept:
+        return stored
+    lo, hi = (int(stored.min()), int(stored.max())) if stored.size else (0, 0)
+    if stored.dtype.itemsize <= 2 and -32768 <= lo + intercept and hi + intercept <= 32767 and hi <= 32767:
+        # The values and the results fit int16: one addition in int16 (the bits of an unsigned array
+        # below 32768 are those of the same int16 values).
+        as16 = stored.view(np.int16) if stored.dtype == np.uint16 else stored.astype(np.int16)
+        return np.add(as16, np.int16(intercept)) if intercept else as16
+    if stored.dtype.itemsize > 4 or not (-2**31 <= lo + intercept and hi + intercept < 2**31):
+        return (stored.astype(np.float64) + intercept).astype(np.float32)
+    hu = stored.astype(np.int32)
+    hu += np.int32(intercept)
+    return hu

@@ -20,7 +20,7 @@ from datakit.errors import DatakitError
 from tlxcore.atomic import is_partial
 
 FORMAT = "tlx-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2         # 2: codec zstd-shuffle, zstd frames with checksums, pixel_hash xxh3-128
 KIND = "ct-slices"
 SPLITS = ("train", "val", "test")
 # What a dataset folder holds at its top level, whichever command wrote it (tlx scan, plan, write,

@@ -28,15 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datakit.errors import DatakitError
-from datakit.manifest import FORMAT, FORMAT_VERSION, Layout, read_json
-from datakit.read import CODECS, member_specs
+from datakit.manifest import FORMAT, Layout, read_json
+from datakit.pixel_hash import PIXEL_HASHES, dataset_pixel_hash
+from datakit.read import ARRAY_CODECS, CODECS, FORMAT_VERSIONS, member_specs
 from datakit.verify_shards import ShardCheck, check_shard
 from datakit.verify_tables import KINDS, Kind, check_counts, check_keys, check_leaks, read_tables
 from datakit.write_pool import run_tasks
 from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
 
-ARRAY_CODECS = ("zstd", "raw")
 
 
 @dataclass
@@ -59,9 +59,12 @@ def check_format(manifest: dict, p: list) -> Kind | None:
     if not isinstance(manifest, dict):
         p.append("manifest.json: not a JSON object")
         return None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in FORMAT_VERSIONS:
         p.append(f"manifest.json: format {manifest.get('format')!r} version {manifest.get('format_version')!r} "
-                 f"is not known (this tlx knows {FORMAT!r} version {FORMAT_VERSION})")
+                 f"is not known (this tlx knows {FORMAT!r} versions {', '.join(map(str, FORMAT_VERSIONS))})")
+        return None
+    if dataset_pixel_hash(manifest) not in PIXEL_HASHES:
+        p.append(f"manifest.json: pixel_hash {manifest.get('pixel_hash')!r} is not one of: {', '.join(PIXEL_HASHES)}")
         return None
     kind = KINDS.get(manifest.get("kind", "ct-slices"))
     if kind is None:
@@ -117,7 +120,8 @@ def verify_dataset(dataset_dir, workers: int | None = None, decode: bool = False
     # Shards, read in parallel.
     results = {}
     specs = member_specs(members, layout.manifest)
-    tasks = [ShardCheck(str(layout.root), e, specs, len(classes), decode, kind.name == "ct-slices") for e in shards]
+    hashed_by = dataset_pixel_hash(manifest) if kind.name == "ct-slices" else None
+    tasks = [ShardCheck(str(layout.root), e, specs, len(classes), decode, hashed_by) for e in shards]
     progress(Tick("verify", 0, len(shards), "shards"))
     for r in run_tasks(check_shard, tasks, workers or default_workers()):
         results[r["path"]] = r

@@ -34,7 +34,7 @@ class ShardCheck:
     members: dict[str, MemberSpec]   # the manifest's members (datakit.read.member_specs)
     n_classes: int
     decode: bool
-    pixel_hash: bool         # ct-slices: hash the decoded image as write did
+    pixel_hash: str | None   # ct-slices: the algorithm write hashed the stored image with (datakit.pixel_hash)
 
 
 def _samples(infos) -> list[tuple[str, dict]]:
@@ -123,12 +123,12 @@ def _pixels(out, p, entry, key, ext, spec, data, task: ShardCheck) -> None:
     try:
         arr = decode_member(spec, data)
     except Exception as exc:  # noqa: BLE001 - a corrupt payload is a finding, reported with its cause
-        p.append(f"{entry['path']}: sample {key}: {ext} does not decode ({exc})")
+        p.append(f"{entry['path']}: sample {key}: {exc}")
         arr = None
     if spec.role == "image" and task.pixel_hash:
-        from datakit.write_convert import pixel_hash
+        from datakit.pixel_hash import pixel_hash
 
-        out["hashes"].append(None if arr is None else pixel_hash(arr.astype("<i2", copy=False).tobytes()))
+        out["hashes"].append(None if arr is None else pixel_hash(np.ascontiguousarray(arr, "<i2"), task.pixel_hash))
     elif spec.role == "fov":
         if arr is not None and arr.size and int(arr.max()) > 1:
             p.append(f"{entry['path']}: sample {key} field-of-view mask holds {int(arr.max())}, not only 0 and 1")

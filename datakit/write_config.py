@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 from datakit.errors import DatakitError
 
-CODECS = ("zstd", "raw")
+CODECS = ("zstd-shuffle", "zstd", "raw")
 # A floor must stay below body_coverage's -500 HU threshold, so that coverage never depends on it.
 HU_FLOOR_RANGE = (-32768, -501)
 
@@ -15,10 +15,10 @@ class WriteConfig:
     """Everything that decides the bytes `tlx write` produces; saved in manifest.json."""
 
     size: tuple[int, int] = (256, 256)   # stored slice size (H, W)
-    codec: str = "zstd"                  # payload codec: zstd-compressed or raw little-endian int16
+    codec: str = "zstd-shuffle"          # payload codec: byte-shuffled int16 under zstd, zstd of raw int16, or raw
     zstd_level: int = 3
     min_coverage: float = 0.25           # slices whose body covers less of the image are dropped
-    samples_per_shard: int = 5000        # ~0.3 GB per shard at 256x256 with zstd-3
+    samples_per_shard: int = 5000        # ~0.25 GB per shard at 256x256 with zstd-shuffle level 3
     hu_floor: int | None = -1024         # HU below it (scanner padding) are set to it; None keeps raw values
 
     def check(self) -> None:

@@ -49,6 +49,11 @@ class Staging:
         must agree)."""
         if self.identity_path.exists():
             have = read_json(self.identity_path, "work/staging/identity.json")
+            if have.get("staged_format") != identity.get("staged_format"):
+                raise DatakitError(
+                    f"{self.dir} was staged by another version of tlx (staged format {have.get('staged_format', 1)}, "
+                    f"this one writes {identity.get('staged_format')}: other pixel hashes and payloads); delete "
+                    f"{self.dir} to start the write over")
             if have != identity:
                 diff = sorted(k for k in set(have) | set(identity) if have.get(k) != identity.get(k))
                 raise DatakitError(
@@ -99,9 +104,16 @@ class Staging:
         return self._open(volume).column("payload")
 
 
+# What a staged file holds beyond the options: 2 = xxh3-128 pixel hashes, zstd frames with checksums
+# (format version 2). Staged files of another format must not be assembled with these: pixel
+# dedup compares hashes, which would never match across algorithms.
+STAGED_FORMAT = 2
+
+
 def identity_of(plan_json: dict, write_config: dict) -> dict:
-    """What staged files depend on: the plan (as plan.json says it) and the conversion options."""
+    """What staged files depend on: the plan (as plan.json says it), the conversion options and the
+    staged format."""
     import hashlib
 
     return {"plan_sha256": hashlib.sha256(json_text(plan_json, sort_keys=True).encode()).hexdigest(),
-            "write": write_config}
+            "write": write_config, "staged_format": STAGED_FORMAT}

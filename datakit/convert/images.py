@@ -45,12 +45,13 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def zstd_bytes(arr: np.ndarray) -> bytes:
-    """A zstd frame of the array's raw little-endian C-order bytes (the manifest's `zstd` codec)."""
+    """A zstd frame of the array's raw little-endian C-order bytes (the manifest's `zstd` codec), with a
+    content checksum that every decode verifies (a flipped byte is an error, not wrong pixels)."""
     import zstandard
     arr = np.ascontiguousarray(arr)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(arr.tobytes())
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(arr.tobytes())
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

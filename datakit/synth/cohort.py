@@ -29,6 +29,13 @@ JPEG_2000 = "1.2.840.10008.1.2.4.90"
 RLE = "1.2.840.10008.1.2.5"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"     # encoded by datakit.synth.jpeg_lossless (pydicom cannot)
 SPECIAL_SYNTAXES = (JPEG_LOSSLESS, JPEG_LS, JPEG_2000, RLE, DEFLATED, EXPLICIT_BE, IMPLICIT_LE)
+OTHER_SYNTAXES = SPECIAL_SYNTAXES[1:]
+# --syntax-mix: "traps" (the default) gives one volume per special syntax, the rest explicit VR LE;
+# "realistic" gives every volume its syntax by these shares of the slices, the mix of a typical PACS
+# export (mostly uncompressed, JPEG lossless the common compressed syntax, the others rare); see
+# apply_syntax_mix.
+SYNTAX_MIXES = ("traps", "realistic")
+REALISTIC_MIX = ((EXPLICIT_LE, 0.80), (JPEG_LOSSLESS, 0.15), (None, 0.05))   # None: one of OTHER_SYNTAXES
 
 # Study texts per class: (German, English) choices. "other" studies are multi-region or say nothing usable.
 STUDY_TEXT = {
@@ -151,7 +158,29 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def plan_patient(seed: int, index: int, n_patients: int, matrix: int) -> PatientPlan:
+def apply_syntax_mix(plans: list[PatientPlan]) -> None:
+    """Give every volume series of the cohort its transfer syntax under the realistic mix, in place.
+    Volumes are taken patient-interleaved (every patient's first volume, then every second, ...) and
+    each goes to the syntax furthest below its share of the slices so far, so any cohort of a few
+    dozen volumes holds the shares of REALISTIC_MIX to within one volume; the "other" share cycles
+    through OTHER_SYNTAXES. Deterministic: it depends on the plans only."""
+    per_patient = [[s for st in p.studies for s in st.series if s.kind == "volume"] for p in plans]
+    order = [vols[k] for k in range(max(map(len, per_patient), default=0)) for vols in per_patient if k < len(vols)]
+    done = dict.fromkeys(range(len(REALISTIC_MIX)), 0)
+    others = 0
+    for spec in order:
+        total = sum(done.values()) + spec.slices
+        pick = max(done, key=lambda j: (REALISTIC_MIX[j][1] * total - done[j], -j))
+        done[pick] += spec.slices
+        ts = REALISTIC_MIX[pick][0]
+        if ts is None:
+            ts, others = OTHER_SYNTAXES[others % len(OTHER_SYNTAXES)], others + 1
+        spec.transfer_syntax = ts
+
+
+def plan_patient(seed: int, index: int, n_patients: int, matrix: int, syntax_mix: str = "traps") -> PatientPlan:
+    """`syntax_mix` "traps" (the default: every cohort as before the option existed, byte for byte) gives
+    one volume per special syntax; "realistic" leaves those out, for apply_syntax_mix to set every volume's."""
     rng = np.random.default_rng([seed, index])
     german = bool(rng.random() < 0.5)
     lang = 0 if german else 1
@@ -184,7 +213,7 @@ def plan_patient(seed: int, index: int, n_patients: int, matrix: int) -> Patient
         if rng.random() < 0.7:
             _add(st, seed, plan, "scout", description="Topogramm 0.6 T20s" if german else "Scout", rng=rng,
                  matrix=matrix, slices=int(rng.integers(1, 3)), expect="scout")
-    _add_traps(plan, seed, rng, matrix)
+    _add_traps(plan, seed, rng, matrix, syntax_traps=syntax_mix == "traps")
     return plan
 
 
@@ -207,7 +236,7 @@ def _add(st: StudySpec, seed: int, plan: PatientPlan, kind: str, *, description:
     return spec
 
 
-def _add_traps(plan: PatientPlan, seed: int, rng, matrix: int) -> None:
+def _add_traps(plan: PatientPlan, seed: int, rng, matrix: int, syntax_traps: bool = True) -> None:
     st = plan.studies[0]
     volumes = [s for s in st.series if s.kind == "volume"]
     de = plan.german
@@ -223,7 +252,7 @@ def _add_traps(plan: PatientPlan, seed: int, rng, matrix: int) -> None:
         elif trap in SINGLE_SERIES_TRAPS:
             description, slices, expect = SINGLE_SERIES_TRAPS[trap]
             _add(st, seed, plan, trap, description=description, rng=rng, matrix=matrix, slices=slices, expect=expect)
-        elif trap.startswith("ts:"):
+        elif trap.startswith("ts:") and syntax_traps:
             # One volume per special syntax; a patient with more such traps than volumes gets extra volumes.
             plain = [v for v in volumes if v.transfer_syntax == EXPLICIT_LE]
             target = plain[0] if plain else _add(

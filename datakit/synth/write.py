@@ -120,6 +120,9 @@ def _slice_hu(plan: C.PatientPlan, spec: C.SeriesSpec, i: int, shape, spacing: f
     return hu
 
 
+ENCODING_PLUGIN = {C.RLE: "pylibjpeg", C.JPEG_LS: "pyjpegls", C.JPEG_2000: "pylibjpeg"}
+
+
 def _save(ds, path: Path, transfer_syntax: str, stored: np.ndarray | None) -> None:
     from pydicom.uid import UID
 
@@ -134,7 +137,10 @@ def _save(ds, path: Path, transfer_syntax: str, stored: np.ndarray | None) -> No
         ds.file_meta.TransferSyntaxUID = ts
     elif stored is not None and ts.is_compressed:
         ds.file_meta.TransferSyntaxUID = C.EXPLICIT_LE
-        ds.compress(ts, stored, generate_instance_uid=False)   # keep our deterministic UID
+        # The encoder is named: pydicom otherwise takes the first plugin installed (python-gdcm's RLE
+        # encoder, where installed, writes other bytes), and the same seed must give the same files.
+        ds.compress(ts, stored, generate_instance_uid=False,   # keep our deterministic UID
+                    encoding_plugin=ENCODING_PLUGIN[str(ts)])
     else:
         if stored is not None and ts == C.EXPLICIT_BE:
             ds.PixelData = stored.astype(stored.dtype.newbyteorder(">")).tobytes()

@@ -56,11 +56,12 @@ def test_refuses_missing_unknown_version_and_codec(tmp_path):
     with pytest.raises(DatakitError, match=r"is not a tlx dataset: no manifest.json"):
         open_dataset(tmp_path)
     root = make_ct_dataset(tmp_path / "a", splits={"train": 4})
-    _edit_manifest(root, format_version=2)
-    with pytest.raises(DatakitError, match=r"format_version 2 is unknown to this tlx; it reads 1"):
+    _edit_manifest(root, format_version=3)
+    with pytest.raises(DatakitError, match=r"format_version 3 is unknown to this tlx; it reads 1, 2 \(update tlx\)"):
         open_dataset(root)
     _edit_manifest(root, format_version=1, members={"hu.lz4": {"role": "image", "codec": "lz4"}})
-    with pytest.raises(DatakitError, match=r"member 'hu.lz4' has codec 'lz4'; known: zstd, raw, ascii-int, png, jpeg"):
+    with pytest.raises(DatakitError, match=r"member 'hu.lz4' has codec 'lz4'; known: zstd-shuffle, zstd, raw, "
+                                           r"ascii-int, png, jpeg"):
         open_dataset(root)
 
 
@@ -89,6 +90,10 @@ def test_truncated_shard_is_a_clear_error(tmp_path):
     ds = open_dataset(root)
     table = ds.sample_table("train")
     tar = root / "shards/train/train-000000.tar"
+    size = tar.stat().st_size
     tar.write_bytes(tar.read_bytes()[: int(table.offset["hu.zst"][5]) + 10])
+    with pytest.raises(DatakitError, match=rf"train-000000.tar: {int(table.offset['hu.zst'][5]) + 10} bytes, the "
+                                           rf"manifest says {size}: the shard was cut short or changed"):
+        SampleReader(ds).read(table, 0, "hu.zst")      # the size check on first open: sample 0 is intact
     with pytest.raises(DatakitError, match=r"short read at offset \d+ \(10 of \d+ bytes\); shard truncated\?"):
-        SampleReader(ds).read(table, 5, "hu.zst")
+        SampleReader(ds, check="none").read(table, 5, "hu.zst")

@@ -1,5 +1,8 @@
 """tlx synth: real DICOM files, deterministic, with every trap of a real export and a truthful cohort.json."""
+import hashlib
 import json
+from collections import Counter
+
 import numpy as np
 import pydicom
 import pytest
@@ -9,7 +12,8 @@ from cli.main import cli
 from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
 from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
-from datakit.synth.cohort import CLASSES, SPECIAL_SYNTAXES, TRAPS, plan_patient
+from datakit.synth.cohort import (CLASSES, EXPLICIT_LE, JPEG_LOSSLESS, OTHER_SYNTAXES, SPECIAL_SYNTAXES, TRAPS,
+                                  apply_syntax_mix, plan_patient)
 from datakit.synth.write import write_patient
 
 
@@ -127,3 +131,61 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "full"), "--patients", "1"])
     assert result.exit_code == 2 and "is not empty" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# sha256 of patient 1's files (seed 0, 3 patients, matrix 32: explicit and implicit VR LE, RLE and JPEG lossless
+# series), names and bytes in path order, as tlx synth wrote them before python-gdcm was installed beside it
+# (pydicom then picked gdcm's RLE encoder, which writes other bytes; synth names its encoders since).
+PATIENT_1_SHA256 = "3864690bd05ad601cd6bccac0624c94d4819d66ad2e5ebf9e03dd62cc261cd75"
+
+
+def test_the_default_cohort_keeps_its_bytes_whatever_encoders_are_installed(tmp_path):
+    plan = plan_patient(0, 1, 3, 32)
+    assert {s.transfer_syntax for st in plan.studies for s in st.series} >= {"1.2.840.10008.1.2.5", JPEG_LOSSLESS}
+    write_patient(tmp_path, plan)
+    h = hashlib.sha256()
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(tmp_path).as_posix().encode())
+            h.update(p.read_bytes())
+    assert h.hexdigest() == PATIENT_1_SHA256
+
+
+def _slices_by_syntax(plans):
+    shares = Counter()
+    for p in plans:
+        for s in (s for st in p.studies for s in st.series if s.kind == "volume"):
+            shares[s.transfer_syntax] += s.slices
+    return shares
+
+
+@pytest.mark.parametrize("seed, patients", [(4, 20), (1, 20), (0, 60)])
+def test_realistic_mix_holds_80_15_5_percent_of_slices(seed, patients):
+    plans = [plan_patient(seed, i, patients, 32, "realistic") for i in range(patients)]
+    assert _slices_by_syntax(plans).keys() == {EXPLICIT_LE}      # before the mix: no syntax traps
+    apply_syntax_mix(plans)
+    by_ts = _slices_by_syntax(plans)
+    total = sum(by_ts.values())
+    other = sum(n for ts, n in by_ts.items() if ts in OTHER_SYNTAXES)
+    assert other + by_ts[EXPLICIT_LE] + by_ts[JPEG_LOSSLESS] == total
+    assert abs(by_ts[EXPLICIT_LE] / total - 0.80) < 0.02
+    assert abs(by_ts[JPEG_LOSSLESS] / total - 0.15) < 0.02
+    assert abs(other / total - 0.05) < 0.02
+    if patients >= 60:                                           # the rare ones cycle: each appears
+        assert set(OTHER_SYNTAXES) <= by_ts.keys()
+
+
+def test_realistic_mix_is_written_as_planned_and_recorded(tmp_path):
+    out = tmp_path / "mix"
+    result = CliRunner().invoke(cli, ["synth", "--out", str(out), "--patients", "3", "--matrix", "32", "--seed", "4",
+                                      "--syntax-mix", "realistic", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    truth = json.loads((out / GROUND_TRUTH).read_text())
+    assert truth["syntax_mix"] == "realistic"
+    volumes = [s for s in truth["series"] if s["kind"] == "volume"]
+    assert {s["transfer_syntax"] for s in volumes} >= {EXPLICIT_LE, JPEG_LOSSLESS}
+    for s in volumes:
+        ds = pydicom.dcmread(out / _first_file(truth, s["key"]), stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == s["transfer_syntax"]
+    with pytest.raises(DatakitError, match=r"--syntax-mix 'most' is not one of: traps, realistic"):
+        synth_cohort(tmp_path / "y", syntax_mix="most")

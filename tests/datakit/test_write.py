@@ -15,9 +15,9 @@ from cli.main import cli
 from datakit.info import dataset_info
 from datakit.plan import sample_key_expr
 from datakit.verify import verify_dataset
-from datakit.write_convert import Encoder, pixel_hash
+from datakit.pixel_hash import pixel_hash
 
-from tests.datakit.write_helpers import SECRET
+from tests.datakit.write_helpers import SECRET, image_decoder
 from tests.fixtures.optional import need
 
 
@@ -89,7 +89,9 @@ def test_shards_load_with_webdataset_in_order_with_their_pixels(sharded):
         want = slices.filter(pl.col("split") == split)
         assert [s["__key__"] for s in samples] == want["key"].to_list()
         assert [int(s["cls"]) for s in samples] == want["label_index"].to_list()
-        hashes = [pixel_hash(Encoder.decode("zstd", s["hu.zst"], (32, 32)).tobytes()) for s in samples]
+        ext, decode = image_decoder(manifest)
+        assert ext == "hu.szst"
+        hashes = [pixel_hash(decode(s[ext])) for s in samples]
         assert hashes == want["pixel_hash"].to_list()
 
 
@@ -101,19 +103,20 @@ def test_shards_load_with_dali_cpu_reader_and_our_index(sharded):
     slices, _, _, manifest = _tables(ds)
     train = [e for e in manifest["shards"] if e["split"] == "train"]
     n = sum(e["samples"] for e in train)
+    ext, decode = image_decoder(manifest)
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=None)
     def pipe():
         return tuple(fn.readers.webdataset(paths=[str(ds / e["path"]) for e in train],
                                            index_paths=[str(ds / e["index"]) for e in train],
-                                           ext=["hu.zst", "cls"], random_shuffle=False))
+                                           ext=[ext, "cls"], random_shuffle=False))
 
     p = pipe()
     p.build()
     hu, cls = p.run()
     want = slices.filter(pl.col("split") == "train")
     assert [int(bytes(np.array(cls[i]))) for i in range(n)] == want["label_index"].to_list()
-    got = [pixel_hash(Encoder.decode("zstd", np.array(hu[i]).tobytes(), (32, 32)).tobytes()) for i in range(n)]
+    got = [pixel_hash(decode(np.array(hu[i]))) for i in range(n)]
     assert got == want["pixel_hash"].to_list()
 
 
@@ -197,7 +200,7 @@ def test_verify_lists_each_problem_and_exits_1(broken):
     (broken / "manifest.json").write_text(json.dumps(manifest))
     report = verify_dataset(broken, workers=1)
     assert report.problems == ["manifest.json: format 'tlx-shards' version 99 is not known (this tlx knows "
-                               "'tlx-shards' version 1)"]
+                               "'tlx-shards' versions 1, 2)"]
 
 
 def test_verify_reports_a_corrupt_table_or_manifest_instead_of_crashing(broken):

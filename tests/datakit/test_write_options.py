@@ -12,8 +12,7 @@ from datakit.plan import PlanConfig, make_plan
 from datakit.verify import verify_dataset
 from datakit.write import write_dataset
 from datakit.write_config import RunOptions, WriteConfig
-from datakit.write_convert import Encoder
-from tests.datakit.write_helpers import SECRET, WRITE_ARGS, copy_plan
+from tests.datakit.write_helpers import SECRET, WRITE_ARGS, copy_plan, image_decoder
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +67,13 @@ def test_raw_codec_is_named_in_the_manifest_and_decodes(subset_raw):
 def _pixels(ds) -> dict:
     """key -> stored int16 slice, from every shard."""
     manifest = json.loads((ds / "manifest.json").read_text())
-    ext, spec = next((e, m) for e, m in manifest["members"].items() if m["role"] == "image")
+    ext, decode = image_decoder(manifest)
     out = {}
     for entry in manifest["shards"]:
         with tarfile.open(ds / entry["path"]) as tar:
             for m in tar.getmembers():
                 if m.name.endswith("." + ext):
-                    out[m.name.split(".")[0]] = Encoder.decode(spec["codec"], tar.extractfile(m).read(),
-                                                               tuple(spec["shape"]))
+                    out[m.name.split(".")[0]] = decode(tar.extractfile(m).read())
     return out
 
 

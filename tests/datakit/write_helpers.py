@@ -1,6 +1,7 @@
 """Helpers of the write-side tests (fixtures are in conftest.py)."""
 import shutil
 
+from datakit.read import member_specs
 from tlxcore.lock import LOCK_NAME
 
 SECRET = "tlx-write-test-secret"
@@ -23,3 +24,12 @@ def output_files(dataset) -> dict:
     excluded) -> its bytes."""
     return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
             if p.is_file() and p.relative_to(dataset).parts[0] != "work" and p.name != LOCK_NAME}
+
+
+def image_decoder(manifest: dict):
+    """(the image member's extension, a function turning its bytes into the stored int16 slice), by
+    the manifest's codec, through the dataset reader's own decoder."""
+    from datakit.read import decode_member
+
+    ext, spec = next((e, s) for e, s in member_specs(manifest["members"], "manifest").items() if s.role == "image")
+    return ext, lambda data: decode_member(spec, bytes(data))

@@ -17,7 +17,7 @@ AUG = AugmentConfig(image_size=24, blur_p=0.5)
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     return make_ct_dataset(tmp_path_factory.mktemp("ds"), splits={"train": sum(SHARDS), "val": 6},
-                           shard_sizes={"train": SHARDS}, image_size=32, constant=1)
+                           shard_sizes={"train": SHARDS}, image_size=32, constant=1, codec="zstd-shuffle")
 
 
 def _loader(kind, ds, rank, world=WORLD, seed=0, workers=1):
