@@ -72,5 +72,5 @@ def test_feature_dims_and_stage_strides(name, dim):
 
 
 def test_unknown_model_name_lists_known():
-    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of resnet-tiny, resnet18, resnet50"):
+    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of resnet-tiny, resnet101, resnet152, resnet18, resnet50, resnet50-keras, wide_resnet101_2, wide_resnet50_2"):
         build_encoder("resnet51")
