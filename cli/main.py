@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),
     "features": ("cli.features_cmd:features", "Save runs' layer activations on a probe set for CCA/CKA."),
+    "weights": ("cli.weights_cmd:weights", "Inspect a pretrained checkpoint's layout; convert Keras .h5 weights."),
     "demo": ("cli.demo_cmd:demo", "Run the whole pipeline on a small synthetic cohort."),
 }
 

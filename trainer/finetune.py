@@ -81,7 +81,8 @@ FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"
 class FinetuneConfig:
     task: str = opt(None, "task name (trainer/tasks.py) or one of --tasks-file", required=True)
     data: str = opt(None, "dataset folder (manifest.json inside) of a kind the task reads", required=True)
-    init: str = opt("scratch", "scratch | a torchvision-layout ResNet state dict file | a tlx checkpoint")
+    init: str = opt("scratch", "scratch | a ResNet state dict file (torchvision, timm, MoCo, BYOL, module./backbone./"
+                               "encoder./model. layouts: trainer/weight_layouts.py) | a tlx checkpoint")
     init_name: str | None = opt(None, "name of the init in run directories and tables "
                                       "[default: scratch, else the checkpoint's run folder or file stem]")
     setting: str = opt("finetune", "finetune: everything trains; linear: the encoder is frozen", choices=SETTINGS)
@@ -89,7 +90,8 @@ class FinetuneConfig:
     seed: int = opt(0, "seed of the subset, the head's initialisation and the data order")
     out: str = opt("runs", "root of the run directories")
     run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
-    model: str | None = opt(None, "encoder [default: the init checkpoint's model, else resnet50]")
+    model: str | None = opt(None, "encoder [default: the init checkpoint's model, or the model a state dict's keys "
+                                  "fit, else resnet50]")
     image_size: int | None = opt(None, "input size [default: the dataset's stored size; 224 for JPEG datasets]")
     epochs: int | None = opt(None, "epochs [default: the task's]")
     max_steps: int | None = opt(None, "stop after this many optimizer steps in all (tests, demos); "
@@ -167,7 +169,8 @@ def default_init_name(init: str) -> str:
     return p.parent.parent.name if p.parent.name == "checkpoints" and p.parent.parent.name else p.stem
 
 
-def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pretrain: dict | None) -> Plan:
+def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pretrain: dict | None,
+            model_guess: str | None = None) -> Plan:
     hp = task.hyperparameters(cfg.fraction)
     for key in HYPERPARAMETERS:
         if getattr(cfg, key) is not None:
@@ -199,7 +202,7 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     pretrain = pretrain or {}
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
-    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or "resnet50",
+    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or model_guess or "resnet50",
                 image_size, augment, weights, regions, normalize, window)
 
 
@@ -362,12 +365,15 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
         raise TrainerError(f"--task {task.name} trains on datasets of kind {', '.join(task.data_kinds)}; "
                            f"{cfg.data} is of kind {dataset.kind!r}")
     init_state, init_info = read_init(cfg.init)
-    plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config)
+    plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config, init_info.model_guess)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
                                                          cfg.fraction, cfg.seed)
     if guard is not None:
         guard.hold(out)
     log = RunLog(out, enabled=env.is_main, progress=progress)
+    if init_info.layout:
+        log.note(f"--init {cfg.init}: {init_info.layout} layout, stripped {init_info.stripped!r}, dropped "
+                 f"{'; '.join(init_info.dropped) or 'nothing'}")
     complete = (out / "result.json").exists()
     ckpt, source = (None, None) if complete else find_resume_point(cfg.resume, out, fix="use another --run-dir")
     job = build(cfg, env, plan, dataset, init_state, init_info, log)
@@ -455,6 +461,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
+        "init_layout": init_info.layout, "init_stripped": init_info.stripped,
         "init_dropped": init_info.dropped, "init_missing": init_info.missing,
         "init_unexpected": init_info.unexpected, "init_mismatched": init_info.mismatched,
         "kind": task.kind, "metric": task.metric, "classes": dataset.classes, "steps_per_epoch": steps,

@@ -227,8 +227,8 @@ def test_linear_evaluation_leaves_the_encoder_bit_identical(ct, tmp_path, simclr
 def test_strict_init_names_missing_unexpected_and_reshaped_keys(tmp_path):
     sd = build_encoder("resnet-tiny", num_classes=10).state_dict()
     state, info = read_init(_save(sd, tmp_path / "imagenet.pth"))
-    assert info.source == "state-dict" and info.dropped == ["fc.bias, fc.weight (the pretraining classifier; "
-                                                           "the task has its own head)"]
+    assert info.source == "state-dict" and info.dropped == ["fc.* (the pretraining classifier, 2 keys)"]
+    assert info.layout == "torchvision" and info.stripped == ""
     load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)   # fc dropped: loads strictly
     # a file saved before torch 0.4.1 (torchvision's original ImageNet weights) has no BN step counters:
     # torch's strict load accepts it, and so does ours; a missing weight or running statistic still fails

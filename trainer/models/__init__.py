@@ -24,6 +24,7 @@ MODELS: dict[str, Callable[..., ResNet]] = {
     "resnet50-keras": partial(ResNet, Bottleneck, [3, 4, 6, 3], keras=True),
     # Same bottleneck code path as resnet50, one block per stage, width 8: for tests and the demo.
     "resnet-tiny": partial(ResNet, Bottleneck, [1, 1, 1, 1], base_width=8),
+    "resnet-tiny-keras": partial(ResNet, Bottleneck, [1, 1, 1, 1], base_width=8, keras=True),
 }
 
 
