@@ -42,10 +42,15 @@ KINDS = ("classification", "multilabel", "segmentation")
 
 class TaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, kind: str, num_outputs: int, frozen_encoder: bool = False,
-                 decoder_channels: tuple[int, ...] | None = None, decoder: str = "backboned-unet"):
+                 decoder_channels: tuple[int, ...] | None = None, decoder: str = "backboned-unet",
+                 head_dropout: float = 0.0):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
+        if head_dropout and (kind == "segmentation" or not 0 < head_dropout < 1):
+            raise TrainerError(f"--head-dropout {head_dropout} must be in [0, 1) and is for the linear head of "
+                               f"classification and multilabel tasks (this task: {kind})")
+        self.dropout = nn.Dropout(head_dropout) if head_dropout else nn.Identity()   # no parameters
         self.kind, self.frozen_encoder = kind, frozen_encoder
         self.encoder = encoder
         if kind == "segmentation":
@@ -53,7 +58,7 @@ class TaskModel(nn.Module):
         else:
             self.head = nn.Linear(encoder.feature_dim, num_outputs)
         if frozen_encoder:
-            self.encoder.requires_grad_(False)
+            self.freeze_encoder(True)
 
     def head_module(self) -> nn.Module:
         """The new part: the linear head or the U-Net decoder."""
@@ -62,7 +67,12 @@ class TaskModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "segmentation":
             return self.decoder(self.encoder.forward_stages(x), out_size=x.shape[-2:])
-        return self.head(self.encoder.forward_features(x))
+        return self.head(self.dropout(self.encoder.forward_features(x)))
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Freeze (no gradients, eval mode in training) or unfreeze the encoder: lp-ft's two phases."""
+        self.frozen_encoder = frozen
+        self.encoder.requires_grad_(not frozen)
 
     def train(self, mode: bool = True) -> "TaskModel":
         super().train(mode)

@@ -29,12 +29,18 @@ from pathlib import Path
 from trainer.errors import TrainerError
 
 KINDS = ("classification", "multilabel", "segmentation")
-OPTIMIZERS = ("adamw", "lars")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lars")
 AUGMENTS = ("none", "flip", "crop-flip")
-SETTINGS = ("finetune", "linear")
-# The optimizers' weight decay when a task does not say (the paper does not): AdamW's
-# PyTorch default, and the usual LARS value of SimCLR evaluation recipes.
-DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "lars": 1e-6}
+SETTINGS = ("finetune", "linear", "lp-ft")
+# Weight decay when neither the task nor --weight-decay says (the paper gives none), by preset
+# (--weight-decay-preset): `study`, the default, takes the study's fine-tuning configs where they
+# give one for the task and optimizer (STUDY_WEIGHT_DECAY) and tlx's value otherwise; `tlx` always
+# takes tlx's (DEFAULT_WEIGHT_DECAY: AdamW's PyTorch default, the usual LARS value of SimCLR
+# evaluation recipes, torch's 0 for Adam and SGD), chosen before the study's configs were read.
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "lars": 1e-6, "adam": 0.0, "sgd": 0.0}
+STUDY_WEIGHT_DECAY = {("radnet", "lars"): 1e-4, ("imagenet", "lars"): 1e-6, ("chestxray", "adamw"): 1e-6,
+                      ("lits", "adamw"): 1e-6, ("brats", "adamw"): 1e-5}
+WEIGHT_DECAY_PRESETS = ("study", "tlx")
 HYPERPARAMETERS = ("batch_size", "lr", "optimizer", "weight_decay", "epochs", "decay")
 
 
@@ -49,7 +55,7 @@ class Task:
     lr: float
     optimizer: str                             # adamw | lars
     decay: float                               # lr multiplied by this after every epoch
-    weight_decay: float | None = None          # None: DEFAULT_WEIGHT_DECAY of the optimizer
+    weight_decay: float | None = None          # None: default_weight_decay (the preset's)
     class_weights: tuple[float, ...] | dict[str, float] = ()   # () = equal
     by_fraction: dict[float, dict] = field(default_factory=dict)
     augment: str = "none"                      # none | flip | crop-flip (random resized crop + flip)
@@ -67,17 +73,26 @@ class Task:
                 raise TrainerError(f"task {self.name!r} by_fraction row {frac}: fraction must be in (0, 1] and "
                                    f"keys in {', '.join(HYPERPARAMETERS)}; got {sorted(row)}")
 
-    def hyperparameters(self, fraction: float) -> dict:
-        """batch_size, lr, optimizer, weight_decay, epochs, decay for a data fraction."""
+    def hyperparameters(self, fraction: float, fill_weight_decay: bool = True) -> dict:
+        """batch_size, lr, optimizer, weight_decay, epochs, decay for a data fraction (weight_decay None where the
+        task does not set it and `fill_weight_decay` is False; else the study preset's default)."""
         if not 0 < fraction <= 1:  # before its logarithm below
             raise TrainerError(f"--fraction {fraction} must be in (0, 1] (1.0 = all training data)")
         hp = {k: getattr(self, k) for k in HYPERPARAMETERS}
         rows = {1.0: {}, **self.by_fraction}
         nearest = min(rows, key=lambda f: (abs(math.log(f) - math.log(fraction)), -f))
         hp.update(rows[nearest])
-        if hp["weight_decay"] is None:
-            hp["weight_decay"] = DEFAULT_WEIGHT_DECAY[hp["optimizer"]]
+        if hp["weight_decay"] is None and fill_weight_decay:
+            hp["weight_decay"] = default_weight_decay(self.name, hp["optimizer"], "study")[0]
         return hp
+
+
+def default_weight_decay(task: str, optimizer: str, preset: str) -> tuple[float, str]:
+    """(weight decay, where it comes from: "study" or "tlx") for a task that does not set one."""
+    _check(preset, WEIGHT_DECAY_PRESETS, "--weight-decay-preset")
+    if preset == "study" and (task, optimizer) in STUDY_WEIGHT_DECAY:
+        return STUDY_WEIGHT_DECAY[task, optimizer], "study"
+    return DEFAULT_WEIGHT_DECAY[optimizer], "tlx"
 
 
 def _check(value, allowed, what: str) -> None:
