@@ -61,6 +61,7 @@ from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, 
                           loader_workers, workers_flag)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
+from trainer.subsets import patient_folds, shot_subset
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
@@ -92,6 +93,11 @@ class FinetuneConfig:
     setting: str = opt("finetune", "finetune: everything trains; linear: the encoder is frozen; lp-ft: frozen for "
                                    "--lp-epochs, then everything trains (the head kept)", choices=SETTINGS)
     fraction: float = opt(1.0, "fraction of the training split used (nested, stratified)")
+    shots: int | None = opt(None, "K training examples per class instead of a fraction (nested over K for a seed; "
+                                  "multi-label: at least K per label, docs/finetune.md)")
+    folds: int | None = opt(None, "K-fold cross-validation of the train split, patient-grouped and stratified: "
+                                  "fold --fold is the test set, the other folds train (val stays the val split)")
+    fold: int | None = opt(None, "--folds: the held-out fold, 0..K-1")
     seed: int = opt(0, "seed of the subset, the head's initialisation and the data order")
     out: str = opt("runs", "root of the run directories")
     run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
@@ -187,6 +193,18 @@ class Plan:
     lp_epochs: int = 0                 # lp-ft: epochs with the encoder frozen
 
 
+def check_subset_flags(cfg: FinetuneConfig) -> None:
+    """--shots replaces --fraction; --folds and --fold come together, the fold in range."""
+    if cfg.shots is not None and cfg.fraction != 1.0:
+        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; give one")
+    if (cfg.folds is None) != (cfg.fold is None):
+        raise TrainerError("--folds K and --fold i come together (fold i of K is the test set)")
+    if cfg.folds is not None and cfg.folds < 2:
+        raise TrainerError(f"--folds {cfg.folds} must be at least 2")
+    if cfg.folds is not None and not 0 <= cfg.fold < cfg.folds:
+        raise TrainerError(f"--fold {cfg.fold} is out of range for --folds {cfg.folds}: 0..{cfg.folds - 1}")
+
+
 def default_init_name(init: str) -> str:
     """scratch -> scratch; runs/pretrain/<name>/checkpoints/last.pt -> <name>; weights/x.pth -> x."""
     if init == "scratch":
@@ -254,35 +272,58 @@ def _lp_epochs(cfg: FinetuneConfig, hp: dict) -> int:
     return lp
 
 
-def training_subset(split: LabelledSplit, task: Task, classes: list[str], fraction: float, seed: int):
-    """Sample ids of the training subset and the subset.parquet table: key, its position in
-    the seed's ordering (the 1% subset is positions < 1% of N), and its labels (class
-    index, positive labels, or foreground classes shown)."""
-    import pyarrow as pa
-
+def split_labels(split: LabelledSplit, task: Task, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Every sample's labels: class indices [N] (classification), or a boolean [N, L] of positive labels
+    (multilabel) or of the foreground classes a slice shows (segmentation); and the L names."""
     meta = split.metadata()
     if task.kind == "classification":
         if "label_index" not in meta.column_names:
             raise TrainerError(f"{split.dataset.root}/slices.parquet has no label_index column to stratify by")
-        labels = np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    elif task.kind == "multilabel":
+        return np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64), classes
+    if task.kind == "multilabel":
         names = meta["labels"].to_pylist()
-        labels = np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes))
-    else:  # segmentation: the foreground classes a slice shows
-        labels = np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1)
-    if labels.ndim == 1:
-        order = fraction_order(split.keys, labels, seed, class_names=classes)
-        label_lists = [[int(v)] for v in labels]
+        return np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes)), classes
+    return np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1), classes[1:]
+
+
+def training_subset(split: LabelledSplit, task: Task, classes: list[str], cfg: FinetuneConfig,
+                    pool: np.ndarray | None = None):
+    """Sample ids of the training subset (from `pool`, the training folds, else the whole train split) and the
+    subset.parquet table: key, its index in the train split, its position in the seed's ordering (the 1% subset
+    is positions < 1% of N; for --shots the order it was picked in), and its labels (class index, positive
+    labels, or foreground classes shown)."""
+    import pyarrow as pa
+
+    labels, names = split_labels(split, task, classes)
+    pool = np.arange(len(split)) if pool is None else pool
+    keys = [split.keys[i] for i in pool]
+    if cfg.shots is not None:
+        picked = shot_subset(keys, labels[pool], cfg.seed, cfg.shots, names)
+        ranked = np.concatenate([picked, np.setdiff1d(np.arange(len(pool)), picked)])
+        chosen = np.sort(picked)
     else:
-        names = classes if task.kind == "multilabel" else classes[1:]
-        order = fraction_order(split.keys, labels, seed, class_names=names)
-        label_lists = [[names[j] for j in np.flatnonzero(row)] for row in labels]
-    ids = np.sort(order.take(fraction))
-    position = np.empty(len(order.order), np.int64)
-    position[order.order] = np.arange(len(order.order))
-    table = pa.table({"key": [split.keys[i] for i in ids], "order": position[ids],
-                      "labels": [[str(v) for v in label_lists[i]] for i in ids]})
+        order = fraction_order(keys, labels[pool], cfg.seed, class_names=names)
+        ranked, chosen = order.order, np.sort(order.take(cfg.fraction))
+    position = np.empty(len(pool), np.int64)
+    position[ranked] = np.arange(len(pool))
+    lists = [[str(int(v))] for v in labels] if labels.ndim == 1 else [[names[j] for j in np.flatnonzero(r)] for r in labels]
+    ids = pool[chosen]
+    table = pa.table({"key": [split.keys[i] for i in ids], "index": ids, "order": position[chosen],
+                      "labels": [lists[i] for i in ids]})
     return ids, table
+
+
+def fold_split(split: LabelledSplit, task: Task, classes: list[str], cfg: FinetuneConfig):
+    """--folds: (the training folds' ids, the held-out fold's ids, folds.parquet: every train sample's fold)."""
+    import pyarrow as pa
+
+    labels, _ = split_labels(split, task, classes)
+    meta = split.metadata()
+    group = next((c for c in ("patient", "volume") if c in meta.column_names and meta[c].null_count == 0), None)
+    groups = meta[group].to_pylist() if group else list(split.keys)
+    fold_of = patient_folds(labels, groups, cfg.folds, cfg.seed)
+    table = pa.table({"key": list(split.keys), "fold": fold_of, "group_by": [group or "sample"] * len(fold_of)})
+    return np.flatnonzero(fold_of != cfg.fold), np.flatnonzero(fold_of == cfg.fold), table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,11 +331,13 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], fracti
 
 @torch.no_grad()
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
-             volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None) -> tuple[dict, dict]:
+             volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None,
+             only: np.ndarray | None = None) -> tuple[dict, dict]:
     """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
     `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
     model.eval()
-    ids = eval_slice(len(split), env.rank, env.world_size)
+    pool = np.arange(len(split)) if only is None else np.asarray(only)   # `only`: these sample ids (a held-out fold)
+    ids = pool[eval_slice(len(pool), env.rank, env.world_size)]
     chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
     kind = plan.task.kind
     weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
@@ -364,6 +407,8 @@ class Data:
     subset_table: Any              # subset.parquet (pyarrow table)
     volumes: dict                  # "val"/"test" -> each sample's volume (segmentation scores per volume), else None
     decoder: DaliJpegDecoder | None    # JPEG datasets on DALI; None: PIL in the loader workers
+    test_ids: np.ndarray | None = None   # --folds: the held-out fold's ids in `test` (the train split); None: all
+    folds_table: Any = None              # --folds: folds.parquet (every train sample's fold)
 
 
 @dataclass
@@ -411,6 +456,7 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
     check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
                          "log_every": 1, "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
+    check_subset_flags(cfg)
     task = get_task(cfg.task, cfg.tasks_file)
     if cfg.save_masks and task.kind != "segmentation":
         raise TrainerError(f"--save-masks stores segmentation masks; task {task.name} is {task.kind}")
@@ -423,7 +469,8 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
     init_state, init_info = read_init(cfg.init)
     plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config, init_info.model_guess)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
-                                                         cfg.fraction, cfg.seed)
+                                                         cfg.fraction, cfg.seed, shots=cfg.shots,
+                                                         fold=(cfg.fold, cfg.folds) if cfg.folds else None)
     if guard is not None:
         guard.hold(out)
     log = RunLog(out, enabled=env.is_main, progress=progress)
@@ -446,6 +493,8 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
     if env.is_main:
         import pyarrow.parquet as pq
         pq.write_table(job.data.subset_table, out / "subset.parquet")
+        if job.data.folds_table is not None:
+            pq.write_table(job.data.folds_table, out / "folds.parquet")
     loop(job, state)
     test_metrics, rows = test(job, state)
     return write(job, state, test_metrics, rows) if env.is_main else None
@@ -500,12 +549,14 @@ def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) 
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise TrainerError(f"{cfg.data} has no {name} samples; fine-tuning needs train, val and test splits")
-    subset, subset_table = training_subset(train, task, dataset.classes, cfg.fraction, cfg.seed)
+    pool, held_out, folds_table = fold_split(train, task, dataset.classes, cfg) if cfg.folds else (None, None, None)
+    subset, subset_table = training_subset(train, task, dataset.classes, cfg, pool)
+    test = train if cfg.folds else test   # cross-validation tests on the held-out fold of the train split
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
     per_rank = per_rank_batch(plan.hp["batch_size"], env.world_size)
     decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank))
-    return Data(train, val, test, subset, subset_table, volumes, decoder)
+    return Data(train, val, test, subset, subset_table, volumes, decoder, held_out, folds_table)
 
 
 def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_info: InitInfo,
@@ -666,7 +717,7 @@ def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
                                f"so no best checkpoint exists; check the val split's labels")
         job.model.load_state_dict(state.best["state"])
     return evaluate(job.model, job.data.test, job.plan, job.env, job.eval_batch, job.cfg.workers,
-                    job.data.volumes["test"], job.data.decoder, job.masks)
+                    job.data.volumes["test"], job.data.decoder, job.masks, only=job.data.test_ids)
 
 
 def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:

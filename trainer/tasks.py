@@ -215,9 +215,13 @@ def format_fraction(fraction: float) -> str:
     return repr(float(fraction))
 
 
-def run_dir(out: Path | str, task: str, init: str, setting: str, fraction: float, seed: int) -> Path:
-    """The default run directory of docs/run-format.md: <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>."""
+def run_dir(out: Path | str, task: str, init: str, setting: str, fraction: float, seed: int,
+            shots: int | None = None, fold: tuple[int, int] | None = None) -> Path:
+    """The default run directory of docs/run-format.md: <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>;
+    `shots-<K>` in place of `frac-<f>` with --shots, and `seed-<n>/fold-<i>-of-<K>` with --folds (fold = (i, K))."""
     for what, value in (("task", task), ("init name", init), ("setting", setting)):
         if not value or "/" in value or value in (".", ".."):
             raise TrainerError(f"{what} {value!r} cannot name a directory (no '/', not empty)")
-    return Path(out) / task / init / setting / f"frac-{format_fraction(fraction)}" / f"seed-{int(seed)}"
+    subset = f"shots-{int(shots)}" if shots is not None else f"frac-{format_fraction(fraction)}"
+    path = Path(out) / task / init / setting / subset / f"seed-{int(seed)}"
+    return path / f"fold-{int(fold[0])}-of-{int(fold[1])}" if fold is not None else path
