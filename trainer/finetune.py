@@ -573,6 +573,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
         "init_layout": init_info.layout, "init_stripped": init_info.stripped,
+        "init_pretrain_samples": (init_info.pretrain_config or {}).get("data_train_samples"),
         "init_dropped": init_info.dropped, "init_missing": init_info.missing,
         "init_unexpected": init_info.unexpected, "init_mismatched": init_info.mismatched,
         "kind": task.kind, "metric": task.metric, "classes": dataset.classes, "steps_per_epoch": steps,
