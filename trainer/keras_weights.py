@@ -62,7 +62,7 @@ def read_keras_h5(path: str | Path) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise TrainerError(f"{path} is not an HDF5 file h5py can read ({exc})") from None
     with f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)   # a whole saved model keeps its weights there
         if "layer_names" not in root.attrs:
             raise TrainerError(f"{path} has no Keras 2 'layer_names' attribute: not a Keras .h5 weights file "
                                f"(Keras 3 .weights.h5 files are not read; save with Keras 2's h5 format)")

@@ -41,7 +41,7 @@ class Watch:
     patience: int | None = None
 
     @classmethod
-    def parse(cls, text: str, task_metrics: tuple[str, ...]) -> "Watch":
+    def parse(cls, text: str, task_metrics: tuple[str, ...]) -> Watch:
         """`--early-stop METRIC:PATIENCE`; METRIC is `loss` or one of `task_metrics` (a `val_` prefix is allowed)."""
         metric, sep, patience = text.rpartition(":")
         metric = metric.removeprefix("val_")

@@ -93,7 +93,7 @@ def _encoder_prefix(state: dict, name: str) -> tuple[str, str]:
 
 
 def _core(prefix: str) -> str:
-    return prefix[len("module."):] if prefix.startswith("module.") else prefix
+    return prefix.removeprefix("module.")
 
 
 def _head_group(key: str) -> str | None:

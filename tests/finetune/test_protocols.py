@@ -10,7 +10,7 @@ import torch
 import trainer.finetune as ft
 from tests.fixtures.datasets import make_ct_dataset
 from trainer import metrics as M
-from trainer.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
 from trainer.optim import Schedule, build_optimizer, lars_param_groups
@@ -28,10 +28,6 @@ def ct(tmp_path_factory):
 
 def _lines(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _run(tmp_path, name):
-    return tmp_path / name
 
 
 # ---------------------------------------------------------------------------------------------

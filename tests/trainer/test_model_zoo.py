@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from tests.fixtures.torchvision_layout import torchvision_resnet_keys
 from trainer.models import MODELS, build_encoder
 from trainer.models.unet import UNetDecoder
 
@@ -24,29 +25,7 @@ def test_parameter_counts_are_torchvisions(name):
 
 
 def _torchvision_keys(blocks, width_factor) -> dict[str, tuple[int, ...]]:
-    """torchvision's resnet state dict keys and shapes for Bottleneck `blocks`, written from its layout."""
-    out = {"conv1.weight": (64, 3, 7, 7)}
-
-    def bn(prefix, c):
-        out.update({f"{prefix}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
-        out[f"{prefix}.num_batches_tracked"] = ()
-    bn("bn1", 64)
-    cin = 64
-    for li, (n, planes) in enumerate(zip(blocks, [64, 128, 256, 512]), start=1):
-        inner = planes * width_factor
-        for b in range(n):
-            p = f"layer{li}.{b}"
-            out[f"{p}.conv1.weight"] = (inner, cin, 1, 1)
-            bn(f"{p}.bn1", inner)
-            out[f"{p}.conv2.weight"] = (inner, inner, 3, 3)
-            bn(f"{p}.bn2", inner)
-            out[f"{p}.conv3.weight"] = (planes * 4, inner, 1, 1)
-            bn(f"{p}.bn3", planes * 4)
-            if b == 0:
-                out[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                bn(f"{p}.downsample.1", planes * 4)
-            cin = planes * 4
-    return out
+    return torchvision_resnet_keys(blocks, width_factor, fc=False)
 
 
 LAYOUTS = {"resnet101": ([3, 4, 23, 3], 1), "resnet152": ([3, 8, 36, 3], 1),
