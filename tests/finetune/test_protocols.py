@@ -228,3 +228,43 @@ def test_bad_protocol_options_are_one_line_errors(ct, tmp_path):
         ft.main([*base, "--early-stop", "dice_mean:3"])
     with pytest.raises(TrainerError, match=r"^--nesterov needs --optimizer sgd"):
         ft.main([*base, "--nesterov", "--epochs", "1"])
+
+
+def test_lp_ft_and_a_held_out_fold_on_two_ranks(ct, tmp_path, init_file):
+    """DDP over 2 gloo ranks: lp-ft's frozen phase (encoder parameters without gradients) and its unfrozen
+    phase both run; the held-out fold is tested in shares by both ranks and gathered whole."""
+    import os
+    import subprocess
+    import sys
+
+    import polars as pl
+    path, initial = init_file
+    run = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "trainer.finetune", "--task", "radnet", "--data", str(ct), "--init", str(path),
+                    "--setting", "lp-ft", "--epochs", "2", "--lp-epochs", "1", "--folds", "3", "--fold", "2",
+                    "--run-dir", str(run), *TINY], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                   capture_output=True)
+    assert json.loads((run / "result.json").read_text())["epochs"] == 2
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert not torch.equal(last["encoder"]["layer1.0.conv1.weight"], initial["layer1.0.conv1.weight"])
+    folds = pl.read_parquet(run / "folds.parquet")
+    tested = pl.read_parquet(run / "predictions.parquet")["sample"].to_list()
+    assert sorted(tested) == sorted(folds.filter(pl.col("fold") == 2)["key"].to_list())
+
+
+@pytest.mark.filterwarnings("ignore:'trainer.finetune' found in sys.modules")  # runpy re-runs an imported module
+@pytest.mark.parametrize("bad, message", [
+    (["--folds", "5", "--fold", "5"], "--fold 5 is out of range for --folds 5: 0..4"),
+    (["--shots", "40"], "--shots 40: these classes have fewer than 40 training examples: "),
+    (["--early-stop", "loss"], "--early-stop 'loss' must be METRIC:PATIENCE"),
+])
+def test_command_line_errors_are_one_line_and_exit_2(ct, tmp_path, monkeypatch, capsys, bad, message):
+    import runpy
+    import sys
+    monkeypatch.setattr(sys, "argv", ["trainer.finetune", "--task", "radnet", "--data", str(ct), "--out",
+                                      str(tmp_path), *TINY, *bad])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("trainer.finetune", run_name="__main__")
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f"Error: {message}")

@@ -69,3 +69,14 @@ def test_every_registered_model_builds_a_simclr_model():
             enc = build_encoder(name)
             model = SimCLRModel(enc, build_projector("paper", enc.feature_dim), 0.5)
         assert model.projector[0].in_features == enc.feature_dim
+
+
+def test_keras_resnet50_variant_has_keras_trainable_count():
+    """keras.applications.ResNet50(include_top=False): 23,534,592 trainable parameters = tlx resnet50's
+    23,508,032 plus one bias per conv output channel (26,560)."""
+    with torch.device("meta"):
+        model = build_encoder("resnet50-keras")
+        assert _count(model) == 23_534_592
+        assert _count(build_encoder("resnet50")) == 23_508_032
+    assert model.layer3[0].conv1.stride == (2, 2) and model.layer3[0].conv2.stride == (1, 1)   # v1: 1x1 strides
+    assert model.bn1.eps == 1.001e-5 and model.conv1.bias is not None
