@@ -96,6 +96,27 @@ def convergence_plot(series: dict[str, list[tuple[list, list]]], val_series: dic
     return _save(fig, path)
 
 
+def pretraining_plot(loss: dict[str, tuple[list, list]], knn: dict[str, tuple[list, list]], path: Path) -> Path:
+    """Pretraining runs against the optimizer step: training loss per logged step (left) and the kNN probe's val
+    accuracy at each epoch's end (right, when any run logged it), one colour per run."""
+    panels = 2 if knn else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    runs = sorted(set(loss) | set(knn))
+    for ax, data, ylabel, style in ((axes[0, 0], loss, "training loss", "-"),
+                                    *(((axes[0, 1], knn, "val kNN accuracy", "o-"),) if knn else ())):
+        for run, (steps, values) in sorted(data.items()):
+            ax.plot(steps, values, style, color=colors[runs.index(run) % len(colors)], linewidth=1, markersize=3,
+                    label=run)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if data:
+            ax.legend(fontsize=8)
+    fig.suptitle("pretraining")
+    return _save(fig, path)
+
+
 def _mean_curve(curves: list[tuple[list, list]]) -> tuple[list, list]:
     """Mean over seeds at each epoch that every seed reached."""
     common = set(curves[0][0])

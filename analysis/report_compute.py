@@ -161,7 +161,10 @@ def comparison_panels(results: list[ResultRow], comparisons: list[Comparison],
 
 @dataclass
 class PretrainingPanel:
-    series: dict[str, list[Curve]]   # run folder -> [training loss curve]
+    """Pretraining runs' curves against the optimizer step: the training loss of every steps.jsonl line (the
+    per-epoch mean where a run has no steps.jsonl) and the kNN probe's val accuracy at each epoch's end."""
+    loss: dict[str, Curve]   # run folder -> (steps, loss)
+    knn: dict[str, Curve]    # run folder -> (steps, kNN accuracy); runs without the probe left out
     figure: str = "figures/pretraining_loss.png"
 
 
@@ -183,10 +186,17 @@ class ConvergencePanel:
 
 
 def pretraining_panel(runs: list[Run]) -> PretrainingPanel | None:
-    pretrain = [r for r in runs if r.curve and r.is_pretraining]
+    pretrain = [r for r in runs if r.is_pretraining and (r.curve or r.steps)]
     if not pretrain:
         return None
-    return PretrainingPanel({r.rel: [loss_curve(r)] for r in pretrain if loss_curve(r)[0]})
+
+    def points(rows: list[dict], key: str) -> Curve:
+        kept = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float)) and "step" in row]
+        return [p[0] for p in kept], [p[1] for p in kept]
+
+    loss = {r.rel: points(r.steps, "loss") if r.steps else points(r.curve, "train_loss") for r in pretrain}
+    knn = {r.rel: points(r.curve, "val_knn_accuracy") for r in pretrain}
+    return PretrainingPanel({k: c for k, c in loss.items() if c[0]}, {k: c for k, c in knn.items() if c[0]})
 
 
 def _curves(inits: dict[str, list[Run]], key: str) -> dict[str, list[Curve]]:

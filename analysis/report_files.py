@@ -39,8 +39,7 @@ def draw_figures(rep: Report) -> None:
     if rep.slice_utility is not None:
         figures.slice_utility_plot(rep.slice_utility.rows, out / rep.slice_utility.figure)
     if rep.pretraining is not None:
-        figures.convergence_plot(rep.pretraining.series, {}, {}, "pretraining: training loss", None,
-                                 out / rep.pretraining.figure)
+        figures.pretraining_plot(rep.pretraining.loss, rep.pretraining.knn, out / rep.pretraining.figure)
     for v in rep.convergence_panels:
         if v.figure:
             figures.convergence_plot(v.series or v.val, v.val, v.converged, v.group.label(), v.metric, out / v.figure)

@@ -212,7 +212,7 @@ def convergence_section(rep: Report) -> list[str]:
     if not any(r.curve for r in rep.runs):
         return lines + ["No run has a metrics.jsonl: no curves.", ""]
     if rep.pretraining is not None:
-        lines += ["### Pretraining", "", image("pretraining loss", rep.pretraining.figure), ""]
+        lines += ["### Pretraining", "", image("pretraining loss per step and kNN accuracy per epoch", rep.pretraining.figure), ""]
     body = []
     for panel in rep.convergence_panels:
         label = panel.group.label()

@@ -79,6 +79,7 @@ class Run:
     metrics: dict[str, float] | None = None  # result.json "metrics" (None: not complete); null values left out
     undefined: list[str] = field(default_factory=list)  # metrics result.json gives as null (NaN: undefined)
     curve: list[dict] = field(default_factory=list)  # metrics.jsonl rows
+    steps: list[dict] = field(default_factory=list)  # steps.jsonl rows (one per --log-every steps), by step
     predictions: Path | None = None
     first_layers: Path | None = None
     features: Path | None = None        # features.npz (`tlx features`): activations on a probe set
@@ -149,7 +150,8 @@ def curve_row(row: dict) -> dict:
     return row
 
 
-def _read_curve(path: Path) -> list[dict]:
+def _read_curve(path: Path, counter: str = "epoch") -> list[dict]:
+    """metrics.jsonl (by epoch) or steps.jsonl (counter "step") rows, sorted by their counter."""
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -157,13 +159,13 @@ def _read_curve(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"metrics.jsonl line {n} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "epoch" not in row:
-            raise ValueError(f"metrics.jsonl line {n} has no 'epoch'")
-        if not isinstance(row["epoch"], int) or isinstance(row["epoch"], bool):
-            raise ValueError(f"metrics.jsonl line {n}: epoch {row['epoch']!r} is not an integer")
+            raise ValueError(f"{path.name} line {n} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or counter not in row:
+            raise ValueError(f"{path.name} line {n} has no {counter!r}")
+        if not isinstance(row[counter], int) or isinstance(row[counter], bool):
+            raise ValueError(f"{path.name} line {n}: {counter} {row[counter]!r} is not an integer")
         rows.append(curve_row(row))
-    return sorted(rows, key=lambda r: r["epoch"])
+    return sorted(rows, key=lambda r: r[counter])
 
 
 def _check_config(config: dict) -> str | None:
@@ -188,6 +190,8 @@ def load_run(path: Path, root: Path) -> Run:
         run.declared_metric = config["metric"]
     if (path / "metrics.jsonl").is_file():
         run.curve = _read_curve(path / "metrics.jsonl")
+    if run.is_pretraining and (path / "steps.jsonl").is_file():   # the report plots pretraining's steps only
+        run.steps = _read_curve(path / "steps.jsonl", "step")
     if (path / "result.json").is_file():
         try:
             result = _read_json(path / "result.json")

@@ -96,6 +96,12 @@ def same_demo(out: Path, steps: list[Step], options: dict[str, int]) -> None:
     path.write_text(json.dumps(options, indent=1) + "\n")
 
 
+def print_command(console, argv: list[str]) -> None:
+    """`$ <command>` on one line, however narrow the terminal or log: a command pasted from a log must run
+    (rich would wrap it at the terminal's width, or at 80 columns in a log file)."""
+    console.print(f"$ {as_typed(argv)}", style="dim", soft_wrap=True, markup=False, highlight=False)
+
+
 def as_typed(argv: list[str]) -> str:
     """The command line a user would type for a step."""
     if argv[1:3] == ["-m", "cli.main"]:
@@ -149,7 +155,7 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
             console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]")
             continue
         console.rule(f"{i}/{len(steps)} {step.title}")
-        console.print(f"[dim]$ {as_typed(step.argv)}[/dim]")
+        print_command(console, step.argv)
         t0 = time.time()
         result = subprocess.run(step.argv, env=env)
         if result.returncode != 0:

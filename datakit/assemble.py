@@ -35,7 +35,7 @@ from datakit.burned_in import plan_burned_in_warnings
 from datakit.errors import DatakitError
 from datakit.manifest import FORMAT, FORMAT_VERSION, KIND, SPLITS, Layout, read_json
 from datakit.plan import REJECT_SCHEMA
-from datakit.plan_splits import split_warnings
+from datakit.plan_splits import class_warnings, split_warnings
 from datakit.shards import ShardWriter, index_path_for, sha256_file
 from datakit.write_config import WriteConfig
 from datakit.write_convert import MEMBER_EXT
@@ -349,6 +349,8 @@ def _manifest(plan_json, config: WriteConfig, tool_version, classes, kept, shard
                   "rejected_by_code": dict(sorted(rejects.group_by("code").len().rows()))},
         **({"subset": subset} if (subset := subset_report(kept, plan_json.get("subset_targets"))) else {}),
         # What was written, not what was planned: write's filters can empty a small split further.
-        "warnings": split_warnings(plan_json["config"]["fractions"], splits) + plan_burned_in_warnings(plan_json),
+        "warnings": split_warnings(plan_json["config"]["fractions"], splits)
+        + class_warnings(plan_json["config"]["fractions"], {s: splits[s]["by_label"] for s in SPLITS})
+        + plan_burned_in_warnings(plan_json),
         "shards": shard_list,
     }

@@ -42,6 +42,7 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     root, layout = Path(dicom_root), Layout(out)
     if not root.is_dir():
         raise DatakitError(f"DICOM root {str(root)!r} does not exist or is not a folder")
+    check_before_work(root, layout.root, label_rules, plan_config)
     check_resume_mode(options.resume)
     from datakit.secret import load_secret
 
@@ -49,6 +50,23 @@ def shard(dicom_root, out, *, secret_file=None, label_rules=None, plan_config: P
     refuse_foreign(layout.root)                    # before the lock leaves its file in someone's folder
     with output_lock(layout.root, "tlx shard"):   # scan, plan and write take it again (reentrant)
         return _shard(root, layout, secret, label_rules, plan_config, write_config, options, progress)
+
+
+def check_before_work(root: Path, out: Path, label_rules, plan_config: PlanConfig) -> None:
+    """What can be refused before the scan starts (and before work/ exists to be resumed): an output folder
+    inside the DICOM root (the next scan would read the shards as input), and --exclude-class labels that
+    the label rules cannot give any series."""
+    from datakit.labels import load_rules
+
+    if out.resolve().is_relative_to(root.resolve()):
+        raise DatakitError(f"--out {str(out)!r} is inside --dicom-root {str(root)!r}: a later scan would read the "
+                           f"dataset as input; give an output folder outside the DICOM root")
+    rules = load_rules(label_rules)
+    possible = sorted({r.label for r in rules.rules} | {rules.default})
+    unknown = sorted(set(plan_config.exclude_classes) - set(possible))
+    if unknown:
+        raise DatakitError(f"--exclude-class {', '.join(unknown)}: no series can get that label; the label rules "
+                           f"({Path(rules.source).name}) give {', '.join(possible)}")
 
 
 def _shard(root: Path, layout: Layout, secret: bytes, label_rules, plan_config: PlanConfig, write_config: WriteConfig,

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from datakit.burned_in import ALLOW_HINT, BURNED_IN_REASONS, burned_in_warning
 from datakit.errors import DatakitError
 from datakit.manifest import SPLITS, Layout, read_json
-from datakit.plan_splits import fill_empty_splits, split_warnings
+from datakit.plan_splits import class_warnings, fill_empty_splits, split_warnings
 from datakit.resume import check_resume_mode, differing_options, output_lock, refuse_foreign
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, Tick, silent
@@ -694,6 +694,7 @@ def summarise(plan: Plan, volumes: pl.DataFrame, scan_codes: pl.Series, config: 
                        by_split_label=by_split_label, classes=plan.classes, subset_targets=plan.targets,
                        volumes_seen=len(volumes), volumes_planned=len(planned),
                        warnings=split_warnings(config.fractions, by_split)
+                       + class_warnings(config.fractions, by_split_label)
                        + ([burned_in_warning(plan.burned_in_planned)] if config.allow_burned_in else []),
                        burned_in_planned=plan.burned_in_planned)
 

@@ -54,3 +54,22 @@ def split_warnings(fractions, by_split: dict) -> list[str]:
                        f"than {MIN_SPLIT_PATIENTS}: its metrics rest on too few people; add patients, or change "
                        f"--fractions")
     return out
+
+
+def class_warnings(fractions, by_split_label: dict[str, dict[str, int]]) -> list[str]:
+    """One sentence per non-empty split (of a positive fraction) that lacks classes another split holds: a
+    model cannot learn a class train lacks, and a val or test split without a class has no per-class metric
+    for it (a small cohort's accuracy of 0.0 on such a split is no bug). `by_split_label`: split -> {label: n}."""
+    present = {name: {lab for lab, n in by_split_label.get(name, {}).items() if n > 0} for name in SPLITS}
+    everywhere = set().union(*present.values())
+    out = []
+    for name, fraction in zip(SPLITS, fractions):
+        missing = sorted(everywhere - present[name])
+        if fraction <= 0 or not present[name] or not missing:
+            continue
+        others = sorted(s for s in SPLITS if s != name and present[s] & set(missing))
+        why = ("the model never sees them in training" if name == "train"
+               else "its metrics say nothing about them")
+        out.append(f"split {name} has no slices of class{'es' * (len(missing) > 1)} {', '.join(missing)} "
+                   f"(in {', '.join(others)}): {why}; add patients, or leave the class out with --exclude-class")
+    return out

@@ -13,6 +13,12 @@ it imports nothing of datakit's writers, only the format.
     label = reader.read(table, i, "cls")        # int
     value = decode_member(spec, data)           # one member's bytes, decoded (what `tlx verify --decode` uses)
 
+For users' own code (docs/dataset-format.md, "Reading a dataset from your own code"):
+
+    read_sample(sample["hu.zst"], "hu.zst", "data/")     # bytes from a tar / webdataset / DALI -> np.ndarray
+    for s in iter_dataset("data/", "train"): ...         # slices.parquet row + members by role, in order
+    torch_dataset("data/", "train", transform)           # a map-style torch Dataset
+
 The table is built from the `.idx` files beside the shards (DALI's index: the data
 offset and size of every member), so a sample is read with one positioned read of
 exactly its bytes; no tar is scanned. Sample `i` of a split is the i-th sample in
@@ -293,3 +299,58 @@ class SampleReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+
+
+# ---------------------------------------------------------------- for users' own code
+# docs/dataset-format.md, "Reading a dataset from your own code", has tested snippets around these three.
+
+def read_sample(data: bytes, member: str, dataset: "TlxDataset | str | os.PathLike"):
+    """One member's bytes, as a tar, webdataset or DALI hands them over, decoded by the dataset's manifest:
+    read_sample(sample["hu.zst"], "hu.zst", "data/") -> np.ndarray int16 (H, W); "cls" -> int."""
+    ds = dataset if isinstance(dataset, TlxDataset) else open_dataset(dataset)
+    if member not in ds.members:
+        raise DatakitError(f"member {member!r} is not one of this dataset's: {', '.join(ds.members)}")
+    return decode_member(ds.members[member], data)
+
+
+def iter_dataset(root: str | os.PathLike, split: str):
+    """Every sample of `split` in order, as a dict: its slices.parquet row (key, patient, label, ...) plus each
+    member decoded under its role's name ("image", "label", "labels", "mask"). Reads positioned bytes only."""
+    import pyarrow.parquet as pq
+
+    ds = open_dataset(root)
+    table = ds.sample_table(split, with_keys=True)
+    rows = pq.read_table(ds.root / "slices.parquet", filters=[("split", "==", split)]).to_pylist()
+    if [r["key"] for r in rows] != list(table.keys):
+        raise DatakitError(f"{ds.root}: slices.parquet's {split} rows are not the shards' samples in order "
+                           f"(run `tlx verify {ds.root}`)")
+    reader = SampleReader(ds)
+    try:
+        for i, row in enumerate(rows):
+            yield {**row, **{ds.members[ext].role: reader.read(table, i, ext) for ext in ds.members}}
+    finally:
+        reader.close()
+
+
+def torch_dataset(root: str | os.PathLike, split: str, transform=None):
+    """A map-style torch.utils.data.Dataset of `split`: item i -> transform({"key", role: value, ...}) (the
+    sample's members by role, and its key). Safe in DataLoader workers (files open lazily per process)."""
+    from torch.utils.data import Dataset
+
+    ds = open_dataset(root)
+    table = ds.sample_table(split, with_keys=True)
+
+    class SplitDataset(Dataset):
+        def __init__(self):
+            self.reader = SampleReader(ds)
+
+        def __len__(self) -> int:
+            return len(table)
+
+        def __getitem__(self, i: int):
+            if not 0 <= i < len(table):
+                raise IndexError(f"sample {i} of {split}, which has {len(table)}")
+            sample = {"key": table.keys[i], **{ds.members[e].role: self.reader.read(table, i, e) for e in ds.members}}
+            return transform(sample) if transform is not None else sample
+
+    return SplitDataset()

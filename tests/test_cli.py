@@ -21,3 +21,19 @@ def test_every_command_has_help_with_an_example(name):
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output or "example" in result.output
+
+
+def test_the_demo_prints_each_command_on_one_line_however_narrow_the_console():
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from cli.demo_cmd import print_command
+
+    argv = ["python", "-m", "trainer.finetune", "--task", "radnet", "--data", "demo/data", "--init",
+            "demo/runs/pretrain/demo-simclr/checkpoints/last.pt", "--epochs", "3", "--out", "[x] y"]
+    buf = io.StringIO()
+    print_command(Console(file=buf, width=40, force_terminal=False), argv)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1 and shlex.split(lines[0][2:]) == argv   # pastes back to the same argv, markup kept

@@ -66,6 +66,10 @@ def folder_lock(folder: str | os.PathLike, command: str, shared: bool = False) -
     """Hold the folder's write lock for the block (the folder is created if missing); `shared`: a
     shared lock, held beside other shared holders (see the module docstring)."""
     folder = Path(folder)
+    blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:   # mkdir would raise FileExistsError/NotADirectoryError: say it in one line
+        raise UserError(f"{str(folder)!r} cannot be an output folder: {str(blocked)!r} is a file; give a folder "
+                        f"path (a new one, or the run's or dataset's own)")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

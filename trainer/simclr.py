@@ -91,7 +91,7 @@ class SimCLRConfig:
     warmup_epochs: float | None = opt(None, "linear warmup (recipe: paper 0, simclr 10)")
     blur_p: float | None = opt(None, "Gaussian blur probability (recipe: paper 0, simclr 0.5)")
     normalize: str = opt("minmax", "pixels to [0, 1]: per-slice min-max, or a fixed HU window", choices=("minmax", "hu"))
-    window: tuple[float, float] = opt((-1024.0, 3072.0), "HU window for --normalize hu: LOW HIGH")
+    window: tuple[float, float] | None = opt(None, "HU window for --normalize hu: LOW HIGH [default: -1024 3072]")
     loader: str = opt("auto", "data loader; auto = dali on GPU when installed, else torch",
                       choices=("auto", "dali", "torch"))
     workers: int | None = workers_flag()
@@ -115,6 +115,9 @@ PRETRAIN_MAY_CHANGE = {"data", "loader", "dali_threads", "compile", "eval_every"
                        "per_rank_batch"}
 
 
+HU_WINDOW = (-1024.0, 3072.0)   # the window of --normalize hu unless --window says otherwise
+
+
 def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
     """Fill every unset field from the recipe (and --workers by its rule); the result is what config.json records."""
     r = RECIPES[cfg.recipe]
@@ -122,6 +125,10 @@ def resolve(cfg: SimCLRConfig) -> SimCLRConfig:
                                             "warmup_epochs", "blur_p", "lars_form") if getattr(cfg, k) is None})
     check_at_least(cfg, {"batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1, "checkpoint_every": 0,
                          "eval_every": 0, "grad_cache_chunk": 0, "workers": 0})
+    if cfg.window is not None and cfg.normalize != "hu":   # it would be recorded, and do nothing
+        raise TrainerError(f"--window {cfg.window[0]:g} {cfg.window[1]:g} has no effect with --normalize "
+                           f"{cfg.normalize}; add --normalize hu, or leave --window out")
+    cfg = replace(cfg, window=cfg.window or HU_WINDOW)   # config.json records the window as before
     if cfg.lr is None:
         b = cfg.batch_size
         cfg = replace(cfg, lr=0.075 * math.sqrt(b) if r["lr_rule"] == "sqrt" else 0.3 * b / 256)

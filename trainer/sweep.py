@@ -252,7 +252,7 @@ def run_sequentially(sweep: Sweep, runs: list[SweepRun], keep_going: bool = Fals
     failed = []
     for i, run in enumerate(runs, start=1):
         cmd = sweep.command(run)
-        echo(f"[{i}/{len(runs)}] {run.run_dir}")
+        echo(f"[{i}/{len(runs)}] {run.run_dir}\n$ {shlex.join(cmd)}")   # the command on one line, to paste
         if subprocess.run(cmd).returncode != 0:
             failed.append(run)
             echo(f"[{i}/{len(runs)}] failed: {shlex.join(cmd)}")

@@ -78,3 +78,25 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
             assert f"pid {os.getpid()}" in path.read_text()
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/run"])
+def test_a_file_where_the_output_folder_should_be_is_one_line(tmp_path, out):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"cannot be an output folder: '.*afile' is a file; give a folder path"):
+        with folder_lock(tmp_path / out, "tlx test"):
+            pass
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_trainer_given_a_file_as_its_run_folder_stops_in_one_line(tmp_path):
+    from tests.fixtures.datasets import make_ct_dataset
+
+    data = make_ct_dataset(tmp_path / "data", splits={"train": 8, "val": 4, "test": 4})
+    (tmp_path / "afile").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(data), "--out",
+                           str(tmp_path / "afile"), "--device", "cpu", "--model", "resnet-tiny", "--image-size", "32",
+                           "--batch-size", "4", "--epochs", "1", "--workers", "0"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "TLX_QUIET": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "afile' is a file; give a folder path" in done.stderr

@@ -357,9 +357,16 @@ def test_small_splits_are_warned_about_in_the_manifest_and_once_on_screen(sharde
     manifest = json.loads((ds / "manifest.json").read_text())
     patients = {s: manifest["splits"][s]["patients"] for s in ("train", "val", "test")}
     assert patients == {"train": 2, "val": 1, "test": 1}            # the 4-patient test cohort
-    assert manifest["warnings"] == [
+    assert manifest["warnings"][:3] == [
         f"split {s} has only {n} patient{'s' * (n > 1)} ({manifest['splits'][s]['samples']} slices), fewer than 3: "
         "its metrics rest on too few people; add patients, or change --fractions" for s, n in patients.items()]
+    # then the classes a split lacks (datakit.plan_splits.class_warnings), as slices.parquet shows them
+    slices = pl.read_parquet(ds / "slices.parquet")
+    held = {s: set(slices.filter(pl.col("split") == s)["label"]) for s in ("train", "val", "test")}
+    lacking = {s: sorted(set().union(*held.values()) - held[s]) for s in held}
+    assert [w.split(" ")[1] for w in manifest["warnings"][3:]] == [s for s in held if lacking[s]]
+    for w in manifest["warnings"][3:]:
+        assert f"of class{'es' * (len(lacking[w.split(' ')[1]]) > 1)} {', '.join(lacking[w.split(' ')[1]])} (in " in w
     flat = " ".join(output.split())                                  # rich wraps long lines
     for w in manifest["warnings"]:
         assert flat.count(f"warning: {w}") == 1

@@ -173,6 +173,8 @@ def test_run_sequentially_then_everything_is_skipped_until_the_matrix_changes(tm
     result = CliRunner().invoke(cli, ["sweep", str(f), "--run"])
     assert result.exit_code == 0, result.output
     assert "[1/2] " in result.output and "[2/2] " in result.output
+    typed = [line for line in result.output.splitlines() if line.startswith("$ ")]   # each command on one line
+    assert len(typed) == 2 and all("-m trainer.finetune --task radnet" in t and "--seed" in t for t in typed)
     res = json.loads((tmp_path / "runs/radnet/scratch/finetune/frac-1.0/seed-0/result.json").read_text())
     assert 0 <= res["metrics"]["accuracy"] <= 1
     again = CliRunner().invoke(cli, ["sweep", str(f), "--run"])

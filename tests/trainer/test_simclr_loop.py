@@ -168,6 +168,10 @@ def test_resume_refuses_a_different_run_and_never_refuses_to_overwrite(ds, strai
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
     with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
         simclr.main(["--data", str(ds), "--out", str(straight / "x"), *ARGS, "--log-every", "0", "--batch-size", "-8"])
+    with pytest.raises(TrainerError, match=r"^--window -1000 400 has no effect with --normalize minmax; add "
+                                           r"--normalize hu, or leave --window out$"):
+        simclr.main(["--data", str(ds), "--out", str(straight / "y"), *ARGS, "--window", "-1000", "400"])
+    assert not (straight / "y").exists()
 
 
 def test_resume_refuses_another_training_split_but_takes_the_same_one_moved(ds, straight, tmp_path):
