@@ -49,6 +49,8 @@ def convert() -> None:
       tlx convert nifti-seg --images imagesTr/ --labels labelsTr/ --out lits/ --preset lits
       tlx convert image-folder --root chestxray/images --labels Data_Entry_2017.csv --out cxr/
       tlx convert class-folder --root imagenet/train --eval-root imagenet/val --out in1k/
+      tlx convert cxr --preset chexpert --root CheXpert-v1.0-small --out chexpert/ --uncertain ones
+      tlx convert image-mask --root MontgomerySet --preset montgomery --out montgomery/
     """
 
 
@@ -164,3 +166,12 @@ def class_folder(root, out, eval_root, classes, val, test, size, quality, seed, 
             root=root, out=out, eval_root=eval_root, classes=_csv(classes), val=val, test=test, size=size,
             quality=quality, seed=seed, samples_per_shard=samples_per_shard, workers=workers, resume=resume), progress)
     _summary(manifest, out)
+
+
+def _register_study_commands() -> None:
+    """The related studies' converters (cxr, image-mask, pcam, npy-volumes, dicom-images) live in their own module."""
+    from cli.convert_study_cmds import register
+    register(convert, _common, _summary, _csv)
+
+
+_register_study_commands()

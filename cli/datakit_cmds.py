@@ -258,6 +258,9 @@ def info(dataset_dir):
     m = d.manifest
     image = next(k for k, v in m["members"].items() if v["role"] == "image")
     spec = m["members"][image]
+    if m.get("kind", "ct-slices") != "ct-slices":
+        _converted_info(console, d, image, spec)
+        return
     console.print(f"{d.dataset}: tlx-shards v{m['format_version']}, {m['files']['kept']} slices kept of "
                   f"{m['files']['found']} files found; {image} ({spec['codec']}, int16 HU "
                   f"{'x'.join(map(str, spec['shape']))}); split by {m['config']['plan']['split_by']}")
@@ -267,6 +270,27 @@ def info(dataset_dir):
     console.print(_table("shard diversity (distinct volumes per shard; largest share of one volume in a shard)",
                          d.diversity.with_columns(max_volume_share=(d.diversity["max_volume_share"] * 100).round(1)
                                                   .cast(str) + "%")))
+
+
+def _converted_info(console, d, image: str, spec: dict) -> None:
+    """`tlx info` of a dataset of `tlx convert` (datakit.info_converted)."""
+    m, config = d.manifest, d.manifest.get("config") or {}
+    shape = "x".join(map(str, spec.get("shape") or ["variable"]))
+    console.print(f"{d.dataset}: tlx-shards v{m['format_version']}, kind {m['kind']} ({config.get('converter')}), "
+                  f"{sum(s['samples'] for s in m['splits'].values())} samples, {len(m['classes'])} classes; {image} "
+                  f"({spec['codec']} {spec.get('dtype') or ''} {shape}); split by {config.get('split_by')}",
+                  markup=False, highlight=False)
+    for key in ("label_policy", "merge_labels"):
+        if config.get(key):
+            console.print(f"{key.replace('_', ' ')}: {config[key]}", markup=False, highlight=False)
+    for share in config.get("sources") or []:
+        console.print(f"source {share['name']}: {share['samples']}" + (f", lacks {', '.join(share['absent'])}"
+                                                                        if share.get("absent") else ""),
+                      markup=False, highlight=False)
+    console.print(_table("samples per split and label", d.by_split_label))
+    console.print(_table("per split", d.by_split))
+    console.print(_table("rejected inputs by stage and code", d.rejects))
+    console.print(_table("shard diversity", d.diversity))
 
 
 def _table(title: str, frame) -> "object":

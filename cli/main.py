@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("cli.audit_cmd:audit", "Search a dataset's shareable files for PHI before sharing it."),
     "pack": ("cli.pack_cmd:pack", "Make the shareable copy of a dataset (no work/, no source paths), audited."),
     "secret": ("cli.secret_cmd:secret", "Make a strong pseudonym key, or check which datasets it made."),
-    "convert": ("cli.convert_cmds:convert", "Convert NIfTI segmentations or image folders to shards."),
+    "convert": ("cli.convert_cmds:convert", "Convert public datasets (NIfTI, masks, chest X-rays, ...) to shards."),
     "sweep": ("cli.sweep_cmd:sweep", "Expand an experiment matrix into fine-tuning runs."),
     "analyze": ("cli.analysis_cmds:analyze", "Turn run directories into tables, tests and figures."),
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),

@@ -65,8 +65,7 @@ def audit_paths(ctx: AuditContext, rels: list[str]) -> None:
 def _columns(ctx: AuditContext, rel: str) -> dict[str, Expect | None]:
     """What each column holds; None: free text (tlx's own sentences)."""
     if ctx.kind != "ct-slices":
-        return {"key": Expect("a sample key (letters, digits, _ or -)", f"^{KEY_BODY}$"), "split": SPLIT,
-                "shard": SHARD_TAR}
+        return _converted_columns(ctx, rel)
     classes = one_of("classes", ctx.classes)
     details = {"label_rule": CODE, "label_keyword": CODE, "label_field": CODE}
     if rel == "volumes.parquet":
@@ -75,6 +74,26 @@ def _columns(ctx: AuditContext, rel: str) -> dict[str, Expect | None]:
     return {"key": Expect("a sample key (<volume pseudonym>-<slice index>)", f"^{CT_KEY_BODY}$"), "split": SPLIT,
             "shard": SHARD_TAR, "label": classes, "patient": PSEUDONYM, "volume": PSEUDONYM, **details,
             "pixel_hash": HEX32}
+
+
+def _converted_columns(ctx: AuditContext, rel: str) -> dict[str, Expect | None]:
+    """The columns of `tlx convert`'s kinds (docs/finetune.md) that hold a form of their own; the others
+    (source ids and paths of public datasets, kept by design) are free text: dates, UIDs, the deny list.
+    Converters of DICOM (image-mask, dicom-images: their config records a secret fingerprint) keep
+    pseudonyms only, so their patients, volumes and keys must be pseudonyms."""
+    config = ctx.manifest.get("config") or {}
+    classes = one_of("classes", ctx.classes)
+    out: dict[str, Expect | None] = {"split": SPLIT, "shard": SHARD_TAR, "label": classes, "labels": classes,
+                                     "missing": classes, "uncertain": classes, "view": CODE, "laterality": CODE,
+                                     "modality": CODE, "voi": CODE}
+    sources = [s.get("name") for s in config.get("sources") or []]
+    if sources:
+        out["source_dataset"] = one_of("merged sources", sources)
+    if config.get("secret_fingerprint"):
+        out.update(patient=PSEUDONYM, volume=PSEUDONYM, key=PSEUDONYM)
+    elif rel != "volumes.parquet":
+        out["key"] = Expect("a sample key (letters, digits, _ or -)", f"^{KEY_BODY}$")
+    return out
 
 
 def _is_text(t: pa.DataType) -> bool:

@@ -6,6 +6,9 @@
     info.diversity          # per split: shards, distinct volumes per shard (min/median/max),
                             # the largest share one volume has in any shard
 
+Datasets of `tlx convert` (segmentation, multilabel, image-classification) are described by
+datakit.info_converted, in the same shape.
+
 Shard diversity is what the global shuffle is for: a shard (and so a loader's shuffle
 buffer) should mix slices of many volumes, not hold one volume's neighbouring slices.
 """
@@ -59,10 +62,9 @@ def _read(path, columns: list[str]) -> pl.DataFrame:
 def dataset_info(dataset_dir) -> DatasetInfo:
     layout = Layout(dataset_dir)
     manifest = read_manifest(layout.root)
-    kind = manifest.get("kind", KIND)
-    if kind != KIND:  # its tables are the converters' (docs/finetune.md), not tlx shard's
-        raise DatakitError(f"tlx info reads kind {KIND} (datasets of tlx shard); {layout.root} is kind {kind!r}: "
-                           f"its manifest.json lists splits, labels and shards, and `tlx verify` checks it")
+    if manifest.get("kind", KIND) != KIND:  # its tables are the converters' (docs/finetune.md), not tlx shard's
+        from datakit.info_converted import converted_info
+        return converted_info(layout, manifest)
     slices = _read(layout.slices, ["split", "shard", "label", "patient", "volume"])
     rejects = _read(layout.rejects, ["stage", "code"])
     by_split_label = (slices.group_by("split", "label")

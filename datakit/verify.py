@@ -76,8 +76,10 @@ def check_format(manifest: dict, p: list) -> Kind | None:
     if not isinstance(members, dict):
         return None
     roles = sorted(m.get("role", "?") for m in members.values())
-    if roles.count("image") != 1 or sorted(set(roles)) != sorted(kind.roles) or len(roles) != len(kind.roles):
-        p.append(f"manifest.json: kind {kind.name} needs one member per role {', '.join(kind.roles)}; "
+    required = [r for r in roles if r not in kind.optional]
+    if roles.count("image") != 1 or sorted(required) != sorted(kind.roles) or len(set(roles)) != len(roles):
+        optional = f" (and at most one of {', '.join(kind.optional)})" if kind.optional else ""
+        p.append(f"manifest.json: kind {kind.name} needs one member per role {', '.join(kind.roles)}{optional}; "
                  f"members {sorted(members)} have roles {', '.join(roles)}")
     for ext, m in sorted(members.items()):
         if m.get("codec") not in CODECS:

@@ -1,13 +1,15 @@
 """`tlx verify`, shard side: read one shard once and report what it holds, for any dataset kind.
 
     out = check_shard(ShardCheck(root, entry, members, n_classes, decode))
-    out["problems"], out["keys"], out["cls"], out["labels"], out["hashes"], out["mask_pixels"]
+    out["problems"], out["keys"], out["cls"], out["labels"], out["missing"], out["hashes"], out["mask_pixels"]
 
 One read of the tar gives: byte size and sha256 against the manifest, the tar's members
 grouped into samples (key = the name before the first dot, as both readers cut it), every
 sample's member set against the manifest's, the `.idx` against the tar member by member,
 and the values verify compares with slices.parquet afterwards: `cls` (ascii-int class
-indices), multi-hot `labels`, and with decode=True the pixel hash of an int16 image
+indices), `labels` (the positives of a multi-hot uint8 member, or of a float32 target member:
+values in [0, 1], NaN = missing, whose NaN positions go to `missing`), and with decode=True the
+pixel hash of an int16 image
 (ct-slices) and the per-class pixel counts of a mask. With decode=True every member is
 also decoded to its declared dtype and shape, by the dataset reader's own decoder
 (datakit.read.decode_member), so verify checks what the trainers will read.
@@ -49,8 +51,8 @@ def _samples(infos) -> list[tuple[str, dict]]:
 def check_shard(task: ShardCheck) -> dict:
     entry, members = task.entry, task.members
     path = Path(task.root) / entry["path"]
-    out = {"path": entry["path"], "problems": [], "keys": [], "cls": [], "labels": [], "hashes": [],
-           "mask_pixels": []}
+    out = {"path": entry["path"], "problems": [], "keys": [], "cls": [], "labels": [], "missing": [], "hashes": [],
+           "mask_pixels": [], "fov_pixels": []}
     p = out["problems"]
     if not path.exists():
         p.append(f"{entry['path']}: missing")
@@ -79,7 +81,7 @@ def check_shard(task: ShardCheck) -> dict:
                 _label(out, p, entry, key, members[ext], payload[ext], task.n_classes)
             elif role[ext] == "labels":
                 _multi_hot(out, p, entry, key, members[ext], payload[ext], task.n_classes)
-            if task.decode and role[ext] in ("image", "mask"):
+            if task.decode and role[ext] in ("image", "mask", "fov"):
                 _pixels(out, p, entry, key, ext, members[ext], payload[ext], task)
     if len(samples) != entry["samples"]:
         p.append(f"{entry['path']}: {len(samples)} samples, manifest says {entry['samples']}")
@@ -101,12 +103,20 @@ def _label(out, p, entry, key, spec, data, n_classes) -> None:
 def _multi_hot(out, p, entry, key, spec, data, n_classes) -> None:
     try:
         hot = decode_member(spec, data)
-        if hot.shape != (n_classes,) or not np.isin(hot, (0, 1)).all():
+        if hot.dtype.kind == "f":   # targets: 0..1 (soft labels of label smoothing), NaN = missing
+            missing = np.isnan(hot)
+            if hot.shape != (n_classes,) or not ((hot[~missing] >= 0) & (hot[~missing] <= 1)).all():
+                raise ValueError(f"not {n_classes} values in [0, 1] or NaN")
+        elif hot.shape != (n_classes,) or not np.isin(hot, (0, 1)).all():
             raise ValueError(f"not {n_classes} values of 0 or 1")
-        out["labels"].append(np.flatnonzero(hot).tolist())
+        else:
+            missing = np.zeros(n_classes, bool)
+        out["labels"].append(np.flatnonzero(hot == 1).tolist())
+        out["missing"].append(np.flatnonzero(missing).tolist())
     except Exception as exc:  # noqa: BLE001 - corrupt labels are a finding, reported with their cause
         p.append(f"{entry['path']}: sample {key} has bad labels ({exc})")
         out["labels"].append(None)
+        out["missing"].append(None)
 
 
 def _pixels(out, p, entry, key, ext, spec, data, task: ShardCheck) -> None:
@@ -119,6 +129,10 @@ def _pixels(out, p, entry, key, ext, spec, data, task: ShardCheck) -> None:
         from datakit.write_convert import pixel_hash
 
         out["hashes"].append(None if arr is None else pixel_hash(arr.astype("<i2", copy=False).tobytes()))
+    elif spec.role == "fov":
+        if arr is not None and arr.size and int(arr.max()) > 1:
+            p.append(f"{entry['path']}: sample {key} field-of-view mask holds {int(arr.max())}, not only 0 and 1")
+        out["fov_pixels"].append(None if arr is None else int(np.count_nonzero(arr)))
     elif spec.role == "mask":
         counts = None
         if arr is not None:

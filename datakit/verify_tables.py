@@ -34,12 +34,13 @@ class Kind:
     columns: tuple[str, ...]         # slices.parquet columns (segmentation adds pixels_<class>)
     volumes: bool                    # volumes.parquet is part of the dataset
     by_label: str                    # how the manifest counts by_label: label, labels, pixels
+    optional: tuple[str, ...] = ()   # roles a sample may carry besides (segmentation: a field-of-view mask)
 
 
 KINDS = {k.name: k for k in (
     Kind("ct-slices", ("image", "label"), CT_SLICE_COLUMNS, True, "label"),
     Kind("segmentation", ("image", "mask"), ("key", "split", "shard", "patient", "volume", "slice_index"), True,
-         "pixels"),
+         "pixels", optional=("fov",)),
     Kind("multilabel", ("image", "labels"), ("key", "split", "shard", "labels"), False, "labels"),
     Kind("image-classification", ("image", "label"), ("key", "split", "shard", "label", "label_index"), False,
          "label"),
@@ -95,10 +96,14 @@ def check_keys(shards: list[dict], results: dict, slices: pl.DataFrame, classes:
             p.append(f"{e['path']}: slices.parquet puts its samples in splits {sorted(rows['split'].unique())}")
         if "label_index" in rows.columns and len(r["cls"]) == len(rows) and rows["label_index"].to_list() != r["cls"]:
             p.append(f"{e['path']}: cls members differ from slices.parquet's label_index")
-        if "labels" in rows.columns and len(r["labels"]) == len(rows):
-            want = [sorted(classes.index(c) for c in labs if c in classes) for labs in rows["labels"].to_list()]
-            if want != r["labels"]:
-                p.append(f"{e['path']}: labels members differ from slices.parquet's labels")
+        for column in ("labels", "missing"):
+            if column in rows.columns and len(r[column]) == len(rows):
+                want = [sorted(classes.index(c) for c in labs if c in classes) for labs in rows[column].to_list()]
+                if want != r[column]:
+                    p.append(f"{e['path']}: labels members differ from slices.parquet's {column}")
+        if r.get("fov_pixels") and "fov_pixels" in rows.columns and len(r["fov_pixels"]) == len(rows) \
+                and rows["fov_pixels"].to_list() != r["fov_pixels"]:
+            p.append(f"{e['path']}: decoded field-of-view masks differ from slices.parquet's fov_pixels")
         if r["hashes"] and len(r["hashes"]) == len(rows) and rows["pixel_hash"].to_list() != r["hashes"]:
             p.append(f"{e['path']}: decoded pixels differ from slices.parquet's pixel_hash")
         if r["mask_pixels"] and len(r["mask_pixels"]) == len(rows):
@@ -113,10 +118,11 @@ def check_keys(shards: list[dict], results: dict, slices: pl.DataFrame, classes:
             classes, list(range(len(classes))), default=-1))
         if len(wrong):
             p.append(f"slices.parquet: {len(wrong)} rows whose label_index is not their label's index in classes")
-    if "labels" in slices.columns:
-        stray = set(slices["labels"].explode().drop_nulls().unique()) - set(classes)
-        if stray:
-            p.append(f"slices.parquet: labels {sorted(stray)[:3]} are not in the manifest's classes")
+    for column in ("labels", "missing", "uncertain"):
+        if column in slices.columns:
+            stray = set(slices[column].explode().drop_nulls().unique()) - set(classes)
+            if stray:
+                p.append(f"slices.parquet: {column} {sorted(stray)[:3]} are not in the manifest's classes")
 
 
 def _by_label(part: pl.DataFrame, kind: Kind, classes: list[str]) -> dict[str, int]:

@@ -11,4 +11,4 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TLX_TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[dali,tensorboard,export,keras,dev]"
+python -m pip install -q -e ".[dali,hdf5,tensorboard,export,dev]"

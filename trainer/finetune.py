@@ -70,7 +70,7 @@ from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
 from trainer.selection import Watch, loss_sums, plateau_step
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
-from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SETTINGS, WEIGHT_DECAY_PRESETS, Task,
+from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, WEIGHT_DECAY_PRESETS, Task,
                            default_weight_decay, get_task, parse_class_weights, resolve_class_weights, run_dir)
 
 # --schedule -> trainer.optim.Schedule's kind (plateau: constant, times the plateau's scale)
@@ -140,6 +140,8 @@ class FinetuneConfig:
                                          "convolutions) or tlx's earlier one (smp-unet: nearest upsampling)",
                        choices=DECODERS)
     decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
+    seg_loss: str | None = opt(None, "segmentation loss: ce (class-weighted cross-entropy), dice (soft Dice) or "
+                                     "dice+ce [default: the task's]", choices=SEG_LOSSES)
     save_masks: bool = opt(False, "segmentation: also write masks.npz, every test slice's predicted and true class "
                                   "per pixel (pixel maps in tlx analyze)")
     normalize: str | None = opt(None, "int16/float pixels to [0, 1]: per-slice minmax or a fixed HU window "
@@ -188,6 +190,7 @@ class Plan:
     regions: dict[str, tuple[int, ...]]
     normalize: str
     window: tuple[float, float]
+    seg_loss: str = "ce"
     weight_decay_from: str = "task"    # --weight-decay, task, study (its configs) or tlx (tlx's default)
     watch: Watch = Watch("accuracy")   # what picks the best epoch (and stops early, with a patience)
     lp_epochs: int = 0                 # lp-ft: epochs with the encoder frozen
@@ -236,6 +239,7 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     _, image_spec = dataset.member("image")
     image_size = cfg.image_size or (image_spec.shape[-1] if image_spec.shape else 224)
     classes = dataset.classes
+    task.check_classes(classes)
     weights = resolve_class_weights(parse_class_weights(cfg.class_weights) if cfg.class_weights
                                     else task.class_weights, classes, strict=cfg.class_weights is not None)
     regions = {}
@@ -250,15 +254,16 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
     return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or model_guess or "resnet50",
-                image_size, augment, weights, regions, normalize, window, weight_decay_from, _watch(cfg, task),
-                _lp_epochs(cfg, hp))
+                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss,
+                weight_decay_from, _watch(cfg, task), _lp_epochs(cfg, hp))
 
 
 def _watch(cfg: FinetuneConfig, task: Task) -> Watch:
     """The selection metric: --early-stop's (with its patience), else the task's metric (trainer/selection.py)."""
     if cfg.early_stop is None:
         return Watch(task.metric)
-    return Watch.parse(cfg.early_stop, (task.metric, "auc") if task.kind == "classification" else (task.metric,))
+    metrics = (task.metric, "accuracy", "auc") if task.kind == "classification" else (task.metric,)
+    return Watch.parse(cfg.early_stop, tuple(dict.fromkeys(metrics)))
 
 
 def _lp_epochs(cfg: FinetuneConfig, hp: dict) -> int:
@@ -376,7 +381,7 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
         metrics, rows = M.classification_results(out, np.concatenate([a for p in parts for a in p[2]]), keys)
     else:
         metrics, rows = M.multilabel_results(out, np.concatenate([a for p in parts for a in p[2]]), keys, classes,
-                                             plan.task.exclude_from_mean)
+                                             plan.task.mean_excludes(classes))
     return {**metrics, "loss": loss}, rows
 
 
@@ -568,7 +573,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     lp_ft = {"lp_epochs": plan.lp_epochs} if cfg.setting == "lp-ft" else {}
     resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp, **lp_ft,
                 "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
-                "window": list(plan.window)}
+                "window": list(plan.window), "seg_loss": plan.seg_loss}
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
@@ -589,12 +594,14 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
 
 def saved_config(saved: dict) -> dict:
     """A checkpoint's config.json with what runs from before a flag used, where it applied: LARS with the lr
-    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet)."""
+    outside the momentum (--lars-form lr-outside), the smp-unet decoder (--decoder smp-unet), the
+    cross-entropy segmentation loss (--seg-loss ce)."""
     before = {}
     if saved.get("optimizer") == "lars":
         before["lars_form"] = "lr-outside"
     if saved.get("kind") == "segmentation":
         before["decoder"] = "smp-unet"
+        before["seg_loss"] = "ce"           # the only segmentation loss before --seg-loss
     return {**before, **saved}
 
 
@@ -640,7 +647,7 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         set_lr(job.optimizer, lr)
         x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
         with _autocast(env):
-            loss = task_loss(kind, job.ddp(x), y, job.weights)
+            loss = task_loss(kind, job.ddp(x), y, job.weights, job.plan.seg_loss)
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         job.optimizer.step()

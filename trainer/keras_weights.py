@@ -15,7 +15,7 @@ and tensors as: conv kernel (kh, kw, in, out) -> (out, in, kh, kw); BN gamma, be
 moving_mean, moving_variance -> weight, bias, running_mean, running_var. The classifier
 (`probs`, `predictions`) is dropped. Files written by Keras 2 (`save_weights` or a whole
 model's `model.save`, whose weights sit under `model_weights/`) are read; h5py is the
-optional extra `tlx[keras]`.
+optional extra `tlx[hdf5]`.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def read_keras_h5(path: str | Path) -> dict[str, np.ndarray]:
     try:
         import h5py
     except ImportError as exc:
-        raise TrainerError("reading Keras .h5 weights needs h5py: pip install 'tlx[keras]'") from exc
+        raise TrainerError("reading Keras .h5 weights needs h5py: pip install 'tlx[hdf5]'") from exc
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -2,18 +2,24 @@
 
     accuracy(pred, target)                       single-label
     class_auc(probs, target)                     single-label: binary AUC, or one-vs-rest macro over classes
-    roc_auc(scores, targets)                     one label; NaN when the test set lacks a class
+    roc_auc(scores, targets)                     one label; NaN when the test set lacks a class; NaN targets skipped
     mean_auc(scores, targets, labels)            multi-label: auc_<label> and mean_auc
     dice_counts(pred_mask, true_mask, n, regions)  per-slice overlap counts (what the evaluator gathers)
-    dice_metrics(counts, volumes, class_names)   dice_<class>, dice_<class>_volume, dice_mean
+    dice_metrics(counts, volumes, class_names)   dice_<class> (per image), _volume, _global; dice_mean(_global)
+
+Missing labels (NaN targets of multi-label data: `tlx convert cxr --uncertain ignore`, a label a
+merged source lacks) are left out of that label's AUC, and out of predictions.parquet; targets
+other than 0, 1 or NaN (soft labels) cannot be scored and are refused.
 
 Dice and empty ground truth: per slice and class, dice = 2|P∩T| / (|P| + |T|). A class
 absent from both the truth and the prediction of a slice gives NaN (nothing to find
 and nothing wrongly found: it is left out of the mean, not counted as 1), a class
 absent from the truth but predicted gives 0. `dice_<class>` is the mean over the test
-slices where it is defined; `dice_<class>_volume` pools the counts of all slices of a
-volume first (the usual 3D Dice) and averages over volumes; `dice_mean` averages
-`dice_<class>` over the foreground classes (and regions). A metric with no defined
+slices where it is defined (per image); `dice_<class>_volume` pools the counts of all slices of a
+volume first (the usual 3D Dice) and averages over volumes; `dice_<class>_global` pools the
+counts of the whole split (one Dice over all its pixels, as SIIM-ACR and DRIVE papers often
+report); `dice_mean` averages `dice_<class>` over the foreground classes (and regions),
+`dice_mean_global` the `dice_<class>_global`. A metric with no defined
 value at all is NaN, written as null in result.json.
 """
 from __future__ import annotations
@@ -35,9 +41,11 @@ def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
     """Area under the ROC curve of one binary label (Mann-Whitney U with mid-ranks for ties).
 
     NaN when the targets hold only positives or only negatives: the AUC is undefined,
-    and pretending 0.5 or 1.0 would bias the mean over labels."""
+    and pretending 0.5 or 1.0 would bias the mean over labels. NaN targets (missing) are left out."""
     scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets).astype(bool)
+    targets = np.asarray(targets, dtype=np.float64)
+    known = ~np.isnan(targets)
+    scores, targets = scores[known], targets[known].astype(bool)
     n_pos = int(targets.sum())
     n_neg = len(targets) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -114,7 +122,9 @@ def dice_metrics(counts: np.ndarray, volumes: list[str], names: list[str]) -> di
         out[f"dice_{name}"] = _nanmean(per_slice[:, j])
         pooled = [dice_from_counts(counts[volumes == v, j].sum(0)) for v in np.unique(volumes)]
         out[f"dice_{name}_volume"] = _nanmean(np.array(pooled))
+        out[f"dice_{name}_global"] = float(dice_from_counts(counts[:, j].sum(0)))
     out["dice_mean"] = _nanmean(np.array([out[f"dice_{n}"] for n in names[1:]]))
+    out["dice_mean_global"] = _nanmean(np.array([out[f"dice_{n}_global"] for n in names[1:]]))
     return out
 
 
@@ -122,6 +132,8 @@ def dice_metrics(counts: np.ndarray, volumes: list[str], names: list[str]) -> di
 # A task's evaluation records -> metrics and the rows of predictions.parquet (docs/run-format.md)
 
 def classification_results(probs: np.ndarray, targets: np.ndarray, keys: list[str]) -> tuple[dict, dict]:
+    """accuracy; with two classes also `auc` (class 1's probability as the score: PCam's tumor, a
+    mammogram's malignancy), the metric binary tasks are usually reported by."""
     pred = np.argmax(probs, axis=1)
     correct = pred == targets
     rows = {"sample": list(keys), "correct": correct.tolist(), "target": targets.astype(np.int64).tolist(),
@@ -131,12 +143,22 @@ def classification_results(probs: np.ndarray, targets: np.ndarray, keys: list[st
 
 def multilabel_results(scores: np.ndarray, targets: np.ndarray, keys: list[str], labels: list[str],
                        exclude_from_mean: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    targets = targets.astype(bool)
+    """Per-label AUC and mean_auc; rows per sample and label whose target is known (missing ones are
+    not scored, so they are not listed either)."""
+    from trainer.errors import TrainerError
+
+    targets = np.asarray(targets, dtype=np.float64)
+    known = ~np.isnan(targets)
+    soft = known & (targets != 0) & (targets != 1)
+    if soft.any():
+        raise TrainerError(f"{int(soft.sum())} evaluation targets are neither 0, 1 nor missing (soft labels, e.g. "
+                           f"{targets[soft][0]:g}); an AUC needs 0 or 1: convert val and test without label smoothing")
     n, n_labels = scores.shape
-    rows = {"sample": np.repeat(np.asarray(keys, dtype=object), n_labels).tolist(),
-            "label": np.tile(np.asarray(labels, dtype=object), n).tolist(),
-            "target": targets.ravel().tolist(), "score": scores.astype(np.float64).ravel().tolist(),
-            "correct": ((scores >= 0.5) == targets).ravel().tolist()}
+    sample = np.repeat(np.asarray(keys, dtype=object), n_labels)[known.ravel()]
+    label = np.tile(np.asarray(labels, dtype=object), n)[known.ravel()]
+    truth = targets[known].astype(bool)
+    rows = {"sample": sample.tolist(), "label": label.tolist(), "target": truth.tolist(),
+            "score": scores[known].astype(np.float64).tolist(), "correct": ((scores[known] >= 0.5) == truth).tolist()}
     return mean_auc(scores, targets, labels, exclude_from_mean), rows
 
 

@@ -20,7 +20,9 @@ validation results.
   multiplied by `--decay`, and the count starts again.
 
 The validation loss (`val_loss` in metrics.jsonl) is the training loss over the whole split:
-the class-weighted mean over samples (pixels for segmentation; label entries for multilabel).
+the class-weighted mean over samples (pixels for segmentation; the observed label entries for
+multilabel, as the masked BCE). For segmentation it is the class-weighted cross-entropy whatever
+`--seg-loss` trains with (a soft Dice over a batch is no sum over samples or pixels).
 """
 from __future__ import annotations
 
@@ -76,10 +78,12 @@ def loss_sums(kind: str, logits: torch.Tensor, target: torch.Tensor,
     """(weighted loss sum, weight sum) of a batch: their ratio over all batches is the split's loss, the
     training loss's weighted mean (trainer/task_heads.task_loss) taken over the whole split at once."""
     logits = logits.float()
-    if kind == "multilabel":
-        w = torch.ones_like(logits) if class_weights is None else class_weights.expand_as(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
-        return float((w * bce).sum()), float(logits.numel())
+    if kind == "multilabel":   # missing labels (NaN) count for nothing, as in training's masked BCE
+        target = target.float()
+        observed = ~torch.isnan(target)
+        w = observed.float() if class_weights is None else observed * class_weights.expand_as(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, torch.where(observed, target, 0.0), reduction="none")
+        return float((w * bce).sum()), float(observed.sum())
     target = target.long()
     nll = F.cross_entropy(logits, target, reduction="none")
     w = torch.ones_like(nll) if class_weights is None else class_weights[target]

@@ -35,6 +35,7 @@ from trainer.checkpoint import unreadable
 from trainer.dist import is_distributed
 from trainer.errors import TrainerError
 from trainer.models.unet import UNetDecoder
+from trainer.task_losses import masked_bce, segmentation_loss
 from trainer.weight_layouts import extract_encoder, guess_model
 
 KINDS = ("classification", "multilabel", "segmentation")
@@ -82,14 +83,21 @@ class TaskModel(nn.Module):
 
 
 def task_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
-              class_weights: torch.Tensor | None = None) -> torch.Tensor:
+              class_weights: torch.Tensor | None = None, seg_loss: str = "ce") -> torch.Tensor:
     """Weighted cross-entropy (per image, or per pixel for segmentation: logits [B, C, H, W],
     target [B, H, W]) or, for multilabel, binary cross-entropy on each label's logit with
-    the label's weight. Computed in float32 whatever the autocast dtype."""
+    the label's weight, over the labels not missing (NaN targets: trainer.task_losses.masked_bce).
+    Segmentation takes `seg_loss` ce, dice or dice+ce (trainer.task_losses). Computed in float32
+    whatever the autocast dtype."""
     logits = logits.float()
     if kind == "multilabel":
-        weight = None if class_weights is None else class_weights.expand_as(logits)
-        return F.binary_cross_entropy_with_logits(logits, target.float(), weight=weight)
+        return masked_bce(logits, target, class_weights)
+    if kind == "segmentation":
+        return segmentation_loss(seg_loss, logits, target, class_weights, _weighted_ce)
+    return _weighted_ce(logits, target, class_weights)
+
+
+def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
     # torch's weighted mean: sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i]
     if class_weights is None or not is_distributed():
         return F.cross_entropy(logits, target.long(), weight=class_weights)

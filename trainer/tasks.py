@@ -29,6 +29,7 @@ from pathlib import Path
 from trainer.errors import TrainerError
 
 KINDS = ("classification", "multilabel", "segmentation")
+SEG_LOSSES = ("ce", "dice", "dice+ce")           # trainer.task_losses (this module imports no torch)
 OPTIMIZERS = ("adamw", "adam", "sgd", "lars")
 AUGMENTS = ("none", "flip", "crop-flip")
 SETTINGS = ("finetune", "linear", "lp-ft")
@@ -61,12 +62,15 @@ class Task:
     augment: str = "none"                      # none | flip | crop-flip (random resized crop + flip)
     regions: dict[str, tuple[str, ...]] = field(default_factory=dict)   # segmentation: unions of classes scored too
     exclude_from_mean: tuple[str, ...] = ()    # multilabel: labels left out of mean_auc
+    auc_labels: tuple[str, ...] = ()           # multilabel: the labels mean_auc averages (() = all of them)
+    seg_loss: str = "ce"                       # segmentation: ce | dice | dice+ce
     description: str = ""
 
     def __post_init__(self):
         _check(self.kind, KINDS, f"task {self.name!r} kind")
         _check(self.optimizer, OPTIMIZERS, f"task {self.name!r} optimizer")
         _check(self.augment, AUGMENTS, f"task {self.name!r} augment")
+        _check(self.seg_loss, SEG_LOSSES, f"task {self.name!r} seg_loss")
         for frac, row in self.by_fraction.items():
             unknown = set(row) - set(HYPERPARAMETERS)
             if unknown or not 0 < frac <= 1:
@@ -87,6 +91,23 @@ class Task:
         return hp
 
 
+    def check_classes(self, classes: list[str]) -> None:
+        """TrainerError when the dataset's classes cannot give the task's metric: `auc` needs two classes,
+        `auc_labels` must all be labels of the dataset."""
+        if self.metric == "auc" and len(classes) != 2:
+            raise TrainerError(f"task {self.name} scores auc, which needs two classes; the dataset has "
+                               f"{len(classes)} ({', '.join(classes)})")
+        unknown = [c for c in self.auc_labels if c not in classes]
+        if unknown:
+            raise TrainerError(f"task {self.name} averages the AUC of labels {unknown} that the dataset lacks "
+                               f"(its classes: {', '.join(classes)}); convert it with them or pick another task")
+
+    def mean_excludes(self, classes: list[str]) -> tuple[str, ...]:
+        """The labels left out of mean_auc: exclude_from_mean, and those outside auc_labels."""
+        outside = tuple(c for c in classes if self.auc_labels and c not in self.auc_labels)
+        return tuple(dict.fromkeys(self.exclude_from_mean + outside))
+
+
 def default_weight_decay(task: str, optimizer: str, preset: str) -> tuple[float, str]:
     """(weight decay, where it comes from: "study" or "tlx") for a task that does not set one."""
     _check(preset, WEIGHT_DECAY_PRESETS, "--weight-decay-preset")
@@ -98,6 +119,28 @@ def default_weight_decay(task: str, optimizer: str, preset: str) -> tuple[float,
 def _check(value, allowed, what: str) -> None:
     if value not in allowed:
         raise TrainerError(f"{what} {value!r} is not one of: {', '.join(allowed)}")
+
+
+CHEXPERT_5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+
+def _cxr(name: str, description: str, **kw) -> Task:
+    """A chest X-ray task of `tlx convert cxr` data: Irvin et al.'s CheXpert recipe (Adam, lr 1e-4, no decay,
+    batch 16, 3 epochs), sigmoid + masked BCE, mean AUC; "No Finding" never in the mean."""
+    return Task(name, "multilabel", ("multilabel",), "mean_auc", epochs=3, batch_size=16, lr=1e-4, optimizer="adamw",
+                decay=1.0, weight_decay=0.0, exclude_from_mean=("No Finding",), description=description, **kw)
+
+
+def _seg2d(name: str, description: str) -> Task:
+    """A 2-D segmentation task of `tlx convert image-mask` data: Dice + CE, Dice over the test split's pixels."""
+    return Task(name, "segmentation", ("segmentation",), "dice_mean_global", epochs=50, batch_size=16, lr=1e-3,
+                optimizer="adamw", decay=0.97, seg_loss="dice+ce", augment="flip", description=description)
+
+
+def _binary(name: str, description: str, **kw) -> Task:
+    """A two-class task scored by the AUC of its second class."""
+    return Task(name, "classification", ("image-classification",), "auc", epochs=20, batch_size=64, lr=1e-4,
+                optimizer="adamw", decay=0.97, description=description, **kw)
 
 
 def _lars_then_adamw(tenth: tuple[int, float]) -> dict[float, dict]:
@@ -135,6 +178,22 @@ BUILTIN: dict[str, Task] = {t.name: t for t in [
          batch_size=256, lr=1e-4, optimizer="adamw", decay=0.97, augment="crop-flip",
          by_fraction={0.01: {"batch_size": 64, "lr": 1e-4, "optimizer": "adamw"}},
          description="ImageNet-10 (10-class subset); the table gives 10% and 1% only, all data uses the 10% row"),
+    _cxr("chexpert", "CheXpert (tlx convert cxr --preset chexpert); mean AUC over the 5 competition labels",
+         auc_labels=CHEXPERT_5),
+    _cxr("mimic-cxr", "MIMIC-CXR-JPG with CheXpert labels; mean AUC over the 5 CheXpert competition labels",
+         auc_labels=CHEXPERT_5),
+    _cxr("padchest", "PadChest findings; mean AUC over every label"),
+    Task("nih", "multilabel", ("multilabel",), "mean_auc", epochs=50, batch_size=128, lr=5e-4, optimizer="adamw",
+         decay=0.97, class_weights={"No Finding": 1e-3, "*": 1.0}, exclude_from_mean=("No Finding",),
+         description="ChestX-ray14 of tlx convert cxr --preset nih: the chestxray task's recipe (No Finding 1e-3)"),
+    _cxr("cxr-superset", "a merged chest X-ray superset (tlx convert cxr --merge); missing labels masked"),
+    _seg2d("siim-acr", "SIIM-ACR pneumothorax segmentation (DICOM + RLE); Dice"),
+    _seg2d("montgomery", "Montgomery lung segmentation (left and right lung united); Dice"),
+    _seg2d("drive", "DRIVE retinal vessel segmentation (RGB fundus); Dice"),
+    _binary("pcam", "PatchCamelyon: tumor in a 96x96 lymph node patch; AUC", augment="flip"),
+    _binary("cbis-ddsm", "CBIS-DDSM mammograms: malignant or benign; AUC", augment="flip"),
+    Task("mrnet", "multilabel", ("multilabel",), "mean_auc", epochs=20, batch_size=32, lr=1e-4, optimizer="adamw",
+         decay=0.97, description="MRNet knee MRI (chosen sagittal slices): abnormal, ACL, meniscus tears; mean AUC"),
 ]}
 
 
@@ -155,7 +214,7 @@ def load_tasks_file(path: Path | str) -> dict[str, Task]:
             raise TrainerError(f"{path}: task {name!r} has unknown fields {sorted(unknown)}; "
                                f"known: {', '.join(sorted(fields))}")
         entry = dict(entry)
-        for key in ("data_kinds", "exclude_from_mean"):
+        for key in ("data_kinds", "exclude_from_mean", "auc_labels"):
             if key in entry:
                 entry[key] = tuple(entry[key])
         if isinstance(entry.get("class_weights"), list):

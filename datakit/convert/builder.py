@@ -172,7 +172,7 @@ class DatasetBuilder:
             if is_partial(p):
                 p.unlink()
         shards_meta, table_rows = self._write_shards(rows)
-        tables = [(self.layout.slices, pa.Table.from_pylist(table_rows)),
+        tables = [(self.layout.slices, _named_lists(pa.Table.from_pylist(table_rows))),
                   (self.layout.rejects, _rejects_table(all_rejects))]
         if volumes:  # kinds made of volumes (segmentation); image kinds have none
             tables.append((self.layout.volumes, pa.Table.from_pylist(volumes)))
@@ -283,6 +283,16 @@ def _read_ref(ref: list) -> bytes:
         raise DatakitError(f"{path} changed since it was staged ({len(data)} of {size} bytes at {offset}); "
                            f"rerun the conversion into a new folder")
     return data
+
+
+def _named_lists(table):
+    """A list column whose lists are all empty comes out of from_pylist as list<null>; tlx's list columns
+    hold names (labels, classes), so it is stored as list<string> like the same column of another dataset."""
+    import pyarrow as pa
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.string())))
+    return table
 
 
 def _rejects_table(rejects: list[dict[str, Any]]):

@@ -31,7 +31,7 @@ import numpy as np
 
 from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
                                      locked_output, safe_key, stage_reject)
-from datakit.convert.images import list_images, load_uint8, resize_uint8, zstd_bytes
+from datakit.convert.images import check_image_options, encoded_image, image_member, match_files
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
@@ -112,38 +112,6 @@ def _row_labels(row: dict[str, str], o: ImageFolderOptions) -> tuple[str, ...]:
     return tuple(p for p in parts if p and p != o.none_label)
 
 
-def _match_files(root: Path, names: list[str]) -> tuple[dict[str, str], list[str], dict]:
-    """CSV image value -> relative path of the file, the image files no value names, and the entries
-    named like images that are no regular file (list_images)."""
-    files, problems = list_images(root)
-    by_rel = set(files)
-    by_name: dict[str, list[str]] = {}
-    for rel in files:
-        by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
-    matched = {}
-    for name in names:
-        if name in by_rel:
-            matched[name] = name
-        elif len(by_name.get(name, [])) == 1:
-            matched[name] = by_name[name][0]
-        elif len(by_name.get(name, [])) > 1:
-            raise DatakitError(f"image {name!r} of the CSV matches {len(by_name[name])} files below {root} "
-                               f"({', '.join(by_name[name][:3])}); give paths relative to --root in the CSV")
-    used = set(matched.values())
-    return matched, [rel for rel in files if rel not in used], problems
-
-
-def _refuse_images_named_twice(matched: dict[str, str]) -> None:
-    """One image named by two CSV rows would be two samples, perhaps of two patients and in two splits."""
-    named_by: dict[str, list[str]] = {}
-    for name, rel in matched.items():
-        named_by.setdefault(rel, []).append(name)
-    twice = sorted(ns for ns in named_by.values() if len(ns) > 1)
-    if twice:
-        raise DatakitError(f"--labels names {len(twice)} image(s) twice under different names, e.g. "
-                           f"{' and '.join(map(repr, twice[0]))} are both {matched[twice[0][0]]}; keep one row each")
-
-
 @locked_output("tlx convert image-folder")
 def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> dict:
     """Convert an image folder with a label CSV; returns the manifest written."""
@@ -151,10 +119,7 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
     root = Path(o.root)
     if not root.is_dir():
         raise DatakitError(f"--root {root} is not a folder")
-    if o.channels not in (1, 3):
-        raise DatakitError(f"--channels {o.channels} is not one of: 1, 3")
-    if o.size < 8:
-        raise DatakitError(f"--size {o.size} must be at least 8 pixels")
+    check_image_options(o.size, o.channels)
     if not o.label_cols and not o.label_col:
         raise DatakitError("give --label-col (one column of separated labels) or --label-cols (one 0/1 column each)")
     rows = _read_csv(Path(o.labels), o)
@@ -162,10 +127,10 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:3]
         raise DatakitError(f"--labels names these images more than once: {dup}")
-    matched, unlabelled, not_files = _match_files(root, names)
-    _refuse_images_named_twice(matched)
+    found, unlabelled, not_files = match_files(root, [(n,) for n in names])
+    matched = {n: rel for n, rel in zip(names, found) if rel is not None}
     rejects = [stage_reject(rel, code, reason) for rel, (code, reason) in sorted(not_files.items())]
-    named_not_files = set(not_files) | {rel.rsplit("/", 1)[-1] for rel in not_files}   # matched as _match_files does
+    named_not_files = set(not_files) | {rel.rsplit("/", 1)[-1] for rel in not_files}   # matched as match_files does
     rejects += [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
                 for n in names if n not in matched and n not in named_not_files]
     rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]
@@ -188,8 +153,7 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
     jobs = [(f"{chunk[0].source}..{chunk[-1].source}", ImageJob(tuple(chunk), tuple(classes), o.single_label,
                                                                 o.size, o.channels))
             for chunk in iter_chunks(items, CHUNK)]
-    shape = [o.size, o.size] if o.channels == 1 else [3, o.size, o.size]
-    members = {"img.zst": {"role": "image", "codec": "zstd", "dtype": "uint8", "byteorder": "little", "shape": shape}}
+    members = {"img.zst": image_member(o.size, o.channels)}
     if o.single_label:
         members["cls"] = {"role": "label", "codec": "ascii-int"}
     else:
@@ -236,17 +200,13 @@ def stage_images(job: ImageJob, bin_path: Path) -> Staged:
     try:
         for item in job.items:
             try:
-                img = load_uint8(item.path, job.channels)
+                img, w, h = encoded_image(item.path, job.channels, job.size)
             except Exception as exc:  # noqa: BLE001 - an unreadable file is a reject with its reason
                 staged.rejects.append(stage_reject(item.source, "undecodable", f"{type(exc).__name__}: {exc}"))
                 continue
-            h, w = img.shape[:2]
-            img = resize_uint8(img, job.size)
-            if img.ndim == 3:
-                img = img.transpose(2, 0, 1)  # [3, H, W]: the manifest's channel-first shape
             row = {"key": item.key, "split": item.split, "patient": item.patient, "source": item.source,
                    "width": w, "height": h, "labels": list(item.labels)}
-            payload = {"img.zst": staging.add(zstd_bytes(img))}
+            payload = {"img.zst": staging.add(img)}
             if job.single_label:
                 row.update(label=item.labels[0], label_index=index[item.labels[0]])
                 payload["cls"] = staging.add(str(index[item.labels[0]]).encode())

@@ -92,3 +92,68 @@ def resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
         return img
     method = Image.Resampling.BOX if size < img.shape[0] else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(img).resize((size, size), method))
+
+
+def check_image_options(size: int, channels: int) -> None:
+    """--size and --channels of the converters that store 8-bit images."""
+    from datakit.errors import DatakitError
+
+    if channels not in (1, 3):
+        raise DatakitError(f"--channels {channels} is not one of: 1, 3")
+    if size < 8:
+        raise DatakitError(f"--size {size} must be at least 8 pixels")
+
+
+def image_member(size: int, channels: int) -> dict:
+    """The manifest's `img.zst` entry of an 8-bit image member."""
+    shape = [size, size] if channels == 1 else [3, size, size]
+    return {"role": "image", "codec": "zstd", "dtype": "uint8", "byteorder": "little", "shape": shape}
+
+
+def channel_first(img: np.ndarray) -> np.ndarray:
+    """[H, W, 3] -> [3, H, W] (the manifest's channel-first shape); [H, W] unchanged."""
+    return img.transpose(2, 0, 1) if img.ndim == 3 else img
+
+
+def encoded_image(path: Path | str, channels: int, size: int) -> tuple[bytes, int, int]:
+    """An image file as an `img.zst` payload (8-bit, padded square, resized, channel-first), and the
+    source's width and height. Raises what PIL raises for a file it cannot decode."""
+    img = load_uint8(path, channels)
+    h, w = img.shape[:2]
+    return zstd_bytes(channel_first(resize_uint8(img, size))), w, h
+
+
+def match_files(root: Path, candidates: list[tuple[str, ...]], who: str = "--labels"
+                ) -> tuple[list[str | None], list[str], dict]:
+    """Which image file below `root` each entry names: its first candidate that is a path below the
+    root, else the last candidate's file name if exactly one file anywhere below has it (ChestX-ray8
+    spreads its images over images_001..012/). Returns the matches (None: no such file), the image
+    files nothing names, and the entries named like images that are no regular file (list_images).
+    A name that matches several files, or one file named by two entries, is a DatakitError."""
+    from datakit.errors import DatakitError
+
+    files, problems = list_images(root)
+    by_rel = set(files)
+    by_name: dict[str, list[str]] = {}
+    for rel in files:
+        by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
+    matched: list[str | None] = []
+    for tries in candidates:
+        rel = next((t for t in tries if t in by_rel), None)
+        if rel is None:
+            name = tries[-1].rsplit("/", 1)[-1]
+            hits = by_name.get(name, [])
+            if len(hits) > 1:
+                raise DatakitError(f"image {name!r} of {who} matches {len(hits)} files below {root} "
+                                   f"({', '.join(hits[:3])}); give paths relative to the root in it")
+            rel = hits[0] if hits else None
+        matched.append(rel)
+    named_by: dict[str, list[str]] = {}
+    for tries, rel in zip(candidates, matched):
+        if rel is not None:
+            named_by.setdefault(rel, []).append(tries[0])
+    twice = sorted((names, rel) for rel, names in named_by.items() if len(names) > 1)
+    if twice:   # one image would be two samples, perhaps of two patients and in two splits
+        raise DatakitError(f"{who} names {len(twice)} image(s) twice under different names, e.g. "
+                           f"{' and '.join(map(repr, twice[0][0]))} are both {twice[0][1]}; keep one row each")
+    return matched, [rel for rel in files if rel not in named_by], problems

@@ -42,7 +42,7 @@ from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_
                                      safe_key, stage_reject)
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
 from datakit.convert.nifti_files import Case, find_cases
-from datakit.convert.splits import assign_splits
+from datakit.convert.splits import assign_splits, patient_from_id
 from datakit.errors import DatakitError
 from tlxcore.progress import Progress, silent
 
@@ -180,7 +180,7 @@ def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     layout, cases, unused = _cases_and_layout(o, images, labels)
     modalities = layout.modalities
     n_channels = len(modalities) if modalities else (len(layout.channels) or 1)
-    jobs = [(c.case, CaseJob(c.case, _patient(c.case, o.patient_regex), c.images, c.label, layout, o.size, dtype,
+    jobs = [(c.case, CaseJob(c.case, patient_from_id(c.case, o.patient_regex, "case"), c.images, c.label, layout, o.size, dtype,
                              drop_empty)) for c in cases]
 
     classes = [name for _, name in layout.label_map]
@@ -236,15 +236,6 @@ def _cases_and_layout(o: NiftiSegOptions, images: Path, labels: Path) -> tuple[N
     tried = "; ".join(f"{lay.label_pattern}" for lay in layouts)
     raise DatakitError(f"no label volume under {labels} matches the label pattern(s) {tried}; "
                        f"give --label-pattern (e.g. '{{case}}_seg.nii.gz')")
-
-
-def _patient(case: str, regex: str | None) -> str:
-    if not regex:
-        return case
-    m = re.search(regex, case)
-    if not m:
-        raise DatakitError(f"--patient-regex {regex!r} does not match case {case!r}")
-    return m.group("patient") if "patient" in m.re.groupindex else m.group(1) if m.groups() else m.group(0)
 
 
 def _declared_too_large(path: str) -> str | None:

@@ -42,7 +42,8 @@ def test_lits_segmentation_dice(tmp_path):
     result, lines, pred = _run(tmp_path, "lits", data, "--epochs", "8", "--batch-size", "4", "--lr", "5e-3",
                                "--normalize", "hu", "--window", "-100", "300")
     m = result["metrics"]
-    assert set(m) == {"dice_liver", "dice_liver_volume", "dice_tumor", "dice_tumor_volume", "dice_mean"}
+    assert set(m) == {"dice_liver", "dice_liver_volume", "dice_liver_global", "dice_tumor", "dice_tumor_volume",
+                      "dice_tumor_global", "dice_mean", "dice_mean_global"}
     assert m["dice_liver"] >= 0.8 and m["dice_liver_volume"] >= 0.8   # a bright block in a darker body
     assert max(l["val_dice_mean"] for l in lines) > lines[0]["val_dice_mean"]
     assert pred.columns == ["sample", "volume", "class", "dice", "correct"]

@@ -70,4 +70,5 @@ def test_save_masks_is_for_segmentation_and_old_checkpoints_resume_only_as_they_
     assert old_lars == {"optimizer": "lars", "kind": "classification", "lars_form": "lr-outside"}
     old_seg = ft.saved_config({"optimizer": "adamw", "kind": "segmentation"})
     assert old_seg["decoder"] == "smp-unet" and "lars_form" not in old_seg   # AdamW runs never had a LARS form
+    assert old_seg["seg_loss"] == "ce"                                       # nor another loss than CE
     assert ft.saved_config({"kind": "segmentation", "decoder": "backboned-unet"})["decoder"] == "backboned-unet"

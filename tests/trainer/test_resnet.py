@@ -46,7 +46,7 @@ def test_feature_dims_and_stage_strides(name, dim):
 
 
 def test_unknown_model_name_lists_known():
-    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of resnet-tiny, resnet-tiny-keras, resnet101, "
-                                           r"resnet152, resnet18, resnet50, resnet50-keras, wide_resnet101_2, "
-                                           r"wide_resnet50_2"):
+    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of bit-r101x1, .*, bit-tiny, resnet-tiny, "
+                                           r"resnet-tiny-keras, resnet101, resnet152, resnet18, resnet50, resnet50-keras, "
+                                           r"wide_resnet101_2, wide_resnet50_2"):
         build_encoder("resnet51")

@@ -100,7 +100,7 @@ class LabelledSplit(Dataset):
             if rng is not None and self.images.augment != "none" and rng.random() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             return x, y, i
-        target = torch.tensor(int(y)) if self.kind == "classification" else torch.from_numpy(np.asarray(y, np.float32))
+        target = torch.tensor(int(y)) if self.kind == "classification" else torch.from_numpy(np.array(y, np.float32))
         return _crop_resize(x, self._box(*x.shape[-2:], rng), self.images.image_size), target, i
 
     def _box(self, h: int, w: int, rng: np.random.Generator | None) -> np.ndarray:
