@@ -61,7 +61,6 @@ from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, 
                           loader_workers, workers_flag)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
-from trainer.subsets import patient_folds, shot_subset
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
@@ -69,6 +68,7 @@ from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
 from trainer.selection import Watch, loss_sums, plateau_step
+from trainer.subsets import patient_folds, shot_subset
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, WEIGHT_DECAY_PRESETS, Task,
                            default_weight_decay, get_task, parse_class_weights, resolve_class_weights, run_dir)
@@ -192,7 +192,7 @@ class Plan:
     window: tuple[float, float]
     seg_loss: str = "ce"
     weight_decay_from: str = "task"    # --weight-decay, task, study (its configs) or tlx (tlx's default)
-    watch: Watch = Watch("accuracy")   # what picks the best epoch (and stops early, with a patience)
+    watch: Watch = field(default_factory=lambda: Watch("accuracy"))   # picks the best epoch (and stops early)
     lp_epochs: int = 0                 # lp-ft: epochs with the encoder frozen
 
 
