@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
+from analysis.curves import x_label  # noqa: E402
 from tlxcore.atomic import atomic_write  # noqa: E402
 
 DPI = 110
@@ -231,4 +232,21 @@ def pixel_map_plot(views: list, images: dict, names: list[str], title: str, path
         ax.set_title(f"{view.key}\ngreen: {names[0]}, magenta: {names[1]}", fontsize=7)
         ax.axis("off")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def curve_plot(rows: list[dict], curve: str, title: str, path: Path) -> Path:
+    """A metric against shots, fraction or pretraining size (log x): a line per `line` through the means, the
+    band mean ± std over its seeds and folds."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for line in sorted({r["line"] for r in rows}):
+        points = sorted((r["x"], r["mean"], r["lo"], r["hi"]) for r in rows if r["line"] == line)
+        x, mean, lo, hi = (np.array(v, dtype=float) for v in zip(*points))
+        (drawn,) = ax.plot(x, mean, marker="o", label=line)
+        ax.fill_between(x, lo, hi, alpha=0.2, color=drawn.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label(curve))
+    ax.set_ylabel(rows[0]["metric"] if rows else "")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     return _save(fig, path)

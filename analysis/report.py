@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.cka import BANDWIDTHS
+from analysis.curves import CurvePanel, curve_panels
 from analysis.convergence import ConvergenceRule, RunConvergence
 from analysis.errors import AnalysisError
 from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapGroup, OverlapPanel, PretrainingPanel,
@@ -29,14 +30,14 @@ from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapG
                                      scale_adjustment, slice_utility_panel)
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
 from analysis.runs import GroupKey, Run, find_runs, headline_metric, variant_notes
-from analysis.scale_adjust import SPACES
+from analysis.scale_adjust import SPACES, pretraining_sizes
 from analysis.report_activations import ActivationPanel, activation_panels
 from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
 from analysis.slice_utility import SliceUtilityPanel
 from analysis.weights import LAYOUTS
 from tlxcore.runtime import tool_version
 
-SECTIONS = ("runs", "result tables", "pairwise comparisons", "scale-adjusted results", "scale factors",
+SECTIONS = ("runs", "result tables", "pairwise comparisons", "scale-adjusted results", "scale factors", "curves",
             "slice utility", "convergence", "feature reuse", "activation similarity", "prediction overlap",
             "pixel maps")
 
@@ -111,6 +112,7 @@ class Report:
     activations: list[dict] = field(default_factory=list)          # activation_similarity.csv rows
     activation_panels: list[ActivationPanel] = field(default_factory=list)
     pixel_maps: list[PixelMapPanel] = field(default_factory=list)
+    curves: list[CurvePanel] = field(default_factory=list)   # metric vs shots, fraction, pretraining size
     notes: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
 
     def headline(self, group: GroupKey) -> str:
@@ -129,7 +131,7 @@ class Report:
         """Every figure's path relative to the report folder, in the order index.md shows them."""
         overlap = [t for g in self.overlap_groups for t in (g.overlap, g.similarity)
                    if isinstance(t, (OverlapPanel, SimilarityPanel))]
-        panels = ([*self.comparison_panels] + ([self.slice_utility] if self.slice_utility else [])
+        panels = ([*self.comparison_panels] + [*self.curves] + ([self.slice_utility] if self.slice_utility else [])
                   + ([self.pretraining] if self.pretraining else [])
                   + [p for p in self.convergence_panels if p.figure] + [*self.reuse_panels]
                   + [*self.activation_panels] + overlap)
@@ -142,7 +144,8 @@ class Report:
         optional = (("runs.csv", self.runs), ("slice_utility.csv", sf4), ("convergence.csv", self.convergence),
                     ("feature_reuse.csv", self.reuse), ("activation_similarity.csv", self.activations),
                     ("overlap.csv", self.overlap), ("similarity.csv", self.similarity),
-                    ("pixel_overlap.csv", [row for p in self.pixel_maps for row in p.rows]))
+                    ("pixel_overlap.csv", [row for p in self.pixel_maps for row in p.rows]),
+                    ("curves.csv", [row for c in self.curves for row in c.rows]))
         return (["results.csv", "comparisons.csv"] + [name for name, rows in optional if rows]
                 + ["report_config.json"])
 
@@ -191,6 +194,11 @@ def compute_report(runs_dir: Path | str | None, out_dir: Path | str, summary: Pa
     rep.similarity = [row for g in rep.overlap_groups if isinstance(g.similarity, SimilarityPanel)
                       for row in g.similarity.rows]
     rep.pixel_maps = pixel_map_panels(rep.runs, rep.notes["pixel maps"])
+    rep.curves, unsized = curve_panels(rep.runs, rep.headline, {**pretraining_sizes(rep.runs), **options.sizes},
+                                       options.ddof)
+    if unsized and any(c.curve == "size" for c in rep.curves):
+        rep.notes["curves"].append(f"left out of the pretraining-size curves (size unknown; give --size INIT=N): "
+                                   f"{', '.join(unsized)}")
     return rep
 
 

@@ -34,6 +34,8 @@ def draw_figures(rep: Report) -> None:
     out, alpha = rep.out_dir, rep.options.alpha
     for c in rep.comparison_panels:
         figures.comparison_heatmap(c.inits, c.delta, c.p, f"{c.group.label()}: {c.metric}", out / c.figure, alpha)
+    for c in rep.curves:
+        figures.curve_plot(c.rows, c.curve, c.title, out / c.figure)
     if rep.slice_utility is not None:
         figures.slice_utility_plot(rep.slice_utility.rows, out / rep.slice_utility.figure)
     if rep.pretraining is not None:
@@ -68,7 +70,8 @@ def write_tables(rep: Report) -> None:
 
     frames = {"results.csv": results_frame(rep.results), "comparisons.csv": comparisons_frame(rep.comparisons)}
     runs = [{"path": r.rel, "task": r.task, "init": r.init, "setting": r.setting, "fraction": r.fraction,
-             "seed": r.seed, "complete": r.metrics is not None, "epochs_logged": len(r.curve),
+             "seed": r.seed, "fold": r.fold, "shots": r.shots or None, "complete": r.metrics is not None,
+             "epochs_logged": len(r.curve),
              "predictions": r.predictions is not None, "first_layers": r.first_layers is not None,
              "features": r.features is not None, "masks": r.masks is not None} for r in rep.runs]
     conv = [{"path": c.run.rel, "task": c.run.task, "setting": c.run.setting, "fraction": c.run.fraction,
@@ -76,7 +79,8 @@ def write_tables(rep: Report) -> None:
              "epochs_logged": c.epochs_seen} for c in rep.convergence]
     sf4 = rep.slice_utility.rows if rep.slice_utility else []
     pixels = [row for p in rep.pixel_maps for row in p.rows]
-    for rows, name in ((runs, "runs.csv"), (sf4, "slice_utility.csv"), (conv, "convergence.csv"),
+    curves = [row for c in rep.curves for row in c.rows]
+    for rows, name in ((runs, "runs.csv"), (sf4, "slice_utility.csv"), (conv, "convergence.csv"), (curves, "curves.csv"),
                        (rep.reuse, "feature_reuse.csv"), (rep.activations, "activation_similarity.csv"),
                        (pixels, "pixel_overlap.csv"),
                        (rep.overlap, "overlap.csv"), (rep.similarity, "similarity.csv")):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def render_index(rep: Report) -> str:
     lines = header(rep)
     for section in (runs_section, results_section, comparisons_section, adjusted_section, scale_factors_section,
-                    slice_utility_section, convergence_section, reuse_section, activation_section, overlap_section,
+                    curves_section, slice_utility_section, convergence_section, reuse_section, activation_section, overlap_section,
                     pixel_map_section, files_section):
         lines += section(rep)
     return "\n".join(lines) + "\n"
@@ -93,13 +93,14 @@ def results_section(rep: Report) -> list[str]:
         return lines + ["No results: no run has a result.json and no summary table was given.", ""]
     lines += ["Mean ± std (n) per init; the best mean of each row in **bold** (higher is better for every metric). "
               "Rows marked adj. are scale-adjusted (see below).", ""]
-    settings: dict[tuple[str, float], dict] = defaultdict(dict)
+    settings: dict[tuple[str, float, int], dict] = defaultdict(dict)
     for (group, metric), inits in by_table(rep.results).items():
-        settings[(group.setting, group.fraction)][(group.task, metric)] = inits
-    for (setting, fraction), tables in sorted(settings.items()):
+        settings[(group.setting, group.fraction, group.shots)][(group.task, metric)] = inits
+    for (setting, fraction, shots), tables in sorted(settings.items()):
         inits = sorted({i for row in tables.values() for i in row})
-        lines += [f"### {setting}, {fraction_label(fraction)} of the training data", ""]
-        headlines = {rep.headline(GroupKey(task, setting, fraction)) for task, _ in tables}
+        subset = f"{shots} examples per class" if shots else f"{fraction_label(fraction)} of the training data"
+        lines += [f"### {setting}, {subset}", ""]
+        headlines = {rep.headline(GroupKey(task, setting, fraction, shots)) for task, _ in tables}
         body = [[task, metric] + _result_cells(row, inits)
                 for (task, metric), row in sorted(tables.items(), key=lambda kv: (kv[0][0], kv[0][1] not in headlines,
                                                                                   kv[0][1]))]
@@ -353,6 +354,24 @@ def pixel_map_section(rep: Report) -> list[str]:
         lines += [image(f"pixel overlap {label}", panel.overlap_figure), ""]
         if panel.figure:
             lines += [image(f"pixel maps {label}", panel.figure), ""]
+    return lines
+
+
+def curves_section(rep: Report) -> list[str]:
+    from analysis.curves import x_label, x_tick
+
+    lines = ["## Curves", "",
+             "The headline test metric against examples per class (`--shots`), the fraction of the training data, "
+             "and the pretraining set's size (a line per encoder model); mean over seeds and folds, the band "
+             "mean ± std (curves.csv).", ""]
+    lines += [f"- {n}" for n in rep.notes["curves"]] + ([""] if rep.notes["curves"] else [])
+    if not rep.curves:
+        return lines + ["Not drawn: no init has results at two or more shots, fractions or pretraining sizes.", ""]
+    for panel in rep.curves:
+        body = [[row["line"], x_tick(panel.curve, row["x"]), str(row["n"]), fmt(row["mean"]),
+                 "n/a" if row["std"] is None else fmt(row["std"])] for row in panel.rows]
+        lines += [f"### {panel.title}", ""] + table(["line", x_label(panel.curve), "n", "mean", "std"], body)
+        lines += [image(panel.title, panel.figure), ""]
     return lines
 
 

@@ -22,8 +22,8 @@ from analysis.errors import AnalysisError
 from analysis.runs import GroupKey, Run
 from analysis.stats import DDOFS, Summary, Welch, describe, relative_difference_pct, welch, welch_from_summary
 
-RESULT_COLUMNS = ("task", "setting", "fraction", "metric", "init", "n", "mean", "std", "ddof")
-COMPARISON_COLUMNS = ("task", "setting", "fraction", "metric", "init_a", "init_b", "delta_pct", "t", "df", "p")
+RESULT_COLUMNS = ("task", "setting", "fraction", "metric", "init", "n", "mean", "std", "ddof", "shots")
+COMPARISON_COLUMNS = ("task", "setting", "fraction", "metric", "init_a", "init_b", "delta_pct", "t", "df", "p", "shots")
 SUMMARY_COLUMNS = ("task", "metric", "init", "mean", "std", "n", "ddof")
 SUMMARY_DEFAULTS = {"setting": "finetune", "fraction": 1.0}
 
@@ -40,7 +40,8 @@ class ResultRow:
     def record(self) -> dict:
         s = self.summary
         return {"task": self.group.task, "setting": self.group.setting, "fraction": self.group.fraction,
-                "metric": self.metric, "init": self.init, "n": s.n, "mean": s.mean, "std": s.std, "ddof": s.ddof}
+                "metric": self.metric, "init": self.init, "n": s.n, "mean": s.mean, "std": s.std, "ddof": s.ddof,
+                "shots": self.group.shots or None}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Comparison:
     def record(self) -> dict:
         return {"task": self.group.task, "setting": self.group.setting, "fraction": self.group.fraction,
                 "metric": self.metric, "init_a": self.init_a, "init_b": self.init_b, "delta_pct": self.delta_pct,
-                "t": self.test.t, "df": self.test.df, "p": self.test.p}
+                "t": self.test.t, "df": self.test.df, "p": self.test.p, "shots": self.group.shots or None}
 
 
 def results_from_runs(runs: list[Run], ddof: int = 0) -> list[ResultRow]:
@@ -193,5 +194,5 @@ def _schema(columns):
     import polars as pl
 
     kinds = {"task": pl.String, "setting": pl.String, "metric": pl.String, "init": pl.String, "init_a": pl.String,
-             "init_b": pl.String, "n": pl.Int64, "ddof": pl.Int64}
+             "init_b": pl.String, "n": pl.Int64, "ddof": pl.Int64, "shots": pl.Int64}
     return {c: kinds.get(c, pl.Float64) for c in columns}

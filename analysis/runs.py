@@ -8,7 +8,8 @@ Nothing here raises for one bad run in a big tree: a run that cannot be used is
 left out and its reason goes into `problems`, which every report prints. A folder
 with no usable run at all is an AnalysisError ("no runs found under X").
 
-A table cell (task, setting, fraction, init) averages seeds of one config. Runs of a
+A table cell (task, setting, fraction or shots, init) averages the seeds and folds of one config: the K
+folds of `--folds K` are K repeats (n = K per seed), each run's fold in `Run.fold`. Runs of a
 cell whose configs differ in anything but the seed, the fold or the keys that do not
 change a result (VARY_FREELY) are separated, not averaged: each config becomes its own
 `variant`, which `run.init` shows ("scratch [lr=0.002]"), so it gets its own column in
@@ -43,17 +44,22 @@ VARY_FREELY = frozenset({"seed", "fold", "out", "run_dir", "device", "workers", 
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """What a result table row is about: a task under one setting and data fraction."""
+    """What a result table row is about: a task under one setting and data fraction (or K shots per class)."""
 
     task: str
     setting: str
     fraction: float
+    shots: int = 0        # --shots K; 0: a fraction run
+
+    def subset_label(self) -> str:
+        """"10%", or "5-shot"."""
+        return f"{self.shots}-shot" if self.shots else fraction_label(self.fraction)
 
     def label(self) -> str:
-        return f"{self.task} / {self.setting} / {fraction_label(self.fraction)}"
+        return f"{self.task} / {self.setting} / {self.subset_label()}"
 
     def slug(self) -> str:
-        return slug(f"{self.task}_{self.setting}_{fraction_label(self.fraction)}")
+        return slug(f"{self.task}_{self.setting}_{self.subset_label()}")
 
 
 def fraction_label(fraction: float) -> str:
@@ -103,8 +109,18 @@ class Run:
         return self.config["seed"]
 
     @property
+    def shots(self) -> int:
+        """--shots K of the run; 0 for a fraction run."""
+        return int(self.config.get("shots") or 0)
+
+    @property
+    def fold(self) -> str | None:
+        """"1/5" for fold 1 of --folds 5; None without folds."""
+        return f"{self.config['fold']}/{self.config['folds']}" if self.config.get("folds") else None
+
+    @property
     def group(self) -> GroupKey:
-        return GroupKey(self.task, self.setting, self.fraction)
+        return GroupKey(self.task, self.setting, self.fraction, self.shots)
 
     @property
     def is_pretraining(self) -> bool:
@@ -226,9 +242,11 @@ def find_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     seen: dict[tuple, str] = {}
     for run in loaded:
         # Pretraining runs all say init "scratch": only their folders tell them apart.
-        ident = (run.task, run.init, run.setting, run.fraction, run.seed) + ((run.rel,) if run.is_pretraining else ())
+        ident = (run.task, run.init, run.setting, run.fraction, run.shots, run.seed, run.fold) + (
+            (run.rel,) if run.is_pretraining else ())
         if ident in seen:
-            problems.append(f"{run.rel}: left out: same task/init/setting/fraction/seed and config as {seen[ident]}")
+            problems.append(f"{run.rel}: left out: same task/init/setting/fraction/shots/seed/fold and config as "
+                            f"{seen[ident]}")
             continue
         seen[ident] = run.rel
         runs.append(run)

@@ -119,10 +119,11 @@ def _print_report(report) -> None:
     settings: dict = {}
     for (group, metric), inits in tables.items():
         if metric == report.headline(group):
-            settings.setdefault((group.setting, group.fraction), {})[(group.task, metric)] = inits
-    for (setting, fraction), rows in sorted(settings.items()):
+            settings.setdefault((group.setting, group.fraction, group.shots), {})[(group.task, metric)] = inits
+    for (setting, fraction, shots), rows in sorted(settings.items()):
         inits = sorted({i for row in rows.values() for i in row})
-        t = Table(title=f"{setting}, {fraction_label(fraction)} of the data: mean ± std (n)")
+        subset = f"{shots} examples per class" if shots else f"{fraction_label(fraction)} of the data"
+        t = Table(title=f"{setting}, {subset}: mean ± std (n)")
         t.add_column("task")
         t.add_column("metric")
         for init in inits:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scale-factors": ("cli.analysis_cmds:scale_factors", "Estimate a dataset's scale factors S_LB and S_UB."),
     "export": ("cli.export_cmd:export", "Write a checkpoint's encoder as a plain torchvision-layout .pth/.safetensors."),
     "features": ("cli.features_cmd:features", "Save runs' layer activations on a probe set for CCA/CKA."),
+    "weights": ("cli.weights_cmd:weights", "Inspect a pretrained checkpoint's layout; convert Keras .h5 weights."),
     "demo": ("cli.demo_cmd:demo", "Run the whole pipeline on a small synthetic cohort."),
 }
 

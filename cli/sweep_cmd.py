@@ -14,7 +14,8 @@ def _print_table(sweep) -> None:
     from trainer.sweep import run_state, state_rows
 
     fractions, rows = state_rows(sweep.runs)
-    table = Table(title=f"{sweep.path.name}: complete/seeds per data fraction (+started, !other options)",
+    table = Table(title=f"{sweep.path.name}: complete/runs (seeds x folds) per data fraction or K-shot "
+                        f"(+started, !other options)",
                   title_justify="left")
     for col in ("task", "init", "setting"):
         table.add_column(col, no_wrap=True)

@@ -63,14 +63,19 @@ from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
-from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
 from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
+from trainer.selection import Watch, loss_sums, plateau_step
+from trainer.subsets import patient_folds, shot_subset
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
-from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, Task, get_task,
-                           parse_class_weights, resolve_class_weights, run_dir)
+from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, WEIGHT_DECAY_PRESETS, Task,
+                           default_weight_decay, get_task, parse_class_weights, resolve_class_weights, run_dir)
 
+# --schedule -> trainer.optim.Schedule's kind (plateau: constant, times the plateau's scale)
+FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step", "warmup-cosine": "warmup-cosine",
+                "plateau": "constant"}
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
 # (they do not change the result; any other difference is refused): FINETUNE_MAY_CHANGE, in
@@ -81,15 +86,23 @@ FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"
 class FinetuneConfig:
     task: str = opt(None, "task name (trainer/tasks.py) or one of --tasks-file", required=True)
     data: str = opt(None, "dataset folder (manifest.json inside) of a kind the task reads", required=True)
-    init: str = opt("scratch", "scratch | a torchvision-layout ResNet state dict file | a tlx checkpoint")
+    init: str = opt("scratch", "scratch | a ResNet state dict file (torchvision, timm, MoCo, BYOL, module./backbone./"
+                               "encoder./model. layouts: trainer/weight_layouts.py) | a tlx checkpoint")
     init_name: str | None = opt(None, "name of the init in run directories and tables "
                                       "[default: scratch, else the checkpoint's run folder or file stem]")
-    setting: str = opt("finetune", "finetune: everything trains; linear: the encoder is frozen", choices=SETTINGS)
+    setting: str = opt("finetune", "finetune: everything trains; linear: the encoder is frozen; lp-ft: frozen for "
+                                   "--lp-epochs, then everything trains (the head kept)", choices=SETTINGS)
     fraction: float = opt(1.0, "fraction of the training split used (nested, stratified)")
+    shots: int | None = opt(None, "K training examples per class instead of a fraction (nested over K for a seed; "
+                                  "multi-label: at least K per label, docs/finetune.md)")
+    folds: int | None = opt(None, "K-fold cross-validation of the train split, patient-grouped and stratified: "
+                                  "fold --fold is the test set, the other folds train (val stays the val split)")
+    fold: int | None = opt(None, "--folds: the held-out fold, 0..K-1")
     seed: int = opt(0, "seed of the subset, the head's initialisation and the data order")
     out: str = opt("runs", "root of the run directories")
     run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
-    model: str | None = opt(None, "encoder [default: the init checkpoint's model, else resnet50]")
+    model: str | None = opt(None, "encoder [default: the init checkpoint's model, or the model a state dict's keys "
+                                  "fit, else resnet50]")
     image_size: int | None = opt(None, "input size [default: a tlx init checkpoint's pretraining view size, else the "
                                        "dataset's stored size; 224 for JPEG datasets]")
     epochs: int | None = opt(None, "epochs [default: the task's]")
@@ -98,9 +111,27 @@ class FinetuneConfig:
     batch_size: int | None = opt(None, "global batch size [default: the task's for this fraction]")
     lr: float | None = opt(None, "learning rate [default: the task's for this fraction]")
     optimizer: str | None = opt(None, f"one of {', '.join(OPTIMIZERS)} [default: the task's for this fraction]")
-    weight_decay: float | None = opt(None, "weight decay (not on biases and norm parameters) [default: the task's]")
+    weight_decay: float | None = opt(None, "weight decay (not on biases and norm parameters) [default: the task's, "
+                                           "else --weight-decay-preset's]")
+    weight_decay_preset: str = opt("study", "weight decay where neither the task nor --weight-decay sets one: study (the "
+                                            "study's configs where they give one for the task and optimizer, e.g. "
+                                            "AdamW 1e-6 for lits, else tlx's) or tlx (AdamW 1e-2, LARS 1e-6, SGD and "
+                                            "Adam 0)", choices=WEIGHT_DECAY_PRESETS)
     decay: float | None = opt(None, "lr multiplied by this after every epoch [default: the task's]")
-    momentum: float = opt(0.9, "LARS momentum")
+    momentum: float = opt(0.9, "LARS and SGD momentum")
+    nesterov: bool = opt(False, "SGD: Nesterov momentum")
+    schedule: str = opt("exponential", "lr schedule: exponential (x --decay after every epoch, the study's), constant, "
+                                       "step (x --decay every --step-epochs), warmup-cosine (--warmup-epochs, then "
+                                       "cosine to 0), plateau (x --decay after more than --plateau-patience epochs "
+                                       "without a better selection value)", choices=tuple(FT_SCHEDULES))
+    step_epochs: int = opt(30, "step schedule: epochs between lr drops")
+    warmup_epochs: float = opt(0.0, "warmup-cosine schedule: epochs of linear warmup")
+    plateau_patience: int = opt(10, "plateau schedule: epochs without a better value before the lr drops")
+    early_stop: str | None = opt(None, "METRIC:PATIENCE: stop after PATIENCE epochs without a better val METRIC (loss, "
+                                       "or a task metric), and test METRIC's best epoch [default: every epoch runs, "
+                                       "the task metric picks the best]")
+    lp_epochs: int | None = opt(None, "lp-ft: epochs of the linear phase [default: half of --epochs]")
+    head_dropout: float = opt(0.0, "dropout before the linear head (classification and multilabel)")
     lars_form: str = opt("study-code", "where LARS applies the lr: study-code (inside the momentum buffer, as "
                                        "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's)",
                          choices=LARS_FORMS)
@@ -161,6 +192,21 @@ class Plan:
     normalize: str
     window: tuple[float, float]
     seg_loss: str = "ce"
+    weight_decay_from: str = "task"    # --weight-decay, task, study (its configs) or tlx (tlx's default)
+    watch: Watch = field(default_factory=lambda: Watch("accuracy"))   # picks the best epoch (and stops early)
+    lp_epochs: int = 0                 # lp-ft: epochs with the encoder frozen
+
+
+def check_subset_flags(cfg: FinetuneConfig) -> None:
+    """--shots replaces --fraction; --folds and --fold come together, the fold in range."""
+    if cfg.shots is not None and cfg.fraction != 1.0:
+        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; give one")
+    if (cfg.folds is None) != (cfg.fold is None):
+        raise TrainerError("--folds K and --fold i come together (fold i of K is the test set)")
+    if cfg.folds is not None and cfg.folds < 2:
+        raise TrainerError(f"--folds {cfg.folds} must be at least 2")
+    if cfg.folds is not None and not 0 <= cfg.fold < cfg.folds:
+        raise TrainerError(f"--fold {cfg.fold} is out of range for --folds {cfg.folds}: 0..{cfg.folds - 1}")
 
 
 def default_init_name(init: str) -> str:
@@ -171,15 +217,19 @@ def default_init_name(init: str) -> str:
     return p.parent.parent.name if p.parent.name == "checkpoints" and p.parent.parent.name else p.stem
 
 
-def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pretrain: dict | None) -> Plan:
-    hp = task.hyperparameters(cfg.fraction)
+def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pretrain: dict | None,
+            model_guess: str | None = None) -> Plan:
+    hp = task.hyperparameters(cfg.fraction, fill_weight_decay=False)
+    weight_decay_from = "--weight-decay" if cfg.weight_decay is not None else "task"
     for key in HYPERPARAMETERS:
         if getattr(cfg, key) is not None:
             hp[key] = getattr(cfg, key)
     if hp["optimizer"] not in OPTIMIZERS:
         raise TrainerError(f"--optimizer {hp['optimizer']!r} is not one of: {', '.join(OPTIMIZERS)}")
-    if hp["epochs"] < 1 or hp["batch_size"] < 1 or hp["lr"] <= 0 or not 0 < hp["decay"] <= 1:
-        raise TrainerError(f"need --epochs >= 1, --batch-size >= 1, --lr > 0 and 0 < --decay <= 1; got "
+    if hp["weight_decay"] is None:   # of the optimizer the run uses, --optimizer included
+        hp["weight_decay"], weight_decay_from = default_weight_decay(task.name, hp["optimizer"], cfg.weight_decay_preset)
+    if hp["epochs"] < 0 or hp["batch_size"] < 1 or hp["lr"] <= 0 or not 0 < hp["decay"] <= 1:
+        raise TrainerError(f"need --epochs >= 0, --batch-size >= 1, --lr > 0 and 0 < --decay <= 1; got "
                            f"{hp['epochs']}, {hp['batch_size']}, {hp['lr']}, {hp['decay']}")
     if cfg.model and init_model and cfg.model != init_model:
         raise TrainerError(f"--model {cfg.model} but the init checkpoint holds a {init_model}; drop --model")
@@ -205,39 +255,82 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     pretrain = pretrain or {}
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
-    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or "resnet50",
-                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss)
+    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or model_guess or "resnet50",
+                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss,
+                weight_decay_from, _watch(cfg, task), _lp_epochs(cfg, hp))
 
 
-def training_subset(split: LabelledSplit, task: Task, classes: list[str], fraction: float, seed: int):
-    """Sample ids of the training subset and the subset.parquet table: key, its position in
-    the seed's ordering (the 1% subset is positions < 1% of N), and its labels (class
-    index, positive labels, or foreground classes shown)."""
-    import pyarrow as pa
+def _watch(cfg: FinetuneConfig, task: Task) -> Watch:
+    """The selection metric: --early-stop's (with its patience), else the task's metric (trainer/selection.py)."""
+    if cfg.early_stop is None:
+        return Watch(task.metric)
+    metrics = (task.metric, "accuracy", "auc") if task.kind == "classification" else (task.metric,)
+    return Watch.parse(cfg.early_stop, tuple(dict.fromkeys(metrics)))
 
+
+def _lp_epochs(cfg: FinetuneConfig, hp: dict) -> int:
+    if cfg.setting != "lp-ft":
+        if cfg.lp_epochs is not None:
+            raise TrainerError(f"--lp-epochs is for --setting lp-ft, not {cfg.setting}")
+        return 0
+    lp = hp["epochs"] // 2 if cfg.lp_epochs is None else cfg.lp_epochs
+    if not 0 <= lp <= hp["epochs"]:
+        raise TrainerError(f"--lp-epochs {lp} must be in [0, --epochs {hp['epochs']}]")
+    return lp
+
+
+def split_labels(split: LabelledSplit, task: Task, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Every sample's labels: class indices [N] (classification), or a boolean [N, L] of positive labels
+    (multilabel) or of the foreground classes a slice shows (segmentation); and the L names."""
     meta = split.metadata()
     if task.kind == "classification":
         if "label_index" not in meta.column_names:
             raise TrainerError(f"{split.dataset.root}/slices.parquet has no label_index column to stratify by")
-        labels = np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    elif task.kind == "multilabel":
+        return np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64), classes
+    if task.kind == "multilabel":
         names = meta["labels"].to_pylist()
-        labels = np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes))
-    else:  # segmentation: the foreground classes a slice shows
-        labels = np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1)
-    if labels.ndim == 1:
-        order = fraction_order(split.keys, labels, seed, class_names=classes)
-        label_lists = [[int(v)] for v in labels]
+        return np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes)), classes
+    return np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1), classes[1:]
+
+
+def training_subset(split: LabelledSplit, task: Task, classes: list[str], cfg: FinetuneConfig,
+                    pool: np.ndarray | None = None):
+    """Sample ids of the training subset (from `pool`, the training folds, else the whole train split) and the
+    subset.parquet table: key, its index in the train split, its position in the seed's ordering (the 1% subset
+    is positions < 1% of N; for --shots the order it was picked in), and its labels (class index, positive
+    labels, or foreground classes shown)."""
+    import pyarrow as pa
+
+    labels, names = split_labels(split, task, classes)
+    pool = np.arange(len(split)) if pool is None else pool
+    keys = [split.keys[i] for i in pool]
+    if cfg.shots is not None:
+        picked = shot_subset(keys, labels[pool], cfg.seed, cfg.shots, names)
+        ranked = np.concatenate([picked, np.setdiff1d(np.arange(len(pool)), picked)])
+        chosen = np.sort(picked)
     else:
-        names = classes if task.kind == "multilabel" else classes[1:]
-        order = fraction_order(split.keys, labels, seed, class_names=names)
-        label_lists = [[names[j] for j in np.flatnonzero(row)] for row in labels]
-    ids = np.sort(order.take(fraction))
-    position = np.empty(len(order.order), np.int64)
-    position[order.order] = np.arange(len(order.order))
-    table = pa.table({"key": [split.keys[i] for i in ids], "order": position[ids],
-                      "labels": [[str(v) for v in label_lists[i]] for i in ids]})
+        order = fraction_order(keys, labels[pool], cfg.seed, class_names=names)
+        ranked, chosen = order.order, np.sort(order.take(cfg.fraction))
+    position = np.empty(len(pool), np.int64)
+    position[ranked] = np.arange(len(pool))
+    lists = [[str(int(v))] for v in labels] if labels.ndim == 1 else [[names[j] for j in np.flatnonzero(r)] for r in labels]
+    ids = pool[chosen]
+    table = pa.table({"key": [split.keys[i] for i in ids], "index": ids, "order": position[chosen],
+                      "labels": [lists[i] for i in ids]})
     return ids, table
+
+
+def fold_split(split: LabelledSplit, task: Task, classes: list[str], cfg: FinetuneConfig):
+    """--folds: (the training folds' ids, the held-out fold's ids, folds.parquet: every train sample's fold)."""
+    import pyarrow as pa
+
+    labels, _ = split_labels(split, task, classes)
+    meta = split.metadata()
+    group = next((c for c in ("patient", "volume") if c in meta.column_names and meta[c].null_count == 0), None)
+    groups = meta[group].to_pylist() if group else list(split.keys)
+    fold_of = patient_folds(labels, groups, cfg.folds, cfg.seed)
+    table = pa.table({"key": list(split.keys), "fold": fold_of, "group_by": [group or "sample"] * len(fold_of)})
+    return np.flatnonzero(fold_of != cfg.fold), np.flatnonzero(fold_of == cfg.fold), table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,18 +338,22 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], fracti
 
 @torch.no_grad()
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
-             volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None) -> tuple[dict, dict]:
-    """(metrics, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
+             volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None,
+             only: np.ndarray | None = None) -> tuple[dict, dict]:
+    """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
     `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
     model.eval()
-    ids = eval_slice(len(split), env.rank, env.world_size)
+    pool = np.arange(len(split)) if only is None else np.asarray(only)   # `only`: these sample ids (a held-out fold)
+    ids = pool[eval_slice(len(pool), env.rank, env.world_size)]
     chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
     kind = plan.task.kind
-    seen, outputs, targets, maps = [], [], [], []
+    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
+    seen, outputs, targets, maps, losses = [], [], [], [], []
     for x, y, i in batches(split, chunks, epoch=0, workers=workers, pin_memory=env.device.type == "cuda",
                            jpeg_decoder=jpeg_decoder):
         with _autocast(env):
             logits = model(_to_device(x, env)).float()
+        losses.append(loss_sums(kind, logits, y.to(env.device), weights))   # the loss early stopping may watch
         if kind == "segmentation":  # per-slice overlap counts, not masks: small enough to gather
             pred = logits.argmax(1).cpu().numpy()
             outputs.append(M.dice_counts(pred, y.numpy(), logits.shape[1], tuple(plan.regions.values())))
@@ -266,10 +363,11 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
             outputs.append((torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)).cpu().numpy())
             targets.append(y.numpy())
         seen.append(i.numpy())
-    parts = [(seen, outputs, targets, maps)]
+    parts = [(seen, outputs, targets, maps, losses)]
     if is_distributed():
         parts = [None] * env.world_size
-        dist.all_gather_object(parts, (seen, outputs, targets, maps))
+        dist.all_gather_object(parts, (seen, outputs, targets, maps, losses))
+    loss = sum(a for p in parts for a, _ in p[4]) / max(sum(b for p in parts for _, b in p[4]), 1e-12)
     sid = np.concatenate([a for p in parts for a in p[0]])
     out = np.concatenate([a for p in parts for a in p[1]])
     keys = [split.keys[i] for i in sid]
@@ -280,11 +378,13 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
                      target=np.concatenate([m[1] for p in parts for m in p[3]])[order])
     classes = split.dataset.classes
     if kind == "segmentation":
-        return M.segmentation_results(out, keys, [volumes[i] for i in sid], classes + list(plan.regions))
-    target = np.concatenate([a for p in parts for a in p[2]])
-    if kind == "classification":
-        return M.classification_results(out, target, keys)
-    return M.multilabel_results(out, target, keys, classes, plan.task.mean_excludes(classes))
+        metrics, rows = M.segmentation_results(out, keys, [volumes[i] for i in sid], classes + list(plan.regions))
+    elif kind == "classification":
+        metrics, rows = M.classification_results(out, np.concatenate([a for p in parts for a in p[2]]), keys)
+    else:
+        metrics, rows = M.multilabel_results(out, np.concatenate([a for p in parts for a in p[2]]), keys, classes,
+                                             plan.task.mean_excludes(classes))
+    return {**metrics, "loss": loss}, rows
 
 
 def _to_device(x: torch.Tensor, env: Dist) -> torch.Tensor:
@@ -314,6 +414,8 @@ class Data:
     subset_table: Any              # subset.parquet (pyarrow table)
     volumes: dict                  # "val"/"test" -> each sample's volume (segmentation scores per volume), else None
     decoder: DaliJpegDecoder | None    # JPEG datasets on DALI; None: PIL in the loader workers
+    test_ids: np.ndarray | None = None   # --folds: the held-out fold's ids in `test` (the train split); None: all
+    folds_table: Any = None              # --folds: folds.parquet (every train sample's fold)
 
 
 @dataclass
@@ -344,8 +446,11 @@ class FinetuneState:
     epoch: int = 0                 # epochs done
     epoch_step: int = 0            # steps done in the current epoch
     loss_sum: float = 0.0          # the current epoch's training loss on this rank, summed over its steps
-    best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "state": None})
+    best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "state": None})   # (by Watch)
     started: float = field(default_factory=time.time)   # time.time() when the run would have started
+    lr_scale: float = 1.0          # --schedule plateau: the lr's factor so far
+    plateau_bad: int = 0           # --schedule plateau: epochs without a better value since the last drop
+    stopped: int | None = None     # --early-stop: the epoch after which the run stopped
 
     def wall_s(self) -> float:
         """Seconds since the run started, across restarts (metrics' wall_s)."""
@@ -355,9 +460,10 @@ class FinetuneState:
 def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunGuard | None = None) -> dict | None:
     """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere.
     `guard`: the run folder's lock is taken there before the run reads or writes it (trainer/run_guard.py)."""
-    check_at_least(cfg, {"epochs": 1, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
+    check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
                          "log_every": 1, "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
+    check_subset_flags(cfg)
     task = get_task(cfg.task, cfg.tasks_file)
     if cfg.save_masks and task.kind != "segmentation":
         raise TrainerError(f"--save-masks stores segmentation masks; task {task.name} is {task.kind}")
@@ -368,12 +474,16 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
         raise TrainerError(f"--task {task.name} trains on datasets of kind {', '.join(task.data_kinds)}; "
                            f"{cfg.data} is of kind {dataset.kind!r}")
     init_state, init_info = read_init(cfg.init)
-    plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config)
+    plan = resolve(cfg, task, dataset, init_info.model_name, init_info.pretrain_config, init_info.model_guess)
     out = Path(cfg.run_dir) if cfg.run_dir else run_dir(cfg.out, task.name, plan.init_name, cfg.setting,
-                                                         cfg.fraction, cfg.seed)
+                                                         cfg.fraction, cfg.seed, shots=cfg.shots,
+                                                         fold=(cfg.fold, cfg.folds) if cfg.folds else None)
     if guard is not None:
         guard.hold(out)
     log = RunLog(out, enabled=env.is_main, progress=progress)
+    if init_info.layout:
+        log.note(f"--init {cfg.init}: {init_info.layout} layout, stripped {init_info.stripped!r}, dropped "
+                 f"{'; '.join(init_info.dropped) or 'nothing'}")
     complete = (out / "result.json").exists()
     ckpt, source = (None, None) if complete else find_resume_point(cfg.resume, out, fix="use another --run-dir")
     job = build(cfg, env, plan, dataset, init_state, init_info, log)
@@ -383,12 +493,15 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
                            older=saved_config)
         log.note(f"{out}: complete (result.json present, same options); not run again")
         return json.loads((out / "result.json").read_text()) if env.is_main else None
-    state = resume(job, ckpt, source) if ckpt is not None else FinetuneState()
+    state = resume(job, ckpt, source) if ckpt is not None else FinetuneState(
+        best={"metric": job.plan.watch.worst, "epoch": 0, "state": None})
     log.write_config(job.config)
     log.resume_at(epochs_done=state.epoch, step=state.step)   # lines logged after the checkpoint are logged again
     if env.is_main:
         import pyarrow.parquet as pq
         pq.write_table(job.data.subset_table, out / "subset.parquet")
+        if job.data.folds_table is not None:
+            pq.write_table(job.data.folds_table, out / "folds.parquet")
     loop(job, state)
     test_metrics, rows = test(job, state)
     return write(job, state, test_metrics, rows) if env.is_main else None
@@ -403,11 +516,10 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     per_rank = per_rank_batch(hp["batch_size"], env.world_size)
     steps = steps_per_epoch(data.subset, hp["batch_size"])
     params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
-    if hp["optimizer"] == "lars":
-        optimizer = LARS(params, lr=hp["lr"], momentum=cfg.momentum, form=cfg.lars_form)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=hp["lr"])
-    schedule = Schedule("exp-epoch", base_lr=hp["lr"], epochs=hp["epochs"], steps_per_epoch=steps, decay=hp["decay"])
+    optimizer = build_optimizer(hp["optimizer"], params, hp["lr"], cfg.momentum, cfg.nesterov, cfg.lars_form)
+    schedule = Schedule(FT_SCHEDULES[cfg.schedule], base_lr=hp["lr"], epochs=max(1, hp["epochs"]),
+                        steps_per_epoch=steps, decay=hp["decay"], warmup_epochs=cfg.warmup_epochs,
+                        step_epochs=cfg.step_epochs)
     weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
     config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
     return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
@@ -422,12 +534,15 @@ def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset,
     load_init(encoder, init_state, init_info, cfg.allow_partial_init)
     first_init = {f"init/{k}": v.detach().cpu().numpy().copy() for k, v in encoder.state_dict().items() if k in FIRST_LAYERS}
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
+    # lp-ft's encoder is frozen epoch by epoch in train_epoch (its parameters must be in the optimizer)
     model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
-                      decoder_channels=decoder_channels, decoder=cfg.decoder).to(env.device)
+                      decoder_channels=decoder_channels, decoder=cfg.decoder, head_dropout=cfg.head_dropout
+                      ).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda"
-                                                    else None) if is_distributed() else model
+                                                    else None, find_unused_parameters=cfg.setting == "lp-ft"
+                                                    ) if is_distributed() else model
     return model, ddp, first_init
 
 
@@ -441,12 +556,14 @@ def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) 
     for name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise TrainerError(f"{cfg.data} has no {name} samples; fine-tuning needs train, val and test splits")
-    subset, subset_table = training_subset(train, task, dataset.classes, cfg.fraction, cfg.seed)
+    pool, held_out, folds_table = fold_split(train, task, dataset.classes, cfg) if cfg.folds else (None, None, None)
+    subset, subset_table = training_subset(train, task, dataset.classes, cfg, pool)
+    test = train if cfg.folds else test   # cross-validation tests on the held-out fold of the train split
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
     per_rank = per_rank_batch(plan.hp["batch_size"], env.world_size)
     decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank))
-    return Data(train, val, test, subset, subset_table, volumes, decoder)
+    return Data(train, val, test, subset, subset_table, volumes, decoder, held_out, folds_table)
 
 
 def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_info: InitInfo,
@@ -455,18 +572,23 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     hyperparameters, the init's model and normalisation); `init` is the init's name, its file `init_checkpoint`."""
     task, linear = plan.task, cfg.setting == "linear"
     head = "decoder" if task.kind == "segmentation" else "head"
-    resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp,
+    lp_ft = {"lp_epochs": plan.lp_epochs} if cfg.setting == "lp-ft" else {}
+    resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp, **lp_ft,
                 "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
                 "window": list(plan.window), "seg_loss": plan.seg_loss}
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
+        "init_layout": init_info.layout, "init_stripped": init_info.stripped,
+        "init_pretrain_samples": (init_info.pretrain_config or {}).get("data_train_samples"),
         "init_dropped": init_info.dropped, "init_missing": init_info.missing,
         "init_unexpected": init_info.unexpected, "init_mismatched": init_info.mismatched,
         "kind": task.kind, "metric": task.metric, "classes": dataset.classes, "steps_per_epoch": steps,
         "regions": {k: list(v) for k, v in plan.regions.items()}, "encoder_frozen": linear,
-        "trains": head if linear else f"encoder and {head}",
-        "encoder_bn": "eval (statistics frozen)" if linear else "train",
+        "trains": head if linear else (f"{head}, then encoder and {head}" if lp_ft else f"encoder and {head}"),
+        "encoder_bn": "eval (statistics frozen)" if linear else ("eval in the linear phase, then train" if lp_ft
+                                                                 else "train"),
+        "selected_by": plan.watch.metric, "weight_decay_from": plan.weight_decay_from,
         "flags_set": set_flags(cfg, ignore=MAY_CHANGE | FINETUNE_MAY_CHANGE)}
     return run_config(cfg, task=task.name, init=plan.init_name, setting=cfg.setting, fraction=cfg.fraction,
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
@@ -494,7 +616,8 @@ def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
     job.optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng_states(ckpt["rng"], job.env.rank)
     state = FinetuneState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"], resumed_loss_sum(ckpt, job.env),
-                          ckpt["best"], started=time.time() - ckpt.get("wall_s", 0.0))  # wall_s: from the run's start
+                          ckpt["best"], started=time.time() - ckpt.get("wall_s", 0.0),  # wall_s: from the run's start
+                          **{k: ckpt[k] for k in ("lr_scale", "plateau_bad", "stopped") if k in ckpt})
     job.log.note(f"{job.out}: resuming at epoch {state.epoch + 1}, step {state.step}")
     return state
 
@@ -504,7 +627,7 @@ def loop(job: FinetuneJob, state: FinetuneState) -> None:
     epochs, steps = job.plan.hp["epochs"], job.steps
     total = epochs * steps if job.cfg.max_steps is None else min(job.cfg.max_steps, epochs * steps)
     job.log.begin(state.step, total)
-    while state.epoch < epochs and state.step < total:
+    while state.epoch < epochs and state.step < total and state.stopped is None:
         loss_sum, images, started = train_epoch(job, state, total)
         end_epoch(job, state, loss_sum, images, started)
 
@@ -513,6 +636,8 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
     """The rest of the current epoch, or up to `total` steps: (the epoch's loss sum, on the device: no sync per
     step; the images this rank trained on; when it began)."""
     cfg, env, kind = job.cfg, job.env, job.plan.task.kind
+    if cfg.setting == "lp-ft":   # the linear phase: encoder frozen (no gradients, BN statistics fixed), then all
+        job.model.freeze_encoder(state.epoch < job.plan.lp_epochs)
     job.ddp.train()
     order = epoch_plan(job.data.subset, job.plan.hp["batch_size"], seed=cfg.seed, epoch=state.epoch, rank=env.rank,
                        world_size=env.world_size).reshape(job.steps, -1)
@@ -520,7 +645,7 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
     loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=env.device)
     for x, y, _ in batches(job.data.train, order[state.epoch_step:], state.epoch, cfg.workers,
                            pin_memory=env.device.type == "cuda", jpeg_decoder=job.data.decoder):
-        lr = job.schedule(state.step)
+        lr = job.schedule(state.step) * state.lr_scale
         set_lr(job.optimizer, lr)
         x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
         with _autocast(env):
@@ -544,25 +669,33 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
 def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, images: int, started: float) -> None:
     """Validate; keep the best epoch's weights (and best.pt); the epoch's metrics.jsonl line; last.pt.
     `images` were trained on (all ranks) since `started`; images_per_s counts the validation's time too."""
-    env, metric = job.env, job.plan.task.metric
+    env, watch = job.env, job.plan.watch
     train_loss = all_reduce_mean(float(loss_sum) / max(state.epoch_step, 1), env.device)
     broadcast_buffers(job.model)   # every rank evaluates, and keeps as best, the model rank 0 saves
     val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.eval_batch, job.cfg.workers,
                               job.data.volumes["val"], job.data.decoder)
     state.epoch += 1
-    score = val_metrics[metric]
-    if not math.isnan(score) and score > state.best["metric"]:
+    score, lr = val_metrics[watch.metric], job.schedule(state.step - 1) * state.lr_scale
+    improved = watch.better(score, state.best["metric"])
+    if improved:
         state.best = {"metric": score, "epoch": state.epoch, "state": copy.deepcopy(job.model.state_dict())}
         if env.is_main:
             save_checkpoint(new_checkpoint(job.plan.model, job.model.encoder.state_dict(), **_head(job),
                                            epoch=state.epoch, metric=score, config=job.config),
                             job.out / "checkpoints" / "best.pt")
     line = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
-            **{f"val_{k}": v for k, v in _json_safe(val_metrics).items()}, "lr": job.schedule(state.step - 1),
+            **{f"val_{k}": v for k, v in _json_safe(val_metrics).items()}, "lr": lr,
             "images_per_s": images / max(time.time() - started, 1e-9), "wall_s": state.wall_s()}
     job.log.epoch(line)
-    job.log.note(f"epoch {state.epoch}/{job.plan.hp['epochs']}  loss {train_loss:.4f}  val {metric} {score:.4f}  "
-                 f"lr {line['lr']:.3g}  {line['images_per_s']:.0f} img/s")
+    job.log.note(f"epoch {state.epoch}/{job.plan.hp['epochs']}  loss {train_loss:.4f}  val {watch.metric} "
+                 f"{score:.4f}  lr {line['lr']:.3g}  {line['images_per_s']:.0f} img/s")
+    if job.cfg.schedule == "plateau":
+        state.lr_scale, state.plateau_bad = plateau_step(state.lr_scale, state.plateau_bad, improved,
+                                                         job.cfg.plateau_patience, job.plan.hp["decay"])
+    if watch.patience is not None and state.epoch - state.best["epoch"] >= watch.patience:
+        state.stopped = state.epoch
+        job.log.note(f"early stop after epoch {state.epoch}: val {watch.metric} not better for {watch.patience} "
+                     f"epochs (best: epoch {state.best['epoch']})")
     state.epoch_step, state.loss_sum = 0, 0.0
     save(job, state)
 
@@ -572,7 +705,8 @@ def save(job: FinetuneJob, state: FinetuneState) -> None:
     save_resume_point(job.out / "checkpoints" / "last.pt", job.env.is_main, job.plan.model,
                       job.model.encoder.state_dict(), **_head(job), optimizer=job.optimizer.state_dict(),
                       step=state.step, epoch=state.epoch, epoch_step=state.epoch_step, epoch_loss_sum=state.loss_sum,
-                      best=state.best, config=job.config, wall_s=state.wall_s())
+                      best=state.best, config=job.config, wall_s=state.wall_s(), lr_scale=state.lr_scale,
+                      plateau_bad=state.plateau_bad, stopped=state.stopped)
 
 
 def _head_name(job: FinetuneJob) -> str:
@@ -585,13 +719,15 @@ def _head(job: FinetuneJob) -> dict:
 
 
 def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
-    """(test metrics, predictions.parquet columns) of the best validation epoch's weights."""
-    if state.best["epoch"] == 0:
-        raise TrainerError(f"{job.out}: validation {job.plan.task.metric} was undefined (NaN) in every epoch, so no "
-                           f"best checkpoint exists; check the val split's labels")
-    job.model.load_state_dict(state.best["state"])
+    """(test metrics, predictions.parquet columns) of the best validation epoch's weights (--epochs 0: the init's,
+    with its new head)."""
+    if job.plan.hp["epochs"] > 0:
+        if state.best["epoch"] == 0:
+            raise TrainerError(f"{job.out}: validation {job.plan.watch.metric} was undefined (NaN) in every epoch, "
+                               f"so no best checkpoint exists; check the val split's labels")
+        job.model.load_state_dict(state.best["state"])
     return evaluate(job.model, job.data.test, job.plan, job.env, job.eval_batch, job.cfg.workers,
-                    job.data.volumes["test"], job.data.decoder, job.masks)
+                    job.data.volumes["test"], job.data.decoder, job.masks, only=job.data.test_ids)
 
 
 def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:
@@ -606,9 +742,11 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     final = {f"final/{k}": v.detach().cpu().numpy() for k, v in job.model.encoder.state_dict().items()
              if k in FIRST_LAYERS}
     np.savez(job.out / "first_layers.npz", **job.first_init, **final)
-    metric = job.plan.task.metric
+    metric, test_loss = job.plan.task.metric, test_metrics.pop("loss")   # metrics: higher is better (run format)
+    best_val = state.best["metric"] if math.isfinite(state.best["metric"]) else None
     result = {"metrics": _json_safe(test_metrics), "metric": metric, "best_epoch": state.best["epoch"],
-              "best_val": state.best["metric"], "epochs": state.epoch, "steps": state.step}
+              "best_val": best_val, "selected_by": job.plan.watch.metric, "stopped_epoch": state.stopped,
+              "test_loss": test_loss, "epochs": state.epoch, "steps": state.step}
     write_json_atomic(result, job.out / "result.json")
     job.log.note(f"{job.out}: test {metric} {test_metrics[metric]:.4f} (best val epoch {state.best['epoch']})")
     return result

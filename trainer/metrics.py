@@ -1,6 +1,7 @@
 """Evaluation metrics of the downstream tasks, on numpy arrays (no torch here).
 
-    accuracy(pred, target)                       single-label (and `auc` of class 1 when there are two classes)
+    accuracy(pred, target)                       single-label
+    class_auc(probs, target)                     single-label: binary AUC, or one-vs-rest macro over classes
     roc_auc(scores, targets)                     one label; NaN when the test set lacks a class; NaN targets skipped
     mean_auc(scores, targets, labels)            multi-label: auc_<label> and mean_auc
     dice_counts(pred_mask, true_mask, n, regions)  per-slice overlap counts (what the evaluator gathers)
@@ -51,6 +52,19 @@ def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
         return math.nan
     ranks = rankdata(scores)  # average ranks: a tie between a positive and a negative counts 1/2
     return float((ranks[targets].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def class_auc(probs: np.ndarray, target: np.ndarray) -> float:
+    """Single-label AUC from class probabilities [n, C]: with 2 classes the AUC of class 1's probability;
+    with more, the one-vs-rest macro average (each class's probability against "this class or not"), over
+    the classes whose AUC is defined (present and absent in `target`), as sklearn's roc_auc_score
+    (multi_class="ovr", average="macro") where every class is present. NaN when none is defined."""
+    probs, target = np.asarray(probs, dtype=np.float64), np.asarray(target)
+    if probs.shape[1] == 2:
+        return roc_auc(probs[:, 1], target == 1)
+    per_class = [roc_auc(probs[:, c], target == c) for c in range(probs.shape[1])]
+    defined = [v for v in per_class if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 def mean_auc(scores: np.ndarray, targets: np.ndarray, labels: list[str],
@@ -124,10 +138,7 @@ def classification_results(probs: np.ndarray, targets: np.ndarray, keys: list[st
     correct = pred == targets
     rows = {"sample": list(keys), "correct": correct.tolist(), "target": targets.astype(np.int64).tolist(),
             "pred": pred.astype(np.int64).tolist(), "confidence": probs.max(1).astype(np.float64).tolist()}
-    metrics = {"accuracy": accuracy(pred, targets)}
-    if probs.shape[1] == 2:
-        metrics["auc"] = roc_auc(probs[:, 1], targets == 1)
-    return metrics, rows
+    return {"accuracy": accuracy(pred, targets), "auc": class_auc(probs, targets)}, rows
 
 
 def multilabel_results(scores: np.ndarray, targets: np.ndarray, keys: list[str], labels: list[str],

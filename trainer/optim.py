@@ -28,7 +28,13 @@ Schedules are pure functions of the global step, so a resumed run needs only the
 - `warmup-cosine`: linear warmup over `warmup_epochs` then cosine to 0, per step
   (canonical SimCLR);
 - `exp-epoch`: lr = base * decay ** epoch (the downstream recipes: x0.97 after every epoch);
+- `step`: lr = base * decay ** (epoch // step_epochs) (torch's StepLR);
 - `constant`.
+(ReduceLROnPlateau depends on validation results, not on the step: trainer/selection.py.)
+
+Fine-tuning's other optimizers (`build_optimizer`): torch's SGD (momentum, nesterov), Adam
+(its weight decay is an L2 term in the gradient, as torch's and Keras' Adam) and AdamW
+(decoupled decay), all with the same two parameter groups (no decay on biases and norms).
 """
 from __future__ import annotations
 
@@ -39,8 +45,9 @@ import torch
 from torch import nn
 
 from trainer.errors import TrainerError
+from trainer.tasks import OPTIMIZERS
 
-SCHEDULES = ("cosine-epoch", "warmup-cosine", "exp-epoch", "constant")
+SCHEDULES = ("cosine-epoch", "warmup-cosine", "exp-epoch", "step", "constant")
 LARS_FORMS = ("study-code", "lr-outside")
 
 
@@ -103,6 +110,23 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = False,
+                    lars_form: str = "study-code") -> torch.optim.Optimizer:
+    """One of OPTIMIZERS on lars_param_groups' groups (each group carries its own weight decay).
+
+    >>> build_optimizer("sgd", lars_param_groups(model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
+    """
+    if name not in OPTIMIZERS:
+        raise TrainerError(f"--optimizer {name!r} is not one of: {', '.join(OPTIMIZERS)}")
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise TrainerError(f"--nesterov needs --optimizer sgd with --momentum > 0; got {name}, momentum {momentum}")
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, form=lars_form)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(groups, lr=lr)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -117,6 +141,7 @@ class Schedule:
     steps_per_epoch: int
     warmup_epochs: float = 0.0
     decay: float = 0.97
+    step_epochs: int = 30
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -136,6 +161,8 @@ class Schedule:
             return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
         if self.kind == "exp-epoch":
             return self.base_lr * self.decay ** epoch
+        if self.kind == "step":
+            return self.base_lr * self.decay ** (epoch // self.step_epochs)
         warmup = round(self.warmup_epochs * self.steps_per_epoch)
         if step < warmup:
             return self.base_lr * (step + 1) / warmup

@@ -83,7 +83,8 @@ class SimCLRConfig:
                                 "trainer/data/mixing.py)")
     out: str = opt(None, "run folder (config.json, metrics.jsonl, checkpoints/)", required=True)
     recipe: str = opt("paper", "hyperparameter set; every value below overrides it", choices=tuple(RECIPES))
-    model: str = opt("resnet50", "encoder: resnet50, resnet18, resnet-tiny (tests, demo)")
+    model: str = opt("resnet50", "encoder: any name of trainer/models (resnet18/50/101/152, wide_resnet50_2, "
+                                 "wide_resnet101_2, resnet50-keras; resnet-tiny for tests and the demo)")
     device: str = opt("auto", "cuda, cpu, or auto (cuda when available)", choices=("auto", "cuda", "cpu"))
     epochs: int | None = opt(None, "epochs (recipe: 100)")
     max_steps: int | None = opt(None, "stop after this many steps in total (the schedule still spans --epochs)")

@@ -16,7 +16,8 @@ The file format (docs/finetune.md; an example in docs/experiments.example.toml):
     [args]    workers = 8                                # trainer.finetune flags for every run
     [[matrix]]                                           # one block per group of experiments
     tasks = ["radnet"]; inits = ["scratch", "radnet-1.28M"]; settings = ["finetune", "linear"]
-    fractions = [1.0, 0.1, 0.01]; seeds = [0, 1, 2, 3]
+    fractions = [1.0, 0.1, 0.01]; seeds = [0, 1, 2, 3]   # or shots = [1, 5, 10] (--shots) in place of fractions
+    folds = 5                                            # optional: k-fold, one run per fold (--folds 5 --fold i)
     args = { epochs = 50 }                               # this block's own flags (override [args])
     [slurm]   partition = "gpu", gres = "gpu:8", time = "24:00:00"   # #SBATCH lines of --emit slurm
 
@@ -44,9 +45,10 @@ from trainer.sweep_check import differences
 from trainer.tasks import SETTINGS, format_fraction, get_task, run_dir
 
 TOP_KEYS = {"out", "launcher", "tasks_file", "data", "inits", "args", "matrix", "slurm"}
-MATRIX_KEYS = {"tasks", "inits", "settings", "fractions", "seeds", "args"}
+MATRIX_KEYS = {"tasks", "inits", "settings", "fractions", "shots", "seeds", "folds", "args"}
 # Flags the matrix sets itself; [args] may not set them.
-RESERVED = {"task", "data", "init", "init-name", "setting", "fraction", "seed", "out", "run-dir", "tasks-file"}
+RESERVED = {"task", "data", "init", "init-name", "setting", "fraction", "seed", "out", "run-dir", "tasks-file", "shots",
+            "folds", "fold"}
 STATES = ("complete", "started", "differs", "pending")
 
 
@@ -62,12 +64,21 @@ class SweepRun:
     args: tuple[str, ...]
     run_dir: Path
     tasks_file: str | None = None
+    shots: int | None = None               # --shots in place of --fraction
+    fold: tuple[int, int] | None = None    # (i, K): --fold i --folds K
 
     def flags(self) -> list[str]:
         """trainer.finetune's flags for this run, but --out (the run folder says where)."""
+        subset = ["--shots", str(self.shots)] if self.shots else ["--fraction", format_fraction(self.fraction)]
+        folds = ["--folds", str(self.fold[1]), "--fold", str(self.fold[0])] if self.fold else []
         return ["--task", self.task, "--data", self.data, "--init", self.init, "--init-name", self.init_name,
-                "--setting", self.setting, "--fraction", format_fraction(self.fraction), "--seed", str(self.seed),
+                "--setting", self.setting, *subset, "--seed", str(self.seed), *folds,
                 *(["--tasks-file", self.tasks_file] if self.tasks_file else []), *self.args]
+
+    @property
+    def subset(self) -> str:
+        """The column of `tlx sweep`'s table: the fraction, or K-shot."""
+        return f"{self.shots}-shot" if self.shots else format_fraction(self.fraction)
 
 
 @dataclass
@@ -158,14 +169,39 @@ def load_sweep(path: Path | str) -> Sweep:
         seeds = _list(block, "seeds", where) if "seeds" in block else [0]
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise TrainerError(f"{where}: seeds must be integers, got {seeds}")
-        for task, name, setting, fraction, seed in product(tasks, names, settings, fractions, seeds):
+        subsets, folds = _subsets(block, fractions, where), _folds(block, where)
+        for task, name, setting, (fraction, shots), seed, fold in product(tasks, names, settings, subsets, seeds,
+                                                                            folds):
             run = SweepRun(task, name, inits.get(name, "scratch"), setting, float(fraction), seed, data[task], args,
-                           run_dir(out, task, name, setting, float(fraction), seed), tasks_file)
+                           run_dir(out, task, name, setting, float(fraction), seed, shots=shots, fold=fold),
+                           tasks_file, shots, fold)
             if run.run_dir in runs and runs[run.run_dir] != run:
                 raise TrainerError(f"{where}: {run.run_dir} is also made by an earlier block with other flags; "
                                    f"one directory, one run")
             runs[run.run_dir] = run
     return Sweep(path, out, launcher, tasks_file, list(runs.values()), doc.get("slurm", {}))
+
+
+def _subsets(block: dict, fractions: list, where: str) -> list[tuple[float, int | None]]:
+    """(fraction, shots) of each run: the fractions, or with `shots` each K at fraction 1."""
+    if "shots" not in block:
+        return [(float(f), None) for f in fractions]
+    if "fractions" in block:
+        raise TrainerError(f"{where}: give fractions or shots, not both")
+    shots = _list(block, "shots", where)
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shots):
+        raise TrainerError(f"{where}: shots must be integers >= 1, got {shots}")
+    return [(1.0, k) for k in shots]
+
+
+def _folds(block: dict, where: str) -> list[tuple[int, int] | None]:
+    """`folds = K`: one run per fold (i, K); else one run without folds."""
+    if "folds" not in block:
+        return [None]
+    k = block["folds"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise TrainerError(f"{where}: folds must be an integer >= 2, got {k!r}")
+    return [(i, k) for i in range(k)]
 
 
 def run_state(run: SweepRun) -> str:
@@ -200,15 +236,14 @@ def refuse_differing(sweep: Sweep) -> None:
 
 
 def state_rows(runs: list[SweepRun]) -> tuple[list[str], list[tuple[str, str, str, dict]]]:
-    """The matrix as a table: fraction columns, and per (task, init, setting) a cell per
-    fraction with the count of complete / started / all seeds."""
-    fractions = sorted({r.fraction for r in runs}, reverse=True)
-    rows: dict[tuple[str, str, str], dict[float, dict[str, int]]] = {}
+    """The matrix as a table: fraction (or K-shot) columns, and per (task, init, setting) a cell per
+    column with the count of complete / started / all runs (seeds and folds)."""
+    columns = [r.subset for r in sorted(runs, key=lambda r: (r.shots or 0, -r.fraction))]
+    rows: dict[tuple[str, str, str], dict[str, dict[str, int]]] = {}
     for r in runs:
-        cell = rows.setdefault((r.task, r.init_name, r.setting), {}).setdefault(r.fraction, dict.fromkeys(STATES, 0))
+        cell = rows.setdefault((r.task, r.init_name, r.setting), {}).setdefault(r.subset, dict.fromkeys(STATES, 0))
         cell[run_state(r)] += 1
-    return [format_fraction(f) for f in fractions], [(*key, {format_fraction(f): c for f, c in cells.items()})
-                                                       for key, cells in rows.items()]
+    return list(dict.fromkeys(columns)), [(*key, cells) for key, cells in rows.items()]
 
 
 def run_sequentially(sweep: Sweep, runs: list[SweepRun], keep_going: bool = False, echo=print) -> list[SweepRun]:

@@ -36,16 +36,22 @@ from trainer.dist import is_distributed
 from trainer.errors import TrainerError
 from trainer.models.unet import UNetDecoder
 from trainer.task_losses import masked_bce, segmentation_loss
+from trainer.weight_layouts import extract_encoder, guess_model
 
 KINDS = ("classification", "multilabel", "segmentation")
 
 
 class TaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, kind: str, num_outputs: int, frozen_encoder: bool = False,
-                 decoder_channels: tuple[int, ...] | None = None, decoder: str = "backboned-unet"):
+                 decoder_channels: tuple[int, ...] | None = None, decoder: str = "backboned-unet",
+                 head_dropout: float = 0.0):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
+        if head_dropout and (kind == "segmentation" or not 0 < head_dropout < 1):
+            raise TrainerError(f"--head-dropout {head_dropout} must be in [0, 1) and is for the linear head of "
+                               f"classification and multilabel tasks (this task: {kind})")
+        self.dropout = nn.Dropout(head_dropout) if head_dropout else nn.Identity()   # no parameters
         self.kind, self.frozen_encoder = kind, frozen_encoder
         self.encoder = encoder
         if kind == "segmentation":
@@ -53,7 +59,7 @@ class TaskModel(nn.Module):
         else:
             self.head = nn.Linear(encoder.feature_dim, num_outputs)
         if frozen_encoder:
-            self.encoder.requires_grad_(False)
+            self.freeze_encoder(True)
 
     def head_module(self) -> nn.Module:
         """The new part: the linear head or the U-Net decoder."""
@@ -62,7 +68,12 @@ class TaskModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "segmentation":
             return self.decoder(self.encoder.forward_stages(x), out_size=x.shape[-2:])
-        return self.head(self.encoder.forward_features(x))
+        return self.head(self.dropout(self.encoder.forward_features(x)))
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Freeze (no gradients, eval mode in training) or unfreeze the encoder: lp-ft's two phases."""
+        self.frozen_encoder = frozen
+        self.encoder.requires_grad_(not frozen)
 
     def train(self, mode: bool = True) -> "TaskModel":
         super().train(mode)
@@ -109,7 +120,10 @@ class InitInfo:
     checkpoint: str | None = None      # the file, None for scratch
     sha256: str | None = None
     source: str = "scratch"            # scratch | state-dict | tlx-checkpoint
+    layout: str | None = None          # trainer/weight_layouts.py: torchvision, moco, byol, timm, ..., tlx-checkpoint
+    stripped: str = ""                 # the prefix taken off the encoder's keys (module.encoder_q., ...)
     model_name: str | None = None      # a tlx checkpoint's model (else None)
+    model_guess: str | None = None     # a foreign state dict: the registered model its keys and shapes fit
     dropped: list[str] = field(default_factory=list)      # what was left out on purpose
     missing: list[str] = field(default_factory=list)      # encoder keys the file lacked (--allow-partial-init)
     unexpected: list[str] = field(default_factory=list)   # file keys the encoder lacks (--allow-partial-init)
@@ -139,19 +153,15 @@ def read_init(spec: str) -> tuple[dict[str, torch.Tensor] | None, InitInfo]:
     info = InitInfo(checkpoint=str(path), sha256=sha256_file(path))
     if isinstance(obj, dict) and obj.get("format") == "tlx-checkpoint":
         info.source, info.model_name, info.pretrain_config = "tlx-checkpoint", obj.get("model_name"), obj.get("config")
-        state = obj["encoder"]
+        info.layout, state = "tlx-checkpoint", obj["encoder"]
         info.dropped = [f"{k} (not the encoder: {_WHY_DROPPED.get(k, 'another model part')})" for k in obj
                         if k in _MODEL_PARTS]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        info.source, state = "state-dict", obj["state_dict"]
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        info.source, state = "state-dict", obj
+    elif isinstance(obj, dict):   # a foreign layout: find the encoder (trainer/weight_layouts.py)
+        found = extract_encoder(obj, f"--init {spec!r}")
+        info.source, info.layout, info.stripped, state = "state-dict", found.layout, found.prefix, found.state
+        info.dropped, info.model_guess = found.dropped, guess_model(state)
     else:
         raise TrainerError(f"--init {spec!r} is neither a tlx checkpoint nor a state dict of tensors")
-    fc = sorted(k for k in state if k.startswith("fc."))
-    if fc:
-        info.dropped.append(f"{', '.join(fc)} (the pretraining classifier; the task has its own head)")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     return state, info
 
 
@@ -190,6 +200,9 @@ def load_init(encoder: nn.Module, state: dict[str, torch.Tensor] | None, info: I
         raise TrainerError(f"--init {info.checkpoint}: strict load failed: {listed} "
                            f"(pass --allow-partial-init to load the matching keys anyway)")
     usable = {k: v for k, v in state.items() if k in own and k not in info.mismatched}
+    if not any(not k.endswith(".num_batches_tracked") for k in usable):
+        raise TrainerError(f"--init {info.checkpoint}: not one of its {len(state)} keys matches the encoder's "
+                           f"(e.g. {_some(sorted(state), 3)}); --allow-partial-init would load nothing")
     encoder.load_state_dict(usable, strict=not problems)
     return info
 

@@ -30,12 +30,18 @@ from trainer.errors import TrainerError
 
 KINDS = ("classification", "multilabel", "segmentation")
 SEG_LOSSES = ("ce", "dice", "dice+ce")           # trainer.task_losses (this module imports no torch)
-OPTIMIZERS = ("adamw", "lars")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lars")
 AUGMENTS = ("none", "flip", "crop-flip")
-SETTINGS = ("finetune", "linear")
-# The optimizers' weight decay when a task does not say (the paper does not): AdamW's
-# PyTorch default, and the usual LARS value of SimCLR evaluation recipes.
-DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "lars": 1e-6}
+SETTINGS = ("finetune", "linear", "lp-ft")
+# Weight decay when neither the task nor --weight-decay says (the paper gives none), by preset
+# (--weight-decay-preset): `study`, the default, takes the study's fine-tuning configs where they
+# give one for the task and optimizer (STUDY_WEIGHT_DECAY) and tlx's value otherwise; `tlx` always
+# takes tlx's (DEFAULT_WEIGHT_DECAY: AdamW's PyTorch default, the usual LARS value of SimCLR
+# evaluation recipes, torch's 0 for Adam and SGD), chosen before the study's configs were read.
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "lars": 1e-6, "adam": 0.0, "sgd": 0.0}
+STUDY_WEIGHT_DECAY = {("radnet", "lars"): 1e-4, ("imagenet", "lars"): 1e-6, ("chestxray", "adamw"): 1e-6,
+                      ("lits", "adamw"): 1e-6, ("brats", "adamw"): 1e-5}
+WEIGHT_DECAY_PRESETS = ("study", "tlx")
 HYPERPARAMETERS = ("batch_size", "lr", "optimizer", "weight_decay", "epochs", "decay")
 
 
@@ -50,7 +56,7 @@ class Task:
     lr: float
     optimizer: str                             # adamw | lars
     decay: float                               # lr multiplied by this after every epoch
-    weight_decay: float | None = None          # None: DEFAULT_WEIGHT_DECAY of the optimizer
+    weight_decay: float | None = None          # None: default_weight_decay (the preset's)
     class_weights: tuple[float, ...] | dict[str, float] = ()   # () = equal
     by_fraction: dict[float, dict] = field(default_factory=dict)
     augment: str = "none"                      # none | flip | crop-flip (random resized crop + flip)
@@ -71,16 +77,17 @@ class Task:
                 raise TrainerError(f"task {self.name!r} by_fraction row {frac}: fraction must be in (0, 1] and "
                                    f"keys in {', '.join(HYPERPARAMETERS)}; got {sorted(row)}")
 
-    def hyperparameters(self, fraction: float) -> dict:
-        """batch_size, lr, optimizer, weight_decay, epochs, decay for a data fraction."""
+    def hyperparameters(self, fraction: float, fill_weight_decay: bool = True) -> dict:
+        """batch_size, lr, optimizer, weight_decay, epochs, decay for a data fraction (weight_decay None where the
+        task does not set it and `fill_weight_decay` is False; else the study preset's default)."""
         if not 0 < fraction <= 1:  # before its logarithm below
             raise TrainerError(f"--fraction {fraction} must be in (0, 1] (1.0 = all training data)")
         hp = {k: getattr(self, k) for k in HYPERPARAMETERS}
         rows = {1.0: {}, **self.by_fraction}
         nearest = min(rows, key=lambda f: (abs(math.log(f) - math.log(fraction)), -f))
         hp.update(rows[nearest])
-        if hp["weight_decay"] is None:
-            hp["weight_decay"] = DEFAULT_WEIGHT_DECAY[hp["optimizer"]]
+        if hp["weight_decay"] is None and fill_weight_decay:
+            hp["weight_decay"] = default_weight_decay(self.name, hp["optimizer"], "study")[0]
         return hp
 
 
@@ -99,6 +106,14 @@ class Task:
         """The labels left out of mean_auc: exclude_from_mean, and those outside auc_labels."""
         outside = tuple(c for c in classes if self.auc_labels and c not in self.auc_labels)
         return tuple(dict.fromkeys(self.exclude_from_mean + outside))
+
+
+def default_weight_decay(task: str, optimizer: str, preset: str) -> tuple[float, str]:
+    """(weight decay, where it comes from: "study" or "tlx") for a task that does not set one."""
+    _check(preset, WEIGHT_DECAY_PRESETS, "--weight-decay-preset")
+    if preset == "study" and (task, optimizer) in STUDY_WEIGHT_DECAY:
+        return STUDY_WEIGHT_DECAY[task, optimizer], "study"
+    return DEFAULT_WEIGHT_DECAY[optimizer], "tlx"
 
 
 def _check(value, allowed, what: str) -> None:
@@ -259,9 +274,13 @@ def format_fraction(fraction: float) -> str:
     return repr(float(fraction))
 
 
-def run_dir(out: Path | str, task: str, init: str, setting: str, fraction: float, seed: int) -> Path:
-    """The default run directory of docs/run-format.md: <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>."""
+def run_dir(out: Path | str, task: str, init: str, setting: str, fraction: float, seed: int,
+            shots: int | None = None, fold: tuple[int, int] | None = None) -> Path:
+    """The default run directory of docs/run-format.md: <out>/<task>/<init>/<setting>/frac-<f>/seed-<n>;
+    `shots-<K>` in place of `frac-<f>` with --shots, and `seed-<n>/fold-<i>-of-<K>` with --folds (fold = (i, K))."""
     for what, value in (("task", task), ("init name", init), ("setting", setting)):
         if not value or "/" in value or value in (".", ".."):
             raise TrainerError(f"{what} {value!r} cannot name a directory (no '/', not empty)")
-    return Path(out) / task / init / setting / f"frac-{format_fraction(fraction)}" / f"seed-{int(seed)}"
+    subset = f"shots-{int(shots)}" if shots is not None else f"frac-{format_fraction(fraction)}"
+    path = Path(out) / task / init / setting / subset / f"seed-{int(seed)}"
+    return path / f"fold-{int(fold[0])}-of-{int(fold[1])}" if fold is not None else path

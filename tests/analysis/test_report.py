@@ -20,6 +20,7 @@ SIZES = {"radnet-small": 1000, "radnet-large": 10000}
 S_LB, S_UB = 1.5, 3.0
 UNITS = 120
 SECTIONS = ["## Runs", "## Result tables", "## Pairwise comparisons", "## Scale-adjusted results", "## Scale factors",
+            "## Curves",
             "## Convergence", "## Feature reuse and uniqueness", "## Prediction overlap and similarity", "## Files"]
 
 
@@ -70,7 +71,7 @@ def test_every_section_is_there_and_every_linked_figure_exists(tree):
     assert positions == sorted(positions)
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
     names = {f.split("/")[1].split("_")[0] for f in figures}
-    assert names == {"compare", "pretraining", "convergence", "reuse", "overlap", "similarity"}
+    assert names == {"compare", "curve", "pretraining", "convergence", "reuse", "overlap", "similarity"}
     for fig in figures:
         assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for table in ("results.csv", "comparisons.csv", "runs.csv", "convergence.csv", "feature_reuse.csv",
@@ -92,7 +93,7 @@ def test_runs_section_counts_and_names_what_is_missing(tree):
 def test_results_csv_has_the_means_and_population_stds(tree):
     _, out, _, _ = tree
     results = pl.read_csv(out / "results.csv")
-    assert results.columns == ["task", "setting", "fraction", "metric", "init", "n", "mean", "std", "ddof"]
+    assert results.columns == ["task", "setting", "fraction", "metric", "init", "n", "mean", "std", "ddof", "shots"]
     for init, accs in ACC.items():
         row = results.filter((pl.col("init") == init) & (pl.col("metric") == "accuracy")).row(0, named=True)
         assert (row["task"], row["setting"], row["fraction"]) == ("radnet", "finetune", 1.0)
@@ -106,7 +107,8 @@ def test_results_csv_has_the_means_and_population_stds(tree):
 def test_comparisons_csv_matches_scipy_welch(tree):
     _, out, _, _ = tree
     comps = pl.read_csv(out / "comparisons.csv")
-    assert comps.columns == ["task", "setting", "fraction", "metric", "init_a", "init_b", "delta_pct", "t", "df", "p"]
+    assert comps.columns == ["task", "setting", "fraction", "metric", "init_a", "init_b", "delta_pct", "t", "df", "p",
+                             "shots"]
     inits = 5  # three inits and two scale-adjusted columns, two metrics, every ordered pair
     assert comps.height == 2 * inits * (inits - 1)
     for a in ACC:

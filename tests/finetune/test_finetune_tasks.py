@@ -23,7 +23,10 @@ def test_chestxray_multilabel_auc(tmp_path):
     data = tmp_path / "data"
     convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv), out=str(data), size=32, val=0.2,
                                             test=0.2, workers=1))
-    result, lines, pred = _run(tmp_path, "chestxray", data, "--epochs", "8", "--batch-size", "8", "--lr", "3e-3")
+    # weight decay pinned at tlx's AdamW value, for which this tiny run's threshold below was set (the study
+    # preset's 1e-6 gives another, noisier 8-epoch trajectory on this tiny dataset)
+    result, lines, pred = _run(tmp_path, "chestxray", data, "--epochs", "8", "--batch-size", "8", "--lr", "3e-3",
+                               "--weight-decay", "1e-2")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["class_weights"] == [1.0, 1.0, 1.0]      # the default's "No Finding" weight has nothing to apply to
     m = result["metrics"]

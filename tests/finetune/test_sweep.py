@@ -199,3 +199,29 @@ def test_the_documented_example_file_expands(tmp_path):
     sweep = load_sweep(example)
     assert len(sweep.runs) == 3 * 4 * 2 * 4 + 3 * 2 * 3 * 4 + 2 * 4 * 2 * 3 * 4
     assert sweep.launcher[:1] == ["torchrun"]
+
+
+def test_shots_and_folds_expand_into_one_run_each(tmp_path):
+    text = MATRIX.replace('''tasks = ["lits"]
+inits = ["scratch"]
+seeds = [3]''', '''tasks = ["lits"]
+inits = ["scratch"]
+seeds = [3]
+shots = [1, 5]
+folds = 3''')
+    sweep = load_sweep(_write(tmp_path, text))
+    lits = [r for r in sweep.runs if r.task == "lits"]
+    assert len(lits) == 2 * 3
+    dirs = [r.run_dir.relative_to(tmp_path / "runs").as_posix() for r in lits]
+    assert dirs[:3] == [f"lits/scratch/finetune/shots-1/seed-3/fold-{i}-of-3" for i in range(3)]
+    flags = lits[4].flags()
+    assert flags[flags.index("--shots") + 1] == "5" and "--fraction" not in flags
+    assert (flags[flags.index("--folds") + 1], flags[flags.index("--fold") + 1]) == ("3", "1")
+    columns, rows = state_rows(sweep.runs)
+    assert columns == ["1.0", "0.01", "1-shot", "5-shot"]
+    assert rows[-1][3]["5-shot"]["pending"] == 3
+    for bad, message in (("folds = 1", r"folds must be an integer >= 2, got 1"),
+                         ("shots = [0]", r"shots must be integers >= 1, got \[0\]"),
+                         ("shots = [1]\nfractions = [1.0]", r"give fractions or shots, not both")):
+        with pytest.raises(TrainerError, match=message):
+            load_sweep(_write(tmp_path, MATRIX.replace('seeds = [3]', f'seeds = [3]\n{bad}')))

@@ -67,8 +67,8 @@ def test_set_lr_and_schedules():
     assert math.isclose(wc(150), 0.5) and wc(199) < 1e-3
     ex = Schedule("exp-epoch", base_lr=1e-3, epochs=50, steps_per_epoch=4, decay=0.97)
     assert ex(3) == 1e-3 and math.isclose(ex(4), 0.97e-3) and math.isclose(ex(8), 0.97 ** 2 * 1e-3)
-    with pytest.raises(TrainerError, match="schedule 'step' is not one of cosine-epoch, warmup-cosine, exp-epoch"):
-        Schedule("step", 1.0, 1, 1)
+    with pytest.raises(TrainerError, match="schedule 'poly' is not one of cosine-epoch, warmup-cosine, exp-epoch"):
+        Schedule("poly", 1.0, 1, 1)
 
 
 def tf_simclr_lars(w, grads, lrs, momentum, wd, eta, excluded):

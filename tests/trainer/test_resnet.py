@@ -3,38 +3,12 @@ import pytest
 import torch
 
 from trainer.errors import TrainerError
+from tests.fixtures.torchvision_layout import torchvision_resnet_keys
 from trainer.models import build_encoder
 
 
 def torchvision_resnet50_keys() -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of torchvision's resnet50 state dict, generated from its known layout
-    (torchvision itself is not installable next to our torch)."""
-    out: dict[str, tuple[int, ...]] = {}
-
-    def bn(prefix: str, c: int) -> None:
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            out[f"{prefix}.{k}"] = (c,)
-        out[f"{prefix}.num_batches_tracked"] = ()
-
-    out["conv1.weight"] = (64, 3, 7, 7)
-    bn("bn1", 64)
-    cin = 64
-    for li, (blocks, width) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), start=1):
-        for b in range(blocks):
-            p = f"layer{li}.{b}"
-            out[f"{p}.conv1.weight"] = (width, cin, 1, 1)
-            bn(f"{p}.bn1", width)
-            out[f"{p}.conv2.weight"] = (width, width, 3, 3)
-            bn(f"{p}.bn2", width)
-            out[f"{p}.conv3.weight"] = (width * 4, width, 1, 1)
-            bn(f"{p}.bn3", width * 4)
-            if b == 0:
-                out[f"{p}.downsample.0.weight"] = (width * 4, cin, 1, 1)
-                bn(f"{p}.downsample.1", width * 4)
-            cin = width * 4
-    out["fc.weight"] = (1000, 2048)
-    out["fc.bias"] = (1000,)
-    return out
+    return torchvision_resnet_keys()
 
 
 def test_resnet50_state_dict_matches_torchvision_layout():
@@ -72,5 +46,7 @@ def test_feature_dims_and_stage_strides(name, dim):
 
 
 def test_unknown_model_name_lists_known():
-    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of bit-r101x1, .*, bit-tiny, resnet-tiny, resnet18, resnet50"):
+    with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of bit-r101x1, .*, bit-tiny, resnet-tiny, "
+                                           r"resnet-tiny-keras, resnet101, resnet152, resnet18, resnet50, resnet50-keras, "
+                                           r"wide_resnet101_2, wide_resnet50_2"):
         build_encoder("resnet51")

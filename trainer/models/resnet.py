@@ -5,7 +5,11 @@ Because the module tree mirrors torchvision (`conv1`, `bn1`, `layer1.0.conv1`,
 with `load_state_dict(sd, strict=True)` and no key renaming. torchvision itself is not
 needed (it does not install next to the torch build we pin).
 
-Variant "v1.5" (stride on the 3x3 conv of a bottleneck), as torchvision.
+Variant "v1.5" (stride on the 3x3 conv of a bottleneck), as torchvision. Options for other
+releases: `width_factor=2` (torchvision's wide_resnet*_2: bottleneck inner widths doubled,
+outputs unchanged), and `keras=True` for the Keras ResNet-50 v1 layout (the RadImageNet and
+keras.applications releases): stride on the first 1x1 conv of a block, convolutions with
+biases, BatchNorm eps 1.001e-5 (trainer/keras_weights.py converts their .h5 files).
 """
 from __future__ import annotations
 
@@ -13,19 +17,29 @@ import torch
 from torch import nn
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+KERAS_BN_EPS = 1.001e-5   # keras.applications.ResNet50's BatchNormalization epsilon
 
 
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=bias)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=bias)
+
+
+def _bn(c: int, keras: bool) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=KERAS_BN_EPS if keras else 1e-5)
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None,
+                 width_factor: int = 1, keras: bool = False):
         super().__init__()
+        if width_factor != 1 or keras:
+            raise ValueError("BasicBlock has no wide or Keras variant")
         self.conv1 = conv3x3(cin, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -46,14 +60,17 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, cin: int, width: int, stride: int = 1, downsample: nn.Module | None = None,
+                 width_factor: int = 1, keras: bool = False):
         super().__init__()
-        self.conv1 = conv1x1(cin, width)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, width * self.expansion)
-        self.bn3 = nn.BatchNorm2d(width * self.expansion)
+        inner, out = width * width_factor, width * self.expansion
+        # v1.5 (torchvision) strides in the 3x3 conv; Keras' v1 in the first 1x1 conv
+        self.conv1 = conv1x1(cin, inner, stride if keras else 1, bias=keras)
+        self.bn1 = _bn(inner, keras)
+        self.conv2 = conv3x3(inner, inner, 1 if keras else stride, bias=keras)
+        self.bn2 = _bn(inner, keras)
+        self.conv3 = conv1x1(inner, out, bias=keras)
+        self.bn3 = _bn(out, keras)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -78,11 +95,11 @@ class ResNet(nn.Module):
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
                  base_width: int = 64, num_classes: int = 1000, in_channels: int = 3,
-                 zero_init_residual: bool = True):
+                 zero_init_residual: bool = True, width_factor: int = 1, keras: bool = False):
         super().__init__()
-        self.inplanes = base_width
-        self.conv1 = nn.Conv2d(in_channels, base_width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(base_width)
+        self.inplanes, self.block_options = base_width, {"width_factor": width_factor, "keras": keras}
+        self.conv1 = nn.Conv2d(in_channels, base_width, kernel_size=7, stride=2, padding=3, bias=keras)
+        self.bn1 = _bn(base_width, keras)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, base_width, layers[0])
@@ -109,13 +126,13 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.last_bn().weight)
 
     def _make_layer(self, block, width: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
+        downsample, keras = None, self.block_options["keras"]
         if stride != 1 or self.inplanes != width * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, width * block.expansion, stride),
-                                       nn.BatchNorm2d(width * block.expansion))
-        layers = [block(self.inplanes, width, stride, downsample)]
+            downsample = nn.Sequential(conv1x1(self.inplanes, width * block.expansion, stride, bias=keras),
+                                       _bn(width * block.expansion, keras))
+        layers = [block(self.inplanes, width, stride, downsample, **self.block_options)]
         self.inplanes = width * block.expansion
-        layers += [block(self.inplanes, width) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, width, **self.block_options) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:

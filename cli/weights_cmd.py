@@ -1,0 +1,45 @@
+"""`tlx weights`: what `--init` would load from a checkpoint, and Keras .h5 conversion (trainer.weight_layouts,
+trainer.keras_weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group(epilog="""\b
+Examples:
+  tlx weights inspect moco_v2_800ep_pretrain.pth.tar
+  tlx weights convert RadImageNet-ResNet50_notop.h5 radimagenet.pt
+  python -m trainer.finetune --task lits --data lits/ --init radimagenet.pt
+""")
+def weights() -> None:
+    """Pretrained checkpoints for `trainer.finetune --init`."""
+
+
+@weights.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def inspect(path: Path) -> None:
+    """Show the layout `--init PATH` detects: prefix stripped, parts dropped, model, without training."""
+    from trainer.task_heads import read_init
+
+    state, info = read_init(str(path))
+    model = info.model_name or info.model_guess
+    click.echo(f"layout    {info.layout}")
+    click.echo(f"stripped  {info.stripped!r}")
+    click.echo(f"encoder   {len(state)} tensors, "
+               f"{sum(v.numel() for k, v in state.items() if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))):,} parameters")
+    click.echo(f"model     {model or 'none of tlx models fits its keys and shapes (give --model; the load is strict)'}")
+    for line in info.dropped or ["nothing"]:
+        click.echo(f"dropped   {line}")
+
+
+@weights.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+def convert(src: Path, dst: Path) -> None:
+    """Convert a Keras ResNet-50 .h5 (RadImageNet, Keras ImageNet) to a tlx checkpoint DST (needs h5py)."""
+    from trainer.keras_weights import convert_keras_h5
+
+    done = convert_keras_h5(src, dst)
+    click.echo(f"{dst}: {done['model']}, {done['keys']} tensors; dropped {', '.join(done['dropped']) or 'nothing'}")
