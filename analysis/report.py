@@ -21,18 +21,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.cka import BANDWIDTHS
-from analysis.curves import CurvePanel, curve_panels
 from analysis.convergence import ConvergenceRule, RunConvergence
+from analysis.curves import CurvePanel, curve_panels
 from analysis.errors import AnalysisError
-from analysis.report_compute import (ComparisonPanel, ConvergencePanel, OverlapGroup, OverlapPanel, PretrainingPanel,
-                                     ReuseCell, ReusePanel, ScaleAdjustment, SimilarityPanel, comparison_panels,
-                                     convergence_panels, overlap_groups, pretraining_panel, reuse_cells, reuse_rows,
-                                     scale_adjustment, slice_utility_panel)
+from analysis.report_activations import ActivationPanel, activation_panels
+from analysis.report_compute import (
+    ComparisonPanel,
+    ConvergencePanel,
+    OverlapGroup,
+    OverlapPanel,
+    PretrainingPanel,
+    ReuseCell,
+    ReusePanel,
+    ScaleAdjustment,
+    SimilarityPanel,
+    comparison_panels,
+    convergence_panels,
+    overlap_groups,
+    pretraining_panel,
+    reuse_cells,
+    reuse_rows,
+    scale_adjustment,
+    slice_utility_panel,
+)
+from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
 from analysis.results import ResultRow, compare, merge, read_summary_csv, results_from_runs
 from analysis.runs import GroupKey, Run, find_runs, headline_metric, variant_notes
 from analysis.scale_adjust import SPACES, pretraining_sizes
-from analysis.report_activations import ActivationPanel, activation_panels
-from analysis.report_pixel_maps import PixelMapPanel, pixel_map_panels
 from analysis.slice_utility import SliceUtilityPanel
 from analysis.weights import LAYOUTS
 from tlxcore.runtime import tool_version

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.data.augment import AugmentConfig
 from datakit.read import SampleReader, open_dataset
+from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
 
 

@@ -35,8 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from analysis.mi import PairwiseMI, quantize
-from analysis.scale_factors import (ESTIMATORS, STUDY_BASELINE_SLICES, STUDY_SIGMA, _resolve_device,
-                                    lower_bound_volume, upper_bound_codes)
+from analysis.scale_factors import (
+    ESTIMATORS,
+    STUDY_BASELINE_SLICES,
+    STUDY_SIGMA,
+    _resolve_device,
+    lower_bound_volume,
+    upper_bound_codes,
+)
 from tlxcore.atomic import write_json_atomic
 
 RADNET_VOLUMES = 90_663

@@ -30,8 +30,8 @@ def scan(dicom_root, out_dir, workers, secret_file, label_rules, resume):
     (for tlx write) and the label rules' name and sha256 (for the manifest). With --resume
     auto a folder holding an earlier scan of the same root and rules is scanned again.
     """
-    from datakit.secret import load_secret
     from datakit.scan import scan as run_scan
+    from datakit.secret import load_secret
     from tlxcore.progress import drawn
 
     secret = load_secret(secret_file)

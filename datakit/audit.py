@@ -37,8 +37,8 @@ import pyarrow as pa
 
 from datakit.audit_rules import TextChecker, as_strings, load_deny_list
 from tlxcore.atomic import is_partial
-from tlxcore.progress import Progress, Tick, silent
 from tlxcore.lock import LOCK_NAME
+from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
 
 OPERATOR_SIDE = {"work": "operator-side intermediates (source paths); never shared",

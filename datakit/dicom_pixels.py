@@ -35,10 +35,26 @@ import sys
 
 import numpy as np
 
-from datakit.dicom_header import (DEFLATED_LE, EXPLICIT_BE, ITEM_TAG, MAX_PIXEL_BYTES, PIXEL_DATA, SEQ_END_TAG,
-                                  UNCOMPRESSED, Header, HeaderError, SliceRejected, check_inflated_size, header_row,
-                                  inflate_dataset, one_line, pydicom_quiet, read_header, shown_term, time_limit,
-                                  walk_dataset)
+from datakit.dicom_header import (
+    DEFLATED_LE,
+    EXPLICIT_BE,
+    ITEM_TAG,
+    MAX_PIXEL_BYTES,
+    PIXEL_DATA,
+    SEQ_END_TAG,
+    UNCOMPRESSED,
+    Header,
+    HeaderError,
+    SliceRejected,
+    header_row,
+    inflate_dataset,
+    one_line,
+    pydicom_quiet,
+    read_header,
+    shown_term,
+    time_limit,
+    walk_dataset,
+)
 from datakit.dicom_header import EXPLICIT_LE as EXPLICIT_LE_TS
 from datakit.walk import os_reason
 

@@ -2,6 +2,5 @@
 from tlxcore.errors import UserError
 
 
-
 class DatakitError(UserError):
     """Bad input or configuration for a datakit stage (the message says what and how to fix it)."""

@@ -39,7 +39,7 @@ def _labels(slices: pl.DataFrame, kind: str, classes: list[str]) -> pl.DataFrame
 
 
 def converted_info(layout: Layout, manifest: dict):
-    from datakit.info import DatasetInfo, _read, _in_order, shard_diversity
+    from datakit.info import DatasetInfo, _in_order, _read, shard_diversity
 
     kind, classes = manifest.get("kind"), manifest["classes"]
     slices = _read(layout.slices, None)

@@ -38,7 +38,6 @@ from tlxcore.progress import Progress, Tick, silent
 from tlxcore.runtime import default_workers
 
 
-
 @dataclass
 class VerifyReport:
     dataset: str

@@ -80,8 +80,14 @@ class Drawer:
         self._stages: dict[str, tuple[float, int, float]] = {}  # stage -> (start, done at start, last line time)
         if self.show and getattr(self.stream, "isatty", lambda: False)():
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             self._rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                   TextColumn("{task.fields[text]}"), console=Console(file=self.stream))

@@ -13,7 +13,6 @@ normalisation, window (3 channels: tlx replicates a one-channel CT slice to 3); 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -51,14 +51,33 @@ from datakit.read import TlxDataset, open_dataset
 from tlxcore.atomic import atomic_write, write_json_atomic
 from tlxcore.progress import Progress, drawn, silent
 from trainer import metrics as M
-from trainer.checkpoint import (OLD_SPELLINGS, check_complete_run, check_same_run, checkpoint_due,
-                                checkpoint_every_flag, find_resume_point, new_checkpoint, restore_rng_states,
-                                resume_flag, resumed_loss_sum, save_checkpoint, save_resume_point)
+from trainer.checkpoint import (
+    OLD_SPELLINGS,
+    check_complete_run,
+    check_same_run,
+    checkpoint_due,
+    checkpoint_every_flag,
+    find_resume_point,
+    new_checkpoint,
+    restore_rng_states,
+    resume_flag,
+    resumed_loss_sum,
+    save_checkpoint,
+    save_resume_point,
+)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.labelled import DaliJpegDecoder, ImageOptions, LabelledSplit, batches
 from trainer.data.sharding import epoch_plan, eval_slice, per_rank_batch, steps_per_epoch
-from trainer.dist import (Dist, all_reduce_mean, broadcast_buffers, close_dist, init_dist, is_distributed,
-                          loader_workers, workers_flag)
+from trainer.dist import (
+    Dist,
+    all_reduce_mean,
+    broadcast_buffers,
+    close_dist,
+    init_dist,
+    is_distributed,
+    loader_workers,
+    workers_flag,
+)
 from trainer.errors import TrainerError, exit_on_user_error
 from trainer.fractions import fraction_order
 from trainer.models import build_encoder
@@ -70,8 +89,20 @@ from trainer.runlog import RunLog, log_every_flag
 from trainer.selection import Watch, loss_sums, plateau_step
 from trainer.subsets import patient_folds, shot_subset
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
-from trainer.tasks import (AUGMENTS, HYPERPARAMETERS, OPTIMIZERS, SEG_LOSSES, SETTINGS, WEIGHT_DECAY_PRESETS, Task,
-                           default_weight_decay, get_task, parse_class_weights, resolve_class_weights, run_dir)
+from trainer.tasks import (
+    AUGMENTS,
+    HYPERPARAMETERS,
+    OPTIMIZERS,
+    SEG_LOSSES,
+    SETTINGS,
+    WEIGHT_DECAY_PRESETS,
+    Task,
+    default_weight_decay,
+    get_task,
+    parse_class_weights,
+    resolve_class_weights,
+    run_dir,
+)
 
 # --schedule -> trainer.optim.Schedule's kind (plateau: constant, times the plateau's scale)
 FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step", "warmup-cosine": "warmup-cosine",

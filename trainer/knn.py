@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.augment import AugmentConfig, scale_input, to_unit
 from datakit.read import SampleReader, TlxDataset
+from trainer.data.augment import AugmentConfig, scale_input, to_unit
 from trainer.errors import TrainerError
 
 

@@ -43,16 +43,23 @@ from datakit.read import TlxDataset, open_dataset
 from tlxcore.atomic import atomic_write
 from tlxcore.errors import UserError
 from tlxcore.progress import Progress, drawn, silent
-from trainer.checkpoint import (OLD_SPELLINGS, check_same_run, checkpoint_due, checkpoint_every_flag,
-                                find_resume_point, restore_rng_states, resume_flag, resumed_loss_sum,
-                                save_resume_point)
+from trainer.checkpoint import (
+    OLD_SPELLINGS,
+    check_same_run,
+    checkpoint_due,
+    checkpoint_every_flag,
+    find_resume_point,
+    restore_rng_states,
+    resume_flag,
+    resumed_loss_sum,
+    save_resume_point,
+)
 from trainer.config import check_at_least, opt, parse_config, run_config
 from trainer.data.augment import AugmentConfig
 from trainer.data.loader import make_loader
 from trainer.data.mixed_loader import MixedTwoViewLoader
 from trainer.data.mixing import parse_mix
-from trainer.data.two_view import image_member
-from trainer.data.two_view import TwoViewLoader
+from trainer.data.two_view import TwoViewLoader, image_member
 from trainer.dist import Dist, all_reduce_mean, close_dist, init_dist, loader_workers, workers_flag
 from trainer.errors import TrainerError, exit_on_user_error, stops_deferred
 from trainer.gradcache import grad_cache_step

@@ -21,8 +21,17 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     locked_output, safe_key, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    iter_chunks,
+    locked_output,
+    safe_key,
+    stage_reject,
+)
 from datakit.convert.images import list_images
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError

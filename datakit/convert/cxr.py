@@ -28,8 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     locked_output, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    iter_chunks,
+    locked_output,
+    stage_reject,
+)
 from datakit.convert.cxr_labels import LSR_RANGE, LabelPolicy
 from datakit.convert.cxr_presets import UNC, CxrFiles, CxrRow, read_source
 from datakit.convert.images import check_image_options, encoded_image, image_member, match_files

@@ -24,8 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     locked_output, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    iter_chunks,
+    locked_output,
+    stage_reject,
+)
 from datakit.convert.images import channel_first, image_member, resize_uint8, zstd_bytes
 from datakit.convert.splits import patient_splits
 from datakit.convert.tables import read_csv

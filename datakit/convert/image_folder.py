@@ -29,8 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     locked_output, safe_key, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    iter_chunks,
+    locked_output,
+    safe_key,
+    stage_reject,
+)
 from datakit.convert.images import check_image_options, encoded_image, image_member, match_files
 from datakit.convert.splits import assign_splits
 from datakit.errors import DatakitError

@@ -32,11 +32,26 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, iter_chunks,
-                                     locked_output, safe_key, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    iter_chunks,
+    locked_output,
+    safe_key,
+    stage_reject,
+)
 from datakit.convert.image_mask_files import MaskLayout, Pair, check_rle, find_pairs
-from datakit.convert.images import (channel_first, check_image_options, image_member, resize_mask, resize_uint8,
-                                    zstd_bytes)
+from datakit.convert.images import (
+    channel_first,
+    check_image_options,
+    image_member,
+    resize_mask,
+    resize_uint8,
+    zstd_bytes,
+)
 from datakit.convert.nifti_seg import parse_label_map
 from datakit.convert.rle import FORMS, ORDERS, decode_rle
 from datakit.convert.splits import patient_from_id, patient_splits, patients_from_csv

@@ -38,8 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.convert.builder import (DatasetBuilder, Staged, StagingFile, check_output, check_workers, locked_output,
-                                     safe_key, stage_reject)
+from datakit.convert.builder import (
+    DatasetBuilder,
+    Staged,
+    StagingFile,
+    check_output,
+    check_workers,
+    locked_output,
+    safe_key,
+    stage_reject,
+)
 from datakit.convert.images import resize_image, resize_mask, zstd_bytes
 from datakit.convert.nifti_files import Case, find_cases
 from datakit.convert.splits import assign_splits, patient_from_id

@@ -1,13 +1,13 @@
 """The report's pretraining figure: training loss per logged step (steps.jsonl) and the kNN curve per epoch."""
 import json
 
-from PIL import Image
 import numpy as np
 import pytest
+from PIL import Image
 
+from analysis.figures import pretraining_plot
 from analysis.report_compute import pretraining_panel
 from analysis.runs import load_run
-from analysis.figures import pretraining_plot
 from tests.analysis.synthetic import write_run
 
 

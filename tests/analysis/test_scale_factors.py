@@ -9,8 +9,15 @@ from click.testing import CliRunner
 
 from analysis.errors import AnalysisError
 from analysis.mi import PairwiseMI
-from analysis.scale_factors import (ScaleFactorConfig, aggregate, effective_slices, estimate_scale_factors,
-                                    load_results, lower_bound_volume, write_results)
+from analysis.scale_factors import (
+    ScaleFactorConfig,
+    aggregate,
+    effective_slices,
+    estimate_scale_factors,
+    load_results,
+    lower_bound_volume,
+    write_results,
+)
 from cli.main import cli
 from tests.analysis.synthetic import write_ct_dataset
 

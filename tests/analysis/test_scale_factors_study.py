@@ -14,8 +14,16 @@ from scipy import ndimage
 from analysis.dataset import CTDataset, read_slices
 from analysis.errors import AnalysisError
 from analysis.mi import PairwiseMI, quantize, smoothed_mi, smoothing_matrix
-from analysis.scale_factors import (NoScale, ScaleFactorConfig, compressed_size, estimate_scale_factors, plan_tasks,
-                                    relative_mi_codes, upper_bound_codes, write_results)
+from analysis.scale_factors import (
+    NoScale,
+    ScaleFactorConfig,
+    compressed_size,
+    estimate_scale_factors,
+    plan_tasks,
+    relative_mi_codes,
+    upper_bound_codes,
+    write_results,
+)
 from tests.analysis.synthetic import write_ct_dataset
 
 

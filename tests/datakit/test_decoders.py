@@ -11,8 +11,17 @@ from pydicom.data import get_testdata_files
 from pydicom.pixels import get_decoder
 
 from datakit.dicom_header import SliceRejected, header_row, read_header
-from datakit.dicom_pixels import (J2K_LOSSLESS, JPEG_LOSSLESS, JPEG_LS, LOSSY_ORDER, RLE_LOSSLESS, first_available,
-                                  plugin_order, preferred_plugin, read_hu)
+from datakit.dicom_pixels import (
+    J2K_LOSSLESS,
+    JPEG_LOSSLESS,
+    JPEG_LS,
+    LOSSY_ORDER,
+    RLE_LOSSLESS,
+    first_available,
+    plugin_order,
+    preferred_plugin,
+    read_hu,
+)
 from tests.fixtures.optional import need
 
 LOSSLESS = JPEG_LOSSLESS | J2K_LOSSLESS | {"1.2.840.10008.1.2.4.80", RLE_LOSSLESS}

@@ -6,8 +6,16 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless)
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from datakit.dicom_header import SliceRejected, header_row, read_header, time_limit
 from datakit.dicom_pixels import read_hu
@@ -236,8 +244,9 @@ def test_a_decoder_panic_is_a_reject_not_a_crash(tmp_path):
 def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, monkeypatch):
     """The timeout raised inside a decoder ends the read; the fast path used to swallow it and decode
     the file again through pydicom with no time guard left (a hang on a file that stalls a decoder)."""
-    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
+
+    from datakit import dicom_pixels
 
     def stall(*args, **kwargs):
         time.sleep(5)
@@ -254,8 +263,9 @@ def test_a_timeout_in_the_fast_decode_is_not_retried_without_a_guard(tmp_path, m
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm"])
 def test_jpeg_ls_is_decoded_by_charls_with_pydicoms_output_and_falls_back(name, monkeypatch):
-    from datakit import dicom_pixels
     from pydicom.data import get_testdata_file
+
+    from datakit import dicom_pixels
 
     path = get_testdata_file(name)
     ds = pydicom.dcmread(path)
@@ -292,8 +302,7 @@ def test_deflated_header_is_read_from_its_start_or_whole_when_longer(tmp_path, p
 def test_deflated_file_that_inflates_to_an_absurd_size_is_refused_before_pydicom(tmp_path, monkeypatch):
     """A few MB of deflated zeros inflate to GB: read_hu refuses such a file before pydicom inflates it
     whole in memory (limit lowered here so the test file stays small)."""
-    from datakit import dicom_header
-    from datakit import dicom_pixels
+    from datakit import dicom_header, dicom_pixels
 
     ds = make()
     ds.add_new(0x7FE10010, "OB", bytes(4 << 20))              # 4 MiB of zeros after PixelData, deflated to ~4 KB
@@ -315,10 +324,11 @@ def test_deflated_bomb_the_header_walker_cannot_follow_is_refused_before_pydicom
     (Limit lowered here so the test file stays small.)"""
     import zlib
 
-    from datakit import dicom_header
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from datakit import dicom_header
 
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

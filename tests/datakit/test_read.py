@@ -5,9 +5,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fixtures.datasets import CLASSES, make_ct_dataset
-from datakit.read import SampleReader, open_dataset
 from datakit.errors import DatakitError
+from datakit.read import SampleReader, open_dataset
+from tests.fixtures.datasets import CLASSES, make_ct_dataset
 
 
 @pytest.fixture(scope="module")

@@ -248,8 +248,7 @@ def test_pydicom_never_prints_header_values_of_a_broken_file(tmp_path, caplog):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    from datakit import dicom_header
-    from datakit import dicom_pixels
+    from datakit import dicom_header, dicom_pixels
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

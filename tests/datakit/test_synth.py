@@ -11,9 +11,17 @@ from click.testing import CliRunner
 from cli.main import cli
 from datakit.dicom_pixels import read_hu
 from datakit.errors import DatakitError
+from datakit.synth.cohort import (
+    CLASSES,
+    EXPLICIT_LE,
+    JPEG_LOSSLESS,
+    OTHER_SYNTAXES,
+    SPECIAL_SYNTAXES,
+    TRAPS,
+    apply_syntax_mix,
+    plan_patient,
+)
 from datakit.synth.make_cohort import GROUND_TRUTH, synth_cohort
-from datakit.synth.cohort import (CLASSES, EXPLICIT_LE, JPEG_LOSSLESS, OTHER_SYNTAXES, SPECIAL_SYNTAXES, TRAPS,
-                                  apply_syntax_mix, plan_patient)
 from datakit.synth.write import write_patient
 
 

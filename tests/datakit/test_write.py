@@ -13,10 +13,9 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from datakit.info import dataset_info
+from datakit.pixel_hash import pixel_hash
 from datakit.plan import sample_key_expr
 from datakit.verify import verify_dataset
-from datakit.pixel_hash import pixel_hash
-
 from tests.datakit.write_helpers import SECRET, image_decoder
 from tests.fixtures.optional import need
 

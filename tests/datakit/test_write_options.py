@@ -3,7 +3,6 @@ import json
 import tarfile
 
 import numpy as np
-
 import polars as pl
 import pytest
 

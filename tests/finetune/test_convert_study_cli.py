@@ -31,8 +31,8 @@ def test_cxr_and_merge_from_the_command_line(tmp_path):
 
 
 def test_image_mask_size_mismatch_is_one_line_and_writes_nothing(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     root, _ = write_montgomery(tmp_path / "MontgomerySet", n=4)
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "ManualMask" / "leftMask" / "MCUCXR_0002_0.png")
     out = tmp_path / "o"

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import trainer.finetune as ft
-from trainer.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from tests.fixtures.datasets import make_ct_dataset
+from tests.fixtures.lock_holder import held
 from tlxcore.lock import FolderBusy
+from trainer.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from trainer.errors import RunInterrupted, TrainerError
 from trainer.models import build_encoder
 from trainer.task_heads import TaskModel, load_init, read_init, sha256_file
-from tests.fixtures.datasets import make_ct_dataset
-from tests.fixtures.lock_holder import held
 
 TINY = ["--model", "resnet-tiny", "--device", "cpu", "--workers", "0", "--optimizer", "adamw"]
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.fixtures.datasets import make_ct_dataset
 from trainer.errors import TrainerError
 from trainer.sweep import load_sweep, pending, refuse_differing, run_differences, run_state, slurm_script, state_rows
 from trainer.sweep_check import differences, given_flags
 from trainer.tasks import get_task
-from tests.fixtures.datasets import make_ct_dataset
 
 MATRIX = """
 out = "runs"

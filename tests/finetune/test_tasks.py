@@ -2,8 +2,7 @@
 import pytest
 
 from trainer.errors import TrainerError
-from trainer.tasks import (BUILTIN, format_fraction, get_task, parse_class_weights, resolve_class_weights,
-                           run_dir)
+from trainer.tasks import BUILTIN, format_fraction, get_task, parse_class_weights, resolve_class_weights, run_dir
 
 
 def test_table_st4_defaults_by_fraction():

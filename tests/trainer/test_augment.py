@@ -5,8 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data.augment import (BOTTOM, BRIGHTNESS, CONTRAST, FLIP, LEFT, RIGHT, SIGMA, TOP, AugmentConfig,
-                                  apply_view, draw_views, gaussian_kernel, normalize)
+from trainer.data.augment import (
+    BOTTOM,
+    BRIGHTNESS,
+    CONTRAST,
+    FLIP,
+    LEFT,
+    RIGHT,
+    SIGMA,
+    TOP,
+    AugmentConfig,
+    apply_view,
+    draw_views,
+    gaussian_kernel,
+    normalize,
+)
 from trainer.errors import TrainerError
 
 

@@ -14,7 +14,6 @@ from trainer.mixup import mixed_targets, mixup_batch, mixup_loss
 from trainer.models import build_encoder
 from trainer.task_heads import TaskModel
 
-
 # --- BiT-HyperRule ------------------------------------------------------------------------
 
 def _published_get_lr(step, dataset_size, base_lr):

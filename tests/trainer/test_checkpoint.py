@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (check_same_run, checkpoint_due, find_resume_point, load_checkpoint, new_checkpoint,
-                                restore_rng_states, rng_state, save_checkpoint, set_rng_state)
+from trainer.checkpoint import (
+    check_same_run,
+    checkpoint_due,
+    find_resume_point,
+    load_checkpoint,
+    new_checkpoint,
+    restore_rng_states,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trainer.dist import init_dist
 from trainer.errors import TrainerError
 from trainer.models import build_encoder

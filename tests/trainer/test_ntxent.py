@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from dist_helpers import run_ranks
 from torch import nn
 
-from dist_helpers import run_ranks
 from trainer.gradcache import grad_cache_step
 from trainer.losses import nt_xent
 from trainer.models.simclr_model import SimCLRModel
@@ -60,6 +60,7 @@ def _grads(model):
 
 def _ddp_worker(out_path):
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     from trainer.dist import all_reduce_mean, close_dist, init_dist
     env = init_dist("cpu")
     b = BATCH // env.world_size

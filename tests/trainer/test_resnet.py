@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from trainer.errors import TrainerError
 from tests.fixtures.torchvision_layout import torchvision_resnet_keys
+from trainer.errors import TrainerError
 from trainer.models import build_encoder
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import run_ranks
 
 import trainer.run_guard as rg
-from dist_helpers import run_ranks
 from tests.fixtures.datasets import make_ct_dataset
 from tests.fixtures.lock_holder import held, start_holder
 from tlxcore.lock import FolderBusy, folder_lock

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakit.errors import DatakitError
 from tests.fixtures.datasets import make_ct_dataset
 from tests.fixtures.lock_holder import held
 from tests.fixtures.optional import need
+from tlxcore.lock import FolderBusy
 from trainer import simclr
 from trainer.checkpoint import load_checkpoint
-from datakit.errors import DatakitError
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
 from trainer.optim import LARS
-from tlxcore.lock import FolderBusy
 
 GOLDEN = Path(__file__).with_name("golden_simclr_losses.json")
 # 37 train samples, global batch 8: 4 steps per epoch; 3 epochs = 12 steps.

@@ -37,8 +37,19 @@ from typing import Iterator
 
 import torch
 
-from trainer.data.augment import (BOTTOM, BRIGHTNESS, CONTRAST, FLIP, IMAGENET_MEAN, IMAGENET_STD, LEFT, RIGHT, SIGMA,
-                                  TOP, AugmentConfig)
+from trainer.data.augment import (
+    BOTTOM,
+    BRIGHTNESS,
+    CONTRAST,
+    FLIP,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LEFT,
+    RIGHT,
+    SIGMA,
+    TOP,
+    AugmentConfig,
+)
 from trainer.data.dali_source import PlanSource
 from trainer.data.two_view import TwoViewBatch, TwoViewLoader
 from trainer.errors import TrainerError
@@ -46,8 +57,8 @@ from trainer.errors import TrainerError
 
 def _build_pipeline(source: PlanSource, batch: int, aug: AugmentConfig, device_id: int | None, threads: int,
                     workers: int, seed: int):
-    from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
+    from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
 

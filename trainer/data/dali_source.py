@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.augment import NO_BLUR_SIGMA, SIGMA, draw_views
 from datakit.read import SampleTable
+from trainer.data.augment import NO_BLUR_SIGMA, SIGMA, draw_views
 from trainer.data.sharding import epoch_plan
 
 

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
 from datakit.read import SampleReader, TlxDataset
+from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
 from trainer.errors import TrainerError, leave_stops_to_the_trainer
 
 TARGET_ROLE = {"classification": "label", "multilabel": "labels", "segmentation": "mask"}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 KERAS_BN_EPS = 1.001e-5   # keras.applications.ResNet50's BatchNormalization epsilon
 
 
