@@ -89,7 +89,8 @@ def curve_panels(runs: list[Run], headline, sizes: dict[str, int], ddof: int = 0
             s = describe(values, ddof)
             band = s.std if len(values) > 1 and math.isfinite(s.std) else 0.0
             panel.rows.append({"curve": curve, "task": task, "setting": setting, "subset": subset, "metric": metric,
-                               "line": line, "x": x, "n": s.n, "mean": s.mean, "std": s.std if len(values) > 1 else None,
+                               "line": line, "x": x, "n": s.n, "mean": s.mean,
+                               "std": s.std if len(values) > 1 else None,
                                "lo": s.mean - band, "hi": s.mean + band})
         panels.append(panel)
     return panels, sorted(unsized)

@@ -323,7 +323,8 @@ class PairwiseMI:
             idx += (np.arange(len(a), dtype=np.int64) * b * b)[:, None]
             counts = np.bincount(idx.ravel(), minlength=len(a) * b * b).reshape(len(a), b, b)
             _check_totals(counts.sum((1, 2)), codes_a.shape[1])
-            out[start:start + len(a)] = smoothed_mi(counts, self.G) if self.G is not None else mutual_information(counts)
+            out[start:start + len(a)] = (smoothed_mi(counts, self.G) if self.G is not None
+                                         else mutual_information(counts))
         self.evaluations += len(codes_a)
         return out
 

@@ -80,7 +80,8 @@ def write_tables(rep: Report) -> None:
     sf4 = rep.slice_utility.rows if rep.slice_utility else []
     pixels = [row for p in rep.pixel_maps for row in p.rows]
     curves = [row for c in rep.curves for row in c.rows]
-    for rows, name in ((runs, "runs.csv"), (sf4, "slice_utility.csv"), (conv, "convergence.csv"), (curves, "curves.csv"),
+    for rows, name in ((runs, "runs.csv"), (sf4, "slice_utility.csv"), (conv, "convergence.csv"),
+                       (curves, "curves.csv"),
                        (rep.reuse, "feature_reuse.csv"), (rep.activations, "activation_similarity.csv"),
                        (pixels, "pixel_overlap.csv"),
                        (rep.overlap, "overlap.csv"), (rep.similarity, "similarity.csv")):

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 def render_index(rep: Report) -> str:
     lines = header(rep)
     for section in (runs_section, results_section, comparisons_section, adjusted_section, scale_factors_section,
-                    curves_section, slice_utility_section, convergence_section, reuse_section, activation_section, overlap_section,
-                    pixel_map_section, files_section):
+                    curves_section, slice_utility_section, convergence_section, reuse_section, activation_section,
+                    overlap_section, pixel_map_section, files_section):
         lines += section(rep)
     return "\n".join(lines) + "\n"
 
@@ -212,7 +212,8 @@ def convergence_section(rep: Report) -> list[str]:
     if not any(r.curve for r in rep.runs):
         return lines + ["No run has a metrics.jsonl: no curves.", ""]
     if rep.pretraining is not None:
-        lines += ["### Pretraining", "", image("pretraining loss per step and kNN accuracy per epoch", rep.pretraining.figure), ""]
+        lines += ["### Pretraining", "",
+                  image("pretraining loss per step and kNN accuracy per epoch", rep.pretraining.figure), ""]
     body = []
     for panel in rep.convergence_panels:
         label = panel.group.label()

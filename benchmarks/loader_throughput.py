@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
     p.add_argument("--blur-p", type=float, default=0.5, help="0 = paper recipe, 0.5 = simclr recipe")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--loaders", default="torch,dali")
-    p.add_argument("--repeats", type=int, default=3, help="measure every loader this many times, interleaved; keep the best")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measure every loader this many times, interleaved; keep the best")
     p.add_argument("--json", default="benchmarks/out/loader_throughput.json")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -119,10 +120,11 @@ def main(argv=None) -> dict:
             for name, data in datasets.items():
                 result["decode_per_core"][name] = max(result["decode_per_core"].get(name, 0.0), decode_rate(data))
             for kind in args.loaders.split(","):
-                result["loaders"][kind] = max(result["loaders"].get(kind, 0.0), loader_rate(kind, main_data, args, device))
+                result["loaders"][kind] = max(result["loaders"].get(kind, 0.0),
+                                              loader_rate(kind, main_data, args, device))
     print(f"machine: {result['machine']}")
-    print(f"{args.data or args.kind}: batch {args.batch}, views {args.image_size}px from {args.source_size}px, workers {args.workers}, "
-          f"blur p {args.blur_p}, device {device}")
+    print(f"{args.data or args.kind}: batch {args.batch}, views {args.image_size}px from {args.source_size}px, "
+          f"workers {args.workers}, blur p {args.blur_p}, device {device}")
     for kind, rate in result["loaders"].items():
         print(f"  {kind:6s} loader: {rate:9.1f} two-view samples/s")
     for name, rate in result["decode_per_core"].items():

@@ -83,7 +83,8 @@ def make_index(path: Path, rows: int, volumes: int, patients: int, seed: int = 0
     rejects = pa.table({
         "path": pa.array([f"PACS/misc/file{i:08d}" for i in range(n_scan_rejects)]),
         "reject_code": pa.array(np.where(is_junk, "not-dicom", "scout")),
-        "reject_reason": pa.array(np.where(is_junk, "not a DICOM file (no DICM preamble)", "localizer image (ImageType LOCALIZER)")),
+        "reject_reason": pa.array(np.where(is_junk, "not a DICOM file (no DICM preamble)",
+                                           "localizer image (ImageType LOCALIZER)")),
         "patient": pa.array(np.where(is_junk, None, np.asarray(patient_ids.take(vol_patient[rej_series])))),
         "study": pa.nulls(n_scan_rejects, pa.string()), "series": pa.nulls(n_scan_rejects, pa.string()),
         "sop": pa.nulls(n_scan_rejects, pa.string()), "slice_pos": pa.nulls(n_scan_rejects, pa.float64()),
@@ -188,7 +189,8 @@ def main(argv=None) -> dict:
               "target": {"seconds": TARGET_S, "peak_rss_gb": TARGET_GB},
               "met": result["seconds"] < TARGET_S and gb < TARGET_GB}
     all_s = ", ".join(f"{r['seconds']:.1f}" for r in runs)
-    print(f"{'index rows':<24}{made['rows']:>14,}\n{'volumes / patients':<24}{made['volumes']:>7,} / {made['patients']:,}\n"
+    print(f"{'index rows':<24}{made['rows']:>14,}\n"
+          f"{'volumes / patients':<24}{made['volumes']:>7,} / {made['patients']:,}\n"
           f"{'planned slices':<24}{result['planned']:>14,}\n"
           f"{'plan wall time':<24}{result['seconds']:>12.1f} s   (target < {TARGET_S:.0f} s; median of {all_s})\n"
           f"{'plan peak RSS':<24}{gb:>12.2f} GB  (target < {TARGET_GB:.0f} GB)\n"

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     worlds = [int(os.environ["WORLD_SIZE"])] if "WORLD_SIZE" in os.environ else args.ranks
     for n in worlds:
         if n < 1 or args.global_batch % n:
-            p.error(f"--global-batch {args.global_batch} is not divisible by {n} ranks (the same global batch at every N)")
+            p.error(f"--global-batch {args.global_batch} is not divisible by {n} ranks "
+                    f"(the same global batch at every N)")
     load_before = os.getloadavg()
     if "WORLD_SIZE" in os.environ:    # torchrun: this job is one point
         return _torchrun_point(args, load_before)

@@ -49,7 +49,8 @@ SECRET = "benchmark-secret-0123456789abcdef"
 TARGET = 0.7
 PEERS = ("pydicom-wds", "litdata", "monai")
 IMPORTS = ("import cli.main, datakit.pipeline, datakit.write_convert, datakit.assemble, pydicom.pixels, zstandard, "
-           "xxhash, numpy; from datakit.components import label; label(numpy.ones((2, 2), bool), numpy.ones((3, 3), bool))")
+           "xxhash, numpy; from datakit.components import label; "
+           "label(numpy.ones((2, 2), bool), numpy.ones((3, 3), bool))")
 
 
 def _cpu_of(cmd: list[str], env: dict) -> tuple[float, float]:
@@ -91,7 +92,8 @@ def commands(cohort: Path, work: Path, variants: list[str]) -> dict[str, list[st
         elif v == "imports":
             out[v] = [py, "-c", IMPORTS]
         elif v == "scan":
-            out[v] = [py, "-m", "cli.main", "scan", "--dicom-root", str(cohort), "--out", str(work / v), "--workers", "1"]
+            out[v] = [py, "-m", "cli.main", "scan", "--dicom-root", str(cohort), "--out", str(work / v),
+                      "--workers", "1"]
         else:
             out[v] = [py, "-m", "benchmarks.shard_peers", v, str(work / "files.json"), str(work / v)]
     return out

@@ -75,7 +75,8 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--inputs", default="synthetic,torch,dali")
-    p.add_argument("--repeats", type=int, default=3, help="measure every input this many times, interleaved; keep the best")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measure every input this many times, interleaved; keep the best")
     p.add_argument("--json", default="benchmarks/out/train_throughput.json")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -93,7 +94,8 @@ def main(argv=None) -> dict:
             loader = make_loader(kind, data, "train", global_batch=args.batch, rank=0, world_size=1, seed=0,
                                  aug=AugmentConfig(image_size=args.image_size), workers=args.workers, device=device)
             if loader.steps_per_epoch < args.steps + args.warmup:
-                raise SystemExit(f"--data has {loader.steps_per_epoch} batches per epoch; need {args.steps + args.warmup}")
+                raise SystemExit(f"--data has {loader.steps_per_epoch} batches per epoch; "
+                                 f"need {args.steps + args.warmup}")
             it = loader.epoch(0)
             result["images_per_s"][kind] = max(best, rate((b[:2] for b in it), args, device))
             it.close()

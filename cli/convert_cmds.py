@@ -58,7 +58,8 @@ def convert() -> None:
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="folder of image volumes")
 @click.option("--labels", type=click.Path(file_okay=False), help="folder of label volumes [default: --images]")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="new dataset folder")
-@click.option("--preset", type=click.Choice(["lits", "brats"]), help="file layout, classes and defaults of LiTS or BraTS")
+@click.option("--preset", type=click.Choice(["lits", "brats"]),
+              help="file layout, classes and defaults of LiTS or BraTS")
 @click.option("--image-pattern", help="image file below --images; {case} and {modality} are filled in")
 @click.option("--label-pattern", help="label file below --labels; {case} marks the case id")
 @click.option("--modalities", help="comma list filling {modality}, in channel order (e.g. t1,t1ce,flair)")

@@ -21,7 +21,8 @@ Example:
 @click.option("--patients", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical files.")
 @click.option("--matrix", type=click.IntRange(32, 1024), default=None,
-              help="Image size in pixels [default: 512 for ct, 64 for natural] (smaller is faster; 64 for quick tests).")
+              help="Image size in pixels [default: 512 for ct, 64 for natural] "
+                   "(smaller is faster; 64 for quick tests).")
 @click.option("--per-class", type=click.IntRange(min=1), default=40, show_default=True,
               help="--kind natural: images per class.")
 @click.option("--syntax-mix", type=click.Choice(["traps", "realistic"]), default="traps", show_default=True,

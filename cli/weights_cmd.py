@@ -27,8 +27,10 @@ def inspect(path: Path) -> None:
     model = info.model_name or info.model_guess
     click.echo(f"layout    {info.layout}")
     click.echo(f"stripped  {info.stripped!r}")
-    click.echo(f"encoder   {len(state)} tensors, "
-               f"{sum(v.numel() for k, v in state.items() if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))):,} parameters")
+    # BatchNorm's running statistics are buffers in the state, not parameters
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
+    click.echo(f"encoder   {len(state)} tensors, {params:,} parameters")
     click.echo(f"model     {model or 'none of tlx models fits its keys and shapes (give --model; the load is strict)'}")
     for line in info.dropped or ["nothing"]:
         click.echo(f"dropped   {line}")

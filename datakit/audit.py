@@ -18,9 +18,10 @@ is checked for):
 - any other file under the dataset folder (logs, notes): line by line; binary ones cannot
   be read and are findings, as are temporary files of an unfinished write and links;
 - every file's path.
-Not read: `work/`, `rejects.parquet` and the writer's lock `.tlx.lock`, which are operator-side (they hold source paths) and
-never shared (docs/dataset-format.md; `tlx pack` leaves work/ out, empties rejects.parquet's source
-columns and runs this audit on its copy); pixels (tlx does no OCR: burned-in text is handled by datakit.burned_in's flags).
+Not read: `work/`, `rejects.parquet` and the writer's lock `.tlx.lock`, which are operator-side
+(they hold source paths) and never shared (docs/dataset-format.md; `tlx pack` leaves work/ out,
+empties rejects.parquet's source columns and runs this audit on its copy); pixels (tlx does no
+OCR: burned-in text is handled by datakit.burned_in's flags).
 
 Findings never quote the value: a file, a place in it and what is wrong with what stands
 there, so a report can be passed on without passing on what it found.

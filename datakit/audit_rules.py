@@ -197,7 +197,8 @@ class TextChecker:
         arr = as_strings(values)
         found: list[tuple[int, str]] = []
         if expect is not None:
-            found += [(int(i), f"not {expect.name}") for i in _where(pc.and_(_unexpected(arr, expect), pc.is_valid(arr)))]
+            found += [(int(i), f"not {expect.name}")
+                      for i in _where(pc.and_(_unexpected(arr, expect), pc.is_valid(arr)))]
         for i in _where(pc.match_substring_regex(arr, _DICOM_PREFILTER)):
             found += [(int(i), c) for c in dicom_like(arr[int(i)].as_py())]
         if self.deny is not None:

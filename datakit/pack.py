@@ -97,6 +97,6 @@ def _check(tmp: Path, out: Path, report: PackReport, deny_list, workers, progres
     report.audit = audit_dataset(tmp, deny_list=deny_list, workers=workers, progress=progress)
     if not report.audit.clean:
         first = report.audit.findings[0]
-        raise DatakitError(f"tlx audit found {sum(report.audit.counts.values())} problems in the pack (first: {first.file}, "
-                           f"{first.where}: {first.check}); nothing was written. Run `tlx audit` on the dataset "
-                           f"for the full list")
+        raise DatakitError(f"tlx audit found {sum(report.audit.counts.values())} problems in the pack "
+                           f"(first: {first.file}, {first.where}: {first.check}); nothing was written. "
+                           f"Run `tlx audit` on the dataset for the full list")

@@ -150,7 +150,8 @@ def check_counts(manifest: dict, kind: Kind, slices: pl.DataFrame, volumes, reje
     per_shard = dict(slices.group_by("shard").len().rows())
     for e in shards:
         if per_shard.get(e["path"], 0) != e["samples"]:
-            p.append(f"{e['path']}: manifest says {e['samples']} samples, slices.parquet has {per_shard.get(e['path'], 0)}")
+            p.append(f"{e['path']}: manifest says {e['samples']} samples, "
+                     f"slices.parquet has {per_shard.get(e['path'], 0)}")
     for s in SPLITS:
         want = manifest["splits"].get(s, {})
         part = slices.filter(pl.col("split") == s)

@@ -31,7 +31,8 @@ from trainer.models.bit import BIT_ARCHS
 
 PREFIX = "resnet/"
 _CONV = "standardized_conv2d/kernel"
-_UNIT = re.compile(r"block(\d)/unit(\d\d)/([abc])/(?:(proj)/)?(standardized_conv2d/kernel|group_norm/gamma|group_norm/beta)")
+_UNIT = re.compile(r"block(\d)/unit(\d\d)/([abc])/(?:(proj)/)?"
+                   r"(standardized_conv2d/kernel|group_norm/gamma|group_norm/beta)")
 _GN = {"group_norm/gamma": "weight", "group_norm/beta": "bias"}
 
 

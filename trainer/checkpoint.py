@@ -164,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TrainerError(f"{str(path)!r} is not a tlx checkpoint (no format={FORMAT!r} key)")
     if ckpt.get("version") != VERSION:
-        raise TrainerError(f"{str(path)!r} has checkpoint version {ckpt.get('version')!r}; this tlx reads version {VERSION}")
+        raise TrainerError(f"{str(path)!r} has checkpoint version {ckpt.get('version')!r}; "
+                           f"this tlx reads version {VERSION}")
     return ckpt
 
 

@@ -96,7 +96,8 @@ def build_parser(cls: type, description: str | None = None, epilog: str | None =
             continue
         if typing.get_origin(tp) is tuple:
             args = typing.get_args(tp)
-            kwargs.update(nargs=len(args), type=_scalar_parser(args[0], False), metavar=tuple(a.__name__.upper() for a in args))
+            kwargs.update(nargs=len(args), type=_scalar_parser(args[0], False),
+                          metavar=tuple(a.__name__.upper() for a in args))
             parser.add_argument(flag, **kwargs)
             continue
         if tp not in (int, float, str):

@@ -43,7 +43,8 @@ def embed(encoder: torch.nn.Module, dataset: TlxDataset, split: str, ids: np.nda
     feats, labels = [], []
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
-        x = torch.stack([scale_input(F.interpolate(torch.from_numpy(to_unit(reader.read(table, int(i), image_ext), aug))[None],
+        x = torch.stack([scale_input(F.interpolate(torch.from_numpy(to_unit(reader.read(table, int(i), image_ext),
+                                                                            aug))[None],
                                                    size=(aug.image_size,) * 2, mode="bilinear", antialias=True,
                                                    align_corners=False)[0], aug) for i in chunk])
         feats.append(F.normalize(encoder(x.to(device).expand(-1, 3, -1, -1)).float(), dim=1))

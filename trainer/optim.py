@@ -147,7 +147,8 @@ class Schedule:
         if self.kind not in SCHEDULES:
             raise TrainerError(f"schedule {self.kind!r} is not one of {', '.join(SCHEDULES)}")
         if self.epochs < 1 or self.steps_per_epoch < 1:
-            raise TrainerError(f"schedule needs epochs >= 1 and steps_per_epoch >= 1, got {self.epochs}, {self.steps_per_epoch}")
+            raise TrainerError(f"schedule needs epochs >= 1 and steps_per_epoch >= 1, "
+                               f"got {self.epochs}, {self.steps_per_epoch}")
 
     @property
     def total_steps(self) -> int:

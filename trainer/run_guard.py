@@ -19,8 +19,9 @@ job (the lock file names the job: TORCHELASTIC_RUN_ID, the rendezvous id) is wai
 RESTART_WAIT_S, before the refusal; any other holder is refused at once.
 
 A KeyboardInterrupt (Ctrl-C, or SIGTERM through trainer.errors.exit_on_user_error: torchrun and
-SLURM stop workers with it), or an error raised while handling one, leaves the block as a RunInterrupted whose message says how to go on:
-rerun the same command, which continues from checkpoints/last.pt (--resume auto).
+SLURM stop workers with it), or an error raised while handling one, leaves the block as a
+RunInterrupted whose message says how to go on: rerun the same command, which continues from
+checkpoints/last.pt (--resume auto).
 """
 from __future__ import annotations
 

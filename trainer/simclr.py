@@ -13,8 +13,9 @@ From Python (the demo does this): `trainer.simclr.main(["--data", ..., "--out", 
 
 Recipes (`--recipe`): `paper` (default) is what the study ran: ResNet-50, 256 px, batch
 4096, LARS lr 0.075 * sqrt(batch) = 4.8 (applied inside the momentum buffer, as TF-SimCLR
-and the study: --lars-form), weight decay 1e-6, cosine per epoch over 100 epochs without warmup, temperature 0.5, the study's Sigmoid projector (-> 256), crop,
-flip, brightness/contrast jitter, no blur. `simclr` is SimCLR v1: temperature 0.1,
+and the study: --lars-form), weight decay 1e-6, cosine per epoch over 100 epochs without
+warmup, temperature 0.5, the study's Sigmoid projector (-> 256), crop, flip,
+brightness/contrast jitter, no blur. `simclr` is SimCLR v1: temperature 0.1,
 2048-2048-128 head, lr 0.3 * batch / 256, 10 warmup epochs then cosine per step,
 Gaussian blur p = 0.5. Every value can be overridden by its flag.
 
@@ -106,10 +107,12 @@ class SimCLRConfig:
     temperature: float | None = opt(None, "NT-Xent temperature (recipe: paper 0.5, simclr 0.1)")
     warmup_epochs: float | None = opt(None, "linear warmup (recipe: paper 0, simclr 10)")
     blur_p: float | None = opt(None, "Gaussian blur probability (recipe: paper 0, simclr 0.5)")
-    normalize: str = opt("minmax", "pixels to [0, 1]: per-slice min-max, or a fixed HU window", choices=("minmax", "hu"))
+    normalize: str = opt("minmax", "pixels to [0, 1]: per-slice min-max, or a fixed HU window",
+                         choices=("minmax", "hu"))
     window: tuple[float, float] | None = opt(None, "HU window for --normalize hu: LOW HIGH [default: -1024 3072]")
     input_scale: str = opt("unit", "what the encoder sees: unit ([0, 1], as the study) or imagenet (ImageNet "
-                                   "mean/std per channel, CT replicated to 3 channels first)", choices=("unit", "imagenet"))
+                                   "mean/std per channel, CT replicated to 3 channels first)",
+                           choices=("unit", "imagenet"))
     loader: str = opt("auto", "data loader; auto = dali on GPU when installed, else torch",
                       choices=("auto", "dali", "torch"))
     workers: int | None = workers_flag()
@@ -227,7 +230,8 @@ def build(cfg: SimCLRConfig, env: Dist, progress: Progress) -> PretrainJob:
     log = RunLog(cfg.out, enabled=env.is_main, progress=progress)
     weights = parse_mix(cfg.mix, len(cfg.data))
     datasets = [open_dataset(d) for d in cfg.data]
-    loader_kind = cfg.loader if cfg.loader != "auto" else ("dali" if env.device.type == "cuda" and _has_dali() else "torch")
+    loader_kind = (cfg.loader if cfg.loader != "auto"
+                   else ("dali" if env.device.type == "cuda" and _has_dali() else "torch"))
     aug = AugmentConfig(image_size=cfg.image_size, blur_p=cfg.blur_p, normalize=cfg.normalize, window=cfg.window,
                         input_scale=cfg.input_scale)
     common = dict(global_batch=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.seed, aug=aug,

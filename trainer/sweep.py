@@ -154,7 +154,8 @@ def load_sweep(path: Path | str) -> Sweep:
         for task in tasks:
             get_task(task, tasks_file)
             if task not in data:
-                raise TrainerError(f"{where}: task {task!r} has no dataset in [data] (it has: {', '.join(data) or 'none'})")
+                raise TrainerError(f"{where}: task {task!r} has no dataset in [data] "
+                                   f"(it has: {', '.join(data) or 'none'})")
         names = _list(block, "inits", where)
         for name in names:
             if name not in inits and name != "scratch":

@@ -13,10 +13,11 @@ heads (fc, projector, predictor, SwAV's prototypes, MoCo's queue) and momentum c
 (`{"state_dict": ...}`; timm's training checkpoints add `arch`). The encoder is found by its
 keys: the prefix P with `P + "conv1.weight"` and keys under `P + "layer1."`.
 P minus any leading `module.` must be a known layout (LAYOUTS); where two encoders are
-present (MoCo, BYOL) the momentum copy's prefix is not a layout, so the other one is taken. Every key outside the encoder must be a
-head or a momentum copy (HEAD_PARTS, MOMENTUM_PARTS): anything else is an error naming the
-keys, because an encoder with parts left behind would be a different model. Whether the
-encoder's own keys match the model is checked by the strict load (trainer/task_heads.py).
+present (MoCo, BYOL) the momentum copy's prefix is not a layout, so the other one is taken.
+Every key outside the encoder must be a head or a momentum copy (HEAD_PARTS, MOMENTUM_PARTS):
+anything else is an error naming the keys, because an encoder with parts left behind would be a
+different model. Whether the encoder's own keys match the model is checked by the strict load
+(trainer/task_heads.py).
 """
 from __future__ import annotations
 

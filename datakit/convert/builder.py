@@ -21,9 +21,10 @@ Two phases, as in `tlx write` (docs/internals/datakit-stages.md):
 2. assemble: the rows of each split are sorted by key and shuffled with the seed (a
    shard mixes many volumes and patients), cut into shards of `samples_per_shard`
    (or of the sizes `shard_sizes` lists for a split) and written with
-   datakit.shards.ShardWriter; slices.parquet lists the samples in shard order; manifest.json is written last, so its presence means "complete", and
-   then work/staging/ is deleted (it is a second copy of the data). Every file goes
-   through tlxcore.atomic (a temporary name, then a rename).
+   datakit.shards.ShardWriter; slices.parquet lists the samples in shard order; manifest.json
+   is written last, so its presence means "complete", and then work/staging/ is deleted (it
+   is a second copy of the data). Every file goes through tlxcore.atomic (a temporary name,
+   then a rename).
 """
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ def convert_class_folder(o: ClassFolderOptions, progress: Progress = silent) -> 
                   [("eval", c, rel, Path(o.eval_root), "val" if halves[f"eval/{rel}"] == "val" else "test")
                    for c, rel in evals]
     else:
-        split_of = assign_splits([rel for _, rel in train], o.val, o.test, o.seed, strata=dict((r, c) for c, r in train))
+        split_of = assign_splits([rel for _, rel in train], o.val, o.test, o.seed,
+                                 strata=dict((r, c) for c, r in train))
         entries = [("train", c, rel, root, split_of[rel]) for c, rel in train]
     if not entries:
         raise DatakitError(f"no images (extensions .png .jpg .jpeg .bmp .tif .tiff) in the class folders of {root}")

@@ -142,7 +142,8 @@ def convert_image_folder(o: ImageFolderOptions, progress: Progress = silent) -> 
     named_not_files = set(not_files) | {rel.rsplit("/", 1)[-1] for rel in not_files}   # matched as match_files does
     rejects += [stage_reject(n, "missing-file", f"the CSV names {n!r} but no such image is below {root}")
                 for n in names if n not in matched and n not in named_not_files]
-    rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image") for rel in unlabelled]
+    rejects += [stage_reject(rel, "no-label", f"no row of {Path(o.labels).name} names this image")
+                for rel in unlabelled]
 
     labels_of = {n: _row_labels(r, o) for n, r in zip(names, rows) if n in matched}
     found = sorted({lab for labs in labels_of.values() for lab in labs})

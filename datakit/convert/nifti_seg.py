@@ -188,8 +188,8 @@ def convert_nifti_seg(o: NiftiSegOptions, progress: Progress = silent) -> dict:
     layout, cases, unused = _cases_and_layout(o, images, labels)
     modalities = layout.modalities
     n_channels = len(modalities) if modalities else (len(layout.channels) or 1)
-    jobs = [(c.case, CaseJob(c.case, patient_from_id(c.case, o.patient_regex, "case"), c.images, c.label, layout, o.size, dtype,
-                             drop_empty)) for c in cases]
+    jobs = [(c.case, CaseJob(c.case, patient_from_id(c.case, o.patient_regex, "case"), c.images, c.label, layout,
+                             o.size, dtype, drop_empty)) for c in cases]
 
     classes = [name for _, name in layout.label_map]
     shape = [o.size, o.size] if n_channels == 1 else [n_channels, o.size, o.size]

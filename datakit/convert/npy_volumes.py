@@ -11,11 +11,12 @@ gives no patient ids, so the split is per exam (`split_by: exam`).
 
 `slices` picks them around the volume's middle slice m = n // 2: `center` (m: one channel),
 `center3` (m-1, m, m+1: three channels) or offsets such as `-2,0,2` (1 or 3 of them); a volume
-an offset would leave is a reject (`too-few-slices`), not padded with a repeated edge slice. Volumes of another dtype than uint8
-are scaled to 0-255 by their own minimum and maximum.
+an offset would leave is a reject (`too-few-slices`), not padded with a repeated edge slice.
+Volumes of another dtype than uint8 are scaled to 0-255 by their own minimum and maximum.
 
-Rejects: `no-label` (a volume a label file does not list), `too-few-slices` (see above), `missing-file` (a listed case without
-its volume), `bad-geometry` (not a 3-D array), `undecodable` (not a readable .npy).
+Rejects: `no-label` (a volume a label file does not list), `too-few-slices` (see above),
+`missing-file` (a listed case without its volume), `bad-geometry` (not a 3-D array),
+`undecodable` (not a readable .npy).
 Members: `img.zst` (zstd uint8 [S, S] or [3, S, S]) and `labels` (raw uint8 multi-hot).
 """
 from __future__ import annotations
@@ -184,8 +185,10 @@ def stage_volumes(job: VolumeJob, bin_path: Path) -> Staged:
                                                                                 "[slices, height, width]"))
                 continue
             if slice_indices(volume.shape[0], job.offsets) is None:
-                staged.rejects.append(stage_reject(item.source, "too-few-slices", f"{volume.shape[0]} slices; the "
-                                                   f"offsets {list(job.offsets)} from the middle slice leave the volume"))
+                staged.rejects.append(stage_reject(
+                    item.source, "too-few-slices",
+                    f"{volume.shape[0]} slices; the offsets {list(job.offsets)} "
+                    f"from the middle slice leave the volume"))
                 continue
             planes = np.stack([resize_uint8(p, job.size) for p in chosen_slices(volume, job.offsets)])
             hot = np.array([c in item.labels for c in job.classes], np.uint8)

@@ -100,7 +100,8 @@ class SeriesSpec:
     uid: str
     study: "StudySpec"
     number: int
-    kind: str                     # volume | short | resent | scout | mr | mpr-coronal | dose-sc | dose-sr | dose-info | multi-frame
+    # volume | short | resent | scout | mr | mpr-coronal | dose-sc | dose-sr | dose-info | multi-frame
+    kind: str
     label: str                    # intended class (the study's class)
     phantom: str
     description: str

@@ -173,7 +173,8 @@ def write_series(out: Path, plan: C.PatientPlan, spec: C.SeriesSpec, counter: li
         else:
             z = i * spec.thickness - spec.slices * spec.thickness / 2
             orientation = CORONAL if spec.kind in ("scout", "mpr-coronal") else AXIAL
-            ds.ImageType = {"scout": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "mpr-coronal": ["DERIVED", "SECONDARY", "MPR"],
+            ds.ImageType = {"scout": ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+                            "mpr-coronal": ["DERIVED", "SECONDARY", "MPR"],
                             "dose-info": ["DERIVED", "SECONDARY", "DOSE_INFO"]}.get(
                 spec.kind, ["ORIGINAL", "PRIMARY", "AXIAL"])
             ds.ImagePositionPatient = [round(-spacing * spec.cols / 2, 3), round(-spacing * spec.rows / 2, 3),

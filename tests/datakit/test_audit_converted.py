@@ -19,7 +19,8 @@ def test_labels_views_and_pseudonyms_are_checked(tmp_path):
     root, _ = write_mimic(tmp_path / "mimic")
     convert_cxr(CxrOptions(root=str(root), out=str(tmp_path / "cxr"), preset="mimic-cxr", size=8, workers=1))
     assert audit_dataset(tmp_path / "cxr", workers=1).findings == []
-    _rewrite(tmp_path / "cxr" / "slices.parquet", labels=lambda v: [["Flu"]] + v[1:], view=lambda v: ["DOE^JANE"] + v[1:])
+    _rewrite(tmp_path / "cxr" / "slices.parquet", labels=lambda v: [["Flu"]] + v[1:],
+             view=lambda v: ["DOE^JANE"] + v[1:])
     found = {(f.where, f.check) for f in audit_dataset(tmp_path / "cxr", workers=1).findings}
     assert found == {("column labels, row 0", "not one of the dataset's classes"),
                      ("column view, row 0", "not a code (at most 64 letters, digits, spaces or _.,+/:()-)")}

@@ -50,7 +50,8 @@ def test_ids_are_pseudonyms_and_codes_only(tmp_path):
     assert "DOE" not in repr(img) and "1950" not in repr(img)
 
 
-@pytest.mark.parametrize("kw,code", [(dict(modality="CT"), "not-xray"), (dict(modality="CR", sop_class=SC), "secondary-capture"),
+@pytest.mark.parametrize("kw,code", [(dict(modality="CT"), "not-xray"),
+                                     (dict(modality="CR", sop_class=SC), "secondary-capture"),
                                      (dict(modality="CR", sop_class="1.2.840.10008.5.1.4.1.1.4"), "not-image-storage"),
                                      (dict(burned_in="YES"), "burned-in"), (dict(patient_id=""), "no-id")])
 def test_files_tlx_may_not_read_are_rejected(tmp_path, kw, code):

@@ -28,7 +28,8 @@ def test_info_of_a_multilabel_dataset_counts_the_stored_targets(tmp_path):
             got[1] += math.isnan(t)
     rows = {(r["split"], r["label"]): [r["positives"], r["missing"]] for r in info.by_split_label.to_dicts()}
     assert rows == {k: [int(a), int(b)] for k, (a, b) in want.items()} and sum(v[1] for v in rows.values()) > 10
-    assert dict(zip(info.by_split["split"], info.by_split["samples"])) == {s: v["samples"] for s, v in m["splits"].items()}
+    assert dict(zip(info.by_split["split"], info.by_split["samples"])) == \
+        {s: v["samples"] for s, v in m["splits"].items()}
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "o")])
     assert result.exit_code == 0 and "kind multilabel (cxr)" in result.output and "uncertain" in result.output
 

@@ -35,7 +35,8 @@ def test_the_documented_snippets_run(ds, monkeypatch):
     for code in snippets:
         exec(compile(code, str(DOC), "exec"), namespace)   # noqa: S102 - our own documentation
     slices = pl.read_parquet(ds / "slices.parquet").filter(pl.col("split") == "train")
-    assert namespace["x"].shape == (8, 1, 32, 32) and 0 <= float(namespace["x"].min()) <= float(namespace["x"].max()) <= 1
+    assert namespace["x"].shape == (8, 1, 32, 32)
+    assert 0 <= float(namespace["x"].min()) <= float(namespace["x"].max()) <= 1
     assert namespace["key"] == slices["key"][0] and namespace["label"] == slices["label_index"][0]
     assert np.array_equal(namespace["first"], namespace["hu"])   # DALI and webdataset read the same first sample
 

@@ -58,7 +58,8 @@ def test_chexpert_label_policies(chexpert, tmp_path, uncertain, blank):
                 if uncertain == "lsr":
                     assert 0.55 <= value < 0.85
                 else:
-                    assert value == 1 if uncertain == "ones" else value == 0 if uncertain == "zeros" else math.isnan(value)
+                    assert (value == 1 if uncertain == "ones"
+                            else value == 0 if uncertain == "zeros" else math.isnan(value))
     assert counts["unc"] > 5
     slices = pl.read_parquet(tmp_path / "o" / "slices.parquet")
     row = slices.row(0, named=True)

@@ -137,7 +137,8 @@ def test_label_map_multiclass_overlap_and_missing_masks(tmp_path):
         Image.fromarray(values).save(_path(root / "lab" / f"c{i}.png"))
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / "img" / "lonely.png")
     m = convert_image_mask(ImageMaskOptions(root=str(root), out=str(tmp_path / "o"), image_pattern="img/{id}.png",
-                                            mask_patterns=("lab/{id}.png",), label_map="0:background,50:liver,100:tumor",
+                                            mask_patterns=("lab/{id}.png",),
+                                            label_map="0:background,50:liver,100:tumor",
                                             channels=3, size=12, workers=1, val=1, test=1))
     assert m["classes"] == ["background", "liver", "tumor"]
     for key, (_, s) in read_shards(tmp_path / "o", m).items():
@@ -218,7 +219,8 @@ def test_bad_patient_lists_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DatakitError, match=r"gives image 'c0' two patients \('a' and 'b'\); an image belongs to one"):
         convert_image_mask(ImageMaskOptions(**options))
     csv_path.write_text("id,person\nc0,a\n")
-    with pytest.raises(DatakitError, match=r"^--patients \S+ has no column\(s\) \['patient'\]; its columns: id, person$"):
+    with pytest.raises(DatakitError,
+                       match=r"^--patients \S+ has no column\(s\) \['patient'\]; its columns: id, person$"):
         convert_image_mask(ImageMaskOptions(**options))
     with pytest.raises(DatakitError, match=r"^give the patients either by --patients or by --patient-regex, not both$"):
         convert_image_mask(ImageMaskOptions(**options, patient_regex=r"c(\d)"))

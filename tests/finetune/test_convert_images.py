@@ -236,7 +236,8 @@ def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path, natural):
     result = CliRunner().invoke(cli, ["convert", "class-folder", "--root", str(natural / "train"),
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1].startswith("Error: ") and "already holds a finished dataset" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")
+    assert "already holds a finished dataset" in result.output
 
 
 def test_resume_with_other_options_does_not_reuse_jobs_staged_with_the_old_ones(tmp_path):

@@ -50,7 +50,8 @@ def test_pcam_bad_files_are_one_line_errors(tmp_path):
     root, _ = write_pcam(tmp_path / "pcam")
     with h5py.File(root / f"{PCAM}valid_y.h5", "w") as f:
         f.create_dataset("labels", data=np.zeros((4, 1, 1, 1), np.uint8))
-    with pytest.raises(DatakitError, match=r"^camelyonpatch_level_2_split_valid_y.h5 has no dataset 'y'; it holds: labels$"):
+    with pytest.raises(DatakitError,
+                       match=r"^camelyonpatch_level_2_split_valid_y.h5 has no dataset 'y'; it holds: labels$"):
         convert_pcam(PcamOptions(root=str(root), out=str(tmp_path / "o"), workers=1))
     root, _ = write_pcam(tmp_path / "leak")
     meta = root / f"{PCAM}test_meta.csv"

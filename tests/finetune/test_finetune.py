@@ -159,7 +159,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(ct, tmp_path, monkeypatch):
         return real_loss(*a, **kw)
 
     monkeypatch.setattr(ft, "task_loss", dies_at_step_6)
-    with pytest.raises(RunInterrupted, match=rf"^interrupted: rerun the same command to continue {tmp_path / 'resumed'} "
+    with pytest.raises(RunInterrupted, match=rf"^interrupted: rerun the same command to continue "
+                                             rf"{tmp_path / 'resumed'} "
                                              r"from its last checkpoint \(--resume auto\)$"):   # Ctrl-C: one line
         ft.main([*args, "--run-dir", str(tmp_path / "resumed")])
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
@@ -249,7 +250,8 @@ def test_strict_init_names_missing_unexpected_and_reshaped_keys(tmp_path):
     broken["conv1.weight"] = torch.zeros(8, 3, 3, 3)
     state, info = read_init(_save(broken, tmp_path / "broken.pth"))
     with pytest.raises(TrainerError, match=r"strict load failed: 1 missing: layer1.0.conv1.weight; 1 unexpected: "
-                                           r"extra.weight; 1 shape-mismatched: conv1.weight \(pass --allow-partial-init"):
+                                           r"extra.weight; 1 shape-mismatched: conv1.weight "
+                                           r"\(pass --allow-partial-init"):
         load_init(build_encoder("resnet-tiny"), state, info, allow_partial=False)
     enc = build_encoder("resnet-tiny")
     info = load_init(enc, state, info, allow_partial=True)
@@ -321,7 +323,8 @@ def test_two_ranks_give_the_single_process_result(ct, tmp_path, simclr_checkpoin
 def test_command_line_user_errors_are_one_line_and_exit_2(ct, monkeypatch, capsys):
     import runpy
     import sys
-    monkeypatch.setattr(sys, "argv", ["trainer.finetune", "--task", "radnet", "--data", str(ct), "--init", "missing.pt"])
+    monkeypatch.setattr(sys, "argv", ["trainer.finetune", "--task", "radnet", "--data", str(ct),
+                                      "--init", "missing.pt"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("trainer.finetune", run_name="__main__")   # what `python -m trainer.finetune` runs
     assert exit_info.value.code == 2

@@ -62,7 +62,8 @@ def test_ovr_macro_auc_against_hand_computed_values():
 def test_optimizers_and_their_options():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     sgd = build_optimizer("sgd", lars_param_groups(model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
-    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
     assert [g["weight_decay"] for g in sgd.param_groups] == [1e-4, 0.0]   # no decay on biases and norms
     assert type(build_optimizer("adam", lars_param_groups(model, 0.0), lr=1e-3)) is torch.optim.Adam
     assert type(build_optimizer("adamw", lars_param_groups(model, 0.0), lr=1e-3)) is torch.optim.AdamW

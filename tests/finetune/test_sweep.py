@@ -110,7 +110,8 @@ def test_emit_slurm_creates_the_log_folder_before_submission(tmp_path):
     (MATRIX.replace('out = "runs"', 'out = "runs"\nbogus = 1'), r"unknown keys \['bogus'\]"),
     (MATRIX.replace("workers = 0", "seed = 4"), r"'seed' is set by the matrix itself"),
     (MATRIX.replace('lits = "/abs/lits"', ""), r"task 'lits' has no dataset in \[data\] \(it has: radnet\)"),
-    (MATRIX.replace('"scratch", "radnet-1.28M"', '"scratch", "imagenet-1k"'), r"init 'imagenet-1k' is not in \[inits\]"),
+    (MATRIX.replace('"scratch", "radnet-1.28M"', '"scratch", "imagenet-1k"'),
+     r"init 'imagenet-1k' is not in \[inits\]"),
     (MATRIX.replace('settings = ["finetune", "linear"]', 'settings = ["probe"]'),
      r"setting 'probe' is not one of: finetune, linear"),
     (MATRIX.replace("fractions = [1.0, 0.01]", 'fractions = [1.0, "1%"]'),
@@ -123,7 +124,8 @@ def test_bad_matrix_files_say_what_is_wrong(tmp_path, text, message):
 
 
 def test_options_of_a_run_folder_are_compared_with_the_matrix(tmp_path):
-    """What config.json records (resolved values, flags_set) against the flags the matrix gives (trainer/sweep_check.py)."""
+    """What config.json records (resolved values, flags_set) against the flags the matrix gives
+    (trainer/sweep_check.py)."""
     sweep = load_sweep(_write(tmp_path))
     run = sweep.runs[0]                       # radnet, scratch, finetune, 1.0, seed 0; workers 0, window -200 300
     radnet = get_task("radnet").hyperparameters(1.0)
@@ -139,7 +141,8 @@ def test_options_of_a_run_folder_are_compared_with_the_matrix(tmp_path):
                                     "--image-size (the run: 64, the matrix: its default)"]
     assert run_state(run) == "differs" and run not in pending(sweep.runs)
     with pytest.raises(TrainerError, match=r"^1 run folder\(s\) under .*runs hold runs made with other options than "
-                                           r"experiments.toml gives them, e.g. radnet/scratch/finetune/frac-1.0/seed-0: "
+                                           r"experiments.toml gives them, e.g. "
+                                           r"radnet/scratch/finetune/frac-1.0/seed-0: "
                                            r"--window \(the run: \[-100.0, 300.0\], the matrix: -200 300\); --epochs"):
         refuse_differing(sweep)
     (run.run_dir / "config.json").unlink()        # cannot tell: not taken for the run asked for

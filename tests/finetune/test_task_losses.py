@@ -61,8 +61,10 @@ def test_auc_and_predictions_leave_missing_targets_out():
     assert m["auc_a"] == 1.0 and m["auc_b"] == 1.0                       # rows 0, 1, 3 for a; 1, 2 for b
     metrics, rows = multilabel_results(scores, targets, ["s0", "s1", "s2", "s3"], ["a", "b"])
     assert list(zip(rows["sample"], rows["label"])) == [("s0", "a"), ("s1", "a"), ("s1", "b"), ("s2", "b"), ("s3", "a")]
-    with pytest.raises(TrainerError, match=r"^1 evaluation targets are neither 0, 1 nor missing \(soft labels, e.g. 0.7\)"):
-        multilabel_results(scores, np.where(np.isnan(targets), 0, targets) * np.array([1, 0.7]), list("wxyz"), ["a", "b"])
+    with pytest.raises(TrainerError,
+                       match=r"^1 evaluation targets are neither 0, 1 nor missing \(soft labels, e.g. 0.7\)"):
+        multilabel_results(scores, np.where(np.isnan(targets), 0, targets) * np.array([1, 0.7]), list("wxyz"),
+                           ["a", "b"])
 
 
 def test_binary_classification_reports_auc_and_dice_variants():

@@ -84,7 +84,8 @@ def test_weight_standardisation_formula_and_affine_invariance():
 def test_zero_head_and_unknown_checkpointing_model():
     model = build_encoder("bit-tiny", num_classes=7)
     assert torch.count_nonzero(model.fc.weight) == 0 and torch.count_nonzero(model.fc.bias) == 0
-    with pytest.raises(TrainerError, match=r"--checkpoint-activations needs a GroupNorm model \(bit-\*\), not 'resnet50'"):
+    with pytest.raises(TrainerError,
+                       match=r"--checkpoint-activations needs a GroupNorm model \(bit-\*\), not 'resnet50'"):
         build_encoder("resnet50", checkpoint_activations=True)
 
 

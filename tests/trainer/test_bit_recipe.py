@@ -158,4 +158,5 @@ def test_label_smoothing_is_torchs_cross_entropy():
     # documented rather than written: torch's CE with label_smoothing=e is CE on (1-e) onehot + e/C
     logits, y = torch.randn(4, 5, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 3, 1, 4])
     smooth = 0.9 * F.one_hot(y, 5).float() + 0.1 / 5
-    assert float(F.cross_entropy(logits, y, label_smoothing=0.1)) == pytest.approx(float(F.cross_entropy(logits, smooth)), rel=1e-6)
+    assert float(F.cross_entropy(logits, y, label_smoothing=0.1)) == \
+        pytest.approx(float(F.cross_entropy(logits, smooth)), rel=1e-6)

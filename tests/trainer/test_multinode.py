@@ -93,7 +93,8 @@ def _assert_same_run(module, a: Path, b: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("module, kills", [("trainer.simclr", [1, 0]), ("trainer.finetune", [0, 1])])
 def test_two_nodes_survive_sigkill_of_either_rank_bit_for_bit(ds, tmp_path, module, kills):
-    """One uninterrupted 2-node run; one where `kills[0]` dies after a checkpoint, then `kills[1]` in the round after."""
+    """One uninterrupted 2-node run; one where `kills[0]` dies after a checkpoint, then `kills[1]`
+    in the round after."""
     _job(module, ds, tmp_path / "straight", tmp_path / "k-straight", [])
     processes = _job(module, ds, tmp_path / "killed", tmp_path / "k-killed", kills)
     assert [(tmp_path / "k-killed" / f"kill-{i}").read_text() for i in range(2)] == \

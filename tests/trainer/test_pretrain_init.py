@@ -99,7 +99,8 @@ def test_keep_every_keeps_epoch_checkpoints(first):
 def test_init_epoch_continues_the_schedule_exactly(first, ds, tmp_path):
     out = tmp_path / "seq"
     init = first / "checkpoints" / "epoch-2.pt"
-    simclr.main(["--data", str(ds), "--out", str(out), "--epochs", "4", "--init", str(init), "--init-epoch", "2", *ARGS])
+    simclr.main(["--data", str(ds), "--out", str(out), "--epochs", "4", "--init", str(init), "--init-epoch", "2",
+                 *ARGS])
     lr0 = 0.075 * math.sqrt(8)
     steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(9, 17))             # epochs 3 and 4 of 4, 4 steps each

@@ -31,7 +31,8 @@ def test_photometric_ops_follow_their_formulas():
     post = apply_op(img, "posterize", 1.0, 30)                           # 4 bits: multiples of 16/255
     assert torch.equal((post * 255).round() % 16, torch.zeros_like(post))
     auto = apply_op(img * 0.5 + 0.2, "autocontrast", 1.0, 0)
-    assert torch.allclose(auto.amin(dim=(1, 2)), torch.zeros(3)) and torch.allclose(auto.amax(dim=(1, 2)), torch.ones(3))
+    assert torch.allclose(auto.amin(dim=(1, 2)), torch.zeros(3))
+    assert torch.allclose(auto.amax(dim=(1, 2)), torch.ones(3))
     flat = torch.full((1, 5, 5), 0.3)
     assert torch.equal(apply_op(flat, "sharpness", 1.0, 30), flat)      # nothing to sharpen
     assert torch.equal(apply_op(flat, "equalize", 1.0, 0), flat)        # one level: unchanged

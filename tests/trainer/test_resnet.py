@@ -47,6 +47,7 @@ def test_feature_dims_and_stage_strides(name, dim):
 
 def test_unknown_model_name_lists_known():
     with pytest.raises(TrainerError, match=r"--model 'resnet51' is not one of bit-r101x1, .*, bit-tiny, resnet-tiny, "
-                                           r"resnet-tiny-keras, resnet101, resnet152, resnet18, resnet50, resnet50-keras, "
+                                           r"resnet-tiny-keras, resnet101, resnet152, resnet18, resnet50, "
+                                           r"resnet50-keras, "
                                            r"wide_resnet101_2, wide_resnet50_2"):
         build_encoder("resnet51")

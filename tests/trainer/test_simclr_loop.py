@@ -166,7 +166,8 @@ def test_resume_refuses_a_different_run_and_never_refuses_to_overwrite(ds, strai
         simclr.main(["--data", str(ds), "--out", str(straight), *ARGS, "--resume", "never"])
     with pytest.raises(DatakitError, match=r"is not a tlx dataset: no manifest.json"):
         simclr.main(["--data", str(straight), "--out", str(straight / "x"), *ARGS])
-    with pytest.raises(TrainerError, match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
+    with pytest.raises(TrainerError,
+                       match=r"^out of range: --batch-size -8 \(at least 1\), --log-every 0 \(at least 1\)$"):
         simclr.main(["--data", str(ds), "--out", str(straight / "x"), *ARGS, "--log-every", "0", "--batch-size", "-8"])
     with pytest.raises(TrainerError, match=r"^--window -1000 400 has no effect with --normalize minmax; add "
                                            r"--normalize hu, or leave --window out$"):
@@ -214,8 +215,9 @@ def test_old_spellings_name_the_new_one(tmp_path, old, new):
 
 
 def test_old_spelling_on_the_command_line_is_one_line_and_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                           "--ckpt-every", "100"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "r"), "--ckpt-every", "100"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "Error: --ckpt-every was renamed: use --checkpoint-every (same meaning)\n"
 
@@ -234,10 +236,12 @@ def test_tlx_quiet_silences_notes_and_progress(ds, tmp_path, monkeypatch, capsys
 
 
 def test_command_line_error_is_one_line_and_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "trainer.simclr", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "r"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"Error: {str(tmp_path)!r} is not a tlx dataset: no manifest.json (make one with `tlx shard`)"
+    assert proc.stderr.strip() == (f"Error: {str(tmp_path)!r} is not a tlx dataset: "
+                                   f"no manifest.json (make one with `tlx shard`)")
 
 
 def test_simclr_recipe_with_dali_gradcache_hu_window_and_knn(ds, tmp_path):
@@ -249,7 +253,8 @@ def test_simclr_recipe_with_dali_gradcache_hu_window_and_knn(ds, tmp_path):
                          "--eval-every", "5", "--knn-bank", "37", "--knn-queries", "14", "--workers", "1"])
     assert state["step"] == 2
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["temperature"], cfg["blur_p"], cfg["warmup_epochs"], cfg["window"]) == (0.1, 0.5, 10.0, [-1000.0, 1000.0])
+    assert (cfg["temperature"], cfg["blur_p"], cfg["warmup_epochs"], cfg["window"]) == \
+        (0.1, 0.5, 10.0, [-1000.0, 1000.0])
     assert math.isclose(cfg["lr"], 0.3 * 8 / 256)
     (row,) = _lines(out / "metrics.jsonl")
     assert row["partial"] and row["epoch"] == 1 and math.isfinite(row["train_loss"])
@@ -264,7 +269,8 @@ def test_torchrun_two_ranks_restart_after_a_hard_crash(ds, tmp_path):
     # read the dead attempt's addresses and fail ("connectFullMesh failed ... Connection refused").
     # --workers 1: rank 0's data-loader worker inherits its run-folder lock and gets torchrun's SIGTERM with it;
     # the restarted rank 0 must still get the lock (tlxcore.lock: forked children close their copy)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1",
            str(Path(__file__).with_name("crash_once.py")), "--data", str(ds), "--out", str(out), *ARGS,
            "--max-steps", "8", "--workers", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

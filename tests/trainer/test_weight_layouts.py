@@ -52,7 +52,8 @@ def _layouts(sd):
         "encoder": ({**_prefixed(enc, "encoder."), **_prefixed(head, "projector.")}, "encoder.",
                     ["projector.* (a pretraining head, 1 key)"]),
         "model": ({"model": _prefixed(sd, "model.")}, "model.", ["model.fc.* (the pretraining classifier, 2 keys)"]),
-        "timm": ({"arch": "resnet50", "epoch": 90, "state_dict": sd}, "", ["fc.* (the pretraining classifier, 2 keys)"]),
+        "timm": ({"arch": "resnet50", "epoch": 90, "state_dict": sd}, "",
+                 ["fc.* (the pretraining classifier, 2 keys)"]),
     }
 
 

@@ -128,7 +128,8 @@ class DaliTwoViewLoader(TwoViewLoader):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError as exc:
-            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); or use --loader torch") from exc
+            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); "
+                               "or use --loader torch") from exc
         self.threads = threads
         # ~20 bytes per sample (240 MB for 12M slices); removed by close() or at interpreter exit
         # (a killed process leaves it in the temp folder).

@@ -123,7 +123,8 @@ class LabelledSplit(Dataset):
         """The JPEG's bytes and its box: the box the torch path would crop, so both paths see
         the same pixels up to the JPEG decoder."""
         path = self.table.shard_paths[self.table.shard[i]]
-        data = self.reader.read_bytes(path, int(self.table.offset[self.image_ext][i]), int(self.table.size[self.image_ext][i]))
+        data = self.reader.read_bytes(path, int(self.table.offset[self.image_ext][i]),
+                                      int(self.table.size[self.image_ext][i]))
         from PIL import Image
         with Image.open(io.BytesIO(data)) as im:   # reads the header only: the size
             w, h = im.size
@@ -199,7 +200,8 @@ class DaliJpegDecoder:
         try:
             from nvidia.dali import fn, pipeline_def, types
         except ImportError as exc:
-            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); or use --loader torch") from exc
+            raise TrainerError("--loader dali needs NVIDIA DALI (pip install 'tlx[dali]'); "
+                               "or use --loader torch") from exc
         gpu = device.type == "cuda"
         self.device = device
 
@@ -231,5 +233,6 @@ class DaliJpegDecoder:
         (out,) = self.pipe.run()
         dense = out.as_tensor()
         x = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
-        feed_ndarray(dense, x, cuda_stream=torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None)
+        feed_ndarray(dense, x,
+                     cuda_stream=torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None)
         return x
