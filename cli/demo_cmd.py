@@ -1,4 +1,5 @@
-"""`tlx demo`: the whole pipeline on a small synthetic CT cohort, step by step.
+"""`tlx demo`: the whole pipeline on a small synthetic CT cohort and synthetic natural images, step by step:
+the study's question (CT against natural-image pretraining, and sequential) in miniature.
 
 Each step is the command a user would type, run as a subprocess (so the demo
 exercises exactly the documented entry points) and skipped when its output is
@@ -139,8 +140,8 @@ def as_typed(argv: list[str]) -> str:
 
 @click.command(epilog="""\b
 Example:
-  tlx demo                       # 1-2 minutes on a 2-core CPU, everything under demo/
-  tlx demo --out /tmp/demo --patients 40 --finetune-epochs 5
+  tlx demo                       # about 5 CPU minutes (one thread per step), everything under demo/
+  tlx demo --out /tmp/demo --patients 40 --finetune-epochs 8
 """)
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the cohort, dataset, runs and report (an interrupted demo continues).")
@@ -156,16 +157,17 @@ Example:
               help="Data-loader worker processes for training (0: in the training process; the demo's data is "
                    "tiny, and each worker would import torch again for every one of its 27 training runs).")
 def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, seeds: int, workers: int) -> None:
-    """Run the whole pipeline on a small synthetic CT cohort, on the CPU.
+    """Run the whole pipeline on a small synthetic CT cohort and natural images, on the CPU.
 
     \b
     1. tlx synth           a cohort of phantom CT series as real DICOM files, with export traps
     2. tlx shard           scan + plan + write to patient-split WebDataset shards, then tlx verify
-    3. trainer.simclr      a few epochs of SimCLR pretraining of a tiny ResNet
-    4. trainer.finetune    the radnet task from that checkpoint and from scratch, several seeds
-    5. tlx features        the fine-tuned runs' activations on the test split, for CCA/CKA
-    6. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
-    7. tlx analyze         tables, Welch tests, convergence, feature reuse, activation similarity, overlap
+    3. tlx synth --kind natural, tlx convert class-folder   natural images as a jpg/cls dataset
+    4. trainer.simclr      SimCLR of a tiny ResNet on CT, on natural images, and natural-then-CT (--init-epoch)
+    5. trainer.finetune    radnet from each and from scratch: linear and fine-tuned at 10 %, several seeds
+    6. tlx features        the fine-tuned runs' activations on the test split, for CCA/CKA
+    7. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
+    8. tlx analyze         tables, Welch tests, convergence, feature reuse, activation similarity, overlap
 
     Every step prints the command it runs, so each can be repeated by hand.
     """
