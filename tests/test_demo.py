@@ -58,11 +58,11 @@ def test_a_demo_folder_made_with_other_options_is_refused(tmp_path):
     from cli.main import cli
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "demo.json").write_text(json.dumps({"patients": 30, "pretrain_epochs": 2, "finetune_epochs": 3, "seeds": 2}))
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--patients", "40", "--seeds", "3"])
+    (out / "demo.json").write_text(json.dumps({"patients": 30, "pretrain_epochs": 3, "finetune_epochs": 5, "seeds": 3}))
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--patients", "40", "--seeds", "4"])
     assert result.exit_code == 2
-    assert " ".join(result.output.split()) == (f"Error: {out} holds a demo made with --patients 30 (now 40), --seeds 2 "
-                                               f"(now 3); rerun with its options to continue it, or pick another --out")
+    assert " ".join(result.output.split()) == (f"Error: {out} holds a demo made with --patients 30 (now 40), --seeds 3 "
+                                               f"(now 4); rerun with its options to continue it, or pick another --out")
     (out / "demo.json").unlink()
     (out / "cohort").mkdir()
     (out / "cohort" / "cohort.json").write_text("{}")     # a step done by a tlx that kept no demo.json
