@@ -1,4 +1,5 @@
-"""`tlx demo`: the whole pipeline on a small synthetic CT cohort, step by step.
+"""`tlx demo`: the whole pipeline on a small synthetic CT cohort and synthetic natural images, step by step:
+the study's question (CT against natural-image pretraining, and sequential) in miniature.
 
 Each step is the command a user would type, run as a subprocess (so the demo
 exercises exactly the documented entry points) and skipped when its output is
@@ -33,44 +34,72 @@ class Step:
     done_when: Path  # the step is skipped when this file exists
 
 
+# The inits the demo compares on the CT radnet task: the study's question in miniature (docs/study.md).
+PRETRAINED = ("ct-simclr", "natural-simclr", "natural-then-ct")
+SETTINGS = {  # setting -> the options that make it; 10 % of the train split for fine-tuning, all of it for linear
+    "linear": ["--setting", "linear", "--lr", "1e-2"],
+    "finetune": ["--setting", "finetune", "--fraction", "0.1", "--lr", "1e-3"],
+}
+VIEW = "32"   # px: slices are stored, pretrained and evaluated at this size (no resizing anywhere)
+
+
 def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int,
                seeds: int, workers: int) -> list[Step]:
+    """The demo's commands: CT cohort and natural images -> datasets -> three SimCLR runs (CT, natural,
+    natural-then-CT continuing the natural run's schedule) -> radnet from each and from scratch, linear
+    and fine-tuned at 10 %, `seeds` seeds each -> features, scale factors, report."""
     py = sys.executable
     tlx = [py, "-m", "cli.main"]
-    cohort, data, runs = out / "cohort", out / "data", out / "runs"
-    pretrain = runs / "pretrain" / "demo-simclr"
+    cohort, data, natural, natural_data = out / "cohort", out / "data", out / "natural", out / "natural-data"
+    runs = out / "runs"
     small = ["--device", "cpu", "--model", "resnet-tiny", "--workers", str(workers)]
     steps = [
         Step("synthesise a CT cohort as DICOM files",
              tlx + ["synth", "--out", str(cohort), "--patients", str(patients), "--matrix", "64", "--seed", "0"],
              cohort / "cohort.json"),
         Step("shard it: scan + plan + write, then verify",
-             tlx + ["shard", "--dicom-root", str(cohort), "--out", str(data), "--size", "64",
+             tlx + ["shard", "--dicom-root", str(cohort), "--out", str(data), "--size", VIEW,
                     "--fractions", "0.6,0.2,0.2", "--samples-per-shard", "500", "--resume"],
              data / "manifest.json"),
         Step("verify every shard and count", tlx + ["verify", str(data)], data / ".demo-verified"),
-        Step("pretrain SimCLR (paper recipe, tiny ResNet, CPU)",
-             [py, "-m", "trainer.simclr", "--data", str(data), "--out", str(pretrain), "--image-size", "64",
-              "--batch-size", "64", "--epochs", str(pretrain_epochs), "--loader", "torch", *small],
-             pretrain / "done.json"),
+        Step("synthesise natural images (10 classes of coloured shapes, JPEG)",
+             tlx + ["synth", "--kind", "natural", "--out", str(natural), "--matrix", "64", "--seed", "0"],
+             natural / "natural.json"),
+        Step("convert them to a jpg/cls dataset",
+             tlx + ["convert", "class-folder", "--root", str(natural), "--out", str(natural_data), "--size", VIEW],
+             natural_data / "manifest.json"),
     ]
-    run_dirs = []
-    for init, init_args in (("demo-simclr", ["--init", str(pretrain / "checkpoints" / "last.pt")]),
-                            ("scratch", ["--init", "scratch"])):
-        for seed in range(seeds):
-            run_dir = runs / "radnet" / init / "finetune" / "frac-1.0" / f"seed-{seed}"
-            run_dirs.append(run_dir)
-            steps.append(Step(
-                f"fine-tune radnet from {init}, seed {seed}",
-                [py, "-m", "trainer.finetune", "--task", "radnet", "--data", str(data), *init_args,
-                 "--init-name", init, "--setting", "finetune", "--seed", str(seed), "--out", str(runs),
-                 "--epochs", str(finetune_epochs), "--batch-size", "64", "--optimizer", "adamw", "--lr", "1e-3",
-                 *small],
-                run_dir / "result.json"))
+    pretrain = runs / "pretrain"
+    simclr = [py, "-m", "trainer.simclr", "--image-size", VIEW, "--batch-size", "64", "--loader", "torch",
+              "--eval-every", "0", *small]
+    natural_last = str(pretrain / "natural-simclr" / "checkpoints" / "last.pt")
+    for name, title, args in (
+            ("ct-simclr", "pretrain SimCLR on the CT slices", ["--data", str(data), "--epochs", str(pretrain_epochs)]),
+            ("natural-simclr", "pretrain SimCLR on the natural images",
+             ["--data", str(natural_data), "--epochs", str(pretrain_epochs)]),
+            ("natural-then-ct", "continue the natural run on the CT slices (sequential pretraining)",
+             ["--data", str(data), "--init", natural_last, "--init-epoch", str(pretrain_epochs),
+              "--epochs", str(2 * pretrain_epochs)])):
+        steps.append(Step(title, [*simclr, *args, "--out", str(pretrain / name)], pretrain / name / "done.json"))
+    finetuned = []
+    for setting, setting_args in SETTINGS.items():
+        for init in (*PRETRAINED, "scratch"):
+            init_args = ["--init", "scratch" if init == "scratch" else str(pretrain / init / "checkpoints" / "last.pt")]
+            fraction = "0.1" if setting == "finetune" else "1.0"
+            for seed in range(seeds):
+                run_dir = runs / "radnet" / init / setting / f"frac-{fraction}" / f"seed-{seed}"
+                if setting == "finetune":
+                    finetuned.append(run_dir)
+                steps.append(Step(
+                    f"radnet from {init}, {setting}, seed {seed}",
+                    [py, "-m", "trainer.finetune", "--task", "radnet", "--data", str(data), *init_args,
+                     "--init-name", init, *setting_args, "--seed", str(seed), "--out", str(runs),
+                     "--epochs", str(finetune_epochs), "--batch-size", "32", "--optimizer", "adamw", *small],
+                    run_dir / "result.json"))
     # a small probe: 64 test images, 4,000 positions, 2 draws (the defaults are sized for ResNet-50 at 256 px)
     steps.append(Step("save the fine-tuned runs' activations on a probe set",
-                      tlx + ["features", *map(str, run_dirs), "--probe", str(data), "--images", "64", "--points",
-                             "4000", "--repeats", "2", "--device", "cpu"], run_dirs[-1] / "features.npz"))
+                      tlx + ["features", *map(str, finetuned), "--probe", str(data), "--images", "64", "--points",
+                             "4000", "--repeats", "2", "--device", "cpu"], finetuned[-1] / "features.npz"))
     report = out / "report"
     steps.append(Step("estimate the dataset's scale factors S_LB and S_UB",
                       tlx + ["scale-factors", str(data), "--out", str(report), "--dump-pairs"],
@@ -111,30 +140,34 @@ def as_typed(argv: list[str]) -> str:
 
 @click.command(epilog="""\b
 Example:
-  tlx demo                       # 1-2 minutes on a 2-core CPU, everything under demo/
-  tlx demo --out /tmp/demo --patients 40 --finetune-epochs 5
+  tlx demo                       # about 5 CPU minutes (one thread per step), everything under demo/
+  tlx demo --out /tmp/demo --patients 40 --finetune-epochs 8
 """)
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the cohort, dataset, runs and report (an interrupted demo continues).")
 @click.option("--patients", default=30, show_default=True, type=click.IntRange(min=6),
               help="Synthetic patients (enough that every split holds several).")
-@click.option("--pretrain-epochs", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--finetune-epochs", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1, max=10),
-              help="Fine-tuning seeds per init.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Data-loader worker processes for training.")
+@click.option("--pretrain-epochs", default=3, show_default=True, type=click.IntRange(min=1),
+              help="SimCLR epochs on each domain (the sequential run: as many on natural, then as many on CT).")
+@click.option("--finetune-epochs", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Epochs of every radnet run, linear and fine-tuned.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1, max=10),
+              help="radnet seeds per init and setting.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Data-loader worker processes for training (0: in the training process; the demo's data is "
+                   "tiny, and each worker would import torch again for every one of its 27 training runs).")
 def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, seeds: int, workers: int) -> None:
-    """Run the whole pipeline on a small synthetic CT cohort, on the CPU.
+    """Run the whole pipeline on a small synthetic CT cohort and natural images, on the CPU.
 
     \b
     1. tlx synth           a cohort of phantom CT series as real DICOM files, with export traps
     2. tlx shard           scan + plan + write to patient-split WebDataset shards, then tlx verify
-    3. trainer.simclr      a few epochs of SimCLR pretraining of a tiny ResNet
-    4. trainer.finetune    the radnet task from that checkpoint and from scratch, several seeds
-    5. tlx features        the fine-tuned runs' activations on the test split, for CCA/CKA
-    6. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
-    7. tlx analyze         tables, Welch tests, convergence, feature reuse, activation similarity, overlap
+    3. tlx synth --kind natural, tlx convert class-folder   natural images as a jpg/cls dataset
+    4. trainer.simclr      SimCLR of a tiny ResNet on CT, on natural images, and natural-then-CT (--init-epoch)
+    5. trainer.finetune    radnet from each and from scratch: linear and fine-tuned at 10 %, several seeds
+    6. tlx features        the fine-tuned runs' activations on the test split, for CCA/CKA
+    7. tlx scale-factors   how much less a slice is worth than an independent image (S_LB, S_UB)
+    8. tlx analyze         tables, Welch tests, convergence, feature reuse, activation similarity, overlap
 
     Every step prints the command it runs, so each can be repeated by hand.
     """
@@ -146,13 +179,16 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
     same_demo(out, steps, {"patients": patients, "pretrain_epochs": pretrain_epochs,
                            "finetune_epochs": finetune_epochs, "seeds": seeds})
     env = dict(os.environ)
+    # One thread per step: at 32 px a tiny ResNet gains nothing from intra-op threads, and on a busy 2-core
+    # machine two OpenMP threads spin-wait (measured: 10x the CPU seconds per image). A user's setting is kept.
+    env.setdefault("OMP_NUM_THREADS", "1")
     if not env.get("TLX_SECRET"):
         env["TLX_SECRET"] = DEMO_SECRET
         console.print("[dim]TLX_SECRET not set: using a fixed demo key (fine for synthetic data only)[/dim]")
     started = time.time()
     for i, step in enumerate(steps, 1):
         if step.done_when.exists():
-            console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]")
+            console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]", soft_wrap=True)
             continue
         console.rule(f"{i}/{len(steps)} {step.title}")
         print_command(console, step.argv)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on built-in synthetic data: synth a CT cohort, shard it, pretrain SimCLR a few steps,
-# fine-tune (from the checkpoint and from scratch, two seeds each), analyze.
+# The main job on built-in synthetic data: synth a CT cohort and natural images, pretrain SimCLR on each and
+# natural-then-CT, evaluate radnet from each and from scratch (linear and fine-tuned at 10 %, 3 seeds), analyze.
 #   bash scripts/demo.sh [OUT_DIR]   # default demo/
 set -euo pipefail
 # shellcheck source=install.sh
