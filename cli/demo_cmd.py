@@ -32,6 +32,7 @@ class Step:
     title: str
     argv: list[str]
     done_when: Path  # the step is skipped when this file exists
+    group: str | None = None   # consecutive steps of one group are independent: they may run side by side
 
 
 # The inits the demo compares on the CT radnet task: the study's question in miniature (docs/study.md).
@@ -80,7 +81,8 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
             ("natural-then-ct", "continue the natural run on the CT slices (sequential pretraining)",
              ["--data", str(data), "--init", natural_last, "--init-epoch", str(pretrain_epochs),
               "--epochs", str(2 * pretrain_epochs)])):
-        steps.append(Step(title, [*simclr, *args, "--out", str(pretrain / name)], pretrain / name / "done.json"))
+        steps.append(Step(title, [*simclr, *args, "--out", str(pretrain / name)], pretrain / name / "done.json",
+                          group=None if name == "natural-then-ct" else "pretrain"))
     finetuned = []
     for setting, setting_args in SETTINGS.items():
         for init in (*PRETRAINED, "scratch"):
@@ -95,7 +97,7 @@ def demo_steps(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: 
                     [py, "-m", "trainer.finetune", "--task", "radnet", "--data", str(data), *init_args,
                      "--init-name", init, *setting_args, "--seed", str(seed), "--out", str(runs),
                      "--epochs", str(finetune_epochs), "--batch-size", "32", "--optimizer", "adamw", *small],
-                    run_dir / "result.json"))
+                    run_dir / "result.json", group="radnet"))
     # a small probe: 64 test images, 4,000 positions, 2 draws (the defaults are sized for ResNet-50 at 256 px)
     steps.append(Step("save the fine-tuned runs' activations on a probe set",
                       tlx + ["features", *map(str, finetuned), "--probe", str(data), "--images", "64", "--points",
@@ -131,6 +133,58 @@ def print_command(console, argv: list[str]) -> None:
     console.print(f"$ {as_typed(argv)}", style="dim", soft_wrap=True, markup=False, highlight=False)
 
 
+def batches(numbered: list[tuple[int, Step]], jobs: int) -> list[list[tuple[int, Step]]]:
+    """Consecutive steps of one group together (each a batch of its own with jobs 1 or no group)."""
+    out: list[list[tuple[int, Step]]] = []
+    for i, step in numbered:
+        if jobs > 1 and step.group and out and out[-1][-1][1].group == step.group:
+            out[-1].append((i, step))
+        else:
+            out.append([(i, step)])
+    return out
+
+
+def run_step(i: int, step: Step, env: dict, out: Path, console, log: Path | None) -> None:
+    """Run one step (its output to the terminal, or to `log`); mark it done; UserError if it fails."""
+    t0 = time.time()
+    if log is None:
+        result = subprocess.run(step.argv, env=env)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            result = subprocess.run(step.argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:]) if log is not None else ""
+        raise UserError(f"step {i} ({step.title}) failed with exit code {result.returncode}"
+                        f"{f' (its log: {log})' if log else ''}; fix the cause and rerun `tlx demo --out {out}` "
+                        f"to continue" + (f"\n{tail}" if tail else ""))
+    if not step.done_when.exists():
+        step.done_when.parent.mkdir(parents=True, exist_ok=True)
+        step.done_when.write_text(f'{{"seconds": {time.time() - t0:.1f}}}\n')
+    console.print(f"[green]done[/green] {i}. {step.title} in {time.time() - t0:.0f} s", soft_wrap=True)
+
+
+def run_side_by_side(todo: list[tuple[int, Step]], total: int, env: dict, out: Path, console, jobs: int) -> None:
+    """Independent steps, `jobs` at a time, each one thread (OMP_NUM_THREADS) and its output in
+    <out>/logs/<step>.log; each command is printed as it starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    console.rule(f"{todo[0][0]}-{todo[-1][0]}/{total}: {len(todo)} independent steps, {jobs} at a time")
+    def start(item):
+        i, step = item
+        print_command(console, step.argv)
+        run_step(i, step, env, out, console, out / "logs" / f"{i:02d}.log")
+
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        for future in [pool.submit(start, item) for item in todo]:
+            future.result()
+    except BaseException:   # the first failure stops the demo: steps not started are dropped, running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 def as_typed(argv: list[str]) -> str:
     """The command line a user would type for a step."""
     if argv[1:3] == ["-m", "cli.main"]:
@@ -140,7 +194,7 @@ def as_typed(argv: list[str]) -> str:
 
 @click.command(epilog="""\b
 Example:
-  tlx demo                       # about 5 CPU minutes (one thread per step), everything under demo/
+  tlx demo                       # about 3 minutes on 2 cores (5 CPU minutes), everything under demo/
   tlx demo --out /tmp/demo --patients 40 --finetune-epochs 8
 """)
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
@@ -156,7 +210,11 @@ Example:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Data-loader worker processes for training (0: in the training process; the demo's data is "
                    "tiny, and each worker would import torch again for every one of its 27 training runs).")
-def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, seeds: int, workers: int) -> None:
+@click.option("--jobs", default=None, type=click.IntRange(min=1),
+              help="Independent steps run side by side, one thread each [default: the CPUs this process may use, "
+                   "at most 4]; 1 runs every step in turn with its output on the terminal.")
+def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, seeds: int, workers: int,
+         jobs: int | None) -> None:
     """Run the whole pipeline on a small synthetic CT cohort and natural images, on the CPU.
 
     \b
@@ -174,6 +232,7 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
     from rich.console import Console
 
     console = Console()
+    jobs = jobs or min(4, len(os.sched_getaffinity(0)))
     out.mkdir(parents=True, exist_ok=True)
     steps = demo_steps(out, patients, pretrain_epochs, finetune_epochs, seeds, workers)
     same_demo(out, steps, {"patients": patients, "pretrain_epochs": pretrain_epochs,
@@ -186,21 +245,21 @@ def demo(out: Path, patients: int, pretrain_epochs: int, finetune_epochs: int, s
         env["TLX_SECRET"] = DEMO_SECRET
         console.print("[dim]TLX_SECRET not set: using a fixed demo key (fine for synthetic data only)[/dim]")
     started = time.time()
-    for i, step in enumerate(steps, 1):
-        if step.done_when.exists():
-            console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]", soft_wrap=True)
-            continue
-        console.rule(f"{i}/{len(steps)} {step.title}")
-        print_command(console, step.argv)
-        t0 = time.time()
-        result = subprocess.run(step.argv, env=env)
-        if result.returncode != 0:
-            raise UserError(f"step {i} ({step.title}) failed with exit code {result.returncode}; "
-                                       f"fix the cause and rerun `tlx demo --out {out}` to continue")
-        if not step.done_when.exists():
-            step.done_when.parent.mkdir(parents=True, exist_ok=True)
-            step.done_when.write_text(f'{{"seconds": {time.time() - t0:.1f}}}\n')
-        console.print(f"[green]done[/green] in {time.time() - t0:.0f} s")
+    for batch in batches(list(enumerate(steps, 1)), jobs):
+        todo = []
+        for i, step in batch:
+            if step.done_when.exists():
+                console.print(f"[bold]{i}/{len(steps)}[/bold] {step.title}: [green]already done[/green]",
+                              soft_wrap=True)
+            else:
+                todo.append((i, step))
+        if len(todo) == 1:
+            i, step = todo[0]
+            console.rule(f"{i}/{len(steps)} {step.title}")
+            print_command(console, step.argv)
+            run_step(i, step, env, out, console, log=None)
+        elif todo:
+            run_side_by_side(todo, len(steps), env, out, console, jobs)
     console.rule("demo finished")
     console.print(f"{time.time() - started:.0f} s in all. Report: {out / 'report' / 'index.md'}; "
                   f"dataset: {out / 'data'}; runs: {out / 'runs'}")

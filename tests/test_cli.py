@@ -37,3 +37,15 @@ def test_the_demo_prints_each_command_on_one_line_however_narrow_the_console():
     print_command(Console(file=buf, width=40, force_terminal=False), argv)
     lines = buf.getvalue().splitlines()
     assert len(lines) == 1 and shlex.split(lines[0][2:]) == argv   # pastes back to the same argv, markup kept
+
+
+def test_the_demo_runs_only_consecutive_steps_of_one_group_side_by_side():
+    from pathlib import Path
+
+    from cli.demo_cmd import Step, batches
+
+    steps = list(enumerate([Step(t, [], Path(t), g) for t, g in
+                            [("a", None), ("b", "p"), ("c", "p"), ("d", None), ("e", "r"), ("f", "r"), ("g", "r")]],
+                           1))
+    assert [[s.title for _, s in b] for b in batches(steps, 2)] == [["a"], ["b", "c"], ["d"], ["e", "f", "g"]]
+    assert [len(b) for b in batches(steps, 1)] == [1] * 7   # --jobs 1: every step in turn
