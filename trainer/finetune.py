@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -83,6 +83,20 @@ from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
+from trainer.recipe import (
+    HYPERRULE,
+    RECIPES,
+    Recipe,
+    check_recipe_flags,
+    clip_gradients,
+    hyperrule_epochs,
+    hyperrule_hp,
+    mix_rng,
+    parse_randaugment,
+    resolve_recipe,
+    training_loss,
+    zero_head_,
+)
 from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
@@ -105,9 +119,12 @@ from trainer.tasks import (
 )
 
 # --schedule -> trainer.optim.Schedule's kind (plateau: constant, times the plateau's scale)
-FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step", "warmup-cosine": "warmup-cosine",
-                "plateau": "constant"}
+FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step",
+                "warmup-cosine": "warmup-cosine", "plateau": "constant"}
+# first_layers.npz's keys: the first three convolutions in forward order, named as in torchvision's ResNet
+# (docs/run-format.md); BiT ResNet-v2 models store theirs under the same keys, their own names in `layer_names`
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
+BIT_FIRST_LAYERS = ("root.conv.weight", "body.block1.unit01.conv1.weight", "body.block1.unit01.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
 # (they do not change the result; any other difference is refused): FINETUNE_MAY_CHANGE, in
 # trainer/run_identity.py, where `tlx sweep` reads it without torch.
@@ -151,10 +168,16 @@ class FinetuneConfig:
     decay: float | None = opt(None, "lr multiplied by this after every epoch [default: the task's]")
     momentum: float = opt(0.9, "LARS and SGD momentum")
     nesterov: bool = opt(False, "SGD: Nesterov momentum")
-    schedule: str = opt("exponential", "lr schedule: exponential (x --decay after every epoch, the study's), constant, "
-                                       "step (x --decay every --step-epochs), warmup-cosine (--warmup-epochs, then "
-                                       "cosine to 0), plateau (x --decay after more than --plateau-patience epochs "
-                                       "without a better selection value)", choices=tuple(FT_SCHEDULES))
+    schedule: str = opt("exponential", "lr schedule: exponential (x --decay after every epoch, the study's), "
+                                       "constant, step (x --decay every --step-epochs), warmup-cosine "
+                                       "(--warmup-epochs, then cosine to 0), plateau (x --decay after more than "
+                                       "--plateau-patience epochs without a better selection value), bit-hyperrule "
+                                       "(BiT's: steps by training-set size, warmup, /10 staircase, SGD, no weight "
+                                       "decay, zero head, MixUp 0.1 from 20k examples; sets the epochs itself)",
+                        choices=(*FT_SCHEDULES, HYPERRULE))
+    hyperrule_recipe: str | None = opt(None, "--schedule bit-hyperrule: lr and batch of the rule, bit (0.003 at "
+                                             "512, as published) or cherti-jitsev (0.001 at 128) [default: bit]",
+                                       choices=tuple(RECIPES))
     step_epochs: int = opt(30, "step schedule: epochs between lr drops")
     warmup_epochs: float = opt(0.0, "warmup-cosine schedule: epochs of linear warmup")
     plateau_patience: int = opt(10, "plateau schedule: epochs without a better value before the lr drops")
@@ -163,6 +186,17 @@ class FinetuneConfig:
                                        "the task metric picks the best]")
     lp_epochs: int | None = opt(None, "lp-ft: epochs of the linear phase [default: half of --epochs]")
     head_dropout: float = opt(0.0, "dropout before the linear head (classification and multilabel)")
+    zero_init_head: bool = opt(False, "zero-initialise the linear head, as BiT (classification and multilabel; "
+                                      "--schedule bit-hyperrule implies it)")
+    agc: float | None = opt(None, "adaptive gradient clipping factor (NFNets' AGC, unit-wise, the head left out) "
+                                  "[default: none]")
+    mixup: float | None = opt(None, "MixUp alpha, one Beta(alpha, alpha) lambda per batch (classification and "
+                                    "multilabel) [default: bit-hyperrule's, else 0: none]")
+    randaugment: str | None = opt(None, "N,M: RandAugment with N ops per training image at magnitude M (0..30) "
+                                        "(classification and multilabel) [default: none]")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy (single-label classification)")
+    checkpoint_activations: bool = opt(False, "recompute each stage's activations in the backward pass (less "
+                                              "memory; GroupNorm bit-* models only)")
     lars_form: str = opt("study-code", "where LARS applies the lr: study-code (inside the momentum buffer, as "
                                        "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's)",
                          choices=LARS_FORMS)
@@ -255,6 +289,9 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     for key in HYPERPARAMETERS:
         if getattr(cfg, key) is not None:
             hp[key] = getattr(cfg, key)
+    if cfg.schedule == HYPERRULE:   # its epochs follow from the training subset's size (build)
+        hp.update(hyperrule_hp(cfg))
+        weight_decay_from = HYPERRULE
     if hp["optimizer"] not in OPTIMIZERS:
         raise TrainerError(f"--optimizer {hp['optimizer']!r} is not one of: {', '.join(OPTIMIZERS)}")
     if hp["weight_decay"] is None:   # of the optimizer the run uses, --optimizer included
@@ -461,13 +498,15 @@ class FinetuneJob:
     model: TaskModel
     ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model itself
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    schedule: Callable[[int], float]   # lr of a global step: a trainer.optim.Schedule or the BiT-HyperRule's
     weights: torch.Tensor          # the loss's class weights
     steps: int                     # optimizer steps per epoch
     eval_batch: int                # per-rank batch of val and test
     first_init: dict               # the first layers as initialised (first_layers.npz)
     config: dict                   # config.json
     masks: dict | None = None      # --save-masks: filled by the test with masks.npz's arrays
+    recipe: Recipe = field(default_factory=Recipe)   # --agc, --mixup, --label-smoothing, bit-hyperrule, ...
+    total_steps: int = 0           # the run's optimizer steps without --max-steps
 
 
 @dataclass
@@ -496,6 +535,7 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
     check_subset_flags(cfg)
     task = get_task(cfg.task, cfg.tasks_file)
+    check_recipe_flags(cfg, task.kind)
     if cfg.save_masks and task.kind != "segmentation":
         raise TrainerError(f"--save-masks stores segmentation masks; task {task.name} is {task.kind}")
     dataset = open_dataset(cfg.data)
@@ -546,24 +586,38 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     hp = plan.hp
     per_rank = per_rank_batch(hp["batch_size"], env.world_size)
     steps = steps_per_epoch(data.subset, hp["batch_size"])
+    recipe = resolve_recipe(cfg, plan.task.kind, train_size=len(data.subset))
+    if recipe.zero_init_head:
+        zero_head_(model.head)
     params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
     optimizer = build_optimizer(hp["optimizer"], params, hp["lr"], cfg.momentum, cfg.nesterov, cfg.lars_form)
+    schedule, total_steps = lr_schedule(cfg, hp, recipe, steps)
+    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
+    config = finetune_config(cfg, env, plan, dataset, init_info, data, steps, recipe)
+    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
+                       cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None,
+                       recipe=recipe, total_steps=total_steps)
+
+
+def lr_schedule(cfg: FinetuneConfig, hp: dict, recipe: Recipe, steps: int) -> tuple[Callable[[int], float], int]:
+    """(lr of a global step, the run's steps without --max-steps). --schedule bit-hyperrule: the rule's lr and
+    step count, the epochs that hold them written into `hp` (config.json's epochs)."""
+    if recipe.hyperrule is not None:
+        hp["epochs"] = hyperrule_epochs(recipe.hyperrule, steps)
+        return recipe.hyperrule.lr, recipe.hyperrule.total_steps
     schedule = Schedule(FT_SCHEDULES[cfg.schedule], base_lr=hp["lr"], epochs=max(1, hp["epochs"]),
                         steps_per_epoch=steps, decay=hp["decay"], warmup_epochs=cfg.warmup_epochs,
                         step_epochs=cfg.step_epochs)
-    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
-    config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
-    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
-               cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None)
+    return schedule, hp["epochs"] * steps
 
 
 def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
                 init_info: InitInfo) -> tuple[TaskModel, torch.nn.Module, dict]:
     """(the model: encoder with its init and a new head; what the loop calls; the first layers as initialised)."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(plan.model)
+    encoder = build_encoder(plan.model, checkpoint_activations=cfg.checkpoint_activations)
     load_init(encoder, init_state, init_info, cfg.allow_partial_init)
-    first_init = {f"init/{k}": v.detach().cpu().numpy().copy() for k, v in encoder.state_dict().items() if k in FIRST_LAYERS}
+    first_init = first_layers(encoder, plan.model, "init")
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
     # lp-ft's encoder is frozen epoch by epoch in train_epoch (its parameters must be in the optimizer)
     model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
@@ -580,7 +634,8 @@ def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset,
 def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) -> Data:
     """The nested, stratified subset of the train split; val and test whole."""
     task = plan.task
-    images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed)
+    images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed,
+                          parse_randaugment(cfg.randaugment) if cfg.randaugment else None)
     train = LabelledSplit(dataset, "train", task.kind, images, train=True)
     val = LabelledSplit(dataset, "val", task.kind, images)
     test = LabelledSplit(dataset, "test", task.kind, images)
@@ -593,12 +648,13 @@ def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) 
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
     per_rank = per_rank_batch(plan.hp["batch_size"], env.world_size)
-    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank))
+    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank),
+                            randaugment=cfg.randaugment is not None)
     return Data(train, val, test, subset, subset_table, volumes, decoder, held_out, folds_table)
 
 
 def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_info: InitInfo,
-                    data: Data, steps: int) -> dict:
+                    data: Data, steps: int, recipe: Recipe) -> dict:
     """config.json (trainer.config.run_config's shape): the flags hold the values the run resolved (the task's
     hyperparameters, the init's model and normalisation); `init` is the init's name, its file `init_checkpoint`."""
     task, linear = plan.task, cfg.setting == "linear"
@@ -606,7 +662,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     lp_ft = {"lp_epochs": plan.lp_epochs} if cfg.setting == "lp-ft" else {}
     resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp, **lp_ft,
                 "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
-                "window": list(plan.window), "seg_loss": plan.seg_loss}
+                "window": list(plan.window), "seg_loss": plan.seg_loss, **recipe.resolved()}
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
@@ -619,7 +675,8 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
         "trains": head if linear else (f"{head}, then encoder and {head}" if lp_ft else f"encoder and {head}"),
         "encoder_bn": "eval (statistics frozen)" if linear else ("eval in the linear phase, then train" if lp_ft
                                                                  else "train"),
-        "selected_by": plan.watch.metric, "weight_decay_from": plan.weight_decay_from,
+        "selected_by": plan.watch.metric, "weight_decay_from": plan.weight_decay_from, **recipe.derived(),
+        "first_layers": list(first_layer_names(plan.model)),
         "flags_set": set_flags(cfg, ignore=MAY_CHANGE | FINETUNE_MAY_CHANGE)}
     return run_config(cfg, task=task.name, init=plan.init_name, setting=cfg.setting, fraction=cfg.fraction,
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
@@ -655,8 +712,8 @@ def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
 
 def loop(job: FinetuneJob, state: FinetuneState) -> None:
     """Epochs from where `state` stands to --epochs (or --max-steps): train, then validate, log and save."""
-    epochs, steps = job.plan.hp["epochs"], job.steps
-    total = epochs * steps if job.cfg.max_steps is None else min(job.cfg.max_steps, epochs * steps)
+    epochs = job.plan.hp["epochs"]
+    total = job.total_steps if job.cfg.max_steps is None else min(job.cfg.max_steps, job.total_steps)
     job.log.begin(state.step, total)
     while state.epoch < epochs and state.step < total and state.stopped is None:
         loss_sum, images, started = train_epoch(job, state, total)
@@ -666,7 +723,8 @@ def loop(job: FinetuneJob, state: FinetuneState) -> None:
 def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[torch.Tensor, int, float]:
     """The rest of the current epoch, or up to `total` steps: (the epoch's loss sum, on the device: no sync per
     step; the images this rank trained on; when it began)."""
-    cfg, env, kind = job.cfg, job.env, job.plan.task.kind
+    cfg, env = job.cfg, job.env
+    loss_fn = _loss_fn(job)
     if cfg.setting == "lp-ft":   # the linear phase: encoder frozen (no gradients, BN statistics fixed), then all
         job.model.freeze_encoder(state.epoch < job.plan.lp_epochs)
     job.ddp.train()
@@ -680,9 +738,10 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         set_lr(job.optimizer, lr)
         x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
         with _autocast(env):
-            loss = task_loss(kind, job.ddp(x), y, job.weights, job.plan.seg_loss)
+            loss = training_loss(job.ddp, x, y, job.recipe, loss_fn, mix_rng(cfg.seed, state.step, env.rank))
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clip_gradients(job.model, job.recipe)   # --agc (nothing without it)
         job.optimizer.step()
         loss_sum += loss.detach()
         state.step, state.epoch_step, images = state.step + 1, state.epoch_step + 1, images + len(x)
@@ -695,6 +754,12 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         if state.step >= total:
             break
     return loss_sum, images * env.world_size, started
+
+
+def _loss_fn(job: FinetuneJob) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The task's training loss of (logits, targets): class weights, segmentation loss, label smoothing."""
+    kind, plan, smoothing = job.plan.task.kind, job.plan, job.recipe.label_smoothing
+    return lambda logits, y: task_loss(kind, logits, y, job.weights, plan.seg_loss, label_smoothing=smoothing)
 
 
 def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, images: int, started: float) -> None:
@@ -770,9 +835,10 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     if job.masks is not None:   # deflate: class maps are mostly background
         with atomic_write(job.out / "masks.npz") as f:
             np.savez_compressed(f, **job.masks)
-    final = {f"final/{k}": v.detach().cpu().numpy() for k, v in job.model.encoder.state_dict().items()
-             if k in FIRST_LAYERS}
-    np.savez(job.out / "first_layers.npz", **job.first_init, **final)
+    final = first_layers(job.model.encoder, job.plan.model, "final")
+    names = np.array(first_layer_names(job.plan.model))
+    with atomic_write(job.out / "first_layers.npz") as f:
+        np.savez(f, **job.first_init, **final, layer_names=names)
     metric, test_loss = job.plan.task.metric, test_metrics.pop("loss")   # metrics: higher is better (run format)
     best_val = state.best["metric"] if math.isfinite(state.best["metric"]) else None
     result = {"metrics": _json_safe(test_metrics), "metric": metric, "best_epoch": state.best["epoch"],
@@ -783,12 +849,31 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     return result
 
 
-def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int, max_batch: int):
-    """DALI for JPEG datasets when asked (or `auto` on a GPU with DALI installed), else None (PIL)."""
+def first_layer_names(model: str) -> tuple[str, ...]:
+    """The model's own names of its first three convolutions (first_layers.npz's FIRST_LAYERS, in order)."""
+    return BIT_FIRST_LAYERS if model.startswith("bit-") else FIRST_LAYERS
+
+
+def first_layers(encoder: torch.nn.Module, model: str, when: str) -> dict[str, np.ndarray]:
+    """{"<when>/<FIRST_LAYERS[i]>": the model's i-th first convolution}: one key set for every model."""
+    state = encoder.state_dict()
+    return {f"{when}/{key}": state[name].detach().cpu().numpy().copy()
+            for key, name in zip(FIRST_LAYERS, first_layer_names(model))}
+
+
+def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int, max_batch: int,
+                  randaugment: bool = False):
+    """DALI for JPEG datasets when asked (or `auto` on a GPU with DALI installed, without --randaugment, which
+    runs in the torch loader's workers), else None (PIL)."""
     if split.image_spec.codec != "jpeg":
         if loader == "dali":
             raise TrainerError(f"--loader dali decodes JPEG datasets; {split.dataset.root} stores "
                                f"{split.image_spec.codec} images (use --loader torch or auto)")
+        return None
+    if randaugment:
+        if loader == "dali":
+            raise TrainerError("--randaugment runs in the torch loader's workers, not in DALI; "
+                               "use --loader torch or auto")
         return None
     if loader == "auto":
         import importlib.util
