@@ -148,7 +148,8 @@ class FinetuneConfig:
     fold: int | None = opt(None, "--folds: the held-out fold, 0..K-1")
     seed: int = opt(0, "seed of the subset, the head's initialisation and the data order")
     out: str = opt("runs", "root of the run directories")
-    run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
+    run_dir: str | None = opt(None, "this run's directory "
+                                    "[default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
     model: str | None = opt(None, "encoder [default: the init checkpoint's model, or the model a state dict's keys "
                                   "fit, else resnet50]")
     image_size: int | None = opt(None, "input size [default: a tlx init checkpoint's pretraining view size, else the "
@@ -161,8 +162,9 @@ class FinetuneConfig:
     optimizer: str | None = opt(None, f"one of {', '.join(OPTIMIZERS)} [default: the task's for this fraction]")
     weight_decay: float | None = opt(None, "weight decay (not on biases and norm parameters) [default: the task's, "
                                            "else --weight-decay-preset's]")
-    weight_decay_preset: str = opt("study", "weight decay where neither the task nor --weight-decay sets one: study (the "
-                                            "study's configs where they give one for the task and optimizer, e.g. "
+    weight_decay_preset: str = opt("study", "weight decay where neither the task nor --weight-decay sets one: "
+                                            "study (the study's configs where they give one for the task and "
+                                            "optimizer, e.g. "
                                             "AdamW 1e-6 for lits, else tlx's) or tlx (AdamW 1e-2, LARS 1e-6, SGD and "
                                             "Adam 0)", choices=WEIGHT_DECAY_PRESETS)
     decay: float | None = opt(None, "lr multiplied by this after every epoch [default: the task's]")
@@ -205,7 +207,8 @@ class FinetuneConfig:
     decoder: str = opt("backboned-unet", "segmentation: the study's U-Net decoder (backboned-unet: transposed "
                                          "convolutions) or tlx's earlier one (smp-unet: nearest upsampling)",
                        choices=DECODERS)
-    decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
+    decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated "
+                                             "[default: scaled from the encoder]")
     seg_loss: str | None = opt(None, "segmentation loss: ce (class-weighted cross-entropy), dice (soft Dice) or "
                                      "dice+ce [default: the task's]", choices=SEG_LOSSES)
     save_masks: bool = opt(False, "segmentation: also write masks.npz, every test slice's predicted and true class "
@@ -265,7 +268,8 @@ class Plan:
 def check_subset_flags(cfg: FinetuneConfig) -> None:
     """--shots replaces --fraction; --folds and --fold come together, the fold in range."""
     if cfg.shots is not None and cfg.fraction != 1.0:
-        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; give one")
+        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; "
+                           f"give one")
     if (cfg.folds is None) != (cfg.fold is None):
         raise TrainerError("--folds K and --fold i come together (fold i of K is the test set)")
     if cfg.folds is not None and cfg.folds < 2:
@@ -295,7 +299,8 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     if hp["optimizer"] not in OPTIMIZERS:
         raise TrainerError(f"--optimizer {hp['optimizer']!r} is not one of: {', '.join(OPTIMIZERS)}")
     if hp["weight_decay"] is None:   # of the optimizer the run uses, --optimizer included
-        hp["weight_decay"], weight_decay_from = default_weight_decay(task.name, hp["optimizer"], cfg.weight_decay_preset)
+        hp["weight_decay"], weight_decay_from = default_weight_decay(task.name, hp["optimizer"],
+                                                                     cfg.weight_decay_preset)
     if hp["epochs"] < 0 or hp["batch_size"] < 1 or hp["lr"] <= 0 or not 0 < hp["decay"] <= 1:
         raise TrainerError(f"need --epochs >= 0, --batch-size >= 1, --lr > 0 and 0 < --decay <= 1; got "
                            f"{hp['epochs']}, {hp['batch_size']}, {hp['lr']}, {hp['decay']}")
@@ -307,7 +312,8 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
                            f"(segmentation: none, flip)")
     _, image_spec = dataset.member("image")
     # the size the encoder was pretrained at (a tlx checkpoint says), else the dataset's stored size
-    image_size = cfg.image_size or (pretrain or {}).get("image_size") or (image_spec.shape[-1] if image_spec.shape else 224)
+    image_size = (cfg.image_size or (pretrain or {}).get("image_size")
+                  or (image_spec.shape[-1] if image_spec.shape else 224))
     classes = dataset.classes
     task.check_classes(classes)
     weights = resolve_class_weights(parse_class_weights(cfg.class_weights) if cfg.class_weights
@@ -323,9 +329,10 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     pretrain = pretrain or {}
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
-    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or model_guess or "resnet50",
-                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss,
-                weight_decay_from, _watch(cfg, task), _lp_epochs(cfg, hp))
+    model = cfg.model or init_model or model_guess or "resnet50"
+    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), model, image_size, augment, weights,
+                regions, normalize, window, cfg.seg_loss or task.seg_loss, weight_decay_from, _watch(cfg, task),
+                _lp_epochs(cfg, hp))
 
 
 def _watch(cfg: FinetuneConfig, task: Task) -> Watch:
@@ -357,7 +364,8 @@ def split_labels(split: LabelledSplit, task: Task, classes: list[str]) -> tuple[
         return np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64), classes
     if task.kind == "multilabel":
         names = meta["labels"].to_pylist()
-        return np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes)), classes
+        positive = np.array([[c in row for c in classes] for row in names], dtype=bool)
+        return positive.reshape(len(names), len(classes)), classes
     return np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1), classes[1:]
 
 
@@ -381,7 +389,8 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], cfg: F
         ranked, chosen = order.order, np.sort(order.take(cfg.fraction))
     position = np.empty(len(pool), np.int64)
     position[ranked] = np.arange(len(pool))
-    lists = [[str(int(v))] for v in labels] if labels.ndim == 1 else [[names[j] for j in np.flatnonzero(r)] for r in labels]
+    lists = ([[str(int(v))] for v in labels] if labels.ndim == 1
+             else [[names[j] for j in np.flatnonzero(r)] for r in labels])
     ids = pool[chosen]
     table = pa.table({"key": [split.keys[i] for i in ids], "index": ids, "order": position[chosen],
                       "labels": [lists[i] for i in ids]})
@@ -408,8 +417,8 @@ def fold_split(split: LabelledSplit, task: Task, classes: list[str], cfg: Finetu
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
              volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None,
              only: np.ndarray | None = None) -> tuple[dict, dict]:
-    """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
-    `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
+    """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank.
+    Segmentation with a `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
     model.eval()
     pool = np.arange(len(split)) if only is None else np.asarray(only)   # `only`: these sample ids (a held-out fold)
     ids = pool[eval_slice(len(pool), env.rank, env.world_size)]
@@ -428,7 +437,8 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
             if masks is not None:   # (classes fit uint8: checked when the run starts)
                 maps.append((pred.astype(np.uint8), y.numpy().astype(np.uint8)))
         else:
-            outputs.append((torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)).cpu().numpy())
+            probs = torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)
+            outputs.append(probs.cpu().numpy())
             targets.append(y.numpy())
         seen.append(i.numpy())
     parts = [(seen, outputs, targets, maps, losses)]
@@ -462,7 +472,9 @@ def _to_device(x: torch.Tensor, env: Dist) -> torch.Tensor:
 
 def _autocast(env: Dist):
     # bf16 on GPUs (no loss scaling needed); CPU runs stay float32, which makes them reproducible.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if env.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def _json_safe(metrics: dict) -> dict:
@@ -530,8 +542,9 @@ class FinetuneState:
 def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunGuard | None = None) -> dict | None:
     """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere.
     `guard`: the run folder's lock is taken there before the run reads or writes it (trainer/run_guard.py)."""
-    check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
-                         "log_every": 1, "eval_batch_size": 1, "workers": 0})
+    check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1,
+                         "batch_size": 1, "image_size": 1, "checkpoint_every": 0, "log_every": 1,
+                         "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
     check_subset_flags(cfg)
     task = get_task(cfg.task, cfg.tasks_file)
