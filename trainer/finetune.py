@@ -30,6 +30,8 @@ What happens, top to bottom (`run`: build, resume, loop, test, write):
    momentum buffer by default, as the study), lr x decay after every epoch,
    class-weighted loss; validation after every epoch, the best validation epoch's
    weights kept;
+   (or SGD with the issue-19 recipe: --schedule bit-hyperrule, --agc, --mixup, --randaugment,
+   --label-smoothing, --zero-init-head; trainer/recipe.py, docs/bit.md);
 5. the test split with the best weights: result.json, predictions.parquet, and the
    first three conv layers before and after (first_layers.npz) for feature reuse.
 """
