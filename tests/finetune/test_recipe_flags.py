@@ -234,3 +234,19 @@ def test_weights_convert_from_bit_then_init_strictly(ct, tmp_path):
     res = CliRunner().invoke(cli, ["weights", "convert", "--model", "bit-tiny", str(tmp_path / "BiT-M-tiny.npz"),
                                    str(tmp_path / "o.pt")])
     assert res.exit_code == 2 and "--model is for --from bit" in res.output
+
+
+def test_multilabel_pretraining_with_mixup_and_randaugment(tmp_path):
+    """A multi-label run (the chest X-ray superset's kind) takes MixUp, RandAugment and the zero head: with zero
+    logits every label's BCE is ln 2, mixed or not, so the first step's loss is exactly ln 2."""
+    from datakit.convert.image_folder import ImageFolderOptions, convert_image_folder
+    from tests.fixtures.task_datasets import write_chestxray
+    root, csv = write_chestxray(tmp_path / "cxr", n_patients=20, size=32)
+    convert_image_folder(ImageFolderOptions(root=str(root), labels=str(csv), out=str(tmp_path / "data"), size=32,
+                                            val=0.2, test=0.2, workers=1))
+    result = ft.main(["--task", "chestxray", "--data", str(tmp_path / "data"), "--model", "resnet-tiny", *CPU,
+                      "--epochs", "1", "--max-steps", "2", "--batch-size", "4", "--optimizer", "sgd", "--lr", "0.01",
+                      "--mixup", "0.4", "--randaugment", "1,5", "--zero-init-head", "--agc", "0.05",
+                      "--log-every", "1", "--run-dir", str(tmp_path / "run")])
+    assert result["steps"] == 2 and (tmp_path / "run" / "result.json").is_file()
+    assert _steps(tmp_path / "run")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
