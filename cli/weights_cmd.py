@@ -1,5 +1,5 @@
-"""`tlx weights`: what `--init` would load from a checkpoint, and Keras .h5 conversion (trainer.weight_layouts,
-trainer.keras_weights)."""
+"""`tlx weights`: what `--init` would load from a checkpoint, and Keras .h5 and BiT .npz conversion
+(trainer.weight_layouts, trainer.keras_weights, trainer.bit_weights)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,7 @@ import click
 Examples:
   tlx weights inspect moco_v2_800ep_pretrain.pth.tar
   tlx weights convert RadImageNet-ResNet50_notop.h5 radimagenet.pt
+  tlx weights convert --from bit BiT-M-R50x1.npz bit-m-r50x1.pt
   python -m trainer.finetune --task lits --data lits/ --init radimagenet.pt
 """)
 def weights() -> None:
@@ -37,11 +38,20 @@ def inspect(path: Path) -> None:
 
 
 @weights.command()
+@click.option("--from", "source", type=click.Choice(["keras", "bit"]), default="keras", show_default=True,
+              help="keras: a Keras ResNet-50 .h5; bit: a released BiT ResNet-v2 .npz (BiT-M-R50x1.npz, ...)")
+@click.option("--model", default=None, help="--from bit: the bit-* model [default: named by the file's shapes]")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
-def convert(src: Path, dst: Path) -> None:
-    """Convert a Keras ResNet-50 .h5 (RadImageNet, Keras ImageNet) to a tlx checkpoint DST (needs h5py)."""
-    from trainer.keras_weights import convert_keras_h5
-
-    done = convert_keras_h5(src, dst)
+def convert(source: str, model: str | None, src: Path, dst: Path) -> None:
+    """Convert a Keras ResNet-50 .h5 (RadImageNet, Keras ImageNet; needs h5py) or a BiT .npz to a tlx checkpoint
+    DST that `--init` loads strictly."""
+    if source == "bit":
+        from trainer.bit_weights import convert_bit_npz
+        done = convert_bit_npz(src, dst, model)
+    elif model is not None:
+        raise click.UsageError("--model is for --from bit (a Keras file names its model by its shapes)")
+    else:
+        from trainer.keras_weights import convert_keras_h5
+        done = convert_keras_h5(src, dst)
     click.echo(f"{dst}: {done['model']}, {done['keys']} tensors; dropped {', '.join(done['dropped']) or 'nothing'}")

@@ -21,6 +21,7 @@ A key outside this layout is an error naming it: nothing is dropped silently.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -108,3 +109,25 @@ def load_bit_npz(path: str) -> dict[str, torch.Tensor]:
             return bit_state_dict({k: npz[k] for k in npz.files})
     except (OSError, ValueError) as exc:
         raise TrainerError(f"BiT weights: {path!r} cannot be read as .npz ({exc})") from None
+
+
+def convert_bit_npz(src: str | Path, dst: str | Path, model: str | None = None) -> dict:
+    """`tlx weights convert --from bit`: a released BiT .npz as a tlx checkpoint at `dst` that `--init` loads
+    strictly; returns {model, keys, dropped}. `model` names the registry model where the shapes name none
+    (the tests' bit-tiny); the encoder is loaded strictly either way, so a wrong name is a TrainerError."""
+    from trainer.checkpoint import new_checkpoint, save_checkpoint
+    from trainer.models import build_encoder
+
+    state = load_bit_npz(str(src))
+    name = model or bit_model_name(state)
+    if not name.startswith("bit-"):
+        raise TrainerError(f"--model {name!r}: BiT weights load into the bit-* models only")
+    encoder = build_encoder(name)
+    head = sorted(k for k in state if k.startswith("fc."))   # the pretraining classes' head: --init drops it too
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        encoder.load_state_dict(backbone, strict=True)
+    except RuntimeError as exc:
+        raise TrainerError(f"{src}: its tensors do not fit {name} ({str(exc).splitlines()[1].strip()})") from None
+    save_checkpoint(new_checkpoint(name, encoder.state_dict(), converted_from=str(src)), dst)
+    return {"model": name, "keys": len(state), "dropped": [f"{k} (the pretraining head)" for k in head]}

@@ -30,6 +30,8 @@ What happens, top to bottom (`run`: build, resume, loop, test, write):
    momentum buffer by default, as the study), lr x decay after every epoch,
    class-weighted loss; validation after every epoch, the best validation epoch's
    weights kept;
+   (or SGD with the issue-19 recipe: --schedule bit-hyperrule, --agc, --mixup, --randaugment,
+   --label-smoothing, --zero-init-head; trainer/recipe.py, docs/bit.md);
 5. the test split with the best weights: result.json, predictions.parquet, and the
    first three conv layers before and after (first_layers.npz) for feature reuse.
 """
@@ -41,7 +43,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -83,6 +85,20 @@ from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
+from trainer.recipe import (
+    HYPERRULE,
+    RECIPES,
+    Recipe,
+    check_recipe_flags,
+    clip_gradients,
+    hyperrule_epochs,
+    hyperrule_hp,
+    mix_rng,
+    parse_randaugment,
+    resolve_recipe,
+    training_loss,
+    zero_head_,
+)
 from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
@@ -105,9 +121,12 @@ from trainer.tasks import (
 )
 
 # --schedule -> trainer.optim.Schedule's kind (plateau: constant, times the plateau's scale)
-FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step", "warmup-cosine": "warmup-cosine",
-                "plateau": "constant"}
+FT_SCHEDULES = {"exponential": "exp-epoch", "constant": "constant", "step": "step",
+                "warmup-cosine": "warmup-cosine", "plateau": "constant"}
+# first_layers.npz's keys: the first three convolutions in forward order, named as in torchvision's ResNet
+# (docs/run-format.md); BiT ResNet-v2 models store theirs under the same keys, their own names in `layer_names`
 FIRST_LAYERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight")
+BIT_FIRST_LAYERS = ("root.conv.weight", "body.block1.unit01.conv1.weight", "body.block1.unit01.conv2.weight")
 # config.json keys that may change between a run and its resumption besides trainer.checkpoint.MAY_CHANGE
 # (they do not change the result; any other difference is refused): FINETUNE_MAY_CHANGE, in
 # trainer/run_identity.py, where `tlx sweep` reads it without torch.
@@ -131,7 +150,8 @@ class FinetuneConfig:
     fold: int | None = opt(None, "--folds: the held-out fold, 0..K-1")
     seed: int = opt(0, "seed of the subset, the head's initialisation and the data order")
     out: str = opt("runs", "root of the run directories")
-    run_dir: str | None = opt(None, "this run's directory [default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
+    run_dir: str | None = opt(None, "this run's directory "
+                                    "[default: <out>/<task>/<init-name>/<setting>/frac-<f>/seed-<n>]")
     model: str | None = opt(None, "encoder [default: the init checkpoint's model, or the model a state dict's keys "
                                   "fit, else resnet50]")
     image_size: int | None = opt(None, "input size [default: a tlx init checkpoint's pretraining view size, else the "
@@ -144,17 +164,24 @@ class FinetuneConfig:
     optimizer: str | None = opt(None, f"one of {', '.join(OPTIMIZERS)} [default: the task's for this fraction]")
     weight_decay: float | None = opt(None, "weight decay (not on biases and norm parameters) [default: the task's, "
                                            "else --weight-decay-preset's]")
-    weight_decay_preset: str = opt("study", "weight decay where neither the task nor --weight-decay sets one: study (the "
-                                            "study's configs where they give one for the task and optimizer, e.g. "
+    weight_decay_preset: str = opt("study", "weight decay where neither the task nor --weight-decay sets one: "
+                                            "study (the study's configs where they give one for the task and "
+                                            "optimizer, e.g. "
                                             "AdamW 1e-6 for lits, else tlx's) or tlx (AdamW 1e-2, LARS 1e-6, SGD and "
                                             "Adam 0)", choices=WEIGHT_DECAY_PRESETS)
     decay: float | None = opt(None, "lr multiplied by this after every epoch [default: the task's]")
     momentum: float = opt(0.9, "LARS and SGD momentum")
     nesterov: bool = opt(False, "SGD: Nesterov momentum")
-    schedule: str = opt("exponential", "lr schedule: exponential (x --decay after every epoch, the study's), constant, "
-                                       "step (x --decay every --step-epochs), warmup-cosine (--warmup-epochs, then "
-                                       "cosine to 0), plateau (x --decay after more than --plateau-patience epochs "
-                                       "without a better selection value)", choices=tuple(FT_SCHEDULES))
+    schedule: str = opt("exponential", "lr schedule: exponential (x --decay after every epoch, the study's), "
+                                       "constant, step (x --decay every --step-epochs), warmup-cosine "
+                                       "(--warmup-epochs, then cosine to 0), plateau (x --decay after more than "
+                                       "--plateau-patience epochs without a better selection value), bit-hyperrule "
+                                       "(BiT's: steps by training-set size, warmup, /10 staircase, SGD, no weight "
+                                       "decay, zero head, MixUp 0.1 from 20k examples; sets the epochs itself)",
+                        choices=(*FT_SCHEDULES, HYPERRULE))
+    hyperrule_recipe: str | None = opt(None, "--schedule bit-hyperrule: lr and batch of the rule, bit (0.003 at "
+                                             "512, as published) or cherti-jitsev (0.001 at 128) [default: bit]",
+                                       choices=tuple(RECIPES))
     step_epochs: int = opt(30, "step schedule: epochs between lr drops")
     warmup_epochs: float = opt(0.0, "warmup-cosine schedule: epochs of linear warmup")
     plateau_patience: int = opt(10, "plateau schedule: epochs without a better value before the lr drops")
@@ -163,6 +190,17 @@ class FinetuneConfig:
                                        "the task metric picks the best]")
     lp_epochs: int | None = opt(None, "lp-ft: epochs of the linear phase [default: half of --epochs]")
     head_dropout: float = opt(0.0, "dropout before the linear head (classification and multilabel)")
+    zero_init_head: bool = opt(False, "zero-initialise the linear head, as BiT (classification and multilabel; "
+                                      "--schedule bit-hyperrule implies it)")
+    agc: float | None = opt(None, "adaptive gradient clipping factor (NFNets' AGC, unit-wise, the head left out) "
+                                  "[default: none]")
+    mixup: float | None = opt(None, "MixUp alpha, one Beta(alpha, alpha) lambda per batch (classification and "
+                                    "multilabel) [default: bit-hyperrule's, else 0: none]")
+    randaugment: str | None = opt(None, "N,M: RandAugment with N ops per training image at magnitude M (0..30) "
+                                        "(classification and multilabel) [default: none]")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy (single-label classification)")
+    checkpoint_activations: bool = opt(False, "recompute each stage's activations in the backward pass (less "
+                                              "memory; GroupNorm bit-* models only)")
     lars_form: str = opt("study-code", "where LARS applies the lr: study-code (inside the momentum buffer, as "
                                        "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's)",
                          choices=LARS_FORMS)
@@ -171,7 +209,8 @@ class FinetuneConfig:
     decoder: str = opt("backboned-unet", "segmentation: the study's U-Net decoder (backboned-unet: transposed "
                                          "convolutions) or tlx's earlier one (smp-unet: nearest upsampling)",
                        choices=DECODERS)
-    decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated [default: scaled from the encoder]")
+    decoder_channels: str | None = opt(None, "U-Net decoder widths, 5 comma-separated "
+                                             "[default: scaled from the encoder]")
     seg_loss: str | None = opt(None, "segmentation loss: ce (class-weighted cross-entropy), dice (soft Dice) or "
                                      "dice+ce [default: the task's]", choices=SEG_LOSSES)
     save_masks: bool = opt(False, "segmentation: also write masks.npz, every test slice's predicted and true class "
@@ -231,7 +270,8 @@ class Plan:
 def check_subset_flags(cfg: FinetuneConfig) -> None:
     """--shots replaces --fraction; --folds and --fold come together, the fold in range."""
     if cfg.shots is not None and cfg.fraction != 1.0:
-        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; give one")
+        raise TrainerError(f"--shots {cfg.shots} and --fraction {cfg.fraction} both choose the training subset; "
+                           f"give one")
     if (cfg.folds is None) != (cfg.fold is None):
         raise TrainerError("--folds K and --fold i come together (fold i of K is the test set)")
     if cfg.folds is not None and cfg.folds < 2:
@@ -255,10 +295,14 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     for key in HYPERPARAMETERS:
         if getattr(cfg, key) is not None:
             hp[key] = getattr(cfg, key)
+    if cfg.schedule == HYPERRULE:   # its epochs follow from the training subset's size (build)
+        hp.update(hyperrule_hp(cfg))
+        weight_decay_from = HYPERRULE
     if hp["optimizer"] not in OPTIMIZERS:
         raise TrainerError(f"--optimizer {hp['optimizer']!r} is not one of: {', '.join(OPTIMIZERS)}")
     if hp["weight_decay"] is None:   # of the optimizer the run uses, --optimizer included
-        hp["weight_decay"], weight_decay_from = default_weight_decay(task.name, hp["optimizer"], cfg.weight_decay_preset)
+        hp["weight_decay"], weight_decay_from = default_weight_decay(task.name, hp["optimizer"],
+                                                                     cfg.weight_decay_preset)
     if hp["epochs"] < 0 or hp["batch_size"] < 1 or hp["lr"] <= 0 or not 0 < hp["decay"] <= 1:
         raise TrainerError(f"need --epochs >= 0, --batch-size >= 1, --lr > 0 and 0 < --decay <= 1; got "
                            f"{hp['epochs']}, {hp['batch_size']}, {hp['lr']}, {hp['decay']}")
@@ -270,7 +314,8 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
                            f"(segmentation: none, flip)")
     _, image_spec = dataset.member("image")
     # the size the encoder was pretrained at (a tlx checkpoint says), else the dataset's stored size
-    image_size = cfg.image_size or (pretrain or {}).get("image_size") or (image_spec.shape[-1] if image_spec.shape else 224)
+    image_size = (cfg.image_size or (pretrain or {}).get("image_size")
+                  or (image_spec.shape[-1] if image_spec.shape else 224))
     classes = dataset.classes
     task.check_classes(classes)
     weights = resolve_class_weights(parse_class_weights(cfg.class_weights) if cfg.class_weights
@@ -286,9 +331,10 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     pretrain = pretrain or {}
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
-    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), cfg.model or init_model or model_guess or "resnet50",
-                image_size, augment, weights, regions, normalize, window, cfg.seg_loss or task.seg_loss,
-                weight_decay_from, _watch(cfg, task), _lp_epochs(cfg, hp))
+    model = cfg.model or init_model or model_guess or "resnet50"
+    return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), model, image_size, augment, weights,
+                regions, normalize, window, cfg.seg_loss or task.seg_loss, weight_decay_from, _watch(cfg, task),
+                _lp_epochs(cfg, hp))
 
 
 def _watch(cfg: FinetuneConfig, task: Task) -> Watch:
@@ -320,7 +366,8 @@ def split_labels(split: LabelledSplit, task: Task, classes: list[str]) -> tuple[
         return np.asarray(meta["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64), classes
     if task.kind == "multilabel":
         names = meta["labels"].to_pylist()
-        return np.array([[c in row for c in classes] for row in names], dtype=bool).reshape(len(names), len(classes)), classes
+        positive = np.array([[c in row for c in classes] for row in names], dtype=bool)
+        return positive.reshape(len(names), len(classes)), classes
     return np.stack([meta[f"pixels_{c}"].to_numpy() > 0 for c in classes[1:]], axis=1), classes[1:]
 
 
@@ -344,7 +391,8 @@ def training_subset(split: LabelledSplit, task: Task, classes: list[str], cfg: F
         ranked, chosen = order.order, np.sort(order.take(cfg.fraction))
     position = np.empty(len(pool), np.int64)
     position[ranked] = np.arange(len(pool))
-    lists = [[str(int(v))] for v in labels] if labels.ndim == 1 else [[names[j] for j in np.flatnonzero(r)] for r in labels]
+    lists = ([[str(int(v))] for v in labels] if labels.ndim == 1
+             else [[names[j] for j in np.flatnonzero(r)] for r in labels])
     ids = pool[chosen]
     table = pa.table({"key": [split.keys[i] for i in ids], "index": ids, "order": position[chosen],
                       "labels": [lists[i] for i in ids]})
@@ -371,8 +419,8 @@ def fold_split(split: LabelledSplit, task: Task, classes: list[str], cfg: Finetu
 def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
              volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None,
              only: np.ndarray | None = None) -> tuple[dict, dict]:
-    """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank. Segmentation with a
-    `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
+    """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank.
+    Segmentation with a `masks` dict: it gets masks.npz's arrays (keys, pred, target; uint8 classes per pixel)."""
     model.eval()
     pool = np.arange(len(split)) if only is None else np.asarray(only)   # `only`: these sample ids (a held-out fold)
     ids = pool[eval_slice(len(pool), env.rank, env.world_size)]
@@ -391,7 +439,8 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
             if masks is not None:   # (classes fit uint8: checked when the run starts)
                 maps.append((pred.astype(np.uint8), y.numpy().astype(np.uint8)))
         else:
-            outputs.append((torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)).cpu().numpy())
+            probs = torch.softmax(logits, 1) if kind == "classification" else torch.sigmoid(logits)
+            outputs.append(probs.cpu().numpy())
             targets.append(y.numpy())
         seen.append(i.numpy())
     parts = [(seen, outputs, targets, maps, losses)]
@@ -425,7 +474,9 @@ def _to_device(x: torch.Tensor, env: Dist) -> torch.Tensor:
 
 def _autocast(env: Dist):
     # bf16 on GPUs (no loss scaling needed); CPU runs stay float32, which makes them reproducible.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if env.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def _json_safe(metrics: dict) -> dict:
@@ -461,13 +512,15 @@ class FinetuneJob:
     model: TaskModel
     ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model itself
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    schedule: Callable[[int], float]   # lr of a global step: a trainer.optim.Schedule or the BiT-HyperRule's
     weights: torch.Tensor          # the loss's class weights
     steps: int                     # optimizer steps per epoch
     eval_batch: int                # per-rank batch of val and test
     first_init: dict               # the first layers as initialised (first_layers.npz)
     config: dict                   # config.json
     masks: dict | None = None      # --save-masks: filled by the test with masks.npz's arrays
+    recipe: Recipe = field(default_factory=Recipe)   # --agc, --mixup, --label-smoothing, bit-hyperrule, ...
+    total_steps: int = 0           # the run's optimizer steps without --max-steps
 
 
 @dataclass
@@ -491,11 +544,13 @@ class FinetuneState:
 def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunGuard | None = None) -> dict | None:
     """The run the flags describe (module docstring); returns result.json's content on rank 0, None elsewhere.
     `guard`: the run folder's lock is taken there before the run reads or writes it (trainer/run_guard.py)."""
-    check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1, "batch_size": 1, "image_size": 1, "checkpoint_every": 0,
-                         "log_every": 1, "eval_batch_size": 1, "workers": 0})
+    check_at_least(cfg, {"epochs": 0, "step_epochs": 1, "plateau_patience": 0, "warmup_epochs": 0, "max_steps": 1,
+                         "batch_size": 1, "image_size": 1, "checkpoint_every": 0, "log_every": 1,
+                         "eval_batch_size": 1, "workers": 0})
     cfg = cfg if cfg.workers is not None else replace(cfg, workers=loader_workers())
     check_subset_flags(cfg)
     task = get_task(cfg.task, cfg.tasks_file)
+    check_recipe_flags(cfg, task.kind)
     if cfg.save_masks and task.kind != "segmentation":
         raise TrainerError(f"--save-masks stores segmentation masks; task {task.name} is {task.kind}")
     dataset = open_dataset(cfg.data)
@@ -546,24 +601,38 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     hp = plan.hp
     per_rank = per_rank_batch(hp["batch_size"], env.world_size)
     steps = steps_per_epoch(data.subset, hp["batch_size"])
+    recipe = resolve_recipe(cfg, plan.task.kind, train_size=len(data.subset))
+    if recipe.zero_init_head:
+        zero_head_(model.head)
     params = lars_param_groups(model, hp["weight_decay"])   # no decay on biases and norm parameters
     optimizer = build_optimizer(hp["optimizer"], params, hp["lr"], cfg.momentum, cfg.nesterov, cfg.lars_form)
+    schedule, total_steps = lr_schedule(cfg, hp, recipe, steps)
+    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
+    config = finetune_config(cfg, env, plan, dataset, init_info, data, steps, recipe)
+    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
+                       cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None,
+                       recipe=recipe, total_steps=total_steps)
+
+
+def lr_schedule(cfg: FinetuneConfig, hp: dict, recipe: Recipe, steps: int) -> tuple[Callable[[int], float], int]:
+    """(lr of a global step, the run's steps without --max-steps). --schedule bit-hyperrule: the rule's lr and
+    step count, the epochs that hold them written into `hp` (config.json's epochs)."""
+    if recipe.hyperrule is not None:
+        hp["epochs"] = hyperrule_epochs(recipe.hyperrule, steps)
+        return recipe.hyperrule.lr, recipe.hyperrule.total_steps
     schedule = Schedule(FT_SCHEDULES[cfg.schedule], base_lr=hp["lr"], epochs=max(1, hp["epochs"]),
                         steps_per_epoch=steps, decay=hp["decay"], warmup_epochs=cfg.warmup_epochs,
                         step_epochs=cfg.step_epochs)
-    weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
-    config = finetune_config(cfg, env, plan, dataset, init_info, data, steps)
-    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
-               cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None)
+    return schedule, hp["epochs"] * steps
 
 
 def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
                 init_info: InitInfo) -> tuple[TaskModel, torch.nn.Module, dict]:
     """(the model: encoder with its init and a new head; what the loop calls; the first layers as initialised)."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(plan.model)
+    encoder = build_encoder(plan.model, checkpoint_activations=cfg.checkpoint_activations)
     load_init(encoder, init_state, init_info, cfg.allow_partial_init)
-    first_init = {f"init/{k}": v.detach().cpu().numpy().copy() for k, v in encoder.state_dict().items() if k in FIRST_LAYERS}
+    first_init = first_layers(encoder, plan.model, "init")
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
     # lp-ft's encoder is frozen epoch by epoch in train_epoch (its parameters must be in the optimizer)
     model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
@@ -580,7 +649,8 @@ def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset,
 def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) -> Data:
     """The nested, stratified subset of the train split; val and test whole."""
     task = plan.task
-    images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed)
+    images = ImageOptions(plan.image_size, plan.normalize, plan.window, plan.augment, cfg.seed,
+                          parse_randaugment(cfg.randaugment) if cfg.randaugment else None)
     train = LabelledSplit(dataset, "train", task.kind, images, train=True)
     val = LabelledSplit(dataset, "val", task.kind, images)
     test = LabelledSplit(dataset, "test", task.kind, images)
@@ -593,12 +663,13 @@ def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) 
     volumes = {name: (s.metadata()["volume"].to_pylist() if task.kind == "segmentation" else None)
                for name, s in (("val", val), ("test", test))}
     per_rank = per_rank_batch(plan.hp["batch_size"], env.world_size)
-    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank))
+    decoder = _jpeg_decoder(cfg.loader, train, env, plan.image_size, max(per_rank, cfg.eval_batch_size or per_rank),
+                            randaugment=cfg.randaugment is not None)
     return Data(train, val, test, subset, subset_table, volumes, decoder, held_out, folds_table)
 
 
 def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_info: InitInfo,
-                    data: Data, steps: int) -> dict:
+                    data: Data, steps: int, recipe: Recipe) -> dict:
     """config.json (trainer.config.run_config's shape): the flags hold the values the run resolved (the task's
     hyperparameters, the init's model and normalisation); `init` is the init's name, its file `init_checkpoint`."""
     task, linear = plan.task, cfg.setting == "linear"
@@ -606,7 +677,7 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
     lp_ft = {"lp_epochs": plan.lp_epochs} if cfg.setting == "lp-ft" else {}
     resolved = {"init_name": plan.init_name, "model": plan.model, "image_size": plan.image_size, **plan.hp, **lp_ft,
                 "class_weights": plan.class_weights, "augment": plan.augment, "normalize": plan.normalize,
-                "window": list(plan.window), "seg_loss": plan.seg_loss}
+                "window": list(plan.window), "seg_loss": plan.seg_loss, **recipe.resolved()}
     derived = {
         "data_kind": dataset.kind, "data_train_samples": len(data.train), "subset_samples": len(data.subset),
         "init_checkpoint": init_info.checkpoint, "init_sha256": init_info.sha256, "init_source": init_info.source,
@@ -619,7 +690,8 @@ def finetune_config(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxData
         "trains": head if linear else (f"{head}, then encoder and {head}" if lp_ft else f"encoder and {head}"),
         "encoder_bn": "eval (statistics frozen)" if linear else ("eval in the linear phase, then train" if lp_ft
                                                                  else "train"),
-        "selected_by": plan.watch.metric, "weight_decay_from": plan.weight_decay_from,
+        "selected_by": plan.watch.metric, "weight_decay_from": plan.weight_decay_from, **recipe.derived(),
+        "first_layers": list(first_layer_names(plan.model)),
         "flags_set": set_flags(cfg, ignore=MAY_CHANGE | FINETUNE_MAY_CHANGE)}
     return run_config(cfg, task=task.name, init=plan.init_name, setting=cfg.setting, fraction=cfg.fraction,
                       seed=cfg.seed, world_size=env.world_size, resolved=resolved, derived=derived)
@@ -655,8 +727,8 @@ def resume(job: FinetuneJob, ckpt: dict, source: Path) -> FinetuneState:
 
 def loop(job: FinetuneJob, state: FinetuneState) -> None:
     """Epochs from where `state` stands to --epochs (or --max-steps): train, then validate, log and save."""
-    epochs, steps = job.plan.hp["epochs"], job.steps
-    total = epochs * steps if job.cfg.max_steps is None else min(job.cfg.max_steps, epochs * steps)
+    epochs = job.plan.hp["epochs"]
+    total = job.total_steps if job.cfg.max_steps is None else min(job.cfg.max_steps, job.total_steps)
     job.log.begin(state.step, total)
     while state.epoch < epochs and state.step < total and state.stopped is None:
         loss_sum, images, started = train_epoch(job, state, total)
@@ -666,7 +738,8 @@ def loop(job: FinetuneJob, state: FinetuneState) -> None:
 def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[torch.Tensor, int, float]:
     """The rest of the current epoch, or up to `total` steps: (the epoch's loss sum, on the device: no sync per
     step; the images this rank trained on; when it began)."""
-    cfg, env, kind = job.cfg, job.env, job.plan.task.kind
+    cfg, env = job.cfg, job.env
+    loss_fn = _loss_fn(job)
     if cfg.setting == "lp-ft":   # the linear phase: encoder frozen (no gradients, BN statistics fixed), then all
         job.model.freeze_encoder(state.epoch < job.plan.lp_epochs)
     job.ddp.train()
@@ -680,9 +753,10 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         set_lr(job.optimizer, lr)
         x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
         with _autocast(env):
-            loss = task_loss(kind, job.ddp(x), y, job.weights, job.plan.seg_loss)
+            loss = training_loss(job.ddp, x, y, job.recipe, loss_fn, mix_rng(cfg.seed, state.step, env.rank))
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clip_gradients(job.model, job.recipe)   # --agc (nothing without it)
         job.optimizer.step()
         loss_sum += loss.detach()
         state.step, state.epoch_step, images = state.step + 1, state.epoch_step + 1, images + len(x)
@@ -695,6 +769,12 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
         if state.step >= total:
             break
     return loss_sum, images * env.world_size, started
+
+
+def _loss_fn(job: FinetuneJob) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The task's training loss of (logits, targets): class weights, segmentation loss, label smoothing."""
+    kind, plan, smoothing = job.plan.task.kind, job.plan, job.recipe.label_smoothing
+    return lambda logits, y: task_loss(kind, logits, y, job.weights, plan.seg_loss, label_smoothing=smoothing)
 
 
 def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, images: int, started: float) -> None:
@@ -770,9 +850,10 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     if job.masks is not None:   # deflate: class maps are mostly background
         with atomic_write(job.out / "masks.npz") as f:
             np.savez_compressed(f, **job.masks)
-    final = {f"final/{k}": v.detach().cpu().numpy() for k, v in job.model.encoder.state_dict().items()
-             if k in FIRST_LAYERS}
-    np.savez(job.out / "first_layers.npz", **job.first_init, **final)
+    final = first_layers(job.model.encoder, job.plan.model, "final")
+    names = np.array(first_layer_names(job.plan.model))
+    with atomic_write(job.out / "first_layers.npz") as f:
+        np.savez(f, **job.first_init, **final, layer_names=names)
     metric, test_loss = job.plan.task.metric, test_metrics.pop("loss")   # metrics: higher is better (run format)
     best_val = state.best["metric"] if math.isfinite(state.best["metric"]) else None
     result = {"metrics": _json_safe(test_metrics), "metric": metric, "best_epoch": state.best["epoch"],
@@ -783,12 +864,31 @@ def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict
     return result
 
 
-def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int, max_batch: int):
-    """DALI for JPEG datasets when asked (or `auto` on a GPU with DALI installed), else None (PIL)."""
+def first_layer_names(model: str) -> tuple[str, ...]:
+    """The model's own names of its first three convolutions (first_layers.npz's FIRST_LAYERS, in order)."""
+    return BIT_FIRST_LAYERS if model.startswith("bit-") else FIRST_LAYERS
+
+
+def first_layers(encoder: torch.nn.Module, model: str, when: str) -> dict[str, np.ndarray]:
+    """{"<when>/<FIRST_LAYERS[i]>": the model's i-th first convolution}: one key set for every model."""
+    state = encoder.state_dict()
+    return {f"{when}/{key}": state[name].detach().cpu().numpy().copy()
+            for key, name in zip(FIRST_LAYERS, first_layer_names(model))}
+
+
+def _jpeg_decoder(loader: str, split: LabelledSplit, env: Dist, image_size: int, max_batch: int,
+                  randaugment: bool = False):
+    """DALI for JPEG datasets when asked (or `auto` on a GPU with DALI installed, without --randaugment, which
+    runs in the torch loader's workers), else None (PIL)."""
     if split.image_spec.codec != "jpeg":
         if loader == "dali":
             raise TrainerError(f"--loader dali decodes JPEG datasets; {split.dataset.root} stores "
                                f"{split.image_spec.codec} images (use --loader torch or auto)")
+        return None
+    if randaugment:
+        if loader == "dali":
+            raise TrainerError("--randaugment runs in the torch loader's workers, not in DALI; "
+                               "use --loader torch or auto")
         return None
     if loader == "auto":
         import importlib.util

@@ -83,24 +83,27 @@ class TaskModel(nn.Module):
 
 
 def task_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
-              class_weights: torch.Tensor | None = None, seg_loss: str = "ce") -> torch.Tensor:
+              class_weights: torch.Tensor | None = None, seg_loss: str = "ce",
+              label_smoothing: float = 0.0) -> torch.Tensor:
     """Weighted cross-entropy (per image, or per pixel for segmentation: logits [B, C, H, W],
     target [B, H, W]) or, for multilabel, binary cross-entropy on each label's logit with
     the label's weight, over the labels not missing (NaN targets: trainer.task_losses.masked_bce).
-    Segmentation takes `seg_loss` ce, dice or dice+ce (trainer.task_losses). Computed in float32
+    Segmentation takes `seg_loss` ce, dice or dice+ce (trainer.task_losses). `label_smoothing` (classification):
+    torch's, CE on (1 - e) one-hot + e / C. Computed in float32
     whatever the autocast dtype."""
     logits = logits.float()
     if kind == "multilabel":
         return masked_bce(logits, target, class_weights)
     if kind == "segmentation":
         return segmentation_loss(seg_loss, logits, target, class_weights, _weighted_ce)
-    return _weighted_ce(logits, target, class_weights)
+    return _weighted_ce(logits, target, class_weights, label_smoothing)
 
 
-def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
     # torch's weighted mean: sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i]
     if class_weights is None or not is_distributed():
-        return F.cross_entropy(logits, target.long(), weight=class_weights)
+        return F.cross_entropy(logits, target.long(), weight=class_weights, label_smoothing=label_smoothing)
     # DDP averages the ranks' gradients: each rank divides its weighted sum by the global batch's
     # weight sum / world size, so the result is the global batch's weighted mean (a per-rank weighted
     # mean would weigh each rank's samples by its own weight sum, and the run would depend on the
@@ -108,7 +111,8 @@ def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, class_weights: torc
     target = target.long()
     weight_sum = class_weights[target].sum().detach()
     dist.all_reduce(weight_sum)
-    return F.cross_entropy(logits, target, weight=class_weights, reduction="sum") * dist.get_world_size() / weight_sum
+    return F.cross_entropy(logits, target, weight=class_weights, reduction="sum",
+                           label_smoothing=label_smoothing) * dist.get_world_size() / weight_sum
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,9 @@ def test_outputs_follow_the_run_format(radnet_run):
     assert pred.columns == ["sample", "correct", "target", "pred", "confidence"] and len(pred) == 15
     assert pred["correct"].mean() == pytest.approx(result["metrics"]["accuracy"])
     layers = np.load(run / "first_layers.npz")
-    assert sorted(layers.files) == sorted(f"{w}/{n}" for w in ("init", "final") for n in ft.FIRST_LAYERS)
+    assert sorted(layers.files) == sorted([f"{w}/{n}" for w in ("init", "final") for n in ft.FIRST_LAYERS]
+                                          + ["layer_names"])
+    assert list(layers["layer_names"]) == list(ft.FIRST_LAYERS)     # a ResNet's own names are the file's keys
     assert not np.array_equal(layers["init/conv1.weight"], layers["final/conv1.weight"])
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["epoch"] == result["best_epoch"] and "head" in best and "fc.weight" not in best["encoder"]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.bit_npz import bit_npz_keys as _bit_npz_keys
 from trainer.bit_weights import bit_model_name, bit_name, bit_state_dict, converted_shape, load_bit_npz
 from trainer.errors import TrainerError
 from trainer.models import build_encoder
@@ -90,29 +91,6 @@ def test_zero_head_and_unknown_checkpointing_model():
 
 
 # --- the released .npz layout -------------------------------------------------------------
-
-def _bit_npz_keys(layers, root, groups_unused=None, classes=0):
-    """(key, HWIO/vector shape) in the released BiT files' naming, from the BiT layout rules."""
-    keys = {"resnet/root_block/standardized_conv2d/kernel": (7, 7, 3, root)}
-    cin = root
-    for b, (units, mult) in enumerate(zip(layers, (1, 2, 4, 8)), start=1):
-        mid, out = root * mult, root * mult * 4
-        for u in range(1, units + 1):
-            p = f"resnet/block{b}/unit{u:02d}/"
-            unit_in = cin if u == 1 else out
-            for part, (k, ci, co) in zip("abc", [(1, unit_in, mid), (3, mid, mid), (1, mid, out)]):
-                keys[f"{p}{part}/standardized_conv2d/kernel"] = (k, k, ci, co)
-                keys[f"{p}{part}/group_norm/gamma"] = (unit_in if part == "a" else mid,)
-                keys[f"{p}{part}/group_norm/beta"] = (unit_in if part == "a" else mid,)
-            if u == 1:
-                keys[f"{p}a/proj/standardized_conv2d/kernel"] = (1, 1, cin, out)
-        cin = out
-    keys["resnet/group_norm/gamma"] = keys["resnet/group_norm/beta"] = (cin,)
-    if classes:
-        keys["resnet/head/conv2d/kernel"] = (1, 1, cin, classes)
-        keys["resnet/head/conv2d/bias"] = (classes,)
-    return keys
-
 
 def test_npz_in_bit_layout_loads_strictly_with_kernels_transposed(tmp_path):
     rng = np.random.default_rng(0)

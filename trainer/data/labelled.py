@@ -17,7 +17,8 @@ encoder sees its inputs the way it learned them. One channel is repeated to thre
 Augmentation (the task's `augment`), drawn per sample from (seed, epoch, sample id) so
 a resumed run sees the same pixels: `none`; `flip` (horizontal, p = 0.5, the mask
 too); `crop-flip` (random resized crop + flip, trainer.data.augment's SimCLR crop
-without colour jitter or blur; natural images). Evaluation never augments: stored
+without colour jitter or blur; natural images); then, for image-level labels, RandAugment
+when `randaugment` = (N, M) is set (trainer/randaugment.py). Evaluation never augments: stored
 fixed-size images are resized to the image size, natural images resized (shorter side
 to size / 0.875) and centre-cropped, the usual ImageNet evaluation.
 
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from datakit.read import SampleReader, TlxDataset
 from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
 from trainer.errors import TrainerError, leave_stops_to_the_trainer
+from trainer.randaugment import apply_randaugment, draw_randaugment
 
 TARGET_ROLE = {"classification": "label", "multilabel": "labels", "segmentation": "mask"}
 EVAL_CROP = 0.875  # natural images: resize to size / 0.875, centre crop size (224 of 256)
@@ -52,6 +54,7 @@ class ImageOptions:
     window: tuple[float, float] = (-1024.0, 3072.0)
     augment: str = "none"
     seed: int = 0
+    randaugment: tuple[int, int] | None = None   # (N ops, magnitude M): training only, after the crop
 
 
 class LabelledSplit(Dataset):
@@ -101,7 +104,11 @@ class LabelledSplit(Dataset):
                 x, y = x.flip(-1), y.flip(-1)
             return x, y, i
         target = torch.tensor(int(y)) if self.kind == "classification" else torch.from_numpy(np.array(y, np.float32))
-        return _crop_resize(x, self._box(*x.shape[-2:], rng), self.images.image_size), target, i
+        x = _crop_resize(x, self._box(*x.shape[-2:], rng), self.images.image_size)
+        if rng is not None and self.images.randaugment is not None:   # drawn after the box: same rng, same key
+            n, magnitude = self.images.randaugment
+            x = apply_randaugment(x, draw_randaugment(rng, n), magnitude)
+        return x, target, i
 
     def _box(self, h: int, w: int, rng: np.random.Generator | None) -> np.ndarray:
         """The region to resize to the image size, and whether to flip: (top, left, bottom, right, flip).
