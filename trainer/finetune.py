@@ -103,6 +103,7 @@ from trainer.run_guard import RunGuard
 from trainer.run_identity import FINETUNE_MAY_CHANGE, MAY_CHANGE, set_flags
 from trainer.runlog import RunLog, log_every_flag
 from trainer.selection import Watch, loss_sums, plateau_step
+from trainer.split_health import class_gaps
 from trainer.subsets import patient_folds, shot_subset
 from trainer.task_heads import InitInfo, TaskModel, load_init, read_init, task_loss
 from trainer.tasks import (
@@ -330,6 +331,9 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
     # An encoder should see pixels scaled as in its pretraining: a tlx checkpoint says how.
     pretrain = pretrain or {}
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
+    if cfg.window is not None and normalize != "hu":   # it would be recorded, and do nothing
+        raise TrainerError(f"--window {cfg.window[0]:g} {cfg.window[1]:g} has no effect with --normalize "
+                           f"{normalize}; add --normalize hu, or leave --window out")
     window = tuple(cfg.window or pretrain.get("window") or (-1024.0, 3072.0))
     model = cfg.model or init_model or model_guess or "resnet50"
     return Plan(task, hp, cfg.init_name or default_init_name(cfg.init), model, image_size, augment, weights,
@@ -593,11 +597,27 @@ def run(cfg: FinetuneConfig, env: Dist, progress: Progress = silent, guard: RunG
     return write(job, state, test_metrics, rows) if env.is_main else None
 
 
+def split_warnings(plan: Plan, dataset: TlxDataset, data: Data) -> list[str]:
+    """Classes the training subset lacks that val or test hold (single-label tasks): the run says so before it
+    trains, and why such a split scores what it scores (trainer/split_health.py)."""
+    if plan.task.kind != "classification":
+        return []
+
+    def labels(split: LabelledSplit, ids) -> np.ndarray:
+        column = np.asarray(split.metadata()["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        return column if ids is None else column[np.asarray(ids)]
+
+    return class_gaps(dataset.classes, labels(data.train, data.subset), labels(data.val, None),
+                      labels(data.test, data.test_ids))
+
+
 def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
           init_info: InitInfo, log: RunLog) -> FinetuneJob:
     """Model, data, optimizer and config.json of a run, before any checkpoint is loaded into them."""
     model, ddp, first_init = build_model(cfg, env, plan, dataset, init_state, init_info)
     data = build_data(cfg, env, plan, dataset)
+    for line in split_warnings(plan, dataset, data):
+        log.note(f"warning: {line}")
     hp = plan.hp
     per_rank = per_rank_batch(hp["batch_size"], env.world_size)
     steps = steps_per_epoch(data.subset, hp["batch_size"])

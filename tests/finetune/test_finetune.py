@@ -353,3 +353,31 @@ def test_tlx_quiet_silences_notes_and_progress(ct, tmp_path, monkeypatch, capsys
         assert out == ""
     else:
         assert "epoch 1/1  loss " in out and "train  2/2 steps  100%" in out and "test accuracy" in out
+
+
+def test_window_without_hu_normalisation_is_refused_before_anything_is_written(ct, tmp_path):
+    with pytest.raises(TrainerError, match=r"^--window -1000 400 has no effect with --normalize minmax; add "
+                                           r"--normalize hu, or leave --window out$"):
+        ft.main(["--task", "radnet", "--data", str(ct), "--out", str(tmp_path / "r"), "--window", "-1000", "400",
+                 *TINY])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_training_subset_without_a_class_of_val_or_test_is_named(ct):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    def split(labels):
+        return SimpleNamespace(metadata=lambda: pa.table({"label_index": pa.array(labels, pa.int16())}))
+
+    plan = SimpleNamespace(task=SimpleNamespace(kind="classification"))
+    data = SimpleNamespace(train=split([0, 1, 0, 2]), val=split([0, 2]), test=split([2, 2]), subset=np.array([0, 1]),
+                           test_ids=None)
+    lines = ft.split_warnings(plan, SimpleNamespace(classes=["a", "b", "c"]), data)
+    assert [line.split(" belong to")[0] for line in lines] == [
+        "the training subset has no samples of class c, which 1 of 2 val samples",
+        "the training subset has no samples of class c, which 2 of 2 test samples"]
+    assert "test accuracy 0 is the expected result" in lines[1]
+    segmentation = SimpleNamespace(task=SimpleNamespace(kind="segmentation"))
+    assert ft.split_warnings(segmentation, SimpleNamespace(classes=["a", "b", "c"]), data) == []
