@@ -330,6 +330,10 @@ def resolve(cfg: FinetuneConfig, task: Task, dataset, init_model: str | None, pr
         regions[name] = tuple(classes.index(m) for m in members)
     # An encoder should see pixels scaled as in its pretraining: a tlx checkpoint says how.
     pretrain = pretrain or {}
+    if pretrain.get("input_scale", "unit") != "unit":   # its encoder saw other inputs than finetune feeds
+        raise TrainerError(f"the init was pretrained with --input-scale {pretrain['input_scale']}; trainer.finetune "
+                           f"feeds [0, 1] inputs only (--input-scale unit, the study's), so its numbers would be "
+                           f"wrong: pretrain with --input-scale unit, or fine-tune with your own code")
     normalize = cfg.normalize or pretrain.get("normalize") or "minmax"
     if cfg.window is not None and normalize != "hu":   # it would be recorded, and do nothing
         raise TrainerError(f"--window {cfg.window[0]:g} {cfg.window[1]:g} has no effect with --normalize "

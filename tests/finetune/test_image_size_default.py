@@ -22,3 +22,12 @@ def test_the_checkpoint_view_size_is_the_default(ds):
     assert _size(ds, {"image_size": 32}, ("image_size", 48)) == 48          # --image-size wins
     assert _size(ds, None) == 40                                            # scratch / a state dict: the stored size
     assert _size(ds, {"normalize": "minmax"}) == 40                         # a checkpoint that does not say
+
+
+def test_an_init_pretrained_on_imagenet_scaled_inputs_is_refused(ds):
+    from trainer.errors import TrainerError
+
+    assert _size(ds, {"input_scale": "unit", "image_size": 32}) == 32
+    with pytest.raises(TrainerError, match=r"^the init was pretrained with --input-scale imagenet; trainer.finetune "
+                                           r"feeds \[0, 1\] inputs only"):
+        _size(ds, {"input_scale": "imagenet", "image_size": 32})
