@@ -432,9 +432,14 @@ def iter_dataset(root: str | os.PathLike, split: str):
     reader = SampleReader(ds)
     try:
         for i, row in enumerate(rows):
-            yield {**row, **{ds.members[ext].role: reader.read(table, i, ext) for ext in ds.members}}
+            yield {**row, **_by_role(ds, reader, table, i)}
     finally:
         reader.close()
+
+
+def _by_role(ds: TlxDataset, reader: SampleReader, table: SampleTable, i: int) -> dict:
+    """Sample i's members decoded, under their roles' names (image, label, labels, mask)."""
+    return {ds.members[ext].role: reader.read(table, i, ext) for ext in ds.members}
 
 
 def torch_dataset(root: str | os.PathLike, split: str, transform=None):
@@ -455,7 +460,7 @@ def torch_dataset(root: str | os.PathLike, split: str, transform=None):
         def __getitem__(self, i: int):
             if not 0 <= i < len(table):
                 raise IndexError(f"sample {i} of {split}, which has {len(table)}")
-            sample = {"key": table.keys[i], **{ds.members[e].role: self.reader.read(table, i, e) for e in ds.members}}
+            sample = {"key": table.keys[i], **_by_role(ds, self.reader, table, i)}
             return transform(sample) if transform is not None else sample
 
     return SplitDataset()

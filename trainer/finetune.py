@@ -608,7 +608,7 @@ def split_warnings(plan: Plan, dataset: TlxDataset, data: Data) -> list[str]:
         return []
 
     def labels(split: LabelledSplit, ids) -> np.ndarray:
-        column = np.asarray(split.metadata()["label_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        column, _ = split_labels(split, plan.task, dataset.classes)
         return column if ids is None else column[np.asarray(ids)]
 
     return class_gaps(dataset.classes, labels(data.train, data.subset), labels(data.val, None),
