@@ -105,37 +105,46 @@ def _ceiling_figures(rec: Record, mode: str, batch: int, r: dict) -> None:
 
 
 def finetune(rec: Record, sz: Sizes, work) -> None:
+    """The fine-tuning steps: U-Net segmentation and classification eager, classification compiled (trainer.finetune
+    --compile), and the supervised step of a BiT ResNet-v2 (issue 19: GroupNorm and weight standardisation)."""
     device = torch.device(sz.device)
-    for kind, batch, classes in (("segmentation", sz.seg_batch, 3), ("classification", sz.cls_batch, 7)):
-        r = rec.run(f"{kind} batch {batch}", _task_rate, sz, kind, batch, classes, device, units=("img/s", "GiB"))
+    gpu = device.type == "cuda"
+    # the compiled row first: it needs most of the step's budget, the eager rows a few seconds each
+    rows = (("classification", sz.cls_batch, 7, sz.model, True), ("segmentation", sz.seg_batch, 3, sz.model, False),
+            ("classification", sz.cls_batch, 7, sz.model, False),
+            ("classification", sz.bit_batch, 7, sz.bit_model, False))
+    for kind, batch, classes, model, compiled in rows:
+        name = f"{kind}{' ' + model if model != sz.model else ''}{' compiled' if compiled else ''} batch {batch}"
+        # a compile may take a minute: start one only with 55 s of the budget left
+        r = rec.run(name, _task_rate, sz, kind, batch, classes, device, model, compiled, units=("img/s", "GiB"),
+                    need_s=55 if compiled and gpu else 0)
         if r is None:
             continue
         what = "U-Net decoder" if kind == "segmentation" else "linear head"
-        rec.figure(f"{kind} batch {batch}", r["img_per_s"], "img/s",
-                   f"{sz.model} + {what}, {sz.image} px, AdamW, "
-                   + ("bf16 + channels_last" if device.type == "cuda" else "float32 (CPU)"))
-        rec.figure(f"{kind} batch {batch}", r["peak_gib"], "GiB",
-                   "peak allocated" if r["peak_gib"] is not None else NEEDS_CUDA)
+        mode = f", compiled ({sz.compile_backend})" if compiled else ""
+        rec.figure(name, r["img_per_s"], "img/s", f"{model} + {what}, {sz.image} px, AdamW{mode}, "
+                   + ("bf16 + channels_last" if gpu else "float32 (CPU)"))
+        rec.figure(name, r["peak_gib"], "GiB", "peak allocated" if r["peak_gib"] is not None else NEEDS_CUDA)
 
 
-def _task_rate(sz: Sizes, kind: str, batch: int, classes: int, device: torch.device) -> dict:
-    """A fine-tuning step as trainer.finetune's train_epoch takes it, on random images and labels."""
+def _task_rate(sz: Sizes, kind: str, batch: int, classes: int, device: torch.device, model_name: str,
+               compiled: bool) -> dict:
+    """A fine-tuning step as trainer.finetune's train_epoch takes it, on random images and labels; `compiled`:
+    the module torch.compile'd with `sz.compile_backend`, as trainer.finetune --compile does with inductor."""
     from trainer.models import build_encoder
     from trainer.optim import lars_param_groups
+    from trainer.precision import Precision
     from trainer.task_heads import TaskModel, task_loss
 
     torch.manual_seed(0)
-    model = TaskModel(build_encoder(sz.model), kind, classes).to(device)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
+    precision = Precision.of(device)   # trainer.finetune's defaults: bf16 and channels_last on GPU
+    model = precision.place(TaskModel(build_encoder(model_name), kind, classes))
     optimizer = torch.optim.AdamW(lars_param_groups(model, 1e-4), lr=1e-4)
-    x = torch.rand(batch, 3, sz.image, sz.image, device=device)
-    x = x.contiguous(memory_format=torch.channels_last) if on_gpu else x
+    step = torch.compile(model, backend=sz.compile_backend) if compiled else model
+    x = precision.inputs(torch.rand(batch, 3, sz.image, sz.image))
     shape = (batch, sz.image, sz.image) if kind == "segmentation" else (batch,)
     y = torch.randint(0, classes, shape, device=device)
     weights = torch.ones(classes, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
     model.train()
     out: dict = {}
     with peak_memory(device, out):
@@ -143,8 +152,8 @@ def _task_rate(sz: Sizes, kind: str, batch: int, classes: int, device: torch.dev
             if i == sz.warmup:
                 sync(device)
                 t0 = time.perf_counter()
-            with autocast:
-                loss = task_loss(kind, model(x), y, weights)
+            with precision.autocast():
+                loss = task_loss(kind, step(x), y, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -27,6 +27,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks import workdir
+
 LABELS = ["head", "thorax", "abdomen", "extremities", "pelvis", "spine", "other"]
 LABEL_P = [0.22, 0.25, 0.25, 0.06, 0.07, 0.05, 0.10]
 TARGET_S, TARGET_GB = 30.0, 4.0
@@ -155,7 +157,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=12_034_617)
     ap.add_argument("--volumes", type=int, default=90_663)
     ap.add_argument("--patients", type=int, default=15_000)
-    ap.add_argument("--workdir", type=Path, default=None, help="where the index goes (default: a temp folder)")
+    ap.add_argument("--workdir", type=workdir, default=None, help="where the index goes (default: a temp folder)")
     ap.add_argument("--repeat", type=int, default=3, help="plan runs (each in a fresh process); the median counts")
     ap.add_argument("--subset-size", type=int, default=None, help="plan a subset (as tlx plan --subset-size)")
     ap.add_argument("--exclude-class", action="append", default=[], help="as tlx plan --exclude-class")

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import workdir
+
 SECRET = "tlx-shard-fuzz-secret-0123"   # 16 bytes at least (datakit.secret)
 # Explicit VR little endian element headers of the values the value mutations break.
 DS_TAGS = {"RescaleIntercept": b"\x28\x00\x52\x10DS", "RescaleSlope": b"\x28\x00\x53\x10DS",
@@ -260,7 +262,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before tlx shard counts as hung")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=workdir, default=None)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/shard_fuzz.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

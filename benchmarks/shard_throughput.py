@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import workdir
+
 SECRET = "benchmark-secret-0123456789abcdef"
 TARGET = 0.7
 PEERS = ("pydicom-wds", "litdata", "monai")
@@ -329,7 +331,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated of {', '.join(PEERS)}, or none")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented run and the codec table")
     ap.add_argument("--baseline", type=Path, default=None, help="another tlx checkout: adds variant tlx-1-baseline")
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=workdir, default=None)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/shard_throughput.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("TLX_QUIET", "1")

@@ -16,7 +16,6 @@ benchmarks/out/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -31,23 +30,22 @@ from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, lars_param_groups
+from trainer.precision import Precision
 from trainer.simclr import train_step
 
 
 def _model(args, device):
     torch.manual_seed(0)
     enc = build_encoder(args.model)
-    net = SimCLRModel(enc, build_projector("paper", enc.feature_dim), 0.5).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = Precision.of(device).place(SimCLRModel(enc, build_projector("paper", enc.feature_dim), 0.5))
     model = torch.compile(net) if args.compile else net
     return model, LARS(lars_param_groups(net, 1e-6), lr=0.1)
 
 
 def rate(batches, args, device) -> float:
     model, opt = _model(args, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    precision = Precision.of(device)
+    autocast, fmt = precision.autocast(), precision.memory_format
     for _ in range(args.warmup):
         b = next(batches)
         train_step(model, opt, b[0], b[1], autocast, fmt)

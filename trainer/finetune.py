@@ -85,6 +85,7 @@ from trainer.fractions import fraction_order
 from trainer.models import build_encoder
 from trainer.models.unet import DECODERS
 from trainer.optim import LARS_FORMS, Schedule, build_optimizer, lars_param_groups, set_lr
+from trainer.precision import Precision
 from trainer.recipe import (
     HYPERRULE,
     RECIPES,
@@ -202,6 +203,9 @@ class FinetuneConfig:
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy (single-label classification)")
     checkpoint_activations: bool = opt(False, "recompute each stage's activations in the backward pass (less "
                                               "memory; GroupNorm bit-* models only)")
+    compile: bool = opt(False, "torch.compile the training forward and backward (validation and test run eager)")
+    bf16: bool = opt(True, "bf16 autocast on GPU (losses and metrics in float32; CPU runs are float32)")
+    channels_last: bool = opt(True, "channels_last memory format on GPU")
     lars_form: str = opt("study-code", "where LARS applies the lr: study-code (inside the momentum buffer, as "
                                        "TF-SimCLR and the study) or lr-outside (tlx before; torch SGD's)",
                          choices=LARS_FORMS)
@@ -424,7 +428,7 @@ def fold_split(split: LabelledSplit, task: Task, classes: list[str], cfg: Finetu
 # Evaluation: forward a split, gather every rank's records, compute the task's metrics.
 
 @torch.no_grad()
-def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, workers: int,
+def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, precision: Precision, batch: int, workers: int,
              volumes: list[str] | None, jpeg_decoder=None, masks: dict | None = None,
              only: np.ndarray | None = None) -> tuple[dict, dict]:
     """(metrics and `loss`, predictions.parquet columns) over the whole split, identical on every rank.
@@ -438,8 +442,8 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
     seen, outputs, targets, maps, losses = [], [], [], [], []
     for x, y, i in batches(split, chunks, epoch=0, workers=workers, pin_memory=env.device.type == "cuda",
                            jpeg_decoder=jpeg_decoder):
-        with _autocast(env):
-            logits = model(_to_device(x, env)).float()
+        with precision.autocast():
+            logits = model(precision.inputs(x)).float()
         losses.append(loss_sums(kind, logits, y.to(env.device), weights))   # the loss early stopping may watch
         if kind == "segmentation":  # per-slice overlap counts, not masks: small enough to gather
             pred = logits.argmax(1).cpu().numpy()
@@ -475,18 +479,6 @@ def evaluate(model, split: LabelledSplit, plan: Plan, env: Dist, batch: int, wor
     return {**metrics, "loss": loss}, rows
 
 
-def _to_device(x: torch.Tensor, env: Dist) -> torch.Tensor:
-    x = x.to(env.device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else x
-
-
-def _autocast(env: Dist):
-    # bf16 on GPUs (no loss scaling needed); CPU runs stay float32, which makes them reproducible.
-    if env.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def _json_safe(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
@@ -518,7 +510,8 @@ class FinetuneJob:
     log: RunLog
     data: Data
     model: TaskModel
-    ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model itself
+    ddp: torch.nn.Module           # what the loop calls: DDP over the ranks, else the model (--compile: compiled)
+    precision: Precision           # bf16 autocast and channels_last (GPU)
     optimizer: torch.optim.Optimizer
     schedule: Callable[[int], float]   # lr of a global step: a trainer.optim.Schedule or the BiT-HyperRule's
     weights: torch.Tensor          # the loss's class weights
@@ -618,7 +611,8 @@ def split_warnings(plan: Plan, dataset: TlxDataset, data: Data) -> list[str]:
 def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
           init_info: InitInfo, log: RunLog) -> FinetuneJob:
     """Model, data, optimizer and config.json of a run, before any checkpoint is loaded into them."""
-    model, ddp, first_init = build_model(cfg, env, plan, dataset, init_state, init_info)
+    precision = Precision.of(env.device, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    model, ddp, first_init = build_model(cfg, env, precision, plan, dataset, init_state, init_info)
     data = build_data(cfg, env, plan, dataset)
     for line in split_warnings(plan, dataset, data):
         log.note(f"warning: {line}")
@@ -633,7 +627,7 @@ def build(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_
     schedule, total_steps = lr_schedule(cfg, hp, recipe, steps)
     weights = torch.tensor(plan.class_weights, dtype=torch.float32, device=env.device)
     config = finetune_config(cfg, env, plan, dataset, init_info, data, steps, recipe)
-    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, optimizer, schedule, weights, steps,
+    return FinetuneJob(cfg, env, plan, log.dir, log, data, model, ddp, precision, optimizer, schedule, weights, steps,
                        cfg.eval_batch_size or per_rank, first_init, config, {} if cfg.save_masks else None,
                        recipe=recipe, total_steps=total_steps)
 
@@ -650,9 +644,10 @@ def lr_schedule(cfg: FinetuneConfig, hp: dict, recipe: Recipe, steps: int) -> tu
     return schedule, hp["epochs"] * steps
 
 
-def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset, init_state: dict | None,
-                init_info: InitInfo) -> tuple[TaskModel, torch.nn.Module, dict]:
-    """(the model: encoder with its init and a new head; what the loop calls; the first layers as initialised)."""
+def build_model(cfg: FinetuneConfig, env: Dist, precision: Precision, plan: Plan, dataset: TlxDataset,
+                init_state: dict | None, init_info: InitInfo) -> tuple[TaskModel, torch.nn.Module, dict]:
+    """(the model: encoder with its init and a new head; what the loop calls, DDP and --compile wrapping it; the
+    first layers as initialised)."""
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(plan.model, checkpoint_activations=cfg.checkpoint_activations)
     load_init(encoder, init_state, init_info, cfg.allow_partial_init)
@@ -660,14 +655,13 @@ def build_model(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset,
     decoder_channels = tuple(int(c) for c in cfg.decoder_channels.split(",")) if cfg.decoder_channels else None
     # lp-ft's encoder is frozen epoch by epoch in train_epoch (its parameters must be in the optimizer)
     model = TaskModel(encoder, plan.task.kind, len(dataset.classes), frozen_encoder=cfg.setting == "linear",
-                      decoder_channels=decoder_channels, decoder=cfg.decoder, head_dropout=cfg.head_dropout
-                      ).to(env.device)
-    if env.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+                      decoder_channels=decoder_channels, decoder=cfg.decoder, head_dropout=cfg.head_dropout)
+    model = precision.place(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda"
                                                     else None, find_unused_parameters=cfg.setting == "lp-ft"
                                                     ) if is_distributed() else model
-    return model, ddp, first_init
+    # The compiled wrapper shares the model's parameters: checkpoints and evaluation use `model` itself.
+    return model, (torch.compile(ddp) if cfg.compile else ddp), first_init
 
 
 def build_data(cfg: FinetuneConfig, env: Dist, plan: Plan, dataset: TlxDataset) -> Data:
@@ -775,8 +769,8 @@ def train_epoch(job: FinetuneJob, state: FinetuneState, total: int) -> tuple[tor
                            pin_memory=env.device.type == "cuda", jpeg_decoder=job.data.decoder):
         lr = job.schedule(state.step) * state.lr_scale
         set_lr(job.optimizer, lr)
-        x, y = _to_device(x, env), y.to(env.device, non_blocking=True)
-        with _autocast(env):
+        x, y = job.precision.inputs(x), y.to(env.device, non_blocking=True)
+        with job.precision.autocast():
             loss = training_loss(job.ddp, x, y, job.recipe, loss_fn, mix_rng(cfg.seed, state.step, env.rank))
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -807,8 +801,8 @@ def end_epoch(job: FinetuneJob, state: FinetuneState, loss_sum: torch.Tensor, im
     env, watch = job.env, job.plan.watch
     train_loss = all_reduce_mean(float(loss_sum) / max(state.epoch_step, 1), env.device)
     broadcast_buffers(job.model)   # every rank evaluates, and keeps as best, the model rank 0 saves
-    val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.eval_batch, job.cfg.workers,
-                              job.data.volumes["val"], job.data.decoder)
+    val_metrics, _ = evaluate(job.model, job.data.val, job.plan, env, job.precision, job.eval_batch,
+                              job.cfg.workers, job.data.volumes["val"], job.data.decoder)
     state.epoch += 1
     score, lr = val_metrics[watch.metric], job.schedule(state.step - 1) * state.lr_scale
     improved = watch.better(score, state.best["metric"])
@@ -861,8 +855,8 @@ def test(job: FinetuneJob, state: FinetuneState) -> tuple[dict, dict]:
             raise TrainerError(f"{job.out}: validation {job.plan.watch.metric} was undefined (NaN) in every epoch, "
                                f"so no best checkpoint exists; check the val split's labels")
         job.model.load_state_dict(state.best["state"])
-    return evaluate(job.model, job.data.test, job.plan, job.env, job.eval_batch, job.cfg.workers,
-                    job.data.volumes["test"], job.data.decoder, job.masks, only=job.data.test_ids)
+    return evaluate(job.model, job.data.test, job.plan, job.env, job.precision, job.eval_batch,
+                    job.cfg.workers, job.data.volumes["test"], job.data.decoder, job.masks, only=job.data.test_ids)
 
 
 def write(job: FinetuneJob, state: FinetuneState, test_metrics: dict, rows: dict) -> dict:

@@ -27,8 +27,8 @@ MAY_CHANGE = frozenset({"out", "run_dir", "device", "workers", "max_steps", "res
 # A complete run's result is that of the steps it ran: --max-steps is part of what it computed.
 COMPLETE_MAY_CHANGE = MAY_CHANGE - {"max_steps"}
 # trainer.finetune's own: the val/test batch changes how many samples a forward pass holds, not the result;
-# --save-masks only adds masks.npz.
-FINETUNE_MAY_CHANGE = frozenset({"eval_batch_size", "save_masks"})
+# --save-masks only adds masks.npz; --compile fuses the same computation (as trainer.simclr's).
+FINETUNE_MAY_CHANGE = frozenset({"eval_batch_size", "save_masks", "compile"})
 
 
 def changed_keys(saved: dict[str, Any], now: dict[str, Any], skip: Iterable[str]) -> list[str]:

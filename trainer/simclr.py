@@ -30,7 +30,6 @@ docs/trainer.md), which is what `torchrun --max-restarts` needs.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -69,6 +68,7 @@ from trainer.models import build_encoder
 from trainer.models.projector import build_projector
 from trainer.models.simclr_model import SimCLRModel
 from trainer.optim import LARS, LARS_FORMS, Schedule, lars_param_groups, set_lr
+from trainer.precision import Precision
 from trainer.pretrain_init import load_pretrain_init
 from trainer.run_guard import RunGuard
 from trainer.runlog import RunLog, log_every_flag
@@ -177,9 +177,7 @@ def build_model(cfg: SimCLRConfig, env: Dist) -> tuple[torch.nn.Module, SimCLRMo
     net = SimCLRModel(encoder, build_projector(RECIPES[cfg.recipe]["projector"], encoder.feature_dim), cfg.temperature)
     if env.world_size > 1 and env.device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # BN statistics over the global batch
-    net = net.to(env.device)
-    if env.device.type == "cuda" and cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = Precision.of(env.device, cfg.bf16, cfg.channels_last).place(net)
     model = DDP(net, device_ids=[env.local_rank] if env.device.type == "cuda" else None) if env.world_size > 1 else net
     return (torch.compile(model) if cfg.compile else model), net
 
@@ -362,9 +360,8 @@ def loop(job: PretrainJob, state: PretrainState, total: int) -> None:
     """Steps from state.step to `total`. A steps.jsonl line every --log-every steps; at an epoch's end
     (or where the run stops) its metrics.jsonl line; then, and every --checkpoint-every steps, last.pt."""
     cfg, env, spe = job.cfg, job.env, job.loader.steps_per_epoch
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" and cfg.bf16
-                else contextlib.nullcontext())
-    fmt = torch.channels_last if env.device.type == "cuda" and cfg.channels_last else torch.contiguous_format
+    precision = Precision.of(env.device, cfg.bf16, cfg.channels_last)
+    autocast, fmt = precision.autocast(), precision.memory_format
     session_start, wall_before = time.perf_counter(), state.wall_s
     wall = lambda: wall_before + time.perf_counter() - session_start  # noqa: E731
     step = state.step
