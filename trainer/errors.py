@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tlxcore.errors import UserError
 
@@ -82,6 +82,21 @@ def leave_stops_to_the_trainer(worker_id: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.excepthook = _quiet_when_the_trainer_left(sys.excepthook)
+
+
+def worker_batches(loader: Iterable) -> Iterator:
+    """The batches of a torch DataLoader, its worker processes started and shut down with Ctrl-C and SIGTERM
+    deferred (stops_deferred). Python runs fork's at-fork callbacks (logging's lock release among them) and a
+    DataLoader iterator's __del__ (its workers' shutdown) with their exceptions ignored: a stop raised there
+    was printed as "Exception ignored" and lost, and the run went on (seen: SIGTERM in logging._releaseLock
+    while an epoch's worker forked; the trainer ran on until killed)."""
+    with stops_deferred():
+        batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        with stops_deferred():
+            del batches   # the last reference: the workers' shutdown runs here, not in a later __del__
 
 
 def _quiet_when_the_trainer_left(hook: Callable) -> Callable:

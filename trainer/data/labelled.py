@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datakit.read import SampleReader, TlxDataset
 from trainer.data.augment import BOTTOM, FLIP, LEFT, RIGHT, TOP, AugmentConfig, draw_view, normalize
-from trainer.errors import TrainerError, leave_stops_to_the_trainer
+from trainer.errors import TrainerError, leave_stops_to_the_trainer, worker_batches
 from trainer.randaugment import apply_randaugment, draw_randaugment
 
 TARGET_ROLE = {"classification": "label", "multilabel": "labels", "segmentation": "mask"}
@@ -188,7 +188,7 @@ def batches(split: LabelledSplit, plan: np.ndarray, epoch: int, workers: int, pi
                         persistent_workers=False, prefetch_factor=4 if workers else None,
                         collate_fn=_collate_encoded if split.encoded else None,
                         worker_init_fn=leave_stops_to_the_trainer)
-    for batch in loader:
+    for batch in worker_batches(loader):
         if jpeg_decoder is None:
             yield batch
         else:

@@ -25,7 +25,7 @@ from trainer.data.augment import AugmentConfig, apply_view, draw_views, to_unit
 from trainer.data.mixing import mix_counts, mixed_epoch_plan, mixed_steps
 from trainer.data.sharding import per_rank_batch
 from trainer.data.two_view import TwoViewBatch, image_member, split_table
-from trainer.errors import TrainerError, leave_stops_to_the_trainer
+from trainer.errors import TrainerError, leave_stops_to_the_trainer, worker_batches
 
 SOURCE_KEY = 2 ** 40  # sample ids of dataset i are keyed as id + i * SOURCE_KEY for the augmentations
 
@@ -79,7 +79,7 @@ class MixedTwoViewLoader:
         loader = DataLoader(data, batch_size=self.batch, shuffle=False, drop_last=False, num_workers=self.workers,
                             pin_memory=pin, persistent_workers=False, prefetch_factor=4 if self.workers else None,
                             worker_init_fn=leave_stops_to_the_trainer)
-        for v1, v2, ids, src in loader:
+        for v1, v2, ids, src in worker_batches(loader):
             yield TwoViewBatch(v1.to(self.device, non_blocking=pin), v2.to(self.device, non_blocking=pin), ids, src)
 
     def close(self) -> None:

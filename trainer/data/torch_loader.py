@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer.data.augment import apply_view, draw_views, to_unit
 from trainer.data.two_view import TwoViewBatch, TwoViewLoader
-from trainer.errors import leave_stops_to_the_trainer
+from trainer.errors import leave_stops_to_the_trainer, worker_batches
 
 
 class _TwoViews(Dataset):
@@ -41,5 +41,5 @@ class TorchTwoViewLoader(TwoViewLoader):
         loader = DataLoader(data, batch_size=self.batch, shuffle=False, drop_last=False, num_workers=self.workers,
                             pin_memory=pin, persistent_workers=False,
                             prefetch_factor=4 if self.workers else None, worker_init_fn=leave_stops_to_the_trainer)
-        for v1, v2, ids in loader:
+        for v1, v2, ids in worker_batches(loader):
             yield TwoViewBatch(v1.to(self.device, non_blocking=pin), v2.to(self.device, non_blocking=pin), ids)
